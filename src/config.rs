@@ -1,0 +1,474 @@
+//! Settings: the typed configuration, how its layers are merged, and start-up validation.
+//!
+//! Layers, later wins: the defaults embedded from `config/default.toml` < the `--config` file
+//! (TOML, or a js-chat-server `settings.json` so operators can migrate by pointing at the old
+//! file) < `RELAYCHAT__SECTION__KEY` environment variables < command-line flags. A bad value
+//! stops the start with a message naming the key: failing closed beats running half-configured.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The defaults, embedded so that `relaychat` runs with no file at all.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Why the configuration could not be used. The text names the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("invalid configuration: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, problem: problem.into() }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub chat: ChatSettings,
+    pub limits: LimitSettings,
+    pub webrtc: WebrtcSettings,
+    pub turn: TurnSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub server_name: String,
+    pub motd: String,
+    pub data_dir: PathBuf,
+    pub trusted_proxies: Vec<String>,
+    pub tls: TlsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TlsSettings {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+impl TlsSettings {
+    pub fn is_enabled(&self) -> bool {
+        !self.cert_file.is_empty() && !self.key_file.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ChatSettings {
+    pub authentication: bool,
+    pub max_messages_per_second: u32,
+    pub nick_change_cooldown_ms: u64,
+    pub history_limit: usize,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub admins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LimitSettings {
+    pub total_max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_connections_per_window: usize,
+    pub connection_window_ms: u64,
+    pub churn_guard: ChurnGuardSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ChurnGuardSettings {
+    pub enabled: bool,
+    pub window_ms: u64,
+    pub max_cycles: usize,
+    pub block_duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WebrtcSettings {
+    pub enabled: bool,
+    pub max_participants: usize,
+    pub allow_video: bool,
+    pub allow_screen_share: bool,
+    pub force_relay: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TurnSettings {
+    pub enabled: bool,
+    pub listen: String,
+    pub tls_listen: String,
+    pub realm: String,
+    pub secret: String,
+    pub public_host: String,
+    pub relay_ip: String,
+    pub external_ip: String,
+    pub min_port: u16,
+    pub max_port: u16,
+    pub credential_ttl_s: u64,
+    pub require_live_session: bool,
+    pub peer_policy: String,
+    pub allowed_peer_cidrs: Vec<String>,
+    pub denied_peer_cidrs: Vec<String>,
+    pub max_allocations_per_user: usize,
+    pub max_allocations_total: usize,
+    pub allocation_bandwidth_bytes_per_s: u64,
+    #[serde(default)]
+    pub external_servers: Vec<ExternalTurnServer>,
+}
+
+/// A TURN server run by someone else (typically an existing coturn with `use-auth-secret`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ExternalTurnServer {
+    pub urls: Vec<String>,
+    pub secret: String,
+}
+
+/// Which peer addresses the relay may exchange data with (see `turn::policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PeerPolicyKind {
+    OwnRelays,
+    Public,
+    Any,
+}
+
+impl TurnSettings {
+    /// The effective peer policy: explicit, or derived from force_relay.
+    pub fn peer_policy_kind(&self, force_relay: bool) -> PeerPolicyKind {
+        match self.peer_policy.as_str() {
+            "own-relays" => PeerPolicyKind::OwnRelays,
+            "public" => PeerPolicyKind::Public,
+            "any" => PeerPolicyKind::Any,
+            _ if force_relay => PeerPolicyKind::OwnRelays,
+            _ => PeerPolicyKind::Public,
+        }
+    }
+
+    /// The effective per-user allocation limit.
+    pub fn allocations_per_user(&self, max_participants: usize) -> usize {
+        if self.max_allocations_per_user > 0 {
+            self.max_allocations_per_user
+        } else {
+            2 * max_participants.saturating_sub(1).max(1)
+        }
+    }
+}
+
+impl ServerSettings {
+    /// `trusted_proxies` parsed; validation guarantees every entry parses.
+    pub fn trusted_proxy_nets(&self) -> Vec<IpNet> {
+        self.trusted_proxies.iter().filter_map(|s| parse_net(s)).collect()
+    }
+}
+
+/// Parses an IP or a CIDR ("10.0.0.1", "10.0.0.0/8", "::1").
+pub fn parse_net(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// Where the settings come from besides the defaults and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub config_file: Option<PathBuf>,
+    pub port: Option<u16>,
+}
+
+impl Settings {
+    /// Merges every layer and validates the result.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = &sources.config_file {
+            if is_js_settings(path) {
+                let layer = nest_dotted(js_settings_overrides(path)?);
+                builder = builder.add_source(File::from_str(&layer.to_string(), FileFormat::Json));
+            } else {
+                builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+            }
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("RELAYCHAT")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("server.trusted_proxies")
+                .with_list_parse_key("chat.admins")
+                .with_list_parse_key("turn.allowed_peer_cidrs")
+                .with_list_parse_key("turn.denied_peer_cidrs"),
+        );
+        if let Some(port) = sources.port {
+            builder = builder.set_override("server.port", port)?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Settings from the embedded defaults alone (tests start from these).
+    pub fn defaults() -> Settings {
+        Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("embedded default.toml is valid")
+    }
+
+    /// Checks every value that serde's types cannot; one message per bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key, value: u64| {
+            if value == 0 {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        if self.server.host.parse::<IpAddr>().is_err() {
+            return Err(invalid("server.host", format!("{:?} is not an IP address", self.server.host)));
+        }
+        for entry in &self.server.trusted_proxies {
+            if parse_net(entry).is_none() {
+                return Err(invalid("server.trusted_proxies", format!("{entry:?} is not an IP or CIDR")));
+            }
+        }
+        if self.server.tls.cert_file.is_empty() != self.server.tls.key_file.is_empty() {
+            return Err(invalid("server.tls", "cert_file and key_file must be set together"));
+        }
+        positive("chat.max_messages_per_second", self.chat.max_messages_per_second.into())?;
+        positive("chat.heartbeat_interval_ms", self.chat.heartbeat_interval_ms)?;
+        positive("chat.heartbeat_timeout_ms", self.chat.heartbeat_timeout_ms)?;
+        if self.chat.heartbeat_timeout_ms < self.chat.heartbeat_interval_ms {
+            return Err(invalid(
+                "chat.heartbeat_timeout_ms",
+                "must not be shorter than heartbeat_interval_ms",
+            ));
+        }
+        positive("limits.total_max_connections", self.limits.total_max_connections as u64)?;
+        positive("limits.max_connections_per_ip", self.limits.max_connections_per_ip as u64)?;
+        positive("limits.max_connections_per_window", self.limits.max_connections_per_window as u64)?;
+        positive("limits.connection_window_ms", self.limits.connection_window_ms)?;
+        if self.limits.churn_guard.enabled {
+            positive("limits.churn_guard.window_ms", self.limits.churn_guard.window_ms)?;
+            positive("limits.churn_guard.max_cycles", self.limits.churn_guard.max_cycles as u64)?;
+        }
+        if !(2..=64).contains(&self.webrtc.max_participants) {
+            return Err(invalid("webrtc.max_participants", "must be between 2 and 64"));
+        }
+        let turn = &self.turn;
+        if turn.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "turn.listen",
+                format!("{:?} is not an address like 0.0.0.0:3478", turn.listen),
+            ));
+        }
+        if turn.tls_listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "turn.tls_listen",
+                format!("{:?} is not an address like 0.0.0.0:5349", turn.tls_listen),
+            ));
+        }
+        for (key, value) in [("turn.relay_ip", &turn.relay_ip), ("turn.external_ip", &turn.external_ip)] {
+            if !value.is_empty() && value.parse::<IpAddr>().is_err() {
+                return Err(invalid(key, format!("{value:?} is not an IP address")));
+            }
+        }
+        if turn.min_port == 0 || turn.min_port > turn.max_port {
+            return Err(invalid("turn.min_port", "must be between 1 and turn.max_port"));
+        }
+        if turn.realm.is_empty() {
+            return Err(invalid("turn.realm", "must not be empty"));
+        }
+        positive("turn.credential_ttl_s", turn.credential_ttl_s)?;
+        if !["", "own-relays", "public", "any"].contains(&turn.peer_policy.as_str()) {
+            return Err(invalid(
+                "turn.peer_policy",
+                format!("{:?} is not one of own-relays, public, any", turn.peer_policy),
+            ));
+        }
+        for (key, list) in [
+            ("turn.allowed_peer_cidrs", &turn.allowed_peer_cidrs),
+            ("turn.denied_peer_cidrs", &turn.denied_peer_cidrs),
+        ] {
+            for entry in list {
+                if parse_net(entry).is_none() {
+                    return Err(invalid(key, format!("{entry:?} is not an IP or CIDR")));
+                }
+            }
+        }
+        positive("turn.max_allocations_total", turn.max_allocations_total as u64)?;
+        for server in &turn.external_servers {
+            if server.urls.is_empty() || server.secret.is_empty() {
+                return Err(invalid("turn.external_servers", "every entry needs urls and a secret"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns `[("chat.admins", v)]` into `{"chat": {"admins": v}}`, a layer `config` can read.
+fn nest_dotted(pairs: Vec<(String, Value)>) -> Value {
+    let mut root = serde_json::Map::new();
+    for (key, value) in pairs {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().unwrap_or_default();
+        let mut node = &mut root;
+        for part in parts {
+            let entry = node.entry(part.to_string()).or_insert_with(|| Value::Object(Default::default()));
+            if !entry.is_object() {
+                *entry = Value::Object(Default::default());
+            }
+            let Value::Object(map) = entry else { unreachable!("just made an object") };
+            node = map;
+        }
+        node.insert(last.to_string(), value);
+    }
+    Value::Object(root)
+}
+
+/// A js-chat-server settings file is JSON; everything else is read as TOML.
+fn is_js_settings(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
+}
+
+/// Maps a js-chat-server `settings.json` (camelCase keys, ms values, shaped like its
+/// `/server-info`) onto our keys. Unknown keys are logged and ignored, so an old file never
+/// blocks a migration.
+fn js_settings_overrides(path: &Path) -> Result<Vec<(String, Value)>, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let root: Value =
+        serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.into(), source })?;
+    let Value::Object(root) = root else {
+        return Err(invalid("settings.json", "must be a JSON object"));
+    };
+    let mut overrides = Vec::new();
+    for (key, value) in &root {
+        let ours = match key.as_str() {
+            "host" => "server.host",
+            "port" => "server.port",
+            "serverName" => "server.server_name",
+            "motd" => "server.motd",
+            "dataDir" => "server.data_dir",
+            "trustedProxies" => "server.trusted_proxies",
+            "authentication" => "chat.authentication",
+            "maxMessagesPerSecond" => "chat.max_messages_per_second",
+            "nickChangeCooldown" => "chat.nick_change_cooldown_ms",
+            "historyLimit" => "chat.history_limit",
+            "admins" => "chat.admins",
+            "heartbeat" | "connectionLimits" | "churnGuard" | "webrtc" => {
+                nested_overrides(key, value, &mut overrides);
+                continue;
+            }
+            other => {
+                tracing::warn!("settings.json: key {other:?} has no relaychat equivalent; ignored");
+                continue;
+            }
+        };
+        overrides.push((ours.to_string(), value.clone()));
+    }
+    Ok(overrides)
+}
+
+fn nested_overrides(section: &str, value: &Value, out: &mut Vec<(String, Value)>) {
+    let Value::Object(fields) = value else {
+        tracing::warn!("settings.json: {section:?} is not an object; ignored");
+        return;
+    };
+    for (key, value) in fields {
+        let ours = match (section, key.as_str()) {
+            ("heartbeat", "interval") => "chat.heartbeat_interval_ms",
+            ("heartbeat", "timeout") => "chat.heartbeat_timeout_ms",
+            ("connectionLimits", "totalMaxConnections") => "limits.total_max_connections",
+            ("connectionLimits", "maxConnectionsPerIP") => "limits.max_connections_per_ip",
+            ("connectionLimits", "maxConnectionsPerWindow") => "limits.max_connections_per_window",
+            ("connectionLimits", "connectionWindowMs") => "limits.connection_window_ms",
+            ("churnGuard", "enabled") => "limits.churn_guard.enabled",
+            ("churnGuard", "windowMs") => "limits.churn_guard.window_ms",
+            ("churnGuard", "maxCycles") => "limits.churn_guard.max_cycles",
+            ("churnGuard", "blockDurationMs") => "limits.churn_guard.block_duration_ms",
+            ("webrtc", "enabled") => "webrtc.enabled",
+            ("webrtc", "maxParticipants") => "webrtc.max_participants",
+            ("webrtc", "allowVideo") => "webrtc.allow_video",
+            ("webrtc", "allowScreenShare") => "webrtc.allow_screen_share",
+            ("webrtc", "forceRelay") => "webrtc.force_relay",
+            _ => {
+                tracing::warn!("settings.json: key {section}.{key} has no relaychat equivalent; ignored");
+                continue;
+            }
+        };
+        out.push((ours.to_string(), value.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid_and_match_the_documented_values() {
+        let s = Settings::defaults();
+        s.validate().unwrap();
+        assert_eq!(s.server.port, 3000);
+        assert_eq!(s.server.host, "0.0.0.0");
+        assert_eq!(s.chat.history_limit, 100);
+        assert_eq!(s.chat.max_messages_per_second, 3);
+        assert_eq!(s.turn.credential_ttl_s, 600);
+        assert_eq!(s.turn.allocations_per_user(s.webrtc.max_participants), 14);
+        assert_eq!(s.turn.peer_policy_kind(true), PeerPolicyKind::OwnRelays);
+        assert_eq!(s.turn.peer_policy_kind(false), PeerPolicyKind::Public);
+    }
+
+    #[test]
+    fn js_chat_server_settings_json_maps_onto_our_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.json");
+        std::fs::write(
+            &path,
+            r#"{"port": 4123, "serverName": "Old", "motd": "hi", "authentication": true,
+                "maxMessagesPerSecond": 5, "nickChangeCooldown": 1000,
+                "heartbeat": {"interval": 1000, "timeout": 5000},
+                "connectionLimits": {"totalMaxConnections": 50, "maxConnectionsPerIP": 2},
+                "webrtc": {"maxParticipants": 4, "forceRelay": false}, "unknownThing": 1}"#,
+        )
+        .unwrap();
+        let s = Settings::load(&Sources { config_file: Some(path), port: None }).unwrap();
+        assert_eq!(s.server.port, 4123);
+        assert_eq!(s.server.server_name, "Old");
+        assert!(s.chat.authentication);
+        assert_eq!(s.chat.max_messages_per_second, 5);
+        assert_eq!(s.chat.heartbeat_timeout_ms, 5000);
+        assert_eq!(s.limits.max_connections_per_ip, 2);
+        assert_eq!(s.webrtc.max_participants, 4);
+        assert!(!s.webrtc.force_relay);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[turn]\ndenied_peer_cidrs = [\"10.0.0.0/33\"]\n").unwrap();
+        let err = Settings::load(&Sources { config_file: Some(path.clone()), port: None }).unwrap_err();
+        assert!(err.to_string().contains("turn.denied_peer_cidrs"), "{err}");
+        std::fs::write(&path, "[server]\nport = \"abc\"\n").unwrap();
+        let err = Settings::load(&Sources { config_file: Some(path), port: None }).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn cli_port_wins_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nport = 5000\n").unwrap();
+        let s = Settings::load(&Sources { config_file: Some(path), port: Some(0) }).unwrap();
+        assert_eq!(s.server.port, 0);
+    }
+}

@@ -1,0 +1,13 @@
+//! relaychat: a chat server, a WebRTC signaling server and a TURN relay in one binary.
+//!
+//! How the pieces fit:
+//! - `config`: typed settings, merged from defaults, file, environment and flags.
+//! - `protocol`: the wire types; raw JSON becomes a typed `ClientMessage` at the edge.
+//! - `hub`: the sans-IO state machine of chat and voice (events in, effects out).
+//! - `store`: SQLite history, accounts and bans, written from one dedicated thread.
+//! - `http`: warp routes (WebSocket sessions, /server-info, the built-in client).
+//! - `turn`: the TURN relay, REST credentials, and the presence view the relay checks.
+//! - `server`: wires everything together and runs until shutdown.
+
+pub mod config;
+pub mod turn;
