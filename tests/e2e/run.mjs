@@ -1,0 +1,449 @@
+// End-to-end test: the real relaychat binary, the real built-in web client, real Chromium.
+//
+// Proves what issue 5 promises users: with force_relay on, calls connect through OUR relay and
+// no page ever learns another page's address; a misconfigured client cannot leak its host
+// candidates; with force_relay off, calls still connect.
+//
+// Run through scripts/e2e (installs Chromium, builds the server). Directly:
+//   node tests/e2e/run.mjs            env: RELAYCHAT_BIN, CHROMIUM, E2E_ONLY=1,2,3, E2E_KEEP=1
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+import { mkdtemp, mkdir, writeFile, copyFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = process.env.RELAYCHAT_BIN || path.join(ROOT, 'target/release/relaychat');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const OUT_DIR = path.join(ROOT, 'target/e2e');
+const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number) : [1, 2, 3];
+
+const CONNECT_WITHIN_MS = 30_000;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---- results ---------------------------------------------------------------------------------
+const results = [];   // { scenario, name, ok, detail }
+let scenarioName = '';
+function check(name, ok, detail = '') {
+  results.push({ scenario: scenarioName, name, ok: !!ok, detail });
+  console.log(`${ok ? '  ok  ' : '  FAIL'} ${name}${detail ? ' — ' + detail : ''}`);
+  return !!ok;
+}
+
+// Poll `fn` (returning a falsy value or a reason string while not ready, `true` when ready).
+async function waitFor(fn, timeoutMs, intervalMs = 250) {
+  const deadline = Date.now() + timeoutMs;
+  let last = 'not evaluated';
+  for (;;) {
+    try {
+      const r = await fn();
+      if (r === true) return { ok: true, reason: '' };
+      last = r || 'not ready';
+    } catch (err) {
+      last = 'error: ' + err.message;
+    }
+    if (Date.now() >= deadline) return { ok: false, reason: last };
+    await sleep(intervalMs);
+  }
+}
+
+// ---- server ----------------------------------------------------------------------------------
+const ANSI = /\x1b\[[0-9;]*m/g;
+
+async function startServer({ forceRelay }) {
+  const dir = await mkdtemp(path.join(tmpdir(), 'relaychat-e2e-'));
+  const cfg = path.join(dir, 'relaychat.toml');
+  await writeFile(cfg, `[server]
+host = "127.0.0.1"
+port = 0
+data_dir = "${path.join(dir, 'data')}"
+
+[webrtc]
+enabled = true
+allow_video = true
+force_relay = ${forceRelay}
+
+[turn]
+enabled = true
+listen = "127.0.0.1:0"
+relay_ip = "127.0.0.1"
+`);
+  const child = spawn(BIN, ['--config', cfg], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const log = [];
+  let httpAddr = null;
+  let turnLine = null;
+  let exited = null;
+  const onData = (buf) => {
+    for (const raw of buf.toString().split('\n')) {
+      const line = raw.replace(ANSI, '');
+      if (!line) continue;
+      log.push(line);
+      const m = /http listening on (\d+\.\d+\.\d+\.\d+):(\d+)/.exec(line);
+      if (m) httpAddr = `${m[1]}:${m[2]}`;
+      if (/turn listening on/.test(line)) turnLine = line;
+    }
+  };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  child.on('exit', (code, sig) => { exited = `exited with ${code ?? sig}`; });
+  child.on('error', (err) => { exited = `failed to start: ${err.message}`; });
+
+  const up = await waitFor(() => (exited ? true : httpAddr && turnLine ? true : 'waiting for listening lines'), 20_000, 100);
+  const server = {
+    dir, log, child,
+    base: `http://${httpAddr}`,
+    get exited() { return exited; },
+    async metrics() {
+      const res = await fetch(`${server.base}/metrics`);
+      if (!res.ok) throw new Error(`/metrics answered ${res.status}`);
+      return parseMetrics(await res.text());
+    },
+    async stop() {
+      if (!exited) {
+        child.kill('SIGTERM');
+        await waitFor(() => !!exited, 5000, 100);
+        if (!exited) child.kill('SIGKILL');
+      }
+      if (!process.env.E2E_KEEP) await rm(dir, { recursive: true, force: true });
+    },
+  };
+  if (exited || !up.ok) {
+    await server.stop();
+    throw Object.assign(new Error(`server did not start (${exited || up.reason})`), { server });
+  }
+  console.log(`  server ${server.base}; ${turnLine.replace(/^.*?turn listening/, 'turn listening')}`);
+  return server;
+}
+
+// Prometheus text: sum every sample of a metric name (whatever its labels).
+function parseMetrics(text) {
+  const out = {};
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)/.exec(line);
+    if (m) out[m[1]] = (out[m[1]] || 0) + Number(m[3]);
+  }
+  return out;
+}
+
+// ---- browser pages ---------------------------------------------------------------------------
+const LAUNCH_ARGS = [
+  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--no-sandbox',
+  '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--no-first-run', '--disable-quic',
+];
+
+const pages = [];   // every page opened in the current scenario: { name, page, logs }
+
+async function openClient(browser, server, name, query = '') {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const logs = [];
+  const entry = { name, page, context, logs };
+  pages.push(entry);
+  page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+  await page.goto(`${server.base}/${query}`);
+  // Drive the real UI the way a person would: type a name, connect, click "Join with video".
+  await page.fill('#name', name);
+  await page.click('#connect');
+  await page.waitForFunction(() => window.relaychat && window.relaychat.connected, null, { timeout: 10_000 });
+  await page.locator('#messages li', { hasText: `${name} has joined.` }).first().waitFor({ timeout: 10_000 });
+  await page.click('#join-video');
+  await page.waitForFunction(() => window.relaychat.inVoice, null, { timeout: 10_000 });
+  return entry;
+}
+
+// Everything the checks need, read from the browser's own RTCPeerConnections and getStats.
+// Deliberately independent of the client's badge code, so the test does not trust the client.
+function report(entry) {
+  return entry.page.evaluate(async () => {
+    const peers = {};
+    for (const [name, pc] of window.relaychat.pcs) {
+      const stats = await pc.getStats();
+      let pair = null;
+      stats.forEach((r) => { if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId) || pair; });
+      if (!pair) stats.forEach((r) => { if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = pair || r; });
+      const cand = (id) => {
+        const c = id && stats.get(id);
+        return c ? { type: c.candidateType, address: c.address, port: c.port, protocol: c.protocol, relayProtocol: c.relayProtocol } : null;
+      };
+      const inbound = { audio: 0, video: 0 };
+      const localTypes = {};
+      stats.forEach((r) => {
+        if (r.type === 'inbound-rtp') inbound[r.kind] = (inbound[r.kind] || 0) + (r.bytesReceived || 0);
+        if (r.type === 'local-candidate') localTypes[r.candidateType] = (localTypes[r.candidateType] || 0) + 1;
+      });
+      peers[name] = {
+        connectionState: pc.connectionState,
+        policy: pc.getConfiguration().iceTransportPolicy,
+        local: cand(pair && pair.localCandidateId),
+        remote: cand(pair && pair.remoteCandidateId),
+        inbound, localTypes,
+        localSdpHasHost: / typ host/.test(pc.localDescription ? pc.localDescription.sdp : ''),
+      };
+    }
+    const badges = {};
+    document.querySelectorAll('#tiles [data-peer^="peer:"]').forEach((t) => {
+      const b = t.querySelector('.badge');
+      badges[t.dataset.peer.slice(5)] = b && !b.hidden ? { text: b.textContent, ok: b.classList.contains('ok') } : null;
+    });
+    return {
+      me: window.relaychat.me,
+      peers,
+      received: [...window.relaychat.receivedRemoteCandidates],
+      tiles: [...document.querySelectorAll('#tiles [data-peer]')].map((t) => t.dataset.peer),
+      badges,
+    };
+  });
+}
+
+const reports = (entries) => Promise.all(entries.map(report));
+
+function connectedReason(entries, reps, { relayBothEnds }) {
+  for (let i = 0; i < entries.length; i++) {
+    const names = entries.filter((_, j) => j !== i).map((e) => e.name);
+    for (const peer of names) {
+      const p = reps[i].peers[peer];
+      if (!p) return `${entries[i].name} has no pc for ${peer}`;
+      if (p.connectionState !== 'connected') return `${entries[i].name}->${peer} is ${p.connectionState}`;
+      if (relayBothEnds) {
+        if (!p.local || p.local.type !== 'relay') return `${entries[i].name}->${peer} local candidate is ${p.local && p.local.type}`;
+        if (!p.remote || p.remote.type !== 'relay') return `${entries[i].name}->${peer} remote candidate is ${p.remote && p.remote.type}`;
+      }
+    }
+  }
+  return true;
+}
+
+function nonRelay(received) {
+  return received.filter((c) => !/ typ relay( |$)/.test(c));
+}
+
+async function checkMediaFlows(entries) {
+  const before = await reports(entries);
+  await sleep(2000);
+  const after = await reports(entries);
+  let ok = true;
+  const details = [];
+  for (let i = 0; i < entries.length; i++) {
+    for (const [peer, p] of Object.entries(after[i].peers)) {
+      const b = before[i].peers[peer];
+      for (const kind of ['audio', 'video']) {
+        const grew = b && p.inbound[kind] > b.inbound[kind];
+        if (!grew) ok = false;
+        details.push(`${entries[i].name}<-${peer} ${kind} ${b ? b.inbound[kind] : '?'}->${p.inbound[kind]}`);
+      }
+    }
+  }
+  check('inbound audio and video bytesReceived grow on every pc', ok, ok ? `${details.length} streams` : details.join('; '));
+  return after;
+}
+
+// ---- scenarios -------------------------------------------------------------------------------
+async function scenario1(browser) {
+  const server = await startServer({ forceRelay: true });
+  try {
+    const [alice, bob] = [await openClient(browser, server, 'alice'), await openClient(browser, server, 'bob')];
+    const t0 = Date.now();
+    const carol = await openClient(browser, server, 'carol');
+    const all = [alice, bob, carol];
+
+    let reps;
+    const conn = await waitFor(async () => connectedReason(all, (reps = await reports(all)), { relayBothEnds: true }), CONNECT_WITHIN_MS);
+    check('every pc connected, relay on both ends of the selected pair', conn.ok,
+      conn.ok ? `${((Date.now() - t0) / 1000).toFixed(1)} s after carol joined` : conn.reason);
+    if (!conn.ok) return server;
+    for (let i = 0; i < all.length; i++) {
+      const pairs = Object.entries(reps[i].peers).map(([n, p]) => `${n}: ${p.local.relayProtocol || p.local.protocol}/${p.local.address}:${p.local.port}`);
+      console.log(`    ${all[i].name} selected local relay candidates: ${pairs.join(', ')}`);
+    }
+
+    reps = await checkMediaFlows(all);
+
+    for (let i = 0; i < all.length; i++) {
+      const bad = nonRelay(reps[i].received);
+      check(`${all[i].name} received only typ relay candidates`, reps[i].received.length > 0 && bad.length === 0,
+        bad.length ? bad.join(' | ') : `${reps[i].received.length} candidates`);
+    }
+
+    const m = await server.metrics();
+    check('/metrics relaychat_turn_relayed_bytes_total > 0', m.relaychat_turn_relayed_bytes_total > 0,
+      `${m.relaychat_turn_relayed_bytes_total} bytes, ${m.relaychat_turn_allocations_active} allocations, ${m.relaychat_voice_participants} in voice`);
+
+    // The client's own badge must agree with getStats.
+    const badge = await waitFor(async () => {
+      const r = await report(alice);
+      return ['bob', 'carol'].every((n) => r.badges[n] && r.badges[n].ok) || JSON.stringify(r.badges);
+    }, 5000);
+    check('alice shows "relayed: your IP is hidden" for bob and carol', badge.ok, badge.reason);
+
+    await mkdir(OUT_DIR, { recursive: true });
+    const shot = path.join(OUT_DIR, 'call.png');
+    await alice.page.screenshot({ path: shot });
+    console.log(`  screenshot: ${shot}`);
+    if (badge.ok && process.env.E2E_DOCS_SCREENSHOT !== '0') {
+      await mkdir(path.join(ROOT, 'docs'), { recursive: true });
+      await copyFile(shot, path.join(ROOT, 'docs/screenshot.png'));
+    }
+
+    // Carol leaves: the others drop her, and the relay frees her allocations.
+    const allocBefore = m.relaychat_turn_allocations_active;
+    await carol.page.click('#leave');
+    const gone = await waitFor(async () => {
+      for (const e of [alice, bob]) {
+        const r = await report(e);
+        if (r.peers.carol) return `${e.name} still has a pc for carol`;
+        if (r.tiles.includes('peer:carol')) return `${e.name} still shows carol's tile`;
+      }
+      return true;
+    }, 5000);
+    check('alice and bob drop carol\'s pc and tile after she leaves', gone.ok, gone.reason);
+    let after = null;
+    const freed = await waitFor(async () => {
+      after = await server.metrics();
+      return (after.relaychat_turn_allocations_active < allocBefore && after.relaychat_voice_participants === 2)
+        || `allocations ${after.relaychat_turn_allocations_active} (before ${allocBefore}), voice ${after.relaychat_voice_participants}`;
+    }, 5000);
+    check('/metrics allocations drop and voice participants = 2 after carol leaves', freed.ok,
+      freed.ok ? `allocations ${allocBefore} -> ${after.relaychat_turn_allocations_active}` : freed.reason);
+    const still = connectedReason([alice, bob], await reports([alice, bob]), { relayBothEnds: true });
+    check('alice and bob stay connected', still === true, still === true ? '' : still);
+  } catch (err) {
+    check('scenario 1 ran to the end', false, err.stack || String(err));
+  }
+  return server;
+}
+
+async function scenario2(browser) {
+  const server = await startServer({ forceRelay: true });
+  try {
+    const alice = await openClient(browser, server, 'alice');
+    // bob's page ignores the server's policy: a misconfigured client that gathers host candidates.
+    const bob = await openClient(browser, server, 'bob', '?forcePolicy=all');
+    const t0 = Date.now();
+    const carol = await openClient(browser, server, 'carol');
+    const all = [alice, bob, carol];
+
+    let reps;
+    const conn = await waitFor(async () => connectedReason(all, (reps = await reports(all)), { relayBothEnds: false }), CONNECT_WITHIN_MS);
+    check('call connects with bob on iceTransportPolicy "all"', conn.ok,
+      conn.ok ? `${((Date.now() - t0) / 1000).toFixed(1)} s after carol joined` : conn.reason);
+
+    // Make sure the scenario really has something to hide: bob's pcs use 'all' and gathered
+    // non-relay candidates, which his client sent to the server.
+    const bobRep = reps[1];
+    const bobPeers = Object.values(bobRep.peers);
+    check('bob\'s pcs really use iceTransportPolicy "all"', bobPeers.length === 2 && bobPeers.every((p) => p.policy === 'all'),
+      bobPeers.map((p) => p.policy).join(','));
+    const bobHost = bobPeers.reduce((n, p) => n + (p.localTypes.host || 0) + (p.localTypes.srflx || 0), 0);
+    check('bob gathered host candidates (that the server must not forward)', bobHost > 0,
+      JSON.stringify(bobPeers.map((p) => p.localTypes)));
+
+    // A deliberately leaky candidate straight from bob's signaling channel.
+    await bob.page.evaluate(() => window.relaychat.send({
+      type: 'webrtc-ice-candidate', targetUsername: 'alice',
+      candidate: { candidate: 'candidate:9 1 udp 2122260223 192.0.2.77 40000 typ host generation 0', sdpMid: '0', sdpMLineIndex: 0 },
+    }));
+    await sleep(1000);
+
+    reps = await reports(all);
+    for (const i of [0, 2]) {
+      const bad = nonRelay(reps[i].received);
+      check(`${all[i].name} received only typ relay candidates (incl. SDP lines)`, reps[i].received.length > 0 && bad.length === 0,
+        bad.length ? bad.join(' | ') : `${reps[i].received.length} candidates`);
+    }
+    for (const i of [0, 2]) {
+      const p = reps[i].peers.bob;
+      check(`${all[i].name}'s remote candidate for bob is relay`, p && p.remote && p.remote.type === 'relay', JSON.stringify(p && p.remote));
+    }
+    await mediaAndMetrics(server, all);
+  } catch (err) {
+    check('scenario 2 ran to the end', false, err.stack || String(err));
+  }
+  return server;
+}
+
+async function scenario3(browser) {
+  const server = await startServer({ forceRelay: false });
+  try {
+    const alice = await openClient(browser, server, 'alice');
+    const t0 = Date.now();
+    const bob = await openClient(browser, server, 'bob');
+    const all = [alice, bob];
+    let reps;
+    const conn = await waitFor(async () => connectedReason(all, (reps = await reports(all)), { relayBothEnds: false }), CONNECT_WITHIN_MS);
+    check('call connects with force_relay off', conn.ok,
+      conn.ok ? `${((Date.now() - t0) / 1000).toFixed(1)} s; alice uses ${reps[0].peers.bob.local.type}, bob uses ${reps[1].peers.alice.local.type}` : conn.reason);
+    if (!conn.ok) return server;
+    check('pcs use iceTransportPolicy "all"', reps.every((r) => Object.values(r.peers).every((p) => p.policy === 'all')));
+    await checkMediaFlows(all);
+    // The badge must tell the truth either way.
+    const badge = await waitFor(async () => {
+      const r = await report(alice);
+      const b = r.badges.bob;
+      const relayed = r.peers.bob && r.peers.bob.local && r.peers.bob.local.type === 'relay';
+      return (b && b.ok === relayed) || `badge ${JSON.stringify(b)} vs local ${JSON.stringify(r.peers.bob && r.peers.bob.local)}`;
+    }, 5000);
+    check('alice\'s badge for bob matches the selected pair', badge.ok, badge.reason);
+  } catch (err) {
+    check('scenario 3 ran to the end', false, err.stack || String(err));
+  }
+  return server;
+}
+
+async function mediaAndMetrics(server, all) {
+  await checkMediaFlows(all);
+  const m = await server.metrics();
+  check('/metrics relaychat_turn_relayed_bytes_total > 0', m.relaychat_turn_relayed_bytes_total > 0, `${m.relaychat_turn_relayed_bytes_total} bytes`);
+}
+
+// ---- main ------------------------------------------------------------------------------------
+async function main() {
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: LAUNCH_ARGS });
+  console.log(`chromium ${browser.version()}; server ${BIN}`);
+  const scenarios = [
+    [1, 'scenario 1: force_relay on, three pages with audio+video', scenario1],
+    [2, 'scenario 2: force_relay on, bob misconfigured with iceTransportPolicy "all"', scenario2],
+    [3, 'scenario 3: force_relay off', scenario3],
+  ];
+  for (const [n, title, run] of scenarios) {
+    if (!ONLY.includes(n)) continue;
+    scenarioName = `scenario ${n}`;
+    console.log(`\n${title}`);
+    const failedBefore = results.filter((r) => !r.ok).length;
+    let server = null;
+    try {
+      server = await run(browser);
+    } catch (err) {
+      check(`${scenarioName} set up`, false, err.message);
+      server = err.server || null;
+    }
+    if (results.filter((r) => !r.ok).length > failedBefore) dumpDiagnostics(server);
+    for (const e of pages.splice(0)) await e.context.close().catch(() => {});
+    if (server) await server.stop();
+  }
+  await browser.close();
+
+  const failed = results.filter((r) => !r.ok);
+  console.log(`\ne2e: ${results.length - failed.length} passed, ${failed.length} failed`);
+  for (const f of failed) console.log(`  FAILED ${f.scenario}: ${f.name}${f.detail ? ' — ' + f.detail : ''}`);
+  process.exitCode = failed.length ? 1 : 0;
+}
+
+function dumpDiagnostics(server) {
+  for (const e of pages) {
+    console.log(`\n----- console of ${e.name} (${e.logs.length} lines) -----`);
+    for (const l of e.logs.slice(-200)) console.log(`  ${l}`);
+  }
+  if (server) {
+    console.log(`\n----- server log tail (${server.exited || 'running'}) -----`);
+    for (const l of server.log.slice(-120)) console.log(`  ${l}`);
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  dumpDiagnostics(null);
+  process.exit(1);
+});
