@@ -106,6 +106,7 @@
     if (text.startsWith('Authentication required.')) {
       ui.authForm.hidden = false;
       ui.chat.classList.add('locked');
+      setStatus('connecting', 'log in required');
       ui.authName.value = ui.authName.value || ui.name.value;
       ui.authPass.focus();
     } else if (!ui.authForm.hidden) {
@@ -369,7 +370,9 @@
   }
 
   function createPeer(name, initiator) {
-    const pc = new RTCPeerConnection(rtcConfig);
+    // max-bundle: gather (and so allocate on the TURN relay) for one transport per peer, not one
+    // per m-line; the relay's per-user allocation quota assumes that.
+    const pc = new RTCPeerConnection({ ...rtcConfig, bundlePolicy: 'max-bundle' });
     // Perfect negotiation roles: both sides agree by comparing names, so glare always resolves.
     const peer = { pc, polite: me < name, makingOffer: false, ignoreOffer: false,
       answerPending: false, pending: [], statsBusy: false };

@@ -17,7 +17,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const BIN = process.env.RELAYCHAT_BIN || path.join(ROOT, 'target/release/relaychat');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const OUT_DIR = path.join(ROOT, 'target/e2e');
-const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number) : [1, 2, 3];
+const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number) : [1, 2, 3, 4];
 
 const CONNECT_WITHIN_MS = 30_000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -51,13 +51,16 @@ async function waitFor(fn, timeoutMs, intervalMs = 250) {
 // ---- server ----------------------------------------------------------------------------------
 const ANSI = /\x1b\[[0-9;]*m/g;
 
-async function startServer({ forceRelay }) {
+async function startServer({ forceRelay, authentication = false }) {
   const dir = await mkdtemp(path.join(tmpdir(), 'relaychat-e2e-'));
   const cfg = path.join(dir, 'relaychat.toml');
   await writeFile(cfg, `[server]
 host = "127.0.0.1"
 port = 0
 data_dir = "${path.join(dir, 'data')}"
+
+[chat]
+authentication = ${authentication}
 
 [webrtc]
 enabled = true
@@ -135,7 +138,7 @@ const LAUNCH_ARGS = [
 
 const pages = [];   // every page opened in the current scenario: { name, page, logs }
 
-async function openClient(browser, server, name, query = '') {
+async function openClient(browser, server, name, query = '', { join = true } = {}) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   const logs = [];
@@ -149,6 +152,7 @@ async function openClient(browser, server, name, query = '') {
   await page.click('#connect');
   await page.waitForFunction(() => window.relaychat && window.relaychat.connected, null, { timeout: 10_000 });
   await page.locator('#messages li', { hasText: `${name} has joined.` }).first().waitFor({ timeout: 10_000 });
+  if (!join) return entry;
   await page.click('#join-video');
   await page.waitForFunction(() => window.relaychat.inVoice, null, { timeout: 10_000 });
   return entry;
@@ -253,6 +257,7 @@ async function scenario1(browser) {
     const conn = await waitFor(async () => connectedReason(all, (reps = await reports(all)), { relayBothEnds: true }), CONNECT_WITHIN_MS);
     check('every pc connected, relay on both ends of the selected pair', conn.ok,
       conn.ok ? `${((Date.now() - t0) / 1000).toFixed(1)} s after carol joined` : conn.reason);
+    await checkChat(alice, bob, carol);
     if (!conn.ok) return server;
     for (let i = 0; i < all.length; i++) {
       const pairs = Object.entries(reps[i].peers).map(([n, p]) => `${n}: ${p.local.relayProtocol || p.local.protocol}/${p.local.address}:${p.local.port}`);
@@ -392,6 +397,67 @@ async function scenario3(browser) {
   return server;
 }
 
+// Chat through the real UI: escaping, typing indicator, a command, while the call runs.
+async function checkChat(alice, bob, carol) {
+  const text = 'hi <b>bold</b> <img src=x onerror="window.pwned=1">';
+  await alice.page.fill('#chat-input', text);
+  await alice.page.press('#chat-input', 'Enter');
+  const seen = await waitFor(() => bob.page.evaluate((t) => {
+    const li = [...document.querySelectorAll('#messages li.chat')].at(-1);
+    if (!li || !li.textContent.includes(t)) return 'not yet';
+    return (li.querySelector('span').children.length === 0 && !window.pwned) || 'chat text was parsed as HTML';
+  }, text), 5000);
+  check('chat arrives at bob as literal text (no HTML injection)', seen.ok, seen.reason);
+
+  await bob.page.fill('#chat-input', 'typing');   // fires the input event like a keystroke
+  const typing = await waitFor(() => alice.page.evaluate(() => document.getElementById('typing').textContent.includes('bob is typing')), 5000);
+  check('alice sees "bob is typing…"', typing.ok, typing.reason);
+  await bob.page.fill('#chat-input', '');
+
+  await carol.page.fill('#chat-input', '/list');
+  await carol.page.press('#chat-input', 'Enter');
+  const list = await waitFor(() => carol.page.evaluate(() => {
+    const li = [...document.querySelectorAll('#messages li.system')].find((l) => l.textContent.includes('Online users:'));
+    return !!li && ['alice', 'bob', 'carol'].every((n) => li.textContent.includes(n));
+  }), 5000);
+  check('/list typed in the chat box lists alice, bob and carol', list.ok, list.reason);
+}
+
+// Authentication mode: the login form appears, /register and /login go as chat content.
+async function scenario4(browser) {
+  const server = await startServer({ forceRelay: true, authentication: true });
+  try {
+    const context = await browser.newContext({ viewport: { width: 375, height: 740 } });
+    const page = await context.newPage();
+    const logs = [];
+    pages.push({ name: 'dave', page, context, logs });
+    page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+    await page.goto(`${server.base}/`);
+    await page.fill('#name', 'dave');
+    await page.click('#connect');
+    const form = await waitFor(() => page.isVisible('#auth-form'), 5000);
+    check('"Authentication required." shows the login form', form.ok, form.reason);
+    await page.fill('#auth-name', 'dave');
+    await page.fill('#auth-pass', 'correcthorse');
+    await page.click('#register');
+    const reg = await waitFor(() => page.evaluate(() => document.getElementById('auth-msg').textContent.includes('Registered')), 5000);
+    check('register through the form', reg.ok, reg.reason);
+    await sleep(1100);   // stay under the chat rate limit
+    await page.click('#login');
+    const inn = await waitFor(async () => !(await page.isVisible('#auth-form')) || 'form still shown', 5000);
+    check('login through the form hides it and lets dave chat', inn.ok, inn.reason);
+    await page.fill('#chat-input', 'hello from dave');
+    await page.press('#chat-input', 'Enter');
+    const chat = await waitFor(() => page.evaluate(() => [...document.querySelectorAll('#messages li.chat')].some((l) => l.textContent.includes('hello from dave'))), 5000);
+    check('dave\'s chat message comes back', chat.ok, chat.reason);
+    await page.screenshot({ path: path.join(OUT_DIR, 'auth-phone.png') });
+  } catch (err) {
+    check('scenario 4 ran to the end', false, err.stack || String(err));
+  }
+  return server;
+}
+
 async function mediaAndMetrics(server, all) {
   await checkMediaFlows(all);
   const m = await server.metrics();
@@ -400,12 +466,14 @@ async function mediaAndMetrics(server, all) {
 
 // ---- main ------------------------------------------------------------------------------------
 async function main() {
+  await mkdir(OUT_DIR, { recursive: true });
   const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: LAUNCH_ARGS });
   console.log(`chromium ${browser.version()}; server ${BIN}`);
   const scenarios = [
     [1, 'scenario 1: force_relay on, three pages with audio+video', scenario1],
     [2, 'scenario 2: force_relay on, bob misconfigured with iceTransportPolicy "all"', scenario2],
     [3, 'scenario 3: force_relay off', scenario3],
+    [4, 'scenario 4: authentication mode, phone-sized page, chat only', scenario4],
   ];
   for (const [n, title, run] of scenarios) {
     if (!ONLY.includes(n)) continue;
