@@ -10,4 +10,9 @@
 //! - `server`: wires everything together and runs until shutdown.
 
 pub mod config;
+pub mod http;
+pub mod hub;
+pub mod protocol;
+pub mod server;
+pub mod store;
 pub mod turn;

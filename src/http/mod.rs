@@ -1,0 +1,75 @@
+//! HTTP: the WebSocket upgrade (on any path), `/server-info` and `/info`, and the built-in client.
+
+pub mod server_info;
+pub mod static_files;
+pub mod websocket;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::config::Settings;
+use crate::hub::runner::HubHandle;
+use crate::hub::ConnectInfo;
+
+/// What the routes need.
+pub struct HttpState {
+    pub settings: Arc<Settings>,
+    pub hub: HubHandle,
+    /// The bound HTTP port (differs from the configured one when that is 0).
+    pub port: u16,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    // Any path upgrades (`/`, `/ws`, ...), like the original server.
+    let websocket = warp::ws()
+        .and(warp::addr::remote())
+        .and(warp::header::optional::<String>("host"))
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify())
+        .and(with_state.clone())
+        .map(
+            |ws: warp::ws::Ws,
+             peer: Option<SocketAddr>,
+             host: Option<String>,
+             forwarded_for: Option<String>,
+             query: HashMap<String, String>,
+             state: Arc<HttpState>| {
+                let info = ConnectInfo {
+                    ip: websocket::client_ip(peer, forwarded_for.as_deref(), &state.trusted_proxies),
+                    requested_name: query.get("username").cloned(),
+                    host: host.unwrap_or_else(|| "localhost".into()),
+                    token: websocket::new_session_token(),
+                };
+                let hub = state.hub.clone();
+                let conn = hub.next_conn_id();
+                ws.max_message_size(websocket::MAX_MESSAGE_BYTES)
+                    .max_frame_size(websocket::MAX_MESSAGE_BYTES)
+                    .on_upgrade(move |socket| websocket::run_session(socket, conn, info, hub))
+            },
+        );
+    let info = warp::get()
+        .and(warp::path("server-info").or(warp::path("info")).unify())
+        .and(warp::path::end())
+        .and(with_state.clone())
+        .map(|state: Arc<HttpState>| {
+            let body = server_info::server_info(&state.settings, state.port, state.hub.stats.snapshot());
+            warp::reply::with_header(warp::reply::json(&body), "Access-Control-Allow-Origin", "*")
+        });
+    let assets = warp::get().and(warp::path::full()).map(|path: warp::path::FullPath| {
+        match static_files::asset(path.as_str()) {
+            Some(response) => response.into_response(),
+            None => warp::reply::with_status("Not found", StatusCode::NOT_FOUND).into_response(),
+        }
+    });
+    websocket.or(info).or(assets)
+}

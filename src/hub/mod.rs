@@ -1,0 +1,335 @@
+//! The hub: the single owner of chat and voice state, as a sans-IO state machine.
+//!
+//! Every input is a method call carrying the time (`Now`); every output is an `Effect` in the
+//! returned list (send this frame to that connection, persist this notice, close that socket,
+//! tell the relay that someone left voice). No sockets, no `.await`, no clock reads, no disk: the
+//! `runner` module carries effects out. That makes each protocol rule a deterministic unit test.
+//!
+//! - `chat`: connection sequence, authentication, chat, typing, ping, heartbeat.
+//! - `commands`: the `/` commands.
+//! - `voice`: the WebRTC room and signaling relay.
+//! - `limits`, `relay_only`: pure helpers.
+
+mod chat;
+mod commands;
+pub mod limits;
+pub mod relay_only;
+pub mod runner;
+mod voice;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+
+use crate::config::Settings;
+use crate::protocol::{iso_timestamp, Frame, HistoryEntry, HistoryKind, Inbound, ServerMessage};
+use crate::turn::credentials::IceServerIssuer;
+
+use limits::{ConnectionLimiter, LoginLimiter, SlidingWindow};
+use voice::VoiceRoom;
+
+pub type ConnId = u64;
+
+/// WebSocket close codes the hub asks for.
+pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_POLICY: u16 = 1008;
+
+/// The time of an event: monotonic for timers, wall clock for timestamps and credential expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall: DateTime<Utc>,
+}
+
+impl Now {
+    pub fn current() -> Self {
+        Self { mono: Instant::now(), wall: Utc::now() }
+    }
+
+    pub fn unix(&self) -> u64 {
+        self.wall.timestamp().max(0) as u64
+    }
+}
+
+/// What the runner must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Send {
+        to: ConnId,
+        frame: Frame,
+    },
+    /// Close after the frames already queued for this connection have been written.
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: String,
+    },
+    /// Append to the persisted history; must be durable before the following sends go out.
+    Persist(HistoryEntry),
+    CreateAccount {
+        conn: ConnId,
+        name: String,
+        password: String,
+    },
+    CheckLogin {
+        conn: ConnId,
+        name: String,
+        password: String,
+    },
+    SaveBan {
+        name: String,
+        banned: bool,
+    },
+    VoiceJoined {
+        name: String,
+    },
+    VoiceLeft {
+        name: String,
+    },
+}
+
+/// What a new connection brings: who it claims to be and where it comes from.
+#[derive(Debug, Clone)]
+pub struct ConnectInfo {
+    pub ip: IpAddr,
+    /// The `username` query parameter, if any.
+    pub requested_name: Option<String>,
+    /// The Host header the client used (TURN URLs name the same host).
+    pub host: String,
+    /// 64 hex chars from a CSPRNG, made by the caller.
+    pub token: String,
+}
+
+#[derive(Debug)]
+struct Connection {
+    ip: IpAddr,
+    host: String,
+    token: String,
+    /// Set once the user is welcomed (open mode at once; auth mode after /login).
+    name: Option<String>,
+    last_ping: Instant,
+    chat_window: SlidingWindow,
+    last_nick_change: Option<Instant>,
+    /// Names whose chat this user does not want to see, until when.
+    blocked: HashMap<String, Instant>,
+    login_in_progress: bool,
+}
+
+/// Server-wide counts for /server-info and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connected_users: usize,
+    pub voice_participants: usize,
+}
+
+pub struct Hub {
+    settings: Arc<Settings>,
+    ice: IceServerIssuer,
+    connections: HashMap<ConnId, Connection>,
+    /// Welcomed users by name, in order of arrival (for /list).
+    names: HashMap<String, ConnId>,
+    arrival_order: Vec<String>,
+    history: VecDeque<HistoryEntry>,
+    bans: HashSet<String>,
+    admins: HashSet<String>,
+    connection_limiter: ConnectionLimiter,
+    login_limiter: LoginLimiter,
+    voice: VoiceRoom,
+    rng: StdRng,
+    last_prune: Option<Instant>,
+}
+
+/// Collects effects; serializes each message once and shares the frame between recipients.
+#[derive(Default)]
+pub(crate) struct Out {
+    effects: Vec<Effect>,
+}
+
+impl Out {
+    fn send(&mut self, to: ConnId, message: &ServerMessage) {
+        self.effects.push(Effect::Send { to, frame: message.frame() });
+    }
+
+    fn send_frame(&mut self, to: ConnId, frame: &Frame) {
+        self.effects.push(Effect::Send { to, frame: frame.clone() });
+    }
+
+    fn system(&mut self, to: ConnId, text: &str) {
+        self.send(to, &ServerMessage::System { text });
+    }
+
+    fn close(&mut self, conn: ConnId, code: u16, reason: &str) {
+        self.effects.push(Effect::Close { conn, code, reason: reason.to_string() });
+    }
+
+    fn push(&mut self, effect: Effect) {
+        self.effects.push(effect);
+    }
+}
+
+impl Hub {
+    pub fn new(
+        settings: Arc<Settings>,
+        ice: IceServerIssuer,
+        history: Vec<HistoryEntry>,
+        bans: HashSet<String>,
+        rng: StdRng,
+    ) -> Self {
+        let limit = settings.chat.history_limit;
+        let mut history: VecDeque<HistoryEntry> = history.into();
+        while history.len() > limit {
+            history.pop_front();
+        }
+        Self {
+            admins: settings.chat.admins.iter().cloned().collect(),
+            connection_limiter: ConnectionLimiter::new(settings.limits.clone()),
+            voice: VoiceRoom::default(),
+            settings,
+            ice,
+            connections: HashMap::new(),
+            names: HashMap::new(),
+            arrival_order: Vec::new(),
+            history,
+            bans,
+            login_limiter: LoginLimiter::default(),
+            rng,
+            last_prune: None,
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats { connected_users: self.names.len(), voice_participants: self.voice.len() }
+    }
+
+    /// A WebSocket was accepted.
+    pub fn connect(&mut self, conn: ConnId, info: ConnectInfo, now: Now) -> Vec<Effect> {
+        let mut out = Out::default();
+        self.on_connect(&mut out, conn, info, now);
+        out.effects
+    }
+
+    /// A text frame arrived.
+    pub fn message(&mut self, conn: ConnId, inbound: Inbound, now: Now) -> Vec<Effect> {
+        let mut out = Out::default();
+        self.on_message(&mut out, conn, inbound, now);
+        out.effects
+    }
+
+    /// The socket is gone (closed by either side). Unknown connections are ignored, so the
+    /// runner may report every socket end, including ones the hub already removed.
+    pub fn disconnect(&mut self, conn: ConnId, now: Now) -> Vec<Effect> {
+        let mut out = Out::default();
+        self.remove_connection(&mut out, conn, None, now);
+        out.effects
+    }
+
+    /// The store answered a `CreateAccount`: `Ok(true)` created, `Ok(false)` name taken.
+    pub fn account_created(&mut self, conn: ConnId, result: Result<bool, String>, now: Now) -> Vec<Effect> {
+        let mut out = Out::default();
+        self.on_account_created(&mut out, conn, result, now);
+        out.effects
+    }
+
+    /// The store and the password hash answered a `CheckLogin`.
+    pub fn login_checked(&mut self, conn: ConnId, name: String, ok: bool, now: Now) -> Vec<Effect> {
+        let mut out = Out::default();
+        self.on_login_checked(&mut out, conn, name, ok, now);
+        out.effects
+    }
+
+    /// Timers: heartbeat timeouts, credential refresh, pruning of limiter state.
+    pub fn tick(&mut self, now: Now) -> Vec<Effect> {
+        let mut out = Out::default();
+        let timeout = Duration::from_millis(self.settings.chat.heartbeat_timeout_ms);
+        let mut timed_out: Vec<ConnId> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| now.mono.duration_since(c.last_ping) >= timeout)
+            .map(|(&id, _)| id)
+            .collect();
+        timed_out.sort_unstable();
+        for conn in timed_out {
+            out.system(conn, "Disconnected: Heartbeat timeout (no ping received)");
+            out.close(conn, CLOSE_POLICY, "Heartbeat timeout");
+            self.remove_connection(&mut out, conn, None, now);
+        }
+        self.refresh_due_credentials(&mut out, now);
+        let prune_due = self.last_prune.is_none_or(|t| now.mono.duration_since(t) >= Duration::from_secs(60));
+        if prune_due {
+            self.connection_limiter.prune(now.mono);
+            self.login_limiter.prune(now.mono);
+            self.last_prune = Some(now.mono);
+        }
+        out.effects
+    }
+
+    /// Graceful shutdown: every named user is announced as gone, every socket is closed.
+    pub fn shutdown(&mut self, now: Now) -> Vec<Effect> {
+        let mut out = Out::default();
+        let mut ids: Vec<ConnId> = self.connections.keys().copied().collect();
+        ids.sort_unstable();
+        for &conn in &ids {
+            self.remove_connection(&mut out, conn, Some(" (Server Shutdown)"), now);
+        }
+        for conn in ids {
+            out.close(conn, CLOSE_GOING_AWAY, "Server shutdown");
+        }
+        out.effects
+    }
+
+    /// Broadcasts a system notice to every welcomed user and persists it.
+    fn announce(&mut self, out: &mut Out, text: &str, now: Now) {
+        self.record(out, HistoryKind::System, None, text, now);
+        let frame = ServerMessage::System { text }.frame();
+        for conn in self.welcomed_connections() {
+            out.send_frame(conn, &frame);
+        }
+    }
+
+    /// Appends to the in-memory history and asks the runner to persist it.
+    fn record(&mut self, out: &mut Out, kind: HistoryKind, username: Option<&str>, text: &str, now: Now) {
+        let entry = HistoryEntry {
+            kind,
+            username: username.map(str::to_string),
+            text: text.to_string(),
+            timestamp: iso_timestamp(now.wall),
+        };
+        self.history.push_back(entry.clone());
+        while self.history.len() > self.settings.chat.history_limit {
+            self.history.pop_front();
+        }
+        out.push(Effect::Persist(entry));
+    }
+
+    /// Connections of welcomed users, in arrival order (deterministic output for tests).
+    fn welcomed_connections(&self) -> Vec<ConnId> {
+        self.arrival_order.iter().filter_map(|name| self.names.get(name).copied()).collect()
+    }
+
+    /// Removes a connection and everything hanging off it: voice seat, name, limiter slot.
+    /// `suffix` is appended to the "has left." notice (shutdown says why).
+    fn remove_connection(&mut self, out: &mut Out, conn: ConnId, suffix: Option<&str>, now: Now) {
+        let Some(connection) = self.connections.remove(&conn) else { return };
+        self.connection_limiter.release(connection.ip, now.mono);
+        if let Some(name) = connection.name {
+            self.leave_voice(out, &name, now);
+            self.names.remove(&name);
+            self.arrival_order.retain(|n| n != &name);
+            self.announce(out, &format!("{name} has left.{}", suffix.unwrap_or("")), now);
+        }
+    }
+}
+
+/// `^[A-Za-z0-9_-]{3,20}$`
+pub fn is_valid_username(name: &str) -> bool {
+    (3..=20).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! The hub runner: one task that owns the `Hub`, feeds it events and carries out its effects.
+//!
+//! Sessions talk to it through a `HubHandle`. Outbound frames go into each connection's bounded
+//! queue with `try_send`: a reader too slow to keep up is disconnected instead of slowing anyone
+//! else down. History entries are committed to the store before the frames that follow them are
+//! sent, so a message someone saw is a message on disk. Password hashing runs on the blocking
+//! pool, never on this task.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ConnId, ConnectInfo, Effect, Hub, Now, Stats};
+use crate::protocol::{Frame, Inbound};
+use crate::store::Store;
+use crate::turn::presence::VoicePresence;
+
+/// Frames queued per connection before it counts as a slow reader.
+pub const OUTBOUND_QUEUE_FRAMES: usize = 512;
+const TICK: Duration = Duration::from_millis(250);
+
+/// How a session receives what the hub sends it.
+pub struct ConnLink {
+    pub frames: mpsc::Sender<Frame>,
+    /// Close the socket (after the frames already queued) with this code and reason.
+    pub close: oneshot::Sender<(u16, String)>,
+}
+
+pub enum HubEvent {
+    Connected { conn: ConnId, info: ConnectInfo, link: ConnLink },
+    Message { conn: ConnId, inbound: Inbound },
+    Disconnected { conn: ConnId },
+    AccountCreated { conn: ConnId, result: Result<bool, String> },
+    LoginChecked { conn: ConnId, name: String, ok: bool },
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+/// Counters readable without asking the hub (for /server-info and metrics).
+#[derive(Debug, Default)]
+pub struct SharedStats {
+    pub connected_users: AtomicUsize,
+    pub voice_participants: AtomicUsize,
+    pub open_sockets: AtomicUsize,
+    pub chat_frames_out: AtomicU64,
+    pub outbound_queue_drops: AtomicU64,
+}
+
+impl SharedStats {
+    pub fn snapshot(&self) -> Stats {
+        Stats {
+            connected_users: self.connected_users.load(Ordering::Relaxed),
+            voice_participants: self.voice_participants.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What sessions hold to reach the hub. Cheap to clone.
+#[derive(Clone)]
+pub struct HubHandle {
+    events: mpsc::Sender<HubEvent>,
+    next_conn: Arc<AtomicU64>,
+    pub stats: Arc<SharedStats>,
+}
+
+impl HubHandle {
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends an event; false if the hub has stopped (server shutting down).
+    pub async fn send(&self, event: HubEvent) -> bool {
+        self.events.send(event).await.is_ok()
+    }
+
+    /// Asks the hub to announce shutdown, close every socket and flush the store.
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.events.send(HubEvent::Shutdown { done }).await.is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
+struct Runner {
+    hub: Hub,
+    links: HashMap<ConnId, ConnLink>,
+    store: Store,
+    presence: Arc<VoicePresence>,
+    events: mpsc::Sender<HubEvent>,
+    stats: Arc<SharedStats>,
+}
+
+/// Starts the runner task. It ends after a `Shutdown` event has been handled.
+pub fn spawn(
+    hub: Hub,
+    store: Store,
+    presence: Arc<VoicePresence>,
+) -> (HubHandle, tokio::task::JoinHandle<()>) {
+    let (events, receiver) = mpsc::channel(8192);
+    let stats = Arc::new(SharedStats::default());
+    let runner =
+        Runner { hub, links: HashMap::new(), store, presence, events: events.clone(), stats: stats.clone() };
+    let task = tokio::spawn(runner.run(receiver));
+    (HubHandle { events, next_conn: Arc::new(AtomicU64::new(1)), stats }, task)
+}
+
+impl Runner {
+    async fn run(mut self, mut receiver: mpsc::Receiver<HubEvent>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let effects = tokio::select! {
+                event = receiver.recv() => match event {
+                    Some(HubEvent::Shutdown { done }) => {
+                        let effects = self.hub.shutdown(Now::current());
+                        self.carry_out(effects).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(event) => self.handle(event),
+                    None => return,
+                },
+                _ = tick.tick() => self.hub.tick(Now::current()),
+            };
+            self.carry_out(effects).await;
+            let stats = self.hub.stats();
+            self.stats.connected_users.store(stats.connected_users, Ordering::Relaxed);
+            self.stats.voice_participants.store(stats.voice_participants, Ordering::Relaxed);
+            self.stats.open_sockets.store(self.links.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn handle(&mut self, event: HubEvent) -> Vec<Effect> {
+        let now = Now::current();
+        match event {
+            HubEvent::Connected { conn, info, link } => {
+                self.links.insert(conn, link);
+                self.hub.connect(conn, info, now)
+            }
+            HubEvent::Message { conn, inbound } => self.hub.message(conn, inbound, now),
+            HubEvent::Disconnected { conn } => {
+                self.links.remove(&conn);
+                self.hub.disconnect(conn, now)
+            }
+            HubEvent::AccountCreated { conn, result } => self.hub.account_created(conn, result, now),
+            HubEvent::LoginChecked { conn, name, ok } => self.hub.login_checked(conn, name, ok, now),
+            HubEvent::Shutdown { .. } => Vec::new(),
+        }
+    }
+
+    async fn carry_out(&mut self, effects: Vec<Effect>) {
+        let mut queue: VecDeque<Effect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Send { to, frame } => {
+                    let Some(link) = self.links.get(&to) else { continue };
+                    match link.frames.try_send(frame) {
+                        Ok(()) => {
+                            self.stats.chat_frames_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            tracing::warn!(conn = to, "outbound queue full: disconnecting a slow reader");
+                            self.stats.outbound_queue_drops.fetch_add(1, Ordering::Relaxed);
+                            if let Some(link) = self.links.remove(&to) {
+                                let _ =
+                                    link.close.send((1008, "Outbound queue full (client too slow)".into()));
+                            }
+                            queue.extend(self.hub.disconnect(to, Now::current()));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+                Effect::Close { conn, code, reason } => {
+                    if let Some(link) = self.links.remove(&conn) {
+                        let _ = link.close.send((code, reason));
+                    }
+                }
+                Effect::Persist(entry) => {
+                    if let Err(e) = self.store.append(vec![entry]).await {
+                        tracing::error!("could not persist a history entry: {e}");
+                    }
+                }
+                Effect::CreateAccount { conn, name, password } => self.create_account(conn, name, password),
+                Effect::CheckLogin { conn, name, password } => self.check_login(conn, name, password),
+                Effect::SaveBan { name, banned } => {
+                    if let Err(e) = self.store.set_ban(name, banned).await {
+                        tracing::error!("could not persist a ban change: {e}");
+                    }
+                }
+                Effect::VoiceJoined { name } => self.presence.joined(&name),
+                Effect::VoiceLeft { name } => self.presence.left(&name),
+            }
+        }
+    }
+
+    fn create_account(&self, conn: ConnId, name: String, password: String) {
+        let (store, events) = (self.store.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let hashed = tokio::task::spawn_blocking(move || hash_password(&password)).await;
+            let result = match hashed {
+                Ok(Ok(hash)) => store.create_account(name, hash).await.map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(e.to_string()),
+            };
+            events.send(HubEvent::AccountCreated { conn, result }).await.ok();
+        });
+    }
+
+    fn check_login(&self, conn: ConnId, name: String, password: String) {
+        let (store, events) = (self.store.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let stored = match store.password_hash(name.clone()).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::error!("account lookup failed: {e}");
+                    None
+                }
+            };
+            let ok = tokio::task::spawn_blocking(move || verify_password(&password, stored.as_deref()))
+                .await
+                .unwrap_or(false);
+            events.send(HubEvent::LoginChecked { conn, name, ok }).await.ok();
+        });
+    }
+}
+
+/// argon2id with the crate's default (OWASP-recommended) parameters and a random salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Verifies against the stored hash. Without an account it still does the same work, so the
+/// reply time does not tell an attacker which names exist.
+pub fn verify_password(password: &str, stored: Option<&str>) -> bool {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| hash_password("not-a-real-password").unwrap_or_default());
+    let hash_text = stored.unwrap_or(dummy);
+    let Ok(hash) = PasswordHash::new(hash_text) else { return false };
+    Argon2::default().verify_password(password.as_bytes(), &hash).is_ok() && stored.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let hash = hash_password("password123").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("password123", Some(&hash)));
+        assert!(!verify_password("password124", Some(&hash)));
+        assert!(!verify_password("password123", None));
+        assert!(!verify_password("password123", Some("garbage")));
+    }
+}

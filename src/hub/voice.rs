@@ -1,0 +1,367 @@
+//! The voice room: who is in it, and the relay of WebRTC signaling between its members.
+//!
+//! Mesh topology: the server never touches media, it forwards offers, answers and candidates
+//! between named participants. With `force_relay` it also strips every candidate that could
+//! reveal a participant's address (see `relay_only`), hands out TURN credentials in
+//! `webrtc-joined`, and refreshes them before they expire.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::relay_only::{may_relay, strip_non_relay_candidates};
+use super::{ConnId, Effect, Hub, Now, Out};
+use crate::protocol::{
+    iso_timestamp, ClientMessage, IceCandidate, Participant, ServerMessage, SessionDescription, VoiceConfig,
+};
+
+/// Buffered candidates held per (sender, receiver) pair; more drops the oldest.
+pub const MAX_BUFFERED_CANDIDATES: usize = 64;
+
+#[derive(Debug)]
+struct Seat {
+    name: String,
+    conn: ConnId,
+    media_types: Vec<String>,
+    credentials_refresh_at: Instant,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct VoiceRoom {
+    /// In order of joining.
+    seats: Vec<Seat>,
+    /// Candidates sent with `buffer: true`, keyed by (from, to), in arrival order.
+    buffered: HashMap<(String, String), VecDeque<Value>>,
+}
+
+impl VoiceRoom {
+    pub fn len(&self) -> usize {
+        self.seats.len()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.seats.iter().any(|s| s.name == name)
+    }
+
+    fn seat_mut(&mut self, name: &str) -> Option<&mut Seat> {
+        self.seats.iter_mut().find(|s| s.name == name)
+    }
+
+    fn conn_of(&self, name: &str) -> Option<ConnId> {
+        self.seats.iter().find(|s| s.name == name).map(|s| s.conn)
+    }
+
+    fn participants(&self) -> Vec<Participant> {
+        self.seats
+            .iter()
+            .map(|s| Participant { username: s.name.clone(), media_types: s.media_types.clone() })
+            .collect()
+    }
+}
+
+enum Description {
+    Offer,
+    Answer,
+}
+
+impl Hub {
+    pub(super) fn webrtc_error(&self, out: &mut Out, conn: ConnId, error: &str, now: Now) {
+        out.send(conn, &ServerMessage::WebrtcError { error, timestamp: &iso_timestamp(now.wall) });
+    }
+
+    pub(super) fn on_webrtc(&mut self, out: &mut Out, conn: ConnId, message: ClientMessage, now: Now) {
+        if matches!(message, ClientMessage::WebrtcUnknown) {
+            self.webrtc_error(out, conn, "Unknown WebRTC message type", now);
+            return;
+        }
+        if !self.settings.webrtc.enabled {
+            self.webrtc_error(out, conn, "WebRTC is disabled on this server", now);
+            return;
+        }
+        let Some(name) = self.name_of(conn) else {
+            let error = if matches!(message, ClientMessage::WebrtcJoin { .. }) {
+                "Must be authenticated to join voice chat"
+            } else {
+                "Not in voice chat"
+            };
+            // Candidates are dropped silently, whatever is wrong with them.
+            if !matches!(message, ClientMessage::WebrtcIceCandidate { .. }) {
+                self.webrtc_error(out, conn, error, now);
+            }
+            return;
+        };
+        match message {
+            ClientMessage::WebrtcJoin { media_types } => self.join_voice(out, conn, name, media_types, now),
+            ClientMessage::WebrtcLeave => {
+                if !self.leave_voice(out, &name, now) {
+                    self.webrtc_error(out, conn, "Not in voice chat", now);
+                }
+            }
+            ClientMessage::WebrtcOffer { target, description } => {
+                self.relay_description(out, conn, &name, target, description, Description::Offer, now)
+            }
+            ClientMessage::WebrtcAnswer { target, description } => {
+                self.relay_description(out, conn, &name, target, description, Description::Answer, now)
+            }
+            ClientMessage::WebrtcIceCandidate { target, candidate, buffer } => {
+                self.relay_candidate(out, &name, target, candidate, buffer)
+            }
+            ClientMessage::WebrtcMediaChange { media_types } => {
+                self.change_media(out, conn, &name, media_types, now)
+            }
+            _ => {}
+        }
+    }
+
+    /// Keeps the requested media types the server allows, in order, without duplicates.
+    fn allowed_media_types(&self, requested: Option<Vec<String>>) -> Vec<String> {
+        let webrtc = &self.settings.webrtc;
+        let requested = requested.unwrap_or_else(|| vec!["audio".to_string()]);
+        let mut allowed: Vec<String> = Vec::new();
+        for kind in requested {
+            let permitted = match kind.as_str() {
+                "audio" => true,
+                "video" => webrtc.allow_video,
+                "screen" => webrtc.allow_screen_share,
+                _ => false,
+            };
+            if permitted && !allowed.contains(&kind) {
+                allowed.push(kind);
+            }
+        }
+        allowed
+    }
+
+    fn voice_config(&self, conn: ConnId, name: &str, now: Now) -> VoiceConfig {
+        let webrtc = &self.settings.webrtc;
+        let host = self.connections.get(&conn).map(|c| c.host.as_str()).unwrap_or("localhost");
+        VoiceConfig {
+            allow_video: webrtc.allow_video,
+            allow_screen_share: webrtc.allow_screen_share,
+            force_relay: webrtc.force_relay,
+            ice_servers: self.ice.ice_servers(host, name, now.unix()),
+            ice_transport_policy: if webrtc.force_relay { "relay" } else { "all" },
+            credential_ttl: self.ice.ttl_s,
+        }
+    }
+
+    fn credentials_refresh_at(&self, now: Now) -> Instant {
+        // Refresh at 80% of the lifetime: early enough to survive a slow client, late enough
+        // not to spam.
+        now.mono + Duration::from_millis(self.ice.ttl_s * 800)
+    }
+
+    fn join_voice(
+        &mut self,
+        out: &mut Out,
+        conn: ConnId,
+        name: String,
+        requested: Option<Vec<String>>,
+        now: Now,
+    ) {
+        let max = self.settings.webrtc.max_participants;
+        if self.voice.contains(&name) {
+            self.webrtc_error(out, conn, "Already in voice chat", now);
+            return;
+        }
+        if self.voice.len() >= max {
+            self.webrtc_error(out, conn, &format!("Voice chat is full ({max} maximum)"), now);
+            return;
+        }
+        let media_types = self.allowed_media_types(requested);
+        if media_types.is_empty() {
+            self.webrtc_error(out, conn, "No valid media types requested", now);
+            return;
+        }
+        let others: Vec<ConnId> = self.voice.seats.iter().map(|s| s.conn).collect();
+        let credentials_refresh_at = self.credentials_refresh_at(now);
+        self.voice.seats.push(Seat {
+            name: name.clone(),
+            conn,
+            media_types: media_types.clone(),
+            credentials_refresh_at,
+        });
+        // The relay must know before the client can possibly try to allocate.
+        out.push(Effect::VoiceJoined { name: name.clone() });
+        let config = self.voice_config(conn, &name, now);
+        let participants = self.voice.participants();
+        out.send(conn, &ServerMessage::WebrtcJoined { participants: &participants, config: &config });
+        let frame = ServerMessage::WebrtcPeerJoined { username: &name, media_types: &media_types }.frame();
+        for other in others {
+            out.send_frame(other, &frame);
+        }
+        self.announce(out, &format!("{name} joined voice chat"), now);
+    }
+
+    /// Takes `name` out of the room (leave, disconnect, kick, ban). False if not in it.
+    pub(super) fn leave_voice(&mut self, out: &mut Out, name: &str, now: Now) -> bool {
+        let Some(index) = self.voice.seats.iter().position(|s| s.name == name) else { return false };
+        self.voice.seats.remove(index);
+        self.voice.buffered.retain(|(from, to), _| from != name && to != name);
+        out.push(Effect::VoiceLeft { name: name.to_string() });
+        let frame = ServerMessage::WebrtcPeerLeft { username: name }.frame();
+        for seat in &self.voice.seats {
+            out.send_frame(seat.conn, &frame);
+        }
+        self.announce(out, &format!("{name} left voice chat"), now);
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn relay_description(
+        &mut self,
+        out: &mut Out,
+        conn: ConnId,
+        name: &str,
+        target: Option<String>,
+        description: Option<SessionDescription>,
+        kind: Description,
+        now: Now,
+    ) {
+        if !self.voice.contains(name) {
+            self.webrtc_error(out, conn, "Not in voice chat", now);
+            return;
+        }
+        let Some(description) = description else {
+            let error = match kind {
+                Description::Offer => "Invalid offer data",
+                Description::Answer => "Invalid answer data",
+            };
+            self.webrtc_error(out, conn, error, now);
+            return;
+        };
+        let target_conn = target.as_deref().filter(|t| *t != name).and_then(|t| self.voice.conn_of(t));
+        let (Some(target), Some(target_conn)) = (target, target_conn) else {
+            self.webrtc_error(out, conn, "Target user not in voice chat", now);
+            return;
+        };
+        let relayed = if self.settings.webrtc.force_relay {
+            description.with_sdp(&strip_non_relay_candidates(&description.sdp))
+        } else {
+            Value::Object(description.fields)
+        };
+        match kind {
+            Description::Offer => {
+                out.send(target_conn, &ServerMessage::WebrtcOffer { from_username: name, offer: &relayed });
+            }
+            Description::Answer => {
+                out.send(target_conn, &ServerMessage::WebrtcAnswer { from_username: name, answer: &relayed });
+                self.flush_buffered(out, name, &target);
+            }
+        }
+    }
+
+    /// After an answer between `a` and `b`, deliver what each buffered for the other, in order.
+    fn flush_buffered(&mut self, out: &mut Out, a: &str, b: &str) {
+        for (from, to) in [(b, a), (a, b)] {
+            let Some(queue) = self.voice.buffered.remove(&(from.to_string(), to.to_string())) else {
+                continue;
+            };
+            let Some(to_conn) = self.voice.conn_of(to) else { continue };
+            for candidate in queue {
+                out.send(
+                    to_conn,
+                    &ServerMessage::WebrtcIceCandidate { from_username: from, candidate: &candidate },
+                );
+            }
+        }
+    }
+
+    /// Invalid candidates are dropped silently (the original's behaviour; clients expect no reply).
+    fn relay_candidate(
+        &mut self,
+        out: &mut Out,
+        name: &str,
+        target: Option<String>,
+        candidate: Option<IceCandidate>,
+        buffer: bool,
+    ) {
+        let (Some(target), Some(candidate)) = (target, candidate) else { return };
+        if !self.voice.contains(name) || target == name {
+            return;
+        }
+        let Some(target_conn) = self.voice.conn_of(&target) else { return };
+        if self.settings.webrtc.force_relay && !may_relay(&candidate.candidate) {
+            tracing::debug!("dropped a non-relay candidate from a participant (force_relay)");
+            return;
+        }
+        let candidate = Value::Object(candidate.fields);
+        if buffer {
+            let queue = self.voice.buffered.entry((name.to_string(), target)).or_default();
+            if queue.len() >= MAX_BUFFERED_CANDIDATES {
+                queue.pop_front();
+                tracing::warn!(
+                    "buffered candidates for one peer pair exceeded {MAX_BUFFERED_CANDIDATES}; dropped the oldest"
+                );
+            }
+            queue.push_back(candidate);
+            return;
+        }
+        out.send(
+            target_conn,
+            &ServerMessage::WebrtcIceCandidate { from_username: name, candidate: &candidate },
+        );
+    }
+
+    fn change_media(
+        &mut self,
+        out: &mut Out,
+        conn: ConnId,
+        name: &str,
+        requested: Option<Vec<String>>,
+        now: Now,
+    ) {
+        if !self.voice.contains(name) {
+            self.webrtc_error(out, conn, "Not in voice chat", now);
+            return;
+        }
+        // An empty list is a legitimate "everything muted" state; unknown or disallowed types
+        // are filtered out like on join.
+        let media_types = match requested {
+            Some(list) if list.is_empty() => Vec::new(),
+            other => {
+                let allowed = self.allowed_media_types(other);
+                if allowed.is_empty() {
+                    self.webrtc_error(out, conn, "No valid media types requested", now);
+                    return;
+                }
+                allowed
+            }
+        };
+        if let Some(seat) = self.voice.seat_mut(name) {
+            seat.media_types = media_types.clone();
+        }
+        let frame = ServerMessage::WebrtcMediaChanged { username: name, media_types: &media_types }.frame();
+        for seat in &self.voice.seats {
+            if seat.conn != conn {
+                out.send_frame(seat.conn, &frame);
+            }
+        }
+    }
+
+    /// Pushes fresh TURN credentials to participants whose current ones near expiry.
+    pub(super) fn refresh_due_credentials(&mut self, out: &mut Out, now: Now) {
+        let next = self.credentials_refresh_at(now);
+        let due: Vec<(ConnId, String)> = self
+            .voice
+            .seats
+            .iter_mut()
+            .filter(|s| s.credentials_refresh_at <= now.mono)
+            .map(|s| {
+                s.credentials_refresh_at = next;
+                (s.conn, s.name.clone())
+            })
+            .collect();
+        for (conn, name) in due {
+            let config = self.voice_config(conn, &name, now);
+            out.send(
+                conn,
+                &ServerMessage::WebrtcCredentials {
+                    ice_servers: &config.ice_servers,
+                    credential_ttl: config.credential_ttl,
+                },
+            );
+        }
+    }
+}

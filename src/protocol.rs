@@ -1,0 +1,329 @@
+//! Wire types: what clients send (`Inbound`, parsed once at the edge) and what the server sends
+//! (`ServerMessage`, serialized once per broadcast).
+//!
+//! Parsing never fails loudly: anything a client can send maps to some `Inbound` value, including
+//! the malformed cases, so the hub can answer each with the exact text js-chat-server clients
+//! expect ("Invalid message format.", "Invalid message structure.", ...). After this module the
+//! rest of the code never looks at raw JSON again, except the opaque SDP/candidate objects that
+//! are relayed to peers as given.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::turn::credentials::IceServer;
+
+/// The largest SDP relayed in an offer or answer.
+pub const MAX_SDP_BYTES: usize = 64 * 1024;
+/// The largest ICE candidate string relayed.
+pub const MAX_CANDIDATE_BYTES: usize = 1024;
+
+/// A serialized server message, shared by every recipient of a broadcast.
+pub type Frame = Arc<str>;
+
+/// One text frame from a client, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// Not JSON, or JSON that is not an object.
+    Malformed,
+    Message {
+        token: Option<String>,
+        message: ClientMessage,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    Ping,
+    Typing,
+    /// `content` is `None` when missing or not a string.
+    Chat {
+        content: Option<String>,
+    },
+    WebrtcJoin {
+        media_types: Option<Vec<String>>,
+    },
+    WebrtcLeave,
+    WebrtcOffer {
+        target: Option<String>,
+        description: Option<SessionDescription>,
+    },
+    WebrtcAnswer {
+        target: Option<String>,
+        description: Option<SessionDescription>,
+    },
+    WebrtcIceCandidate {
+        target: Option<String>,
+        candidate: Option<IceCandidate>,
+        buffer: bool,
+    },
+    WebrtcMediaChange {
+        media_types: Option<Vec<String>>,
+    },
+    /// A `webrtc-*` type we do not know.
+    WebrtcUnknown,
+    /// Any other type, or no type at all.
+    Unknown,
+}
+
+impl ClientMessage {
+    /// WebRTC messages answer errors with `webrtc-error` instead of `system`.
+    pub fn is_webrtc(&self) -> bool {
+        matches!(
+            self,
+            Self::WebrtcJoin { .. }
+                | Self::WebrtcLeave
+                | Self::WebrtcOffer { .. }
+                | Self::WebrtcAnswer { .. }
+                | Self::WebrtcIceCandidate { .. }
+                | Self::WebrtcMediaChange { .. }
+                | Self::WebrtcUnknown
+        )
+    }
+}
+
+/// An RTCSessionDescriptionInit: the object as the client sent it, plus its validated SDP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionDescription {
+    pub fields: Map<String, Value>,
+    pub sdp: String,
+}
+
+impl SessionDescription {
+    /// The object to relay, with `sdp` replaced (e.g. by the relay-only filtered text).
+    pub fn with_sdp(&self, sdp: &str) -> Value {
+        let mut fields = self.fields.clone();
+        fields.insert("sdp".into(), Value::String(sdp.to_string()));
+        Value::Object(fields)
+    }
+}
+
+/// An RTCIceCandidateInit: the object as sent, plus its candidate string ("" = end of candidates).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IceCandidate {
+    pub fields: Map<String, Value>,
+    pub candidate: String,
+}
+
+/// Parses one text frame. Never fails: malformed input becomes `Inbound::Malformed`.
+pub fn parse_inbound(text: &str) -> Inbound {
+    let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(text) else {
+        return Inbound::Malformed;
+    };
+    let token = match object.remove("token") {
+        Some(Value::String(token)) => Some(token),
+        _ => None,
+    };
+    let message = match object.get("type").and_then(Value::as_str) {
+        Some("ping") => ClientMessage::Ping,
+        Some("typing") => ClientMessage::Typing,
+        Some("chat") => ClientMessage::Chat { content: take_string(&mut object, "content") },
+        Some("webrtc-join") => ClientMessage::WebrtcJoin { media_types: media_types(&object) },
+        Some("webrtc-leave") => ClientMessage::WebrtcLeave,
+        Some("webrtc-offer") => ClientMessage::WebrtcOffer {
+            target: take_string(&mut object, "targetUsername"),
+            description: session_description(object.remove("offer"), "offer"),
+        },
+        Some("webrtc-answer") => ClientMessage::WebrtcAnswer {
+            target: take_string(&mut object, "targetUsername"),
+            description: session_description(object.remove("answer"), "answer"),
+        },
+        Some("webrtc-ice-candidate") => ClientMessage::WebrtcIceCandidate {
+            target: take_string(&mut object, "targetUsername"),
+            candidate: ice_candidate(object.remove("candidate")),
+            buffer: object.get("buffer").and_then(Value::as_bool).unwrap_or(false),
+        },
+        Some("webrtc-media-change") => ClientMessage::WebrtcMediaChange { media_types: media_types(&object) },
+        Some(other) if other.starts_with("webrtc-") => ClientMessage::WebrtcUnknown,
+        _ => ClientMessage::Unknown,
+    };
+    Inbound::Message { token, message }
+}
+
+fn take_string(object: &mut Map<String, Value>, key: &str) -> Option<String> {
+    match object.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// `None` when absent (the caller applies the default); non-string entries are dropped.
+fn media_types(object: &Map<String, Value>) -> Option<Vec<String>> {
+    match object.get("mediaTypes") {
+        Some(Value::Array(items)) => {
+            Some(items.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        }
+        Some(_) => Some(Vec::new()),
+        None => None,
+    }
+}
+
+fn session_description(value: Option<Value>, expected_type: &str) -> Option<SessionDescription> {
+    let Some(Value::Object(fields)) = value else { return None };
+    let sdp = fields.get("sdp")?.as_str()?.to_string();
+    let kind = fields.get("type")?.as_str()?;
+    // Renegotiation may legitimately use "pranswer"/"rollback"; anything else is not an SDP.
+    let valid_kind = kind == expected_type || (expected_type == "answer" && kind == "pranswer");
+    if !valid_kind || sdp.is_empty() || sdp.len() > MAX_SDP_BYTES {
+        return None;
+    }
+    Some(SessionDescription { fields, sdp })
+}
+
+fn ice_candidate(value: Option<Value>) -> Option<IceCandidate> {
+    let Some(Value::Object(fields)) = value else { return None };
+    let candidate = fields.get("candidate")?.as_str()?.to_string();
+    if candidate.len() > MAX_CANDIDATE_BYTES {
+        return None;
+    }
+    Some(IceCandidate { fields, candidate })
+}
+
+/// ISO-8601 UTC with milliseconds, as JavaScript's `Date.toISOString()` prints it.
+pub fn iso_timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// One persisted history item, as sent in `history.messages`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    #[serde(rename = "type")]
+    pub kind: HistoryKind,
+    pub username: Option<String>,
+    pub text: String,
+    pub timestamp: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryKind {
+    Chat,
+    System,
+}
+
+impl HistoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::System => "system",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Participant {
+    pub username: String,
+    #[serde(rename = "mediaTypes")]
+    pub media_types: Vec<String>,
+}
+
+/// `webrtc-joined.config`: the original three fields, then our extensions.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceConfig {
+    pub allow_video: bool,
+    pub allow_screen_share: bool,
+    pub force_relay: bool,
+    pub ice_servers: Vec<IceServer>,
+    pub ice_transport_policy: &'static str,
+    pub credential_ttl: u64,
+}
+
+/// Everything the server sends. Field order follows the original server's frames.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase")]
+pub enum ServerMessage<'a> {
+    SessionToken { token: &'a str },
+    HeartbeatConfig { interval: u64, timeout: u64 },
+    History { messages: &'a [HistoryEntry] },
+    System { text: &'a str },
+    Chat { username: &'a str, text: &'a str, timestamp: &'a str },
+    Pong { timestamp: &'a str },
+    Typing { username: &'a str, timestamp: &'a str },
+    WebrtcJoined { participants: &'a [Participant], config: &'a VoiceConfig },
+    WebrtcPeerJoined { username: &'a str, media_types: &'a [String] },
+    WebrtcPeerLeft { username: &'a str },
+    WebrtcOffer { from_username: &'a str, offer: &'a Value },
+    WebrtcAnswer { from_username: &'a str, answer: &'a Value },
+    WebrtcIceCandidate { from_username: &'a str, candidate: &'a Value },
+    WebrtcMediaChanged { username: &'a str, media_types: &'a [String] },
+    WebrtcCredentials { ice_servers: &'a [IceServer], credential_ttl: u64 },
+    WebrtcError { error: &'a str, timestamp: &'a str },
+}
+
+impl ServerMessage<'_> {
+    /// Serializes once; the result is shared by every recipient.
+    pub fn frame(&self) -> Frame {
+        // Serializing these plain structs cannot fail (no maps with non-string keys).
+        serde_json::to_string(self).unwrap_or_default().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_frames() {
+        assert_eq!(parse_inbound("not json"), Inbound::Malformed);
+        assert_eq!(parse_inbound("[1,2]"), Inbound::Malformed);
+        assert_eq!(parse_inbound("\"str\""), Inbound::Malformed);
+        assert_eq!(parse_inbound("null"), Inbound::Malformed);
+    }
+
+    #[test]
+    fn chat_with_wrong_content_type_has_no_content() {
+        let Inbound::Message { token, message } = parse_inbound(r#"{"type":"chat","token":"t","content":5}"#)
+        else {
+            panic!("parsed as malformed")
+        };
+        assert_eq!(token.as_deref(), Some("t"));
+        assert_eq!(message, ClientMessage::Chat { content: None });
+    }
+
+    #[test]
+    fn unknown_types() {
+        let unknown = |text| match parse_inbound(text) {
+            Inbound::Message { message, .. } => message,
+            Inbound::Malformed => panic!("malformed"),
+        };
+        assert_eq!(unknown(r#"{"type":"bogus"}"#), ClientMessage::Unknown);
+        assert_eq!(unknown(r#"{"type":7}"#), ClientMessage::Unknown);
+        assert_eq!(unknown(r#"{}"#), ClientMessage::Unknown);
+        assert_eq!(unknown(r#"{"type":"webrtc-bogus"}"#), ClientMessage::WebrtcUnknown);
+    }
+
+    #[test]
+    fn offers_are_validated() {
+        let offer = |text| match parse_inbound(text) {
+            Inbound::Message { message: ClientMessage::WebrtcOffer { description, .. }, .. } => description,
+            other => panic!("{other:?}"),
+        };
+        assert!(offer(r#"{"type":"webrtc-offer","offer":{"type":"offer","sdp":"v=0"}}"#).is_some());
+        assert!(offer(r#"{"type":"webrtc-offer","offer":{}}"#).is_none());
+        assert!(offer(r#"{"type":"webrtc-offer","offer":{"type":"answer","sdp":"v=0"}}"#).is_none());
+        let huge =
+            format!(r#"{{"type":"webrtc-offer","offer":{{"type":"offer","sdp":"{}"}}}}"#, "a".repeat(70_000));
+        assert!(offer(&huge).is_none());
+    }
+
+    #[test]
+    fn server_frames_match_the_original_shapes() {
+        assert_eq!(&*ServerMessage::System { text: "hi" }.frame(), r#"{"type":"system","text":"hi"}"#);
+        assert_eq!(
+            &*ServerMessage::HeartbeatConfig { interval: 30000, timeout: 120000 }.frame(),
+            r#"{"type":"heartbeat-config","interval":30000,"timeout":120000}"#
+        );
+        assert_eq!(
+            &*ServerMessage::WebrtcPeerJoined { username: "Bob", media_types: &["audio".into()] }.frame(),
+            r#"{"type":"webrtc-peer-joined","username":"Bob","mediaTypes":["audio"]}"#
+        );
+        let offer = serde_json::json!({"type":"offer","sdp":"v=0..."});
+        assert_eq!(
+            &*ServerMessage::WebrtcOffer { from_username: "Bob", offer: &offer }.frame(),
+            r#"{"type":"webrtc-offer","fromUsername":"Bob","offer":{"type":"offer","sdp":"v=0..."}}"#
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! Wiring: opens the store, starts the relay, the hub runner and the HTTP listener, and shuts
+//! them down in the right order (announce, close sockets, flush the store).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use rand::SeedableRng;
+use tokio::sync::oneshot;
+
+use crate::config::Settings;
+use crate::http::{routes, HttpState};
+use crate::hub::runner::{self, HubHandle};
+use crate::hub::Hub;
+use crate::store::{Store, StoreThread};
+use crate::turn::credentials::{IceServerIssuer, TurnEndpoints};
+use crate::turn::presence::VoicePresence;
+
+/// A started server. Drop order matters, so use `shutdown`.
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    pub hub: HubHandle,
+    pub presence: Arc<VoicePresence>,
+    hub_task: tokio::task::JoinHandle<()>,
+    http_task: tokio::task::JoinHandle<()>,
+    stop_http: oneshot::Sender<()>,
+    store_thread: StoreThread,
+}
+
+/// Starts every part; returns once all listeners are bound.
+pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
+    let settings = Arc::new(settings);
+    let (store, store_thread, loaded) =
+        Store::open(&settings.server.data_dir, settings.chat.history_limit)
+            .with_context(|| format!("cannot open the store in {}", settings.server.data_dir.display()))?;
+    let presence = Arc::new(VoicePresence::new());
+    let ice = ice_server_issuer(&settings, Vec::new(), None);
+
+    let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rand::rngs::StdRng::from_os_rng());
+    let (hub_handle, hub_task) = runner::spawn(hub, store, presence.clone());
+
+    let bind_addr =
+        SocketAddr::new(settings.server.host.parse().context("server.host")?, settings.server.port);
+    let listener = tokio::net::TcpListener::bind(bind_addr)
+        .await
+        .with_context(|| format!("cannot listen on {bind_addr}"))?;
+    let http_addr = listener.local_addr()?;
+    let state = Arc::new(HttpState {
+        settings: settings.clone(),
+        hub: hub_handle.clone(),
+        port: http_addr.port(),
+        trusted_proxies: settings.server.trusted_proxy_nets(),
+    });
+    let (stop_http, stopped) = oneshot::channel::<()>();
+    let server = warp::serve(routes(state)).incoming(listener).graceful(async {
+        let _ = stopped.await;
+    });
+    let http_task = tokio::spawn(server.run());
+    tracing::info!("http listening on {http_addr}");
+    Ok(RunningServer { http_addr, hub: hub_handle, presence, hub_task, http_task, stop_http, store_thread })
+}
+
+/// The `iceServers` source for `webrtc-joined`.
+fn ice_server_issuer(
+    settings: &Settings,
+    secret: Vec<u8>,
+    relay_ports: Option<(u16, Option<u16>)>,
+) -> IceServerIssuer {
+    let turn = &settings.turn;
+    let endpoints = if let Some((port, tls_port)) = relay_ports {
+        let public_host = Some(turn.public_host.clone()).filter(|h| !h.is_empty());
+        TurnEndpoints::Integrated { secret, public_host, port, tls_port }
+    } else if !turn.external_servers.is_empty() {
+        TurnEndpoints::External(
+            turn.external_servers.iter().map(|s| (s.urls.clone(), s.secret.as_bytes().to_vec())).collect(),
+        )
+    } else {
+        TurnEndpoints::None
+    };
+    IceServerIssuer { endpoints, ttl_s: turn.credential_ttl_s }
+}
+
+impl RunningServer {
+    /// Announces the shutdown to every user, closes every socket, flushes the store.
+    pub async fn shutdown(self) {
+        self.hub.shutdown().await;
+        let _ = self.hub_task.await;
+        let _ = self.stop_http.send(());
+        // Sessions end once their sockets are closed; don't wait on a stuck peer forever.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.http_task).await;
+        drop(self.hub);
+        self.store_thread.close();
+    }
+}

@@ -1,0 +1,248 @@
+//! The store: chat history, accounts and bans in one SQLite file under `data_dir`.
+//!
+//! All disk work happens on one dedicated thread; the async side sends it jobs and awaits the
+//! replies, so no tokio worker ever blocks on disk. Durability: WAL journal with
+//! `synchronous=NORMAL`. A committed message survives a crash of the process (the WAL is written
+//! before the commit returns); on a power loss the last transactions before the loss may roll
+//! back. The hub runner awaits the commit of a history entry before sending it to anyone, so
+//! nothing a user saw acknowledged is lost when relaychat itself dies.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::protocol::{HistoryEntry, HistoryKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store thread has stopped")]
+    Stopped,
+}
+
+/// What the server needs from disk at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The most recent history entries, oldest first.
+    pub history: Vec<HistoryEntry>,
+    pub bans: HashSet<String>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Job {
+    Append(Vec<HistoryEntry>, Reply<()>),
+    CreateAccount { name: String, password_hash: String, reply: Reply<bool> },
+    PasswordHash { name: String, reply: Reply<Option<String>> },
+    SetBan { name: String, banned: bool, reply: Reply<()> },
+    Ping(Reply<()>),
+}
+
+/// A handle to the store thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    jobs: std_mpsc::Sender<Job>,
+}
+
+/// Owns the thread; `close` waits for every queued job to finish.
+pub struct StoreThread {
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) `data_dir/relaychat.db` and loads what the hub needs.
+    pub fn open(data_dir: &Path, history_limit: usize) -> Result<(Store, StoreThread, Loaded), StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
+        let db = Connection::open(data_dir.join("relaychat.db"))?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS messages (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 kind TEXT NOT NULL,
+                 username TEXT,
+                 text TEXT NOT NULL,
+                 timestamp TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS accounts (
+                 username TEXT PRIMARY KEY,
+                 password_hash TEXT NOT NULL,
+                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));
+             CREATE TABLE IF NOT EXISTS bans (
+                 username TEXT PRIMARY KEY,
+                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));",
+        )?;
+        let loaded = load(&db, history_limit)?;
+        let (jobs, receiver) = std_mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("relaychat-store".into())
+            .spawn(move || run(db, receiver))
+            .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
+        Ok((Store { jobs }, StoreThread { handle: Some(handle) }, loaded))
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(job(reply)).map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Appends history entries in one transaction; returns once committed.
+    pub async fn append(&self, entries: Vec<HistoryEntry>) -> Result<(), StoreError> {
+        self.ask(|reply| Job::Append(entries, reply)).await
+    }
+
+    /// Creates an account; false when the name is taken.
+    pub async fn create_account(&self, name: String, password_hash: String) -> Result<bool, StoreError> {
+        self.ask(|reply| Job::CreateAccount { name, password_hash, reply }).await
+    }
+
+    pub async fn password_hash(&self, name: String) -> Result<Option<String>, StoreError> {
+        self.ask(|reply| Job::PasswordHash { name, reply }).await
+    }
+
+    pub async fn set_ban(&self, name: String, banned: bool) -> Result<(), StoreError> {
+        self.ask(|reply| Job::SetBan { name, banned, reply }).await
+    }
+
+    /// Round trip through the store thread (readiness check: the thread runs and answers).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.ask(Job::Ping).await
+    }
+}
+
+impl StoreThread {
+    /// Waits until every job sent before (by any handle) is done. Call after the last handle
+    /// is dropped, or the thread keeps waiting for more jobs.
+    pub fn close(mut self) {
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn load(db: &Connection, history_limit: usize) -> Result<Loaded, StoreError> {
+    let mut statement = db.prepare(
+        "SELECT kind, username, text, timestamp FROM
+           (SELECT id, kind, username, text, timestamp FROM messages ORDER BY id DESC LIMIT ?1)
+         ORDER BY id ASC",
+    )?;
+    let history = statement
+        .query_map([history_limit as i64], |row| {
+            let kind: String = row.get(0)?;
+            Ok(HistoryEntry {
+                kind: if kind == "chat" { HistoryKind::Chat } else { HistoryKind::System },
+                username: row.get(1)?,
+                text: row.get(2)?,
+                timestamp: row.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let bans = db
+        .prepare("SELECT username FROM bans")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<HashSet<String>, _>>()?;
+    Ok(Loaded { history, bans })
+}
+
+fn run(mut db: Connection, jobs: std_mpsc::Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        match job {
+            Job::Append(entries, reply) => {
+                let _ = reply.send(append(&mut db, &entries));
+            }
+            Job::CreateAccount { name, password_hash, reply } => {
+                let result = db
+                    .execute(
+                        "INSERT INTO accounts (username, password_hash) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        params![name, password_hash],
+                    )
+                    .map(|inserted| inserted == 1)
+                    .map_err(StoreError::from);
+                let _ = reply.send(result);
+            }
+            Job::PasswordHash { name, reply } => {
+                let result = db
+                    .query_row("SELECT password_hash FROM accounts WHERE username = ?1", [name], |row| {
+                        row.get(0)
+                    })
+                    .optional()
+                    .map_err(StoreError::from);
+                let _ = reply.send(result);
+            }
+            Job::SetBan { name, banned, reply } => {
+                let sql = if banned {
+                    "INSERT INTO bans (username) VALUES (?1) ON CONFLICT DO NOTHING"
+                } else {
+                    "DELETE FROM bans WHERE username = ?1"
+                };
+                let _ = reply.send(db.execute(sql, [name]).map(|_| ()).map_err(StoreError::from));
+            }
+            Job::Ping(reply) => {
+                let _ = reply.send(db.query_row("SELECT 1", [], |_| Ok(())).map_err(StoreError::from));
+            }
+        }
+    }
+    // Leave a tidy database behind: fold the WAL into the main file.
+    if let Err(e) = db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        tracing::warn!("final WAL checkpoint failed: {e}");
+    }
+}
+
+fn append(db: &mut Connection, entries: &[HistoryEntry]) -> Result<(), StoreError> {
+    let tx = db.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO messages (kind, username, text, timestamp) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for e in entries {
+            insert.execute(params![e.kind.as_str(), e.username, e.text, e.timestamp])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(text: &str) -> HistoryEntry {
+        HistoryEntry {
+            kind: HistoryKind::Chat,
+            username: Some("alice".into()),
+            text: text.into(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn history_accounts_and_bans_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread, loaded) = Store::open(dir.path(), 2).unwrap();
+        assert!(loaded.history.is_empty());
+        store.append(vec![entry("one"), entry("two"), entry("three")]).await.unwrap();
+        assert!(store.create_account("alice".into(), "hash".into()).await.unwrap());
+        assert!(!store.create_account("alice".into(), "other".into()).await.unwrap());
+        store.set_ban("mallory".into(), true).await.unwrap();
+        drop(store);
+        thread.close();
+
+        let (store, thread, loaded) = Store::open(dir.path(), 2).unwrap();
+        let texts: Vec<_> = loaded.history.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts, ["two", "three"]);
+        assert!(loaded.bans.contains("mallory"));
+        assert_eq!(store.password_hash("alice".into()).await.unwrap().as_deref(), Some("hash"));
+        assert_eq!(store.password_hash("bob".into()).await.unwrap(), None);
+        drop(store);
+        thread.close();
+    }
+}
