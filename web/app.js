@@ -418,11 +418,22 @@
     const onState = () => {
       const tile = tileFor(name);
       if (tile) tile.dataset.state = pc.connectionState;
+      if (pc.connectionState === 'connected') peer.restartDelay = 0;
       // Recover from a dead path with an ICE restart; only the impolite side starts it, so the
       // two ends do not both restart at once. negotiationneeded then sends the new offer.
-      if ((pc.connectionState === 'failed' || pc.iceConnectionState === 'failed') && !peer.polite) {
-        console.warn('connection to', name, 'failed: restarting ICE');
-        pc.restartIce();
+      // Backoff: while the relay itself is unreachable every restart fails again.
+      // "disconnected" often heals by itself, so it gets a 5 s grace period first.
+      const failed = pc.connectionState === 'failed' || pc.iceConnectionState === 'failed';
+      const stalled = pc.connectionState === 'disconnected';
+      if ((failed || stalled) && !peer.polite && !peer.restartTimer) {
+        peer.restartDelay = Math.min(30000, (peer.restartDelay || 500) * 2);
+        const delay = stalled && !failed ? Math.max(5000, peer.restartDelay) : peer.restartDelay;
+        console.warn(`connection to ${name} ${pc.connectionState}: ICE restart in ${delay} ms`);
+        peer.restartTimer = setTimeout(() => {
+          peer.restartTimer = null;
+          const s = pc.connectionState;
+          if (peers.get(name) === peer && (s === 'failed' || s === 'disconnected')) pc.restartIce();
+        }, delay);
       }
     };
     pc.onconnectionstatechange = onState;
@@ -435,7 +446,7 @@
 
   function closePeer(name) {
     const peer = peers.get(name);
-    if (peer) peer.pc.close();
+    if (peer) { clearTimeout(peer.restartTimer); peer.pc.close(); }
     peers.delete(name);
     pcs.delete(name);
     earlyCandidates.delete(name);
