@@ -1,0 +1,203 @@
+//! Who may use the relay: REST credentials bound to a live voice session.
+//!
+//! A request passes in two steps, in this order so that someone without the secret learns
+//! nothing about who is in a call:
+//! 1. [`Authenticator::key`]: the REST username parses and the realm is ours; the long-term key
+//!    (MD5 of `user:realm:password`, the password being `credentials::credential_for`) is returned
+//!    and the caller checks MESSAGE-INTEGRITY with it (wrong HMAC = bad credential);
+//! 2. [`Authenticator::admit`]: the expiry is in the future and the user is in voice right now
+//!    (unless `require_live_session = false`, which never lifts the HMAC or the expiry).
+//!
+//! Long calls: browsers keep refreshing an allocation (and its permissions and channels) with the
+//! credential they allocated with, long after its expiry. So an expired credential is still
+//! admitted for Refresh, CreatePermission and ChannelBind when (a) its HMAC is right, (b) the user
+//! is in voice right now, and (c) the request comes from the 5-tuple of an allocation that was
+//! created with exactly this username (so it was valid when the allocation was made). A new
+//! Allocate always needs an unexpired credential. When the user leaves voice, (b) fails and the
+//! allocations are deleted anyway.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::turn::credentials::{credential_for, parse_username};
+use crate::turn::presence::VoicePresence;
+
+/// Why a credential was refused; each has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    BadCredential,
+    Expired,
+    NotInVoice,
+    Malformed,
+}
+
+impl AuthFailure {
+    /// The reason phrase of the 401 answer (shown in browser and uclient logs).
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::BadCredential => "Unauthorized",
+            AuthFailure::Expired => "Credential expired",
+            AuthFailure::NotInVoice => "Not in voice chat",
+            AuthFailure::Malformed => "Malformed credential",
+        }
+    }
+}
+
+/// What the request is, as far as admission cares.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission<'a> {
+    pub now_unix: u64,
+    /// True for Allocate (never admitted with an expired credential).
+    pub is_allocate: bool,
+    /// The full REST username the request's 5-tuple allocated with, if it holds an allocation.
+    pub allocation_username: Option<&'a str>,
+}
+
+pub struct Authenticator {
+    secret: Vec<u8>,
+    realm: String,
+    require_live_session: bool,
+    presence: Arc<VoicePresence>,
+}
+
+impl Authenticator {
+    pub fn new(
+        secret: Vec<u8>,
+        realm: String,
+        require_live_session: bool,
+        presence: Arc<VoicePresence>,
+    ) -> Self {
+        Authenticator { secret, realm, require_live_session, presence }
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// Step 1: the long-term key for `username` in `realm`, if the name is one we could have issued.
+    pub fn key(&self, username: &str, realm: &str) -> Result<Vec<u8>, AuthFailure> {
+        if parse_username(username).is_none() {
+            return Err(AuthFailure::Malformed);
+        }
+        if realm != self.realm {
+            return Err(AuthFailure::BadCredential);
+        }
+        let password = credential_for(&self.secret, username);
+        Ok(turn::auth::generate_auth_key(username, realm, &password))
+    }
+
+    /// Step 2, after MESSAGE-INTEGRITY verified with [`Self::key`]: may this credential be used now?
+    pub fn admit(&self, username: &str, request: Admission<'_>) -> Result<(), AuthFailure> {
+        let parsed = parse_username(username).ok_or(AuthFailure::Malformed)?;
+        let in_voice = self.presence.is_in_voice(parsed.user);
+        if parsed.expires_at_unix <= request.now_unix {
+            let same_live_allocation =
+                !request.is_allocate && request.allocation_username == Some(username) && in_voice;
+            if !same_live_allocation {
+                return Err(AuthFailure::Expired);
+            }
+        }
+        if self.require_live_session && !in_voice {
+            return Err(AuthFailure::NotInVoice);
+        }
+        Ok(())
+    }
+}
+
+/// The crate's synchronous hook, for completeness (our read loop calls `key` and `admit` itself,
+/// with the context the hook does not get: the method and the 5-tuple's allocation).
+impl turn::auth::AuthHandler for Authenticator {
+    fn auth_handle(&self, username: &str, realm: &str, _src: SocketAddr) -> Result<Vec<u8>, turn::Error> {
+        let key = self.key(username, realm).map_err(|f| turn::Error::Other(f.reason().to_string()))?;
+        let now_unix = crate::turn::unix_now();
+        self.admit(username, Admission { now_unix, is_allocate: true, allocation_username: None })
+            .map_err(|f| turn::Error::Other(f.reason().to_string()))?;
+        Ok(key)
+    }
+}
+
+/// Hands the crate the key our read loop already checked, so the crate's own (second)
+/// MESSAGE-INTEGRITY check agrees with ours without re-deciding anything.
+pub(crate) struct CheckedKey(pub Vec<u8>);
+
+impl turn::auth::AuthHandler for CheckedKey {
+    fn auth_handle(&self, _username: &str, _realm: &str, _src: SocketAddr) -> Result<Vec<u8>, turn::Error> {
+        Ok(self.0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::turn::credentials::issue;
+
+    fn auth(require_live_session: bool) -> (Authenticator, Arc<VoicePresence>) {
+        let presence = Arc::new(VoicePresence::new());
+        (
+            Authenticator::new(
+                b"s3cret".to_vec(),
+                "relaychat".into(),
+                require_live_session,
+                presence.clone(),
+            ),
+            presence,
+        )
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn allocate() -> Admission<'static> {
+        Admission { now_unix: NOW, is_allocate: true, allocation_username: None }
+    }
+
+    #[test]
+    fn key_matches_what_a_client_derives_from_the_issued_credential() {
+        let (a, _) = auth(true);
+        let c = issue(b"s3cret", "alice", NOW + 600);
+        let expected = turn::auth::generate_auth_key(&c.username, "relaychat", &c.credential);
+        assert_eq!(a.key(&c.username, "relaychat"), Ok(expected));
+        assert_eq!(a.key(&c.username, "other-realm"), Err(AuthFailure::BadCredential));
+        assert_eq!(a.key("alice", "relaychat"), Err(AuthFailure::Malformed));
+        assert_eq!(a.key("123", "relaychat"), Err(AuthFailure::Malformed));
+    }
+
+    #[test]
+    fn admission_needs_voice_and_an_unexpired_credential() {
+        let (a, presence) = auth(true);
+        let name = format!("{}:alice", NOW + 600);
+        assert_eq!(a.admit(&name, allocate()), Err(AuthFailure::NotInVoice));
+        presence.joined("alice");
+        assert_eq!(a.admit(&name, allocate()), Ok(()));
+        let expired = format!("{}:alice", NOW);
+        assert_eq!(a.admit(&expired, allocate()), Err(AuthFailure::Expired));
+    }
+
+    #[test]
+    fn expired_credentials_keep_refreshing_their_own_allocation_while_in_voice() {
+        let (a, presence) = auth(true);
+        presence.joined("alice");
+        let expired = format!("{}:alice", NOW - 10);
+        let refresh = Admission { now_unix: NOW, is_allocate: false, allocation_username: Some(&expired) };
+        assert_eq!(a.admit(&expired, refresh), Ok(()));
+        // Not for an allocation made with another credential, nor for a new Allocate.
+        let other = format!("{}:alice", NOW - 20);
+        let other_alloc = Admission { allocation_username: Some(&other), ..refresh };
+        assert_eq!(a.admit(&expired, other_alloc), Err(AuthFailure::Expired));
+        assert_eq!(a.admit(&expired, Admission { is_allocate: true, ..refresh }), Err(AuthFailure::Expired));
+        // Not once the user left.
+        presence.left("alice");
+        assert_eq!(a.admit(&expired, refresh), Err(AuthFailure::Expired));
+    }
+
+    #[test]
+    fn no_live_session_rule_still_checks_expiry() {
+        let (a, _) = auth(false);
+        assert_eq!(a.admit(&format!("{}:bench", NOW + 1), allocate()), Ok(()));
+        assert_eq!(a.admit(&format!("{}:bench", NOW), allocate()), Err(AuthFailure::Expired));
+        // And the HMAC: the key is derived from the secret, whatever the live-session rule.
+        let (b, _) = auth(false);
+        let wrong = issue(b"not-the-secret", "bench", NOW + 600);
+        let key = b.key(&wrong.username, "relaychat").unwrap();
+        assert_ne!(key, turn::auth::generate_auth_key(&wrong.username, "relaychat", &wrong.credential));
+    }
+}

@@ -1,0 +1,46 @@
+//! Relay counters for the metrics endpoint: plain atomics, bumped on the hot path without locks.
+//!
+//! Directions are seen from the relay socket: `relayed_*_in` is what peers sent to a relayed
+//! address (delivered to the client), `relayed_*_out` is what clients sent out through the relay.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    pub allocations_active: AtomicU64,
+    pub allocations_total: AtomicU64,
+    pub relayed_bytes_in: AtomicU64,
+    pub relayed_bytes_out: AtomicU64,
+    pub relayed_packets_in: AtomicU64,
+    pub relayed_packets_out: AtomicU64,
+    /// Wrong HMAC, wrong realm, or a username that is not ours.
+    pub auth_failures_bad_credential: AtomicU64,
+    /// Correct HMAC, but the credential's expiry has passed (and no live allocation excuses it).
+    pub auth_failures_expired: AtomicU64,
+    /// Correct, unexpired credential of a user who is not in voice chat right now.
+    pub auth_failures_not_in_voice: AtomicU64,
+    /// A request whose username, realm or nonce is missing or unparsable.
+    pub auth_failures_malformed: AtomicU64,
+    /// Datagrams and permission/channel requests refused by the peer policy.
+    pub denied_peers: AtomicU64,
+    /// Allocate requests refused by the per-user or total allocation limit.
+    pub quota_refusals: AtomicU64,
+    /// Datagrams dropped by the per-allocation bandwidth cap.
+    pub bandwidth_drops: AtomicU64,
+    /// Frames dropped because a TCP client did not read fast enough (bounded send queue).
+    pub tcp_send_drops: AtomicU64,
+}
+
+impl RelayCounters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,353 @@
+//! Peer policy: which peer addresses the relay may exchange data with.
+//!
+//! The relay must never become a proxy into private networks. Every decision is a pure function
+//! of a canonicalized address (IPv4-mapped IPv6 `::ffff:a.b.c.d` is unmapped to IPv4 first:
+//! coturn's CVE-2020-26262 and CVE-2026-27624 were bypasses of exactly that), the configured kind,
+//! the operator's CIDR lists and the set of relay addresses this server allocated.
+//!
+//! Order of the rules (first match wins):
+//! 1. one of our own relay addresses (exact IP and port): allowed, always, so relay-to-relay media
+//!    works on localhost and LAN deployments;
+//! 2. `denied_peer_cidrs`: denied (an explicit operator deny always wins);
+//! 3. `allowed_peer_cidrs`: allowed (punches a hole, also under `own-relays`);
+//! 4. `own-relays`: denied; `any`: allowed; `public`: denied if in the built-in deny list below.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::IpNet;
+
+use crate::config::PeerPolicyKind;
+
+/// Special-purpose ranges denied under `public` (private, loopback, link-local and cloud metadata,
+/// documentation, benchmarking, multicast, reserved, and the IPv6 ranges that embed or tunnel
+/// IPv4, which would otherwise reach private IPv4 space through a translator).
+pub const PUBLIC_DENY_LIST: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128",
+    "::1/128",
+    // Deprecated IPv4-compatible addresses (::a.b.c.d); not in the issue's list, denied for the
+    // same reason as ::ffff:0:0/96.
+    "::/96",
+    "64:ff9b::/96",
+    "::ffff:0:0/96",
+    "100::/64",
+    "2001::/23",
+    "2001:db8::/32",
+    "2002::/16",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// Unmaps IPv4-mapped IPv6 (`::ffff:a.b.c.d`) to IPv4; everything else is returned unchanged.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// [`canonical_ip`] applied to a socket address.
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(addr.ip()), addr.port())
+}
+
+/// Why a peer was allowed or denied (for counters and debug logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    OwnRelay,
+    AllowedCidr,
+    Allowed,
+    DeniedCidr,
+    DeniedOwnRelaysOnly,
+    DeniedSpecialRange,
+}
+
+impl Verdict {
+    pub fn is_allowed(self) -> bool {
+        matches!(self, Verdict::OwnRelay | Verdict::AllowedCidr | Verdict::Allowed)
+    }
+}
+
+/// The configured policy, with every list parsed once at start-up.
+#[derive(Debug, Clone)]
+pub struct PeerPolicy {
+    kind: PeerPolicyKind,
+    allowed: Vec<IpNet>,
+    denied: Vec<IpNet>,
+    builtin_denied: Vec<IpNet>,
+}
+
+/// A CIDR list entry that does not parse (the start must stop: fail closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}` entry {entry:?} is not an IP or CIDR")]
+pub struct BadCidr {
+    pub key: &'static str,
+    pub entry: String,
+}
+
+impl PeerPolicy {
+    /// Builds the policy; a malformed CIDR in either list is an error.
+    pub fn new(kind: PeerPolicyKind, allowed: &[String], denied: &[String]) -> Result<Self, BadCidr> {
+        let parse = |key: &'static str, list: &[String]| {
+            list.iter()
+                .map(|entry| {
+                    crate::config::parse_net(entry)
+                        .map(canonical_net)
+                        .ok_or_else(|| BadCidr { key, entry: entry.clone() })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(PeerPolicy {
+            kind,
+            allowed: parse("turn.allowed_peer_cidrs", allowed)?,
+            denied: parse("turn.denied_peer_cidrs", denied)?,
+            builtin_denied: PUBLIC_DENY_LIST
+                .iter()
+                .map(|s| s.parse::<IpNet>().expect("built-in deny list is valid"))
+                .collect(),
+        })
+    }
+
+    pub fn kind(&self) -> PeerPolicyKind {
+        self.kind
+    }
+
+    /// Decides for `peer` (canonicalized here); `is_own_relay` answers for canonical addresses.
+    pub fn check(&self, peer: SocketAddr, is_own_relay: impl Fn(SocketAddr) -> bool) -> Verdict {
+        let peer = canonical_addr(peer);
+        if is_own_relay(peer) {
+            return Verdict::OwnRelay;
+        }
+        let ip = peer.ip();
+        if self.denied.iter().any(|net| net.contains(&ip)) {
+            return Verdict::DeniedCidr;
+        }
+        if self.allowed.iter().any(|net| net.contains(&ip)) {
+            return Verdict::AllowedCidr;
+        }
+        match self.kind {
+            PeerPolicyKind::Any => Verdict::Allowed,
+            PeerPolicyKind::OwnRelays => Verdict::DeniedOwnRelaysOnly,
+            PeerPolicyKind::Public => {
+                if self.builtin_denied.iter().any(|net| net.contains(&ip)) {
+                    Verdict::DeniedSpecialRange
+                } else {
+                    Verdict::Allowed
+                }
+            }
+        }
+    }
+}
+
+/// A configured `::ffff:10.0.0.0/104` means the IPv4 net `10.0.0.0/8` (we compare canonical IPs).
+fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net {
+        if let Some(v4) = v6.network().to_ipv4_mapped() {
+            if v6.prefix_len() >= 96 {
+                if let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {
+                    return IpNet::V4(n);
+                }
+            }
+        }
+    }
+    net
+}
+
+/// True for addresses that name no particular host (0.0.0.0, ::).
+pub fn is_unspecified(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4 == Ipv4Addr::UNSPECIFIED,
+        IpAddr::V6(v6) => v6 == Ipv6Addr::UNSPECIFIED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn public() -> PeerPolicy {
+        PeerPolicy::new(PeerPolicyKind::Public, &[], &[]).unwrap()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn no_relays(_: SocketAddr) -> bool {
+        false
+    }
+
+    #[test]
+    fn unmaps_ipv4_mapped_ipv6() {
+        assert_eq!(canonical_ip("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!(canonical_ip("2001:db8::1".parse().unwrap()), "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(canonical_addr(addr("[::ffff:127.0.0.1]:9")), addr("127.0.0.1:9"));
+    }
+
+    #[test]
+    fn public_denies_every_special_range_of_the_issue() {
+        let p = public();
+        // One address inside each range, at its start and at its end where that matters.
+        let denied = [
+            "0.0.0.0",
+            "0.255.255.255",
+            "10.0.0.1",
+            "10.255.255.255",
+            "100.64.0.1",
+            "100.127.255.255",
+            "127.0.0.1",
+            "127.255.255.254",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.1",
+            "192.0.2.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "239.255.255.255",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "64:ff9b::a00:1",
+            "::ffff:0:1",
+            "100::1",
+            "2001::1",
+            "2001:1ff::1",
+            "2001:db8::1",
+            "2002::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "::10.0.0.1",
+        ];
+        for ip in denied {
+            let peer = SocketAddr::new(ip.parse().unwrap(), 5000);
+            assert_eq!(p.check(peer, no_relays), Verdict::DeniedSpecialRange, "{ip} must be denied");
+        }
+    }
+
+    #[test]
+    fn public_allows_public_addresses_next_to_the_ranges() {
+        let p = public();
+        let allowed = [
+            "1.1.1.1",
+            "8.8.8.8",
+            "11.0.0.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "126.255.255.255",
+            "128.0.0.1",
+            "169.253.255.255",
+            "172.15.255.255",
+            "172.32.0.1",
+            "192.0.1.1",
+            "192.167.1.1",
+            "198.17.255.255",
+            "198.20.0.1",
+            "223.255.255.255",
+            "2001:200::1",
+            "2a00:1450::1",
+            "2606:4700::1111",
+        ];
+        for ip in allowed {
+            let peer = SocketAddr::new(ip.parse().unwrap(), 5000);
+            assert_eq!(p.check(peer, no_relays), Verdict::Allowed, "{ip} must be allowed");
+        }
+    }
+
+    #[test]
+    fn mapped_ipv6_cannot_bypass_the_deny_list() {
+        let p = public();
+        for ip in ["::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::ffff:192.168.0.1"] {
+            let peer = SocketAddr::new(ip.parse().unwrap(), 80);
+            assert!(!p.check(peer, no_relays).is_allowed(), "{ip} must be denied");
+        }
+        // A mapped public address is that public address.
+        assert!(p.check(addr("[::ffff:8.8.8.8]:53"), no_relays).is_allowed());
+    }
+
+    #[test]
+    fn own_relays_are_allowed_even_in_denied_ranges_and_by_exact_port() {
+        let own = addr("127.0.0.1:50000");
+        let is_own = |a: SocketAddr| a == own;
+        for kind in [PeerPolicyKind::OwnRelays, PeerPolicyKind::Public, PeerPolicyKind::Any] {
+            let p = PeerPolicy::new(kind, &[], &["127.0.0.0/8".to_string()]).unwrap();
+            assert_eq!(p.check(own, is_own), Verdict::OwnRelay);
+            // Through an IPv4-mapped spelling too.
+            assert_eq!(p.check(addr("[::ffff:127.0.0.1]:50000"), is_own), Verdict::OwnRelay);
+            // Another port on the same IP is not a relay of ours.
+            assert!(!p.check(addr("127.0.0.1:50001"), is_own).is_allowed());
+        }
+    }
+
+    #[test]
+    fn own_relays_policy_denies_everything_else() {
+        let p = PeerPolicy::new(PeerPolicyKind::OwnRelays, &[], &[]).unwrap();
+        for a in ["8.8.8.8:53", "127.0.0.2:9", "[::ffff:127.0.0.1]:9", "[2606:4700::1111]:443"] {
+            assert_eq!(p.check(addr(a), no_relays), Verdict::DeniedOwnRelaysOnly, "{a}");
+        }
+    }
+
+    #[test]
+    fn any_allows_private_ranges_but_honours_explicit_denies() {
+        let p = PeerPolicy::new(PeerPolicyKind::Any, &[], &["10.0.0.0/8".into()]).unwrap();
+        assert!(p.check(addr("127.0.0.2:9"), no_relays).is_allowed());
+        assert!(p.check(addr("192.168.1.1:9"), no_relays).is_allowed());
+        assert_eq!(p.check(addr("10.1.1.1:9"), no_relays), Verdict::DeniedCidr);
+        assert_eq!(p.check(addr("[::ffff:10.1.1.1]:9"), no_relays), Verdict::DeniedCidr);
+    }
+
+    #[test]
+    fn operator_lists_adjust_public_and_deny_wins() {
+        let p = PeerPolicy::new(
+            PeerPolicyKind::Public,
+            &["10.1.0.0/16".into(), "10.1.2.3".into()],
+            &["10.1.2.0/24".into(), "8.8.8.8".into()],
+        )
+        .unwrap();
+        assert_eq!(p.check(addr("10.1.9.9:1"), no_relays), Verdict::AllowedCidr);
+        assert_eq!(p.check(addr("10.1.2.3:1"), no_relays), Verdict::DeniedCidr);
+        assert_eq!(p.check(addr("8.8.8.8:53"), no_relays), Verdict::DeniedCidr);
+        assert_eq!(p.check(addr("10.2.0.1:1"), no_relays), Verdict::DeniedSpecialRange);
+        // An allowed CIDR opens a hole under own-relays as well.
+        let p = PeerPolicy::new(PeerPolicyKind::OwnRelays, &["192.0.2.10".into()], &[]).unwrap();
+        assert_eq!(p.check(addr("192.0.2.10:3478"), no_relays), Verdict::AllowedCidr);
+    }
+
+    #[test]
+    fn mapped_cidrs_in_config_match_ipv4_peers() {
+        let p = PeerPolicy::new(PeerPolicyKind::Any, &[], &["::ffff:10.0.0.0/104".into()]).unwrap();
+        assert_eq!(p.check(addr("10.9.9.9:1"), no_relays), Verdict::DeniedCidr);
+    }
+
+    #[test]
+    fn malformed_cidrs_are_refused() {
+        let err = PeerPolicy::new(PeerPolicyKind::Public, &["10.0.0.0/33".into()], &[]).unwrap_err();
+        assert_eq!(err.key, "turn.allowed_peer_cidrs");
+        assert!(PeerPolicy::new(PeerPolicyKind::Public, &[], &["nope".into()]).is_err());
+    }
+}

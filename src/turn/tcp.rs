@@ -1,0 +1,276 @@
+//! TURN over TCP (RFC 8656 section 2.1, client to server; relayed transport stays UDP).
+//!
+//! The crate reads datagrams from packet `Conn`s only. Each accepted stream becomes a
+//! [`TcpStreamConn`]: a packet `Conn` with exactly one remote address, whose `send_to` frames a
+//! message onto the stream through a bounded queue (a client that does not read loses frames,
+//! like a congested UDP path, instead of growing memory), and whose frames we read here and hand
+//! to the same dispatch as UDP datagrams. One `Conn` per stream rather than one multiplexing
+//! `Conn` per listener, because the crate closes an allocation's client `Conn` when the
+//! allocation ends: per stream that closes exactly that client's connection, which is what
+//! RFC 8656 wants, instead of the whole listener.
+//!
+//! Framing: STUN messages are delimited by their length field (20-byte header + length);
+//! ChannelData by its length field, padded to a multiple of 4 bytes over TCP.
+//! Idle timeouts: a connection that holds no allocation is closed after
+//! [`UNALLOCATED_IDLE`] without a frame (and [`HANDSHAKE_DEADLINE`] after accept in any case);
+//! one that holds an allocation lives as long as the allocation (its expiry closes the stream).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::time::Instant;
+use turn::allocation::five_tuple::FiveTuple;
+use turn::proto::PROTO_UDP;
+use webrtc_util::Conn;
+
+use crate::turn::counters::RelayCounters;
+use crate::turn::quota::Transport;
+use crate::turn::server::Relay;
+
+/// Frames queued towards one client before new ones are dropped.
+pub const SEND_QUEUE_FRAMES: usize = 512;
+/// Concurrent TCP connections accepted; beyond this new ones are closed at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A connection without an allocation may stay silent this long.
+pub const UNALLOCATED_IDLE: Duration = Duration::from_secs(30);
+/// A connection must hold an allocation this long after accept, or it is closed.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(60);
+/// Backstop for a connection with an allocation (longer than the maximum allocation lifetime;
+/// the allocation's own expiry normally closes the stream first).
+pub const ALLOCATED_IDLE: Duration = Duration::from_secs(3700);
+/// After the allocation closed, answers still queued get this long to leave.
+const CLOSE_GRACE: Duration = Duration::from_millis(300);
+
+/// Reads one STUN message or ChannelData frame (padding stripped). `Ok(None)` at a clean EOF.
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Option<Vec<u8>>> {
+    let mut head = [0u8; 4];
+    match reader.read_exact(&mut head[..1]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    reader.read_exact(&mut head[1..]).await?;
+    let length = u16::from_be_bytes([head[2], head[3]]) as usize;
+    let (total, keep) = match head[0] >> 6 {
+        0b00 => (20 + length, 20 + length),
+        0b01 => (4 + length.div_ceil(4) * 4, 4 + length),
+        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "neither STUN nor ChannelData")),
+    };
+    let mut frame = vec![0u8; total];
+    frame[..4].copy_from_slice(&head);
+    reader.read_exact(&mut frame[4..]).await?;
+    frame.truncate(keep);
+    Ok(Some(frame))
+}
+
+/// Pads a ChannelData frame to a multiple of 4 bytes (STUN messages always are).
+pub fn frame_for_tcp(buf: &[u8]) -> Vec<u8> {
+    let mut frame = buf.to_vec();
+    if buf.first().is_some_and(|b| b >> 6 == 0b01) {
+        frame.resize(buf.len().div_ceil(4) * 4, 0);
+    }
+    frame
+}
+
+/// One accepted TCP stream as the packet `Conn` the crate expects.
+pub struct TcpStreamConn {
+    local: SocketAddr,
+    remote: SocketAddr,
+    queue: mpsc::Sender<Vec<u8>>,
+    counters: Arc<RelayCounters>,
+    closed: AtomicBool,
+    close_signal: Notify,
+}
+
+impl TcpStreamConn {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn shut(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.close_signal.notify_waiters();
+        }
+    }
+}
+
+#[async_trait]
+impl Conn for TcpStreamConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    async fn recv(&self, _buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Err(webrtc_util::Error::Other("frames are read by the TCP listener task".into()))
+    }
+
+    async fn recv_from(&self, _buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        Err(webrtc_util::Error::Other("frames are read by the TCP listener task".into()))
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.send_to(buf, self.remote).await
+    }
+
+    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
+        match self.queue.try_send(frame_for_tcp(buf)) {
+            Ok(()) => Ok(buf.len()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                RelayCounters::bump(&self.counters.tcp_send_drops);
+                Ok(buf.len())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(webrtc_util::Error::Io(
+                io::Error::new(io::ErrorKind::BrokenPipe, "TURN TCP connection closed").into(),
+            )),
+        }
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.remote)
+    }
+
+    /// Called by the crate when this client's allocation ends: the stream closes shortly after.
+    async fn close(&self) -> webrtc_util::Result<()> {
+        self.shut();
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%err, "turn tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("turn tcp connection refused: too many connections");
+            continue;
+        };
+        let relay = relay.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve(stream, remote, relay, shutdown).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    remote: SocketAddr,
+    relay: Arc<Relay>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Ok(local) = stream.local_addr() else { return };
+    let _ = stream.set_nodelay(true);
+    let (read_half, mut write_half) = stream.into_split();
+    let (queue, mut outbound) = mpsc::channel::<Vec<u8>>(SEND_QUEUE_FRAMES);
+    let conn = Arc::new(TcpStreamConn {
+        local,
+        remote,
+        queue,
+        counters: relay.counters().clone(),
+        closed: AtomicBool::new(false),
+        close_signal: Notify::new(),
+    });
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = outbound.recv().await {
+            if write_half.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = write_half.shutdown().await;
+    });
+
+    let dyn_conn: Arc<dyn Conn + Send + Sync> = conn.clone();
+    let mut reader = BufReader::with_capacity(16 * 1024, read_half);
+    let accepted = Instant::now();
+    loop {
+        let allocated = relay.has_allocation(Transport::Tcp, remote);
+        if !allocated && accepted.elapsed() > HANDSHAKE_DEADLINE {
+            break;
+        }
+        let idle = if allocated { ALLOCATED_IDLE } else { UNALLOCATED_IDLE };
+        let closed = conn.close_signal.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
+        if conn.is_closed() {
+            tokio::time::sleep(CLOSE_GRACE).await;
+            break;
+        }
+        let frame = tokio::select! {
+            r = tokio::time::timeout(idle, read_frame(&mut reader)) => match r {
+                Ok(Ok(Some(frame))) => frame,
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
+            },
+            _ = &mut closed => {
+                tokio::time::sleep(CLOSE_GRACE).await;
+                break;
+            }
+            _ = shutdown.changed() => break,
+        };
+        relay.dispatch(Transport::Tcp, &dyn_conn, remote, frame).await;
+    }
+    // The client's connection is gone: so is its allocation (RFC 8656 section 2.1).
+    relay
+        .client_gone(Transport::Tcp, FiveTuple { protocol: PROTO_UDP, src_addr: remote, dst_addr: local })
+        .await;
+    conn.shut();
+    drop(dyn_conn);
+    drop(conn);
+    // The writer ends when every sender (the conn, held also by a deleted allocation) is gone;
+    // do not wait for stragglers longer than the grace period.
+    let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_are_split_by_their_length_fields() {
+        // A STUN header with 4 bytes of attributes, then ChannelData of 5 bytes padded to 8.
+        let mut bytes = vec![0x00, 0x01, 0x00, 0x04];
+        bytes.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        bytes.extend_from_slice(&[7u8; 12]);
+        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        bytes.extend_from_slice(&[0x40, 0x00, 0x00, 0x05, 9, 9, 9, 9, 9, 0, 0, 0]);
+        let mut reader = &bytes[..];
+        let stun = read_frame(&mut reader).await.unwrap().unwrap();
+        assert_eq!(stun.len(), 24);
+        let data = read_frame(&mut reader).await.unwrap().unwrap();
+        assert_eq!(data, vec![0x40, 0x00, 0x00, 0x05, 9, 9, 9, 9, 9]);
+        assert!(read_frame(&mut reader).await.unwrap().is_none());
+        let mut garbage: &[u8] = &[0xff, 0, 0, 0];
+        assert!(read_frame(&mut garbage).await.is_err());
+        assert_eq!(frame_for_tcp(&[0x40, 0, 0, 1, 5]).len(), 8);
+    }
+}
