@@ -139,7 +139,7 @@ const LAUNCH_ARGS = [
 const pages = [];   // every page opened in the current scenario: { name, page, logs }
 
 async function openClient(browser, server, name, query = '', { join = true } = {}) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const context = await browser.newContext({ viewport: { width: 1200, height: 700 } });
   const page = await context.newPage();
   const logs = [];
   const entry = { name, page, context, logs };
