@@ -268,17 +268,24 @@ impl Hub {
         out.effects
     }
 
-    /// Graceful shutdown: every named user is announced as gone, every socket is closed.
+    /// Graceful shutdown: every user sees every named user announced as gone, the relay is
+    /// told everyone left voice, every socket is closed.
     pub fn shutdown(&mut self, now: Now) -> Vec<Effect> {
         let mut out = Out::default();
+        for name in self.arrival_order.clone() {
+            self.announce(&mut out, &format!("{name} has left. (Server Shutdown)"), now);
+        }
+        for name in self.voice.names() {
+            out.push(Effect::VoiceLeft { name });
+        }
         let mut ids: Vec<ConnId> = self.connections.keys().copied().collect();
         ids.sort_unstable();
-        for &conn in &ids {
-            self.remove_connection(&mut out, conn, Some(" (Server Shutdown)"), now);
-        }
         for conn in ids {
             out.close(conn, CLOSE_GOING_AWAY, "Server shutdown");
         }
+        self.connections.clear();
+        self.names.clear();
+        self.arrival_order.clear();
         out.effects
     }
 

@@ -40,6 +40,10 @@ impl VoiceRoom {
         self.seats.len()
     }
 
+    pub fn names(&self) -> Vec<String> {
+        self.seats.iter().map(|s| s.name.clone()).collect()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.seats.iter().any(|s| s.name == name)
     }
