@@ -15,12 +15,15 @@ use crate::hub::Hub;
 use crate::store::{Store, StoreThread};
 use crate::turn::credentials::{IceServerIssuer, TurnEndpoints};
 use crate::turn::presence::VoicePresence;
+use crate::turn::{load_or_create_secret, start_relay, RelayHandle};
 
 /// A started server. Drop order matters, so use `shutdown`.
 pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub hub: HubHandle,
     pub presence: Arc<VoicePresence>,
+    /// The integrated TURN relay, when `[turn] enabled`.
+    pub relay: Option<RelayHandle>,
     hub_task: tokio::task::JoinHandle<()>,
     http_task: tokio::task::JoinHandle<()>,
     stop_http: oneshot::Sender<()>,
@@ -34,7 +37,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         Store::open(&settings.server.data_dir, settings.chat.history_limit)
             .with_context(|| format!("cannot open the store in {}", settings.server.data_dir.display()))?;
     let presence = Arc::new(VoicePresence::new());
-    let ice = ice_server_issuer(&settings, Vec::new(), None);
+    let relay = if settings.turn.enabled {
+        let secret = load_or_create_secret(&settings)?;
+        let relay = start_relay(&settings, secret.clone(), presence.clone()).await?;
+        tracing::info!("turn listening on udp {} and tcp {}", relay.udp_addr, relay.tcp_addr);
+        Some((relay, secret))
+    } else {
+        None
+    };
+    let ice = match &relay {
+        Some((handle, secret)) => {
+            ice_server_issuer(&settings, secret.clone(), Some((handle.udp_addr.port(), None)))
+        }
+        None => ice_server_issuer(&settings, Vec::new(), None),
+    };
+    let relay = relay.map(|(handle, _)| handle);
 
     let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rand::rngs::StdRng::from_os_rng());
     let (hub_handle, hub_task) = runner::spawn(hub, store, presence.clone());
@@ -57,7 +74,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     });
     let http_task = tokio::spawn(server.run());
     tracing::info!("http listening on {http_addr}");
-    Ok(RunningServer { http_addr, hub: hub_handle, presence, hub_task, http_task, stop_http, store_thread })
+    Ok(RunningServer {
+        http_addr,
+        hub: hub_handle,
+        presence,
+        relay,
+        hub_task,
+        http_task,
+        stop_http,
+        store_thread,
+    })
 }
 
 /// The `iceServers` source for `webrtc-joined`.
@@ -88,6 +114,9 @@ impl RunningServer {
         let _ = self.stop_http.send(());
         // Sessions end once their sockets are closed; don't wait on a stuck peer forever.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.http_task).await;
+        if let Some(relay) = self.relay {
+            relay.close().await;
+        }
         drop(self.hub);
         self.store_thread.close();
     }
