@@ -7,12 +7,16 @@
 //! - `store`: SQLite history, accounts and bans, written from one dedicated thread.
 //! - `http`: warp routes (WebSocket sessions, /server-info, the built-in client).
 //! - `turn`: the TURN relay, REST credentials, and the presence view the relay checks.
+//! - `metrics`: Prometheus text from the live counters; `tls`: certificates, reloaded on SIGHUP.
 //! - `server`: wires everything together and runs until shutdown.
 
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod turn;

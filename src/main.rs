@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use relaychat::config::{Settings, Sources};
 
 #[derive(Parser)]
@@ -17,32 +17,72 @@ struct Cli {
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// HTTP/WebSocket port (0 picks a free one); overrides the configuration.
-    #[arg(long)]
+    #[arg(long, global = true)]
     port: Option<u16>,
+    /// Log format on stderr. Set the level with RELAYCHAT_LOG (e.g. "debug"; participants' IP
+    /// addresses appear only at debug level).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and print it (secrets redacted); exit 1 on any problem.
+    CheckConfig,
+    /// Print a TURN REST username/credential pair, for testing with other TURN clients.
+    TurnCredentials {
+        /// The chat user the credential names.
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds (default: [turn] credential_ttl_s).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+fn main() {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let settings = match Settings::load(&Sources { config_file: cli.config.clone(), port: cli.port }) {
         Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("relaychat: {e}");
-            std::process::exit(2);
-        }
+        Err(e) => fail(&e.to_string()),
     };
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(run(settings))?;
-    // Sessions stuck on a dead peer must not hold the exit hostage.
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    Ok(())
+    let result = match cli.command {
+        Some(Command::CheckConfig) => relaychat::cli::check_config(&settings),
+        Some(Command::TurnCredentials { user, ttl }) => {
+            relaychat::cli::turn_credentials(&settings, &user, ttl)
+        }
+        None => serve(settings),
+    };
+    if let Err(e) = result {
+        fail(&format!("{e:#}"));
+    }
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
-    let server = relaychat::server::start(settings).await?;
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    tokio::time::timeout(Duration::from_secs(4), server.shutdown()).await.ok();
+fn fail(message: &str) -> ! {
+    eprintln!("relaychat: {message}");
+    std::process::exit(1);
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let server = relaychat::server::start(settings).await?;
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        tokio::time::timeout(Duration::from_secs(4), server.shutdown()).await.ok();
+        anyhow::Ok(())
+    })?;
+    // Sessions stuck on a dead peer must not hold the exit hostage.
+    runtime.shutdown_timeout(Duration::from_millis(500));
     Ok(())
 }
 
@@ -59,9 +99,12 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RELAYCHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
 }

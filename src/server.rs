@@ -7,12 +7,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use rand::SeedableRng;
 use tokio::sync::oneshot;
+use warp::{Filter, Reply};
 
 use crate::config::Settings;
-use crate::http::{routes, HttpState};
+use crate::http::{listener, routes, HttpState};
 use crate::hub::runner::{self, HubHandle};
 use crate::hub::Hub;
 use crate::store::{Store, StoreThread};
+use crate::tls::TlsConfigSource;
 use crate::turn::credentials::{IceServerIssuer, TurnEndpoints};
 use crate::turn::presence::VoicePresence;
 use crate::turn::{load_or_create_secret, start_relay, RelayHandle};
@@ -54,8 +56,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     let relay = relay.map(|(handle, _)| handle);
 
     let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rand::rngs::StdRng::from_os_rng());
-    let (hub_handle, hub_task) = runner::spawn(hub, store, presence.clone());
+    let (hub_handle, hub_task) = runner::spawn(hub, store.clone(), presence.clone());
 
+    let tls = if settings.server.tls.is_enabled() {
+        let tls = TlsConfigSource::load(
+            settings.server.tls.cert_file.as_ref(),
+            settings.server.tls.key_file.as_ref(),
+        )?;
+        crate::tls::reload_on_sighup(tls.clone());
+        Some(tls)
+    } else {
+        None
+    };
     let bind_addr =
         SocketAddr::new(settings.server.host.parse().context("server.host")?, settings.server.port);
     let listener = tokio::net::TcpListener::bind(bind_addr)
@@ -67,13 +79,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         hub: hub_handle.clone(),
         port: http_addr.port(),
         trusted_proxies: settings.server.trusted_proxy_nets(),
+        store: store.clone(),
+        metrics: crate::metrics::registry(
+            hub_handle.stats.clone(),
+            relay.as_ref().map(|r| r.counters.clone()),
+        ),
+        relay_ready: !settings.turn.enabled || relay.is_some(),
     });
     let (stop_http, stopped) = oneshot::channel::<()>();
-    let server = warp::serve(routes(state)).incoming(listener).graceful(async {
-        let _ = stopped.await;
-    });
-    let http_task = tokio::spawn(server.run());
-    tracing::info!("http listening on {http_addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let http_task = tokio::spawn(listener::serve(
+        listener,
+        routes(state).map(Reply::into_response).boxed(),
+        tls,
+        stopped,
+    ));
+    tracing::info!("http listening on {http_addr} ({scheme})");
     Ok(RunningServer {
         http_addr,
         hub: hub_handle,

@@ -1,20 +1,24 @@
-//! HTTP: the WebSocket upgrade (on any path), `/server-info` and `/info`, and the built-in client.
+//! HTTP: the WebSocket upgrade (on any path), `/server-info` and `/info`, `/healthz`, `/readyz`,
+//! `/metrics`, and the built-in client.
 
+pub mod listener;
 pub mod server_info;
 pub mod static_files;
 pub mod websocket;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use prometheus_client::registry::Registry;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::config::Settings;
 use crate::hub::runner::HubHandle;
 use crate::hub::ConnectInfo;
+use crate::store::Store;
+use listener::PeerAddr;
 
 /// What the routes need.
 pub struct HttpState {
@@ -23,6 +27,10 @@ pub struct HttpState {
     /// The bound HTTP port (differs from the configured one when that is 0).
     pub port: u16,
     pub trusted_proxies: Vec<IpNet>,
+    pub store: Store,
+    pub metrics: Registry,
+    /// False when `[turn] enabled` but the relay is not running.
+    pub relay_ready: bool,
 }
 
 pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
@@ -32,20 +40,24 @@ pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Err
     };
     // Any path upgrades (`/`, `/ws`, ...), like the original server.
     let websocket = warp::ws()
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<PeerAddr>())
         .and(warp::header::optional::<String>("host"))
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify())
         .and(with_state.clone())
         .map(
             |ws: warp::ws::Ws,
-             peer: Option<SocketAddr>,
+             peer: Option<PeerAddr>,
              host: Option<String>,
              forwarded_for: Option<String>,
              query: HashMap<String, String>,
              state: Arc<HttpState>| {
                 let info = ConnectInfo {
-                    ip: websocket::client_ip(peer, forwarded_for.as_deref(), &state.trusted_proxies),
+                    ip: websocket::client_ip(
+                        peer.map(|p| p.0),
+                        forwarded_for.as_deref(),
+                        &state.trusted_proxies,
+                    ),
                     requested_name: query.get("username").cloned(),
                     host: host.unwrap_or_else(|| "localhost".into()),
                     token: websocket::new_session_token(),
@@ -65,11 +77,37 @@ pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Err
             let body = server_info::server_info(&state.settings, state.port, state.hub.stats.snapshot());
             warp::reply::with_header(warp::reply::json(&body), "Access-Control-Allow-Origin", "*")
         });
+    let healthz = warp::get().and(warp::path("healthz")).and(warp::path::end()).map(|| "ok");
+    let readyz = warp::get().and(warp::path("readyz")).and(warp::path::end()).and(with_state.clone()).then(
+        |state: Arc<HttpState>| async move {
+            let mut problems = Vec::new();
+            if let Err(e) = state.store.ping().await {
+                problems.push(format!("store: {e}"));
+            }
+            if !state.relay_ready {
+                problems.push("turn: relay sockets are not bound".to_string());
+            }
+            if problems.is_empty() {
+                warp::reply::with_status("ready".to_string(), StatusCode::OK)
+            } else {
+                warp::reply::with_status(problems.join("\n"), StatusCode::SERVICE_UNAVAILABLE)
+            }
+        },
+    );
+    let metrics = warp::get().and(warp::path("metrics")).and(warp::path::end()).and(with_state.clone()).map(
+        |state: Arc<HttpState>| {
+            warp::reply::with_header(
+                crate::metrics::render(&state.metrics),
+                "Content-Type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        },
+    );
     let assets = warp::get().and(warp::path::full()).map(|path: warp::path::FullPath| {
         match static_files::asset(path.as_str()) {
             Some(response) => response.into_response(),
             None => warp::reply::with_status("Not found", StatusCode::NOT_FOUND).into_response(),
         }
     });
-    websocket.or(info).or(assets)
+    websocket.or(info).or(healthz).or(readyz).or(metrics).or(assets)
 }

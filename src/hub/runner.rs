@@ -46,7 +46,8 @@ pub struct SharedStats {
     pub connected_users: AtomicUsize,
     pub voice_participants: AtomicUsize,
     pub open_sockets: AtomicUsize,
-    pub chat_frames_out: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
     pub outbound_queue_drops: AtomicU64,
 }
 
@@ -142,7 +143,10 @@ impl Runner {
                 self.links.insert(conn, link);
                 self.hub.connect(conn, info, now)
             }
-            HubEvent::Message { conn, inbound } => self.hub.message(conn, inbound, now),
+            HubEvent::Message { conn, inbound } => {
+                self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                self.hub.message(conn, inbound, now)
+            }
             HubEvent::Disconnected { conn } => {
                 self.links.remove(&conn);
                 self.hub.disconnect(conn, now)
@@ -161,7 +165,7 @@ impl Runner {
                     let Some(link) = self.links.get(&to) else { continue };
                     match link.frames.try_send(frame) {
                         Ok(()) => {
-                            self.stats.chat_frames_out.fetch_add(1, Ordering::Relaxed);
+                            self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             tracing::warn!(conn = to, "outbound queue full: disconnecting a slow reader");

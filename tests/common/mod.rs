@@ -102,8 +102,8 @@ impl Server {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = ready_tx.send(line.clone());
-                sink.lock().unwrap().push(line);
+                sink.lock().unwrap().push(line.clone());
+                let _ = ready_tx.send(line);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);

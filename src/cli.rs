@@ -1,0 +1,72 @@
+//! The operator subcommands: `check-config` and `turn-credentials`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use crate::config::Settings;
+use crate::turn::credentials;
+
+const REDACTED: &str = "<redacted>";
+
+/// Validates everything that can be checked without binding ports (settings, TLS files) and
+/// prints the effective configuration with secrets redacted.
+pub fn check_config(settings: &Settings) -> anyhow::Result<()> {
+    settings.validate()?;
+    if settings.server.tls.is_enabled() {
+        crate::tls::TlsConfigSource::load(
+            settings.server.tls.cert_file.as_ref(),
+            settings.server.tls.key_file.as_ref(),
+        )?;
+    }
+    println!("{}", effective_config(settings)?);
+    eprintln!("relaychat: configuration OK");
+    Ok(())
+}
+
+/// The settings as TOML, secrets replaced.
+pub fn effective_config(settings: &Settings) -> anyhow::Result<String> {
+    let mut shown = settings.clone();
+    if !shown.turn.secret.is_empty() {
+        shown.turn.secret = REDACTED.into();
+    }
+    for server in &mut shown.turn.external_servers {
+        server.secret = REDACTED.into();
+    }
+    toml::to_string_pretty(&shown).context("cannot print the configuration")
+}
+
+/// Prints a credential pair valid for `ttl` seconds, and how to try it with coturn's client.
+pub fn turn_credentials(settings: &Settings, user: &str, ttl: Option<u64>) -> anyhow::Result<()> {
+    let secret = crate::turn::load_or_create_secret(settings)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?.as_secs();
+    let ttl = ttl.unwrap_or(settings.turn.credential_ttl_s);
+    let pair = credentials::issue(&secret, user, now + ttl);
+    println!("username: {}", pair.username);
+    println!("credential: {}", pair.credential);
+    println!("expires in: {ttl} s");
+    println!(
+        "try: turnutils_uclient -u '{}' -w '{}' -y <host>   (the user must be in voice chat unless [turn] require_live_session = false)",
+        pair.username, pair.credential
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut settings = Settings::defaults();
+        settings.turn.secret = "hunter2hunter2".into();
+        settings.turn.external_servers = vec![crate::config::ExternalTurnServer {
+            urls: vec!["turn:x:3478".into()],
+            secret: "s3cr3t".into(),
+        }];
+        let text = effective_config(&settings).unwrap();
+        assert!(!text.contains("hunter2hunter2") && !text.contains("s3cr3t"), "{text}");
+        assert!(text.contains(REDACTED));
+        assert!(text.contains("max_participants = 8"));
+    }
+}

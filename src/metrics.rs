@@ -1,0 +1,154 @@
+//! Prometheus metrics, encoded by `prometheus-client` at scrape time from the live counters.
+//!
+//! Nothing is copied on the hot paths: the hub runner and the relay bump plain atomics, and this
+//! collector reads them when `/metrics` is scraped. Labels are fixed (direction, reason), never a
+//! user name or an IP address, so cardinality stays constant whatever the traffic.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::hub::runner::SharedStats;
+use crate::turn::RelayCounters;
+
+#[derive(Debug)]
+struct LiveCollector {
+    hub: Arc<SharedStats>,
+    relay: Option<Arc<RelayCounters>>,
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: &AtomicUsize) -> std::fmt::Result {
+    let gauge = ConstGauge::new(value.load(Ordering::Relaxed) as i64);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: &AtomicU64) -> std::fmt::Result {
+    let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+/// One counter family with a fixed label (e.g. direction="in"/"out").
+fn labeled_counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, &AtomicU64)],
+) -> std::fmt::Result {
+    let mut family =
+        encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+    for (label_value, value) in values {
+        let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+        counter.encode(family.encode_family(&[(label, *label_value)])?)?;
+    }
+    Ok(())
+}
+
+impl Collector for LiveCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let hub = &self.hub;
+        gauge(&mut encoder, "relaychat_connections", "Open WebSocket connections.", &hub.open_sockets)?;
+        gauge(&mut encoder, "relaychat_users", "Users online (named or logged in).", &hub.connected_users)?;
+        gauge(&mut encoder, "relaychat_voice_participants", "Users in voice chat.", &hub.voice_participants)?;
+        counter(
+            &mut encoder,
+            "relaychat_messages_in",
+            "WebSocket messages received from clients.",
+            &hub.frames_in,
+        )?;
+        counter(
+            &mut encoder,
+            "relaychat_messages_out",
+            "WebSocket messages queued to clients.",
+            &hub.frames_out,
+        )?;
+        counter(
+            &mut encoder,
+            "relaychat_outbound_queue_drops",
+            "Clients disconnected because their outbound queue was full.",
+            &hub.outbound_queue_drops,
+        )?;
+        let Some(relay) = &self.relay else { return Ok(()) };
+        let active = ConstGauge::new(relay.allocations_active.load(Ordering::Relaxed) as i64);
+        active.encode(encoder.encode_descriptor(
+            "relaychat_turn_allocations_active",
+            "TURN allocations alive now.",
+            None,
+            active.metric_type(),
+        )?)?;
+        counter(
+            &mut encoder,
+            "relaychat_turn_allocations",
+            "TURN allocations created.",
+            &relay.allocations_total,
+        )?;
+        let directions =
+            |bytes_in, bytes_out| -> [(&str, &AtomicU64); 2] { [("in", bytes_in), ("out", bytes_out)] };
+        labeled_counters(
+            &mut encoder,
+            "relaychat_turn_relayed_bytes",
+            "Bytes relayed: in = from peers to clients, out = from clients to peers.",
+            "direction",
+            &directions(&relay.relayed_bytes_in, &relay.relayed_bytes_out),
+        )?;
+        labeled_counters(
+            &mut encoder,
+            "relaychat_turn_relayed_packets",
+            "Packets relayed: in = from peers to clients, out = from clients to peers.",
+            "direction",
+            &directions(&relay.relayed_packets_in, &relay.relayed_packets_out),
+        )?;
+        labeled_counters(
+            &mut encoder,
+            "relaychat_turn_auth_failures",
+            "TURN requests refused by authentication, by reason.",
+            "reason",
+            &[
+                ("bad_credential", &relay.auth_failures_bad_credential),
+                ("expired", &relay.auth_failures_expired),
+                ("not_in_voice", &relay.auth_failures_not_in_voice),
+                ("malformed", &relay.auth_failures_malformed),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "relaychat_turn_denied_peers",
+            "Datagrams and requests refused by the peer policy.",
+            &relay.denied_peers,
+        )?;
+        counter(
+            &mut encoder,
+            "relaychat_turn_quota_refusals",
+            "Allocations refused by quotas.",
+            &relay.quota_refusals,
+        )?;
+        counter(
+            &mut encoder,
+            "relaychat_turn_bandwidth_drops",
+            "Datagrams dropped by the per-allocation bandwidth cap.",
+            &relay.bandwidth_drops,
+        )?;
+        Ok(())
+    }
+}
+
+/// The registry served at `/metrics`.
+pub fn registry(hub: Arc<SharedStats>, relay: Option<Arc<RelayCounters>>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(LiveCollector { hub, relay }));
+    registry
+}
+
+/// The Prometheus text exposition of `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, registry) {
+        tracing::error!("cannot encode metrics: {e}");
+    }
+    text
+}
