@@ -16,10 +16,7 @@ pub struct RestCredential {
 
 /// Mint a credential for `name` that expires `ttl_secs` from now.
 pub fn mint(secret: &str, name: &str, ttl_secs: u64) -> RestCredential {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let username = format!("{}:{}", now + ttl_secs, name);
     let password = password_for(secret, &username);
     RestCredential { username, password }
@@ -28,8 +25,7 @@ pub fn mint(secret: &str, name: &str, ttl_secs: u64) -> RestCredential {
 /// `base64(HMAC-SHA1(secret, username))`.
 pub fn password_for(secret: &str, username: &str) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac =
-        Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(username.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
@@ -41,9 +37,6 @@ mod tests {
     #[test]
     fn password_matches_coturn_reference() {
         // Computed with: printf '%s' '1700000000:alice' | openssl dgst -sha1 -hmac secret -binary | base64
-        assert_eq!(
-            password_for("secret", "1700000000:alice"),
-            "d8soP47RbdIKLDUOpnJPVQyq5Ts="
-        );
+        assert_eq!(password_for("secret", "1700000000:alice"), "d8soP47RbdIKLDUOpnJPVQyq5Ts=");
     }
 }
