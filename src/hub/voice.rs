@@ -98,7 +98,8 @@ impl Hub {
         match message {
             ClientMessage::WebrtcJoin { media_types } => self.join_voice(out, conn, name, media_types, now),
             ClientMessage::WebrtcLeave => {
-                if !self.leave_voice(out, &name, now) {
+                let was_in_voice = self.leave_voice(out, &name, now);
+                if !was_in_voice {
                     self.webrtc_error(out, conn, "Not in voice chat", now);
                 }
             }
