@@ -275,7 +275,7 @@ impl Hub {
         for name in self.arrival_order.clone() {
             self.announce(&mut out, &format!("{name} has left. (Server Shutdown)"), now);
         }
-        for name in self.voice.names() {
+        for name in std::mem::take(&mut self.voice).names() {
             out.push(Effect::VoiceLeft { name });
         }
         let mut ids: Vec<ConnId> = self.connections.keys().copied().collect();

@@ -1,1 +1,349 @@
+//! The hub as a pure state machine: events in, effects out, time passed in by hand.
 
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::protocol::parse_inbound;
+use crate::turn::credentials::{credential_for, TurnEndpoints};
+
+struct Harness {
+    hub: Hub,
+    now: Now,
+    next_conn: ConnId,
+    /// Effects of the last call.
+    effects: Vec<Effect>,
+    tokens: std::collections::HashMap<ConnId, String>,
+}
+
+fn settings(edit: impl FnOnce(&mut Settings)) -> Arc<Settings> {
+    let mut settings = Settings::defaults();
+    settings.server.motd = "Welcome".into();
+    edit(&mut settings);
+    Arc::new(settings)
+}
+
+impl Harness {
+    fn new(edit: impl FnOnce(&mut Settings)) -> Self {
+        let settings = settings(edit);
+        let ice = IceServerIssuer {
+            endpoints: TurnEndpoints::Integrated {
+                secret: b"secret".to_vec(),
+                public_host: None,
+                port: 3478,
+                tls_port: None,
+            },
+            ttl_s: settings.turn.credential_ttl_s,
+        };
+        let hub = Hub::new(settings, ice, Vec::new(), HashSet::new(), rand::rngs::StdRng::seed_from_u64(7));
+        Harness { hub, now: Now::current(), next_conn: 1, effects: Vec::new(), tokens: Default::default() }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now.mono += by;
+        self.now.wall += chrono::Duration::from_std(by).unwrap();
+    }
+
+    fn connect(&mut self, name: Option<&str>) -> ConnId {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let token = format!("{conn:064}");
+        self.tokens.insert(conn, token.clone());
+        let info = ConnectInfo {
+            ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, conn as u8)),
+            requested_name: name.map(str::to_string),
+            host: "chat.example.org:3000".into(),
+            token,
+        };
+        self.effects = self.hub.connect(conn, info, self.now);
+        conn
+    }
+
+    fn send(&mut self, conn: ConnId, message: Value) {
+        let mut message = message;
+        message["token"] = json!(self.tokens[&conn]);
+        self.effects = self.hub.message(conn, parse_inbound(&message.to_string()), self.now);
+    }
+
+    fn chat(&mut self, conn: ConnId, content: &str) {
+        self.send(conn, json!({"type": "chat", "content": content}));
+    }
+
+    fn tick(&mut self) {
+        self.effects = self.hub.tick(self.now);
+    }
+
+    /// Frames sent to `conn` by the last call, parsed.
+    fn frames_to(&self, conn: ConnId) -> Vec<Value> {
+        self.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { to, frame } if *to == conn => Some(serde_json::from_str(frame).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn texts_to(&self, conn: ConnId) -> Vec<String> {
+        self.frames_to(conn).iter().filter_map(|f| f["text"].as_str().map(str::to_string)).collect()
+    }
+
+    fn closed(&self, conn: ConnId) -> Option<u16> {
+        self.effects.iter().find_map(|e| match e {
+            Effect::Close { conn: c, code, .. } if *c == conn => Some(*code),
+            _ => None,
+        })
+    }
+}
+
+#[test]
+fn open_mode_welcome_sequence_in_order() {
+    let mut h = Harness::new(|_| {});
+    let alice = h.connect(Some("Alice"));
+    let frames = h.frames_to(alice);
+    let kinds: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["session-token", "heartbeat-config", "history", "system", "system"]);
+    assert_eq!(frames[2]["messages"], json!([]));
+    assert_eq!(frames[3]["text"], "MOTD: Welcome");
+    assert_eq!(frames[4]["text"], "Alice has joined.");
+    assert!(
+        matches!(&h.effects[..], [.., Effect::Persist(e), Effect::Send { .. }] if e.text == "Alice has joined.")
+    );
+}
+
+#[test]
+fn chat_is_persisted_before_it_is_delivered() {
+    let mut h = Harness::new(|_| {});
+    let alice = h.connect(Some("Alice"));
+    let bob = h.connect(Some("Bob"));
+    h.chat(alice, "hello");
+    let persist_at = h.effects.iter().position(|e| matches!(e, Effect::Persist(_))).unwrap();
+    let first_send = h.effects.iter().position(|e| matches!(e, Effect::Send { .. })).unwrap();
+    assert!(persist_at < first_send);
+    assert_eq!(h.frames_to(bob)[0]["text"], "hello");
+    assert_eq!(h.frames_to(alice)[0]["username"], "Alice");
+}
+
+#[test]
+fn the_rate_limit_window_slides() {
+    let mut h = Harness::new(|_| {});
+    let alice = h.connect(Some("Alice"));
+    for _ in 0..3 {
+        h.chat(alice, "x");
+        assert_eq!(h.frames_to(alice)[0]["type"], "chat");
+    }
+    h.chat(alice, "x");
+    assert_eq!(h.texts_to(alice), ["You are sending messages too fast. Limit is 3 per second."]);
+    h.advance(Duration::from_millis(1000));
+    h.chat(alice, "x");
+    assert_eq!(h.frames_to(alice)[0]["type"], "chat");
+}
+
+#[test]
+fn heartbeat_timeout_closes_with_1008_and_tells_the_others() {
+    let mut h = Harness::new(|s| s.chat.heartbeat_timeout_ms = 5000);
+    let alice = h.connect(Some("Alice"));
+    let bob = h.connect(Some("Bob"));
+    h.advance(Duration::from_millis(4000));
+    h.send(bob, json!({"type": "ping"}));
+    assert_eq!(h.frames_to(bob).len(), 1, "exactly one pong");
+    h.advance(Duration::from_millis(1000));
+    h.tick();
+    assert_eq!(h.texts_to(alice), ["Disconnected: Heartbeat timeout (no ping received)"]);
+    assert_eq!(h.closed(alice), Some(CLOSE_POLICY));
+    assert_eq!(h.texts_to(bob), ["Alice has left."]);
+    assert_eq!(h.closed(bob), None);
+}
+
+#[test]
+fn nick_cooldown_uses_the_clock() {
+    let mut h = Harness::new(|s| s.chat.nick_change_cooldown_ms = 10_000);
+    let alice = h.connect(Some("Alice"));
+    h.chat(alice, "/nick Alicia");
+    assert_eq!(h.texts_to(alice), ["Alice is now Alicia"]);
+    h.advance(Duration::from_secs(4));
+    h.chat(alice, "/nick Ally");
+    assert_eq!(h.texts_to(alice), ["You can change your nick again in 6s."]);
+    h.advance(Duration::from_secs(6));
+    h.chat(alice, "/nick Ally");
+    assert_eq!(h.texts_to(alice), ["Alicia is now Ally"]);
+}
+
+fn join_voice(h: &mut Harness, conn: ConnId, media: &[&str]) -> Vec<Value> {
+    h.send(conn, json!({"type": "webrtc-join", "mediaTypes": media}));
+    h.frames_to(conn)
+}
+
+#[test]
+fn voice_join_hands_out_verifiable_relay_credentials() {
+    let mut h = Harness::new(|_| {});
+    let alice = h.connect(Some("Alice"));
+    let frames = join_voice(&mut h, alice, &["audio", "video", "screen", "audio"]);
+    assert!(h.effects.contains(&Effect::VoiceJoined { name: "Alice".into() }));
+    let joined = &frames[0];
+    assert_eq!(joined["participants"], json!([{"username": "Alice", "mediaTypes": ["audio", "video"]}]));
+    let config = &joined["config"];
+    assert_eq!(config["forceRelay"], true);
+    assert_eq!(config["iceTransportPolicy"], "relay");
+    assert_eq!(config["credentialTtl"], 600);
+    let server = &config["iceServers"][0];
+    assert_eq!(
+        server["urls"],
+        json!(["turn:chat.example.org:3478?transport=udp", "turn:chat.example.org:3478?transport=tcp"])
+    );
+    let username = server["username"].as_str().unwrap();
+    assert_eq!(username, format!("{}:Alice", h.now.unix() + 600));
+    assert_eq!(server["credential"], credential_for(b"secret", username));
+    assert_eq!(frames[1]["text"], "Alice joined voice chat");
+}
+
+#[test]
+fn credentials_are_pushed_again_at_80_percent_of_the_ttl() {
+    let mut h = Harness::new(|s| s.turn.credential_ttl_s = 100);
+    let alice = h.connect(Some("Alice"));
+    join_voice(&mut h, alice, &["audio"]);
+    h.advance(Duration::from_secs(79));
+    h.tick();
+    assert!(h.frames_to(alice).is_empty());
+    h.advance(Duration::from_secs(1));
+    h.tick();
+    let push = &h.frames_to(alice)[0];
+    assert_eq!(push["type"], "webrtc-credentials");
+    assert_eq!(push["credentialTtl"], 100);
+    assert_eq!(push["iceServers"][0]["username"], format!("{}:Alice", h.now.unix() + 100));
+}
+
+#[test]
+fn force_relay_filters_candidates_and_sdp() {
+    let mut h = Harness::new(|_| {});
+    let alice = h.connect(Some("Alice"));
+    let bob = h.connect(Some("Bob"));
+    join_voice(&mut h, alice, &["audio"]);
+    join_voice(&mut h, bob, &["audio"]);
+    let host = "candidate:1 1 udp 2122260223 192.168.1.5 54321 typ host";
+    let relay = "candidate:2 1 udp 41885439 127.0.0.1 50000 typ relay raddr 0.0.0.0 rport 0";
+    h.send(
+        alice,
+        json!({"type": "webrtc-ice-candidate", "targetUsername": "Bob", "candidate": {"candidate": host}}),
+    );
+    assert!(h.frames_to(bob).is_empty());
+    h.send(alice, json!({"type": "webrtc-ice-candidate", "targetUsername": "Bob", "candidate": {"candidate": relay, "sdpMid": "0"}}));
+    assert_eq!(
+        h.frames_to(bob),
+        [
+            json!({"type": "webrtc-ice-candidate", "fromUsername": "Alice", "candidate": {"candidate": relay, "sdpMid": "0"}})
+        ]
+    );
+    let sdp = format!("v=0\r\na={host}\r\na={relay}\r\n");
+    h.send(
+        alice,
+        json!({"type": "webrtc-offer", "targetUsername": "Bob", "offer": {"type": "offer", "sdp": sdp}}),
+    );
+    assert_eq!(h.frames_to(bob)[0]["offer"]["sdp"], format!("v=0\r\na={relay}\r\n"));
+}
+
+#[test]
+fn buffered_candidates_flush_both_ways_after_an_answer_and_are_capped() {
+    let mut h = Harness::new(|s| s.webrtc.force_relay = false);
+    let alice = h.connect(Some("Alice"));
+    let bob = h.connect(Some("Bob"));
+    join_voice(&mut h, alice, &["audio"]);
+    join_voice(&mut h, bob, &["audio"]);
+    let candidate = |i: usize| json!({"candidate": format!("candidate:{i} 1 udp 1 10.0.0.1 {i} typ host")});
+    for i in 0..(MAX_BUFFERED + 1) {
+        h.send(bob, json!({"type": "webrtc-ice-candidate", "targetUsername": "Alice", "candidate": candidate(i), "buffer": true}));
+        assert!(h.frames_to(alice).is_empty());
+    }
+    h.send(alice, json!({"type": "webrtc-ice-candidate", "targetUsername": "Bob", "candidate": candidate(999), "buffer": true}));
+    h.send(
+        alice,
+        json!({"type": "webrtc-answer", "targetUsername": "Bob", "answer": {"type": "answer", "sdp": "v=0"}}),
+    );
+    let to_alice = h.frames_to(alice);
+    assert_eq!(to_alice.len(), MAX_BUFFERED);
+    assert_eq!(to_alice[0]["candidate"], candidate(1), "the oldest was dropped");
+    assert_eq!(to_alice[MAX_BUFFERED - 1]["candidate"], candidate(MAX_BUFFERED));
+    let to_bob = h.frames_to(bob);
+    assert_eq!(to_bob[0]["type"], "webrtc-answer");
+    assert_eq!(to_bob[1]["candidate"], candidate(999));
+}
+
+const MAX_BUFFERED: usize = voice::MAX_BUFFERED_CANDIDATES;
+
+#[test]
+fn disconnect_leaves_voice_and_tells_the_relay() {
+    let mut h = Harness::new(|_| {});
+    let alice = h.connect(Some("Alice"));
+    let bob = h.connect(Some("Bob"));
+    join_voice(&mut h, alice, &["audio"]);
+    join_voice(&mut h, bob, &["audio"]);
+    h.effects = h.hub.disconnect(bob, h.now);
+    assert!(h.effects.contains(&Effect::VoiceLeft { name: "Bob".into() }));
+    let frames = h.frames_to(alice);
+    assert_eq!(frames[0], json!({"type": "webrtc-peer-left", "username": "Bob"}));
+    assert_eq!(frames[1]["text"], "Bob left voice chat");
+    assert_eq!(frames[2]["text"], "Bob has left.");
+    assert_eq!(h.hub.stats(), Stats { connected_users: 1, voice_participants: 1 });
+}
+
+#[test]
+fn a_banned_admin_target_leaves_voice_and_is_closed() {
+    let mut h = Harness::new(|s| {
+        s.chat.authentication = true;
+        s.chat.admins = vec!["Admin".into()];
+    });
+    let admin = h.connect(None);
+    h.effects = h.hub.login_checked(admin, "Admin".into(), true, h.now);
+    let mallory = h.connect(None);
+    h.chat(mallory, "/login Mallory password123");
+    assert!(matches!(&h.effects[..], [Effect::CheckLogin { name, .. }] if name == "Mallory"));
+    h.effects = h.hub.login_checked(mallory, "Mallory".into(), true, h.now);
+    join_voice(&mut h, mallory, &["audio"]);
+    join_voice(&mut h, admin, &["audio"]);
+    h.chat(admin, "/ban Mallory");
+    assert!(h.effects.contains(&Effect::SaveBan { name: "Mallory".into(), banned: true }));
+    assert!(h.effects.contains(&Effect::VoiceLeft { name: "Mallory".into() }));
+    assert_eq!(h.closed(mallory), Some(CLOSE_POLICY));
+    assert_eq!(
+        h.texts_to(admin),
+        ["Mallory was banned by Admin.", "Mallory left voice chat", "Mallory has left."]
+    );
+    let again = h.connect(None);
+    h.effects = h.hub.login_checked(again, "Mallory".into(), true, h.now);
+    assert_eq!(h.texts_to(again), ["You are banned."]);
+}
+
+#[test]
+fn shutdown_announces_everyone_to_everyone() {
+    let mut h = Harness::new(|_| {});
+    let alice = h.connect(Some("Alice"));
+    let bob = h.connect(Some("Bob"));
+    join_voice(&mut h, bob, &["audio"]);
+    h.effects = h.hub.shutdown(h.now);
+    for conn in [alice, bob] {
+        assert_eq!(
+            h.texts_to(conn),
+            ["Alice has left. (Server Shutdown)", "Bob has left. (Server Shutdown)"]
+        );
+        assert_eq!(h.closed(conn), Some(CLOSE_GOING_AWAY));
+    }
+    assert!(h.effects.contains(&Effect::VoiceLeft { name: "Bob".into() }));
+    assert_eq!(h.hub.stats(), Stats::default());
+}
+
+#[test]
+fn messages_from_unknown_or_refused_connections_are_ignored() {
+    let mut h = Harness::new(|s| s.limits.total_max_connections = 1);
+    let _alice = h.connect(Some("Alice"));
+    let refused = h.connect(Some("Bob"));
+    assert_eq!(h.texts_to(refused), ["Server is full. Please try again later."]);
+    h.chat(refused, "hello");
+    assert!(h.effects.is_empty());
+    h.effects = h.hub.disconnect(refused, h.now);
+    assert!(h.effects.is_empty());
+}

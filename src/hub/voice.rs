@@ -153,8 +153,14 @@ impl Hub {
 
     fn credentials_refresh_at(&self, now: Now) -> Instant {
         // Refresh at 80% of the lifetime: early enough to survive a slow client, late enough
-        // not to spam.
-        now.mono + Duration::from_millis(self.ice.ttl_s * 800)
+        // not to spam. The expiry is whole unix seconds (`now.unix() + ttl`) and the relay
+        // refuses it from the start of that second, so what was just issued really lives
+        // between ttl - 1 and ttl seconds; count from that, and leave at least half a second
+        // (two timer ticks) before the expiry for short TTLs.
+        let expires_ms = (now.unix() + self.ice.ttl_s).saturating_mul(1000);
+        let now_ms = u64::try_from(now.wall.timestamp_millis()).unwrap_or(0);
+        let lifetime_ms = expires_ms.saturating_sub(now_ms);
+        now.mono + Duration::from_millis((lifetime_ms * 4 / 5).min(lifetime_ms.saturating_sub(500)))
     }
 
     fn join_voice(
