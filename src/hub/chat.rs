@@ -75,13 +75,20 @@ impl Hub {
         self.remove_connection(out, conn, None, now);
     }
 
+    /// `Anonymous` + 4 random digits, like the original; with thousands of anonymous users
+    /// online (all 4-digit names nearly taken) it widens to more digits instead of looping.
     fn anonymous_name(&mut self) -> String {
-        loop {
-            let name = format!("Anonymous{:04}", self.rng.random_range(0..10_000));
+        for digits in [4u32, 4, 4, 4, 6, 8, 11] {
+            let name = format!(
+                "Anonymous{:0width$}",
+                self.rng.random_range(0..10u64.pow(digits)),
+                width = digits as usize
+            );
             if !self.names.contains_key(&name) {
                 return name;
             }
         }
+        format!("Anonymous{}", self.rng.random_range(10u64.pow(10)..10u64.pow(11)))
     }
 
     /// Steps 3-5 of the connection sequence: history, MOTD, the "has joined." broadcast.
