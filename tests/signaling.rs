@@ -262,7 +262,10 @@ const RELAY_CANDIDATES: &[&str] = &[
     "candidate:10 1 udp 41885439 127.0.0.1 50000 typ relay raddr 203.0.113.7 rport 40000",
     "candidate:11 1 udp 41885439 2001:db8::1 50001 typ relay raddr :: rport 0",
     "candidate:12 1 tcp 25108223 127.0.0.1 50002 typ relay tcptype passive",
+    "candidate:13 1 UDP 41885439 127.0.0.1 50003 TYP RELAY",
+    "a=candidate:14 1 udp 41885439 127.0.0.1 50004 typ relay",
     "",
+    "  ",
 ];
 
 #[tokio::test]
@@ -465,6 +468,10 @@ async fn auth_mode_only_logged_in_users_join_and_kick_or_ban_leaves_voice() {
     stranger.recv_type("system").await; // "Authentication required. ..."
     stranger.send("webrtc-join", json!({"mediaTypes": ["audio"]})).await;
     expect_error(&mut stranger, "Must be authenticated to join voice chat").await;
+    stranger.send("webrtc-leave", json!({})).await;
+    expect_error(&mut stranger, "Not in voice chat").await;
+    stranger.send("webrtc-offer", json!({"targetUsername": "Admin", "offer": offer(PLAIN_SDP)})).await;
+    expect_error(&mut stranger, "Not in voice chat").await;
     send_candidate(&mut stranger, "Admin", &candidate(&relay(50000)), false).await;
     expect_only_pong(&mut stranger).await; // candidates: dropped silently
 
@@ -501,6 +508,8 @@ async fn auth_mode_only_logged_in_users_join_and_kick_or_ban_leaves_voice() {
     bob.expect_close().await;
     expect_only_pong(&mut admin).await;
     expect_voice_participants(&server, 1).await;
+    // Nothing of all this reached the connection that never logged in.
+    expect_only_pong(&mut stranger).await;
 }
 
 #[tokio::test]
@@ -513,10 +522,16 @@ async fn webrtc_disabled() {
         ("webrtc-offer", json!({"targetUsername": "Bob", "offer": offer(PLAIN_SDP)})),
         ("webrtc-answer", json!({"targetUsername": "Bob", "answer": answer(PLAIN_SDP)})),
         ("webrtc-media-change", json!({"mediaTypes": ["audio"]})),
+        ("webrtc-ice-candidate", json!({"targetUsername": "Bob", "candidate": candidate(&relay(50000))})),
     ] {
         alice.send(kind, fields).await;
         expect_error(&mut alice, "WebRTC is disabled on this server").await;
     }
+    // Checked after the token and the type.
+    alice.send_json(json!({"type": "webrtc-join", "token": "bad"})).await;
+    expect_error(&mut alice, "Invalid session token").await;
+    alice.send("webrtc-bogus", json!({})).await;
+    expect_error(&mut alice, "Unknown WebRTC message type").await;
     let (info, _) = server.get_json("/server-info").await;
     assert_eq!(info["webrtc"]["enabled"], false);
 }
@@ -667,6 +682,13 @@ async fn offer_answer_and_candidates_are_relayed_intact() {
     assert_eq!(relayed, json!({"type": "webrtc-answer", "fromUsername": "Bob", "answer": answer}));
     assert_eq!(relayed["answer"]["sdp"].as_str().unwrap(), LEAKY_SDP);
 
+    let pranswer = json!({"type": "pranswer", "sdp": PLAIN_SDP});
+    bob.send("webrtc-answer", json!({"targetUsername": "Alice", "answer": pranswer})).await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type": "webrtc-answer", "fromUsername": "Bob", "answer": pranswer})
+    );
+
     let candidate = json!({"candidate": RELAY_CANDIDATES[0], "sdpMid": "audio", "sdpMLineIndex": 3,
                            "usernameFragment": null, "x-extra": true});
     send_candidate(&mut bob, "Alice", &candidate, false).await;
@@ -738,6 +760,14 @@ async fn force_relay_strips_non_relay_lines_from_sdp_and_keeps_every_other_byte(
     assert_eq!(bob.recv().await["offer"]["sdp"], "v=0\na=mid:0\n");
     alice.send("webrtc-offer", json!({"targetUsername": "Bob", "offer": offer(RELAY_ONLY_SDP)})).await;
     assert_eq!(bob.recv().await["offer"]["sdp"], RELAY_ONLY_SDP);
+    // A missing final newline stays missing; a last line that goes takes nothing else with it.
+    for (sent, expected) in [
+        ("v=0\r\na=candidate:1 1 udp 1 10.0.0.1 5 typ host\r\na=mid:0", "v=0\r\na=mid:0"),
+        ("v=0\r\na=mid:0\r\na=candidate:1 1 udp 1 10.0.0.1 5 typ host", "v=0\r\na=mid:0\r\n"),
+    ] {
+        alice.send("webrtc-offer", json!({"targetUsername": "Bob", "offer": offer(sent)})).await;
+        assert_eq!(bob.recv().await["offer"]["sdp"], expected);
+    }
 }
 
 #[tokio::test]
@@ -789,6 +819,12 @@ async fn buffered_candidates_flush_right_after_the_answer_in_both_directions() {
     // An answer between another pair flushes nothing of this pair.
     carol.send("webrtc-answer", json!({"targetUsername": "Alice", "answer": answer(PLAIN_SDP)})).await;
     assert_eq!(alice.recv().await["fromUsername"], "Carol");
+    expect_only_pong(&mut alice).await;
+    expect_only_pong(&mut bob).await;
+
+    // Nor does an offer between the pair.
+    bob.send("webrtc-offer", json!({"targetUsername": "Alice", "offer": offer(PLAIN_SDP)})).await;
+    assert_eq!(alice.recv().await["type"], "webrtc-offer");
     expect_only_pong(&mut alice).await;
     expect_only_pong(&mut bob).await;
 
@@ -911,7 +947,8 @@ async fn invalid_offer_and_answer_data() {
             Some(json!({"type": kind, "sdp": too_big})),
         ]
     };
-    for description in bad("offer").into_iter().chain([Some(answer(PLAIN_SDP))]) {
+    let pranswer = json!({"type": "pranswer", "sdp": PLAIN_SDP});
+    for description in bad("offer").into_iter().chain([Some(answer(PLAIN_SDP)), Some(pranswer)]) {
         let mut fields = json!({"targetUsername": "Bob"});
         if let Some(description) = description {
             fields["offer"] = description;
@@ -1063,6 +1100,19 @@ async fn media_change_goes_to_the_others_only() {
 
     alice.send("webrtc-media-change", json!({"mediaTypes": ["bogus"]})).await;
     expect_error(&mut alice, "No valid media types requested").await;
+    expect_only_pong(&mut bob).await;
+
+    // An explicit empty list is "everything off"; a missing list means audio.
+    bob.send("webrtc-media-change", json!({"mediaTypes": []})).await;
+    bob.send("webrtc-media-change", json!({})).await;
+    for client in [&mut alice, &mut carol] {
+        for types in [json!([]), json!(["audio"])] {
+            assert_eq!(
+                client.recv().await,
+                json!({"type": "webrtc-media-changed", "username": "Bob", "mediaTypes": types})
+            );
+        }
+    }
     expect_only_pong(&mut bob).await;
 
     // A newcomer sees the current media types.
@@ -1233,4 +1283,50 @@ async fn seed_guide_client_flow_end_to_end() {
     expect_voice_participants(&server, 0).await;
     drop(bob);
     alice.expect_system("Bob has left.").await;
+}
+
+#[tokio::test]
+async fn external_turn_servers_and_no_turn_at_all() {
+    let server = Server::start(
+        r#"
+[turn]
+enabled = false
+
+[[turn.external_servers]]
+urls = ["turn:turn1.example.org:3478?transport=udp", "turns:turn1.example.org:5349?transport=tcp"]
+secret = "first-secret"
+
+[[turn.external_servers]]
+urls = ["turn:turn2.example.net:3478"]
+secret = "second-secret"
+"#,
+    );
+    let mut alice = server.join("Alice").await;
+    let joined = join_voice(&mut alice, "Alice", None).await;
+    let servers = joined["config"]["iceServers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2, "{joined}");
+    for (entry, (urls, secret)) in servers.iter().zip([
+        (
+            json!([
+                "turn:turn1.example.org:3478?transport=udp",
+                "turns:turn1.example.org:5349?transport=tcp"
+            ]),
+            "first-secret",
+        ),
+        (json!(["turn:turn2.example.net:3478"]), "second-secret"),
+    ]) {
+        assert_eq!(entry["urls"], urls);
+        let username = entry["username"].as_str().unwrap();
+        let (expiry, user) = username.split_once(':').unwrap();
+        assert_eq!(user, "Alice");
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!(expiry.abs_diff(unix_now() + 600) <= 5, "{username}");
+        assert_eq!(entry["credential"].as_str().unwrap(), turn_credential(secret, username));
+    }
+
+    let server = Server::start("[turn]\nenabled = false\n");
+    let mut alice = server.join("Alice").await;
+    let joined = join_voice(&mut alice, "Alice", None).await;
+    assert_eq!(joined["config"]["iceServers"], json!([]));
+    assert_eq!(joined["config"]["iceTransportPolicy"], "relay");
 }
