@@ -1330,3 +1330,78 @@ secret = "second-secret"
     assert_eq!(joined["config"]["iceServers"], json!([]));
     assert_eq!(joined["config"]["iceTransportPolicy"], "relay");
 }
+
+/// With `[server.tls]` (wss://) the relay is meant to offer TURN over TLS as well, listed as
+/// `turns:HOST:PORT?transport=tcp` (issue 3, "Credentials"; `[turn] tls_listen`).
+#[tokio::test]
+#[ignore = "TURN over TLS is not implemented: the relay never binds [turn] tls_listen and server.rs \
+            passes tls_port: None, so iceServers never lists a turns: URL"]
+async fn turns_url_is_listed_when_tls_is_configured() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let config = format!(
+        "[server.tls]\ncert_file = \"{0}/cert.pem\"\nkey_file = \"{0}/key.pem\"\n\n[turn]\ntls_listen = \"127.0.0.1:0\"\n",
+        dir.path().display()
+    );
+    let server = Server::start_in(dir.path(), &config);
+    let port = turn_port(&server);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_config));
+    let tcp = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let domain = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(domain, tcp).await.unwrap();
+    let url = format!("wss://localhost:{}/?username=Alice", server.http.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    let mut token = String::new();
+    let joined = loop {
+        let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(common::RECV_TIMEOUT, ws.next()).await
+        else {
+            panic!("no webrtc-joined over wss");
+        };
+        let message: Value = serde_json::from_str(&text).unwrap();
+        if message["type"] == "session-token" {
+            token = message["token"].as_str().unwrap().to_string();
+        }
+        if message["text"] == "Alice has joined." {
+            let join = json!({"type": "webrtc-join", "token": token});
+            ws.send(Message::Text(join.to_string().into())).await.unwrap();
+        }
+        if message["type"] == "webrtc-joined" {
+            break message;
+        }
+    };
+    let urls: Vec<&str> = joined["config"]["iceServers"][0]["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls[..2],
+        [format!("turn:localhost:{port}?transport=udp"), format!("turn:localhost:{port}?transport=tcp")]
+    );
+    let turns = urls.get(2).unwrap_or_else(|| panic!("no turns: URL in {urls:?}"));
+    let tls_port: u16 = turns
+        .strip_prefix("turns:localhost:")
+        .and_then(|rest| rest.strip_suffix("?transport=tcp"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{turns}"));
+    assert_ne!(tls_port, 0);
+    // Something speaks TLS there.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+    let domain = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(domain, tcp).await.expect("TLS handshake on the turns: port");
+}
