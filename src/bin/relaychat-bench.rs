@@ -37,6 +37,8 @@ mod turn_bench;
 mod turn_client;
 #[path = "relaychat_bench/wire.rs"]
 mod wire;
+#[path = "relaychat_bench/ws_session.rs"]
+mod ws_session;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //! REALM+NONCE), signed Allocate, then Refresh with lifetime 0 to free it. `concurrency` workers
 //! loop like that for the duration; latency is the whole three-transaction cycle.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,10 @@ use super::histogram::{Histogram, LatencySummary};
 use super::procfs;
 use super::sockbuf;
 use super::turn_client::TurnClient;
+
+/// How long, and how many per worker, freed clients' sockets stay bound.
+const QUARANTINE: Duration = Duration::from_secs(2);
+const QUARANTINE_MAX: usize = 512;
 
 pub struct AllocRateArgs {
     pub server: SocketAddr,
@@ -52,10 +57,20 @@ pub async fn run(a: AllocRateArgs) -> anyhow::Result<AllocRateReport> {
             let mut h = Histogram::default();
             let (mut ok, mut failed, mut first_error) = (0u64, 0u64, None::<String>);
             let mut i = 0u64;
+            // Closed sockets are kept open for a while: otherwise the kernel hands the same
+            // ephemeral port to the next client at once, and a server that still remembers that
+            // 5-tuple (coturn keeps a freed session briefly) answers 437 Allocation Mismatch.
+            let mut quarantine: VecDeque<(Instant, Arc<tokio::net::UdpSocket>)> = VecDeque::new();
             while start.elapsed() < duration {
+                while quarantine.front().is_some_and(|(t, _)| t.elapsed() > QUARANTINE)
+                    || quarantine.len() > QUARANTINE_MAX
+                {
+                    quarantine.pop_front();
+                }
                 let t = Instant::now();
                 let r: anyhow::Result<()> = async {
                     let sock = Arc::new(sockbuf::bind_udp(local, 0)?);
+                    quarantine.push_back((Instant::now(), sock.clone()));
                     let cred = credentials::mint(&secret, &format!("ar{w}x{i}"), 3600);
                     let mut c = TurnClient::allocate(sock, server, &cred).await?;
                     c.refresh(0).await

@@ -1,16 +1,505 @@
-//! `relaychat-bench signaling` (placeholder while the TURN side is validated).
+//! `relaychat-bench signaling`: what the chat/signaling face of the server holds and how fast it
+//! moves frames. In order:
+//!
+//! 1. `listeners` sessions connect (plus two WebRTC users and `senders` among the listeners).
+//! 2. Chat fan-out for `fanout_secs`: each sender chats in a closed loop (next message once its own
+//!    comes back), every session counts chat frames: deliveries/s across all listeners. At the same
+//!    time the WebRTC pair joins voice and one sends `offers` offers to the other, which answers
+//!    each at once: offer one-way latency and offer->answer round trip, under that load.
+//! 3. `joins` fresh connections, one after another: time from TCP connect to `webrtc-joined`.
+//! 4. More idle sessions up to `sessions` in all; once the server's CPU settles, its RSS delta over
+//!    the baseline divided by the sessions is the memory per session. Then everything closes.
+//!
+//! Every connect broadcasts "<name> has joined." to everyone already there (PROTOCOL.md section 1),
+//! so opening N sessions moves about N^2/2 frames: the ramp time is reported as measured.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
+use serde_json::json;
+use tokio::sync::watch;
 
-#[derive(clap::Args, Debug)]
+use super::histogram::{Histogram, LatencySummary};
+use super::load::now_ns;
+use super::procfs;
+use super::ws_session::{self, sdp_with_seq, Behaviour, Counters, Event, Session};
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct SignalingCli {
+    /// WebSocket URL of the chat server.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
+    /// Idle sessions to hold in total.
+    #[arg(long, default_value_t = 10_000)]
+    pub sessions: usize,
+    /// Sessions connected during the fan-out and latency phases.
+    #[arg(long, default_value_t = 1000)]
+    pub listeners: usize,
+    /// Listeners that also send chat (closed loop each).
+    #[arg(long, default_value_t = 20)]
+    pub senders: usize,
+    #[arg(long, default_value_t = 5.0)]
+    pub fanout_secs: f64,
+    /// Offers sent during the fan-out (evenly spaced).
+    #[arg(long, default_value_t = 200)]
+    pub offers: usize,
+    /// Fresh connections timed from connect to webrtc-joined.
+    #[arg(long, default_value_t = 50)]
+    pub joins: usize,
+    /// Connections opened at once during ramps.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Seconds to hold all sessions open before reading memory.
+    #[arg(long, default_value_t = 3.0)]
+    pub hold_secs: f64,
+    /// Server PID, for RSS and CPU from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    #[arg(long, default_value = "relaychat")]
+    pub label: String,
+    /// Prefix for generated usernames (3-20 of [A-Za-z0-9_-] in all).
+    #[arg(long, default_value = "b")]
+    pub prefix: String,
 }
 
-#[derive(Serialize)]
-pub struct SignalingReport {}
+#[derive(Debug, Serialize, Default)]
+pub struct SignalingReport {
+    pub label: String,
+    pub url: String,
+    pub server_rss_baseline_kib: Option<u64>,
+    pub listeners: usize,
+    pub listeners_connected: usize,
+    pub listener_ramp_s: f64,
+    pub fanout: FanoutReport,
+    pub offer_one_way: LatencySummary,
+    pub offer_answer_rtt: LatencySummary,
+    pub offers_lost: u64,
+    pub connect_to_session_token: LatencySummary,
+    pub connect_to_webrtc_joined: LatencySummary,
+    pub join_failures: usize,
+    pub join_error: Option<String>,
+    pub sessions_target: usize,
+    pub sessions_connected: usize,
+    pub sessions_failed: usize,
+    pub first_connect_error: Option<String>,
+    pub sessions_ramp_s: f64,
+    pub settle_s: f64,
+    pub sessions_alive_after_hold: usize,
+    pub server_rss_sessions_kib: Option<u64>,
+    pub server_rss_per_session_kib: Option<f64>,
+    pub server_cpu_ramp_s: Option<f64>,
+    pub closed_by_server: u64,
+    pub last_close_reason: Option<String>,
+}
 
-pub async fn run(_c: SignalingCli) -> anyhow::Result<SignalingReport> {
-    anyhow::bail!("not yet")
+#[derive(Debug, Serialize, Default)]
+pub struct FanoutReport {
+    pub senders: usize,
+    pub listeners: usize,
+    pub messages_sent: u64,
+    pub deliveries: u64,
+    pub expected_deliveries: u64,
+    pub deliveries_per_s: f64,
+    pub messages_per_s: f64,
+    /// Sender's own copy coming back: send -> broadcast reaches the sender.
+    pub sender_echo: LatencySummary,
+    pub rate_limited: u64,
+    pub server_cpu_s: Option<f64>,
+}
+
+async fn open_many(
+    c: &SignalingCli,
+    names: Vec<String>,
+    counters: &Arc<Counters>,
+    stop: &watch::Receiver<bool>,
+) -> (Vec<Session>, usize, Option<String>) {
+    let results: Vec<anyhow::Result<Session>> = stream::iter(names)
+        .map(|n| {
+            let (url, counters, stop) = (c.url.clone(), counters.clone(), stop.clone());
+            async move { ws_session::open(&url, &n, Behaviour::default(), counters, stop).await }
+        })
+        .buffer_unordered(c.connect_concurrency.max(1))
+        .collect()
+        .await;
+    let mut ok = Vec::new();
+    let (mut failed, mut first) = (0, None);
+    for r in results {
+        match r {
+            Ok(s) => ok.push(s),
+            Err(e) => {
+                failed += 1;
+                first.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    (ok, failed, first)
+}
+
+/// Wait until the server spends under 5% of a core for a second (or `max` passes).
+async fn settle(pid: Option<u32>, max: Duration) -> f64 {
+    let t0 = Instant::now();
+    let Some(pid) = pid else {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return t0.elapsed().as_secs_f64();
+    };
+    let mut last = procfs::cpu_seconds(pid).unwrap_or(0.0);
+    while t0.elapsed() < max {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = procfs::cpu_seconds(pid).unwrap_or(0.0);
+        if now - last < 0.05 {
+            break;
+        }
+        last = now;
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+fn name(prefix: &str, kind: &str, i: usize) -> String {
+    format!("{prefix}{kind}{i:05}")
+}
+
+pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
+    let counters = Arc::new(Counters::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pid = c.server_pid;
+    let mut r = SignalingReport {
+        label: c.label.clone(),
+        url: c.url.clone(),
+        listeners: c.listeners,
+        sessions_target: c.sessions,
+        server_rss_baseline_kib: pid.and_then(procfs::rss_kib),
+        ..Default::default()
+    };
+
+    // 1. Listeners (senders are the first of them, with event forwarding), and the WebRTC pair.
+    let t0 = Instant::now();
+    let senders = c.senders.min(c.listeners);
+    let mut sender_sessions = Vec::new();
+    for i in 0..senders {
+        let b = Behaviour { forward_events: true, auto_answer: false };
+        sender_sessions.push(
+            ws_session::open(&c.url, &name(&c.prefix, "s", i), b, counters.clone(), stop_rx.clone()).await?,
+        );
+    }
+    let names = (senders..c.listeners).map(|i| name(&c.prefix, "", i)).collect();
+    let (idle, failed, first) = open_many(&c, names, &counters, &stop_rx).await;
+    r.listeners_connected = idle.len() + sender_sessions.len();
+    r.sessions_failed += failed;
+    r.first_connect_error = first;
+    let caller = ws_session::open(
+        &c.url,
+        &name(&c.prefix, "rtca", 0),
+        Behaviour { forward_events: true, auto_answer: false },
+        counters.clone(),
+        stop_rx.clone(),
+    )
+    .await?;
+    let callee = ws_session::open(
+        &c.url,
+        &name(&c.prefix, "rtcb", 0),
+        Behaviour { forward_events: true, auto_answer: true },
+        counters.clone(),
+        stop_rx.clone(),
+    )
+    .await?;
+    r.listener_ramp_s = t0.elapsed().as_secs_f64();
+    eprintln!("[{}] {} listeners connected in {:.1}s", c.label, r.listeners_connected, r.listener_ramp_s);
+    settle(pid, Duration::from_secs(30)).await;
+
+    // 2. Fan-out and offer/answer latency, concurrently.
+    let receivers = (r.listeners_connected + 2) as u64;
+    let fan = fan_out(&c, sender_sessions, &counters, receivers);
+    let rtc = offer_answer(&c, caller, callee);
+    let ((fanout, senders_back), (one_way, rtt, lost, caller, callee)) = tokio::join!(fan, rtc);
+    r.fanout = fanout;
+    r.offer_one_way = one_way.summary_us();
+    r.offer_answer_rtt = rtt.summary_us();
+    r.offers_lost = lost;
+    eprintln!(
+        "[{}] fan-out: {:.0} deliveries/s ({:.0} msgs/s to {} listeners), offer one-way p50 {:.0}us p99 {:.0}us, offer->answer p50 {:.0}us p99 {:.0}us",
+        c.label,
+        r.fanout.deliveries_per_s,
+        r.fanout.messages_per_s,
+        r.fanout.listeners,
+        r.offer_one_way.p50_us,
+        r.offer_one_way.p99_us,
+        r.offer_answer_rtt.p50_us,
+        r.offer_answer_rtt.p99_us
+    );
+    settle(pid, Duration::from_secs(30)).await;
+
+    // 3. Time to webrtc-joined for fresh connections.
+    let (tok, joined, jf, join_error) = join_times(&c, &counters, &stop_rx).await;
+    r.join_error = join_error;
+    r.connect_to_session_token = tok.summary_us();
+    r.connect_to_webrtc_joined = joined.summary_us();
+    r.join_failures = jf;
+    eprintln!(
+        "[{}] connect->webrtc-joined p50 {:.0}us p99 {:.0}us ({} failed)",
+        c.label, r.connect_to_webrtc_joined.p50_us, r.connect_to_webrtc_joined.p99_us, jf
+    );
+
+    // 4. Ramp to `sessions` idle sessions.
+    let have = r.listeners_connected + 2;
+    let more = c.sessions.saturating_sub(have);
+    let cpu0 = pid.and_then(procfs::cpu_seconds);
+    let t1 = Instant::now();
+    let mut extra = Vec::new();
+    let mut i = c.listeners;
+    let mut left = more;
+    while left > 0 {
+        let batch = left.min(1000);
+        let names = (i..i + batch).map(|k| name(&c.prefix, "", k)).collect();
+        let (s, failed, first) = open_many(&c, names, &counters, &stop_rx).await;
+        extra.extend(s);
+        r.sessions_failed += failed;
+        if r.first_connect_error.is_none() {
+            r.first_connect_error = first;
+        }
+        i += batch;
+        left -= batch;
+        eprintln!(
+            "[{}] {} sessions open ({:.1}s, {} failed)",
+            c.label,
+            have + extra.len(),
+            t1.elapsed().as_secs_f64(),
+            r.sessions_failed
+        );
+    }
+    r.sessions_ramp_s = t1.elapsed().as_secs_f64();
+    r.sessions_connected = have + extra.len();
+    r.settle_s = settle(pid, Duration::from_secs(120)).await;
+    r.server_cpu_ramp_s = cpu0.zip(pid.and_then(procfs::cpu_seconds)).map(|(a, b)| b - a);
+    tokio::time::sleep(Duration::from_secs_f64(c.hold_secs)).await;
+    let closed = counters.closed_by_server.load(Ordering::Relaxed) as usize;
+    r.sessions_alive_after_hold = r.sessions_connected.saturating_sub(closed);
+    r.server_rss_sessions_kib = pid.and_then(procfs::rss_kib);
+    r.server_rss_per_session_kib = r
+        .server_rss_baseline_kib
+        .zip(r.server_rss_sessions_kib)
+        .map(|(b, x)| (x as f64 - b as f64) / r.sessions_connected.max(1) as f64);
+    r.closed_by_server = closed as u64;
+    r.last_close_reason = counters.last_close_reason.lock().ok().and_then(|g| g.clone());
+    eprintln!(
+        "[{}] {} sessions held ({} alive after {:.0}s), ramp {:.1}s + settle {:.1}s, server RSS {} KiB -> {} per session",
+        c.label,
+        r.sessions_connected,
+        r.sessions_alive_after_hold,
+        c.hold_secs,
+        r.sessions_ramp_s,
+        r.settle_s,
+        r.server_rss_sessions_kib.map_or("-".into(), |v| v.to_string()),
+        r.server_rss_per_session_kib.map_or("-".into(), |v| format!("{v:.1} KiB"))
+    );
+
+    // Close politely (a close frame each); the handles drop when this returns.
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop((idle, extra, senders_back, caller, callee));
+    Ok(r)
+}
+
+/// Closed-loop chat from every sender; deliveries counted by every session.
+async fn fan_out(
+    c: &SignalingCli,
+    senders: Vec<Session>,
+    counters: &Arc<Counters>,
+    receivers: u64,
+) -> (FanoutReport, Vec<Session>) {
+    let dur = Duration::from_secs_f64(c.fanout_secs);
+    let cpu0 = c.server_pid.and_then(procfs::cpu_seconds);
+    let rl0 = counters.rate_limited.load(Ordering::Relaxed);
+    let before = counters.chat_frames.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut s in senders {
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::default();
+            let mut sent = 0u64;
+            let mut events = s.events.take();
+            while start.elapsed() < dur {
+                let text = format!("fanout {} {sent}", s.name);
+                let t = now_ns();
+                if !s.send(&json!({"type": "chat", "token": s.token, "content": text})) {
+                    break;
+                }
+                sent += 1;
+                // Wait for our own copy (bounded, so a rate-limited sender does not stall forever).
+                let Some(ev) = events.as_mut() else { break };
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                loop {
+                    match tokio::time::timeout_at(deadline, ev.recv()).await {
+                        Ok(Some(Event::Chat { username, text: got, at }))
+                            if username == s.name && got == text =>
+                        {
+                            h.record(at.saturating_sub(t));
+                            break;
+                        }
+                        Ok(Some(_)) => continue,
+                        _ => break,
+                    }
+                }
+            }
+            s.events = events;
+            (sent, h, s)
+        }));
+    }
+    let mut h = Histogram::default();
+    let mut sent = 0;
+    let mut back = Vec::new();
+    for t in tasks {
+        if let Ok((n, sh, s)) = t.await {
+            sent += n;
+            h.merge(&sh);
+            back.push(s);
+        }
+    }
+    // Wait for the tail of the broadcasts to land (or stop growing).
+    let expected = sent * receivers;
+    let mut last = counters.chat_frames.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    let mut last_growth_at = start.elapsed();
+    while last - before < expected && last_change.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = counters.chat_frames.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+            last_growth_at = start.elapsed();
+        }
+    }
+    let deliveries = last - before;
+    let secs = last_growth_at.max(dur).as_secs_f64();
+    let cpu1 = c.server_pid.and_then(procfs::cpu_seconds);
+    (
+        FanoutReport {
+            senders: back.len(),
+            listeners: receivers as usize,
+            messages_sent: sent,
+            deliveries,
+            expected_deliveries: expected,
+            deliveries_per_s: deliveries as f64 / secs,
+            messages_per_s: sent as f64 / secs,
+            sender_echo: h.summary_us(),
+            rate_limited: counters.rate_limited.load(Ordering::Relaxed) - rl0,
+            server_cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+        },
+        back,
+    )
+}
+
+/// Both join voice; the caller sends `offers` offers spread over the fan-out, the callee answers.
+async fn offer_answer(
+    c: &SignalingCli,
+    mut caller: Session,
+    mut callee: Session,
+) -> (Histogram, Histogram, u64, Session, Session) {
+    let (mut one_way, mut rtt) = (Histogram::default(), Histogram::default());
+    let mut ce = caller.events.take();
+    let mut ee = callee.events.take();
+    let join = |s: &Session| json!({"type": "webrtc-join", "token": s.token, "mediaTypes": ["audio"]});
+    caller.send(&join(&caller));
+    callee.send(&join(&callee));
+    // Wait for both webrtc-joined.
+    for ev in [ce.as_mut(), ee.as_mut()].into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(e) = ev.recv().await {
+                if matches!(e, Event::Joined { .. }) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let gap = Duration::from_secs_f64(c.fanout_secs / c.offers.max(1) as f64);
+    let mut sent_at: HashMap<u64, u64> = HashMap::new();
+    let (mut got_offer, mut got_answer) = (0u64, 0u64);
+    let end = tokio::time::Instant::now() + Duration::from_secs_f64(c.fanout_secs) + Duration::from_secs(3);
+    let mut tick = tokio::time::interval(gap.max(Duration::from_millis(1)));
+    let mut seq = 0u64;
+    let (Some(ce_rx), Some(ee_rx)) = (ce.as_mut(), ee.as_mut()) else {
+        return (one_way, rtt, c.offers as u64, caller, callee);
+    };
+    while tokio::time::Instant::now() < end && got_answer < c.offers as u64 {
+        tokio::select! {
+            _ = tick.tick(), if (seq as usize) < c.offers => {
+                sent_at.insert(seq, now_ns());
+                caller.send(&json!({
+                    "type": "webrtc-offer", "token": caller.token,
+                    "targetUsername": callee.name, "offer": sdp_with_seq("offer", seq),
+                }));
+                seq += 1;
+            }
+            Some(e) = ee_rx.recv() => {
+                if let Event::Offer { seq, at } = e {
+                    if let Some(t) = sent_at.get(&seq) { one_way.record(at.saturating_sub(*t)); got_offer += 1; }
+                }
+            }
+            Some(e) = ce_rx.recv() => {
+                if let Event::Answer { seq, at } = e {
+                    if let Some(t) = sent_at.get(&seq) { rtt.record(at.saturating_sub(*t)); got_answer += 1; }
+                }
+            }
+            _ = tokio::time::sleep_until(end) => break,
+        }
+    }
+    let _ = got_offer;
+    caller.events = ce;
+    callee.events = ee;
+    caller.send(&json!({"type": "webrtc-leave", "token": caller.token}));
+    callee.send(&json!({"type": "webrtc-leave", "token": callee.token}));
+    (one_way, rtt, seq.saturating_sub(got_answer), caller, callee)
+}
+
+/// Fresh connections, one at a time: connect -> session-token -> webrtc-join -> webrtc-joined.
+async fn join_times(
+    c: &SignalingCli,
+    counters: &Arc<Counters>,
+    stop: &watch::Receiver<bool>,
+) -> (Histogram, Histogram, usize, Option<String>) {
+    let (mut tok, mut joined, mut failed) = (Histogram::default(), Histogram::default(), 0);
+    let mut first_error = None;
+    for i in 0..c.joins {
+        let t0 = now_ns();
+        let b = Behaviour { forward_events: true, auto_answer: false };
+        let Ok(mut s) =
+            ws_session::open(&c.url, &name(&c.prefix, "j", i), b, counters.clone(), stop.clone()).await
+        else {
+            failed += 1;
+            continue;
+        };
+        tok.record(now_ns() - t0);
+        s.send(&json!({"type": "webrtc-join", "token": s.token, "mediaTypes": ["audio"]}));
+        let mut ok = false;
+        if let Some(ev) = s.events.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(e) = ev.recv().await {
+                    match e {
+                        Event::Joined { at } => {
+                            joined.record(at.saturating_sub(t0));
+                            ok = true;
+                            break;
+                        }
+                        Event::Error { text } => {
+                            first_error.get_or_insert(text);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+        }
+        if !ok {
+            failed += 1;
+        }
+        s.send(&json!({"type": "webrtc-leave", "token": s.token}));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(s);
+    }
+    (tok, joined, failed, first_error)
 }
