@@ -850,7 +850,15 @@ async fn buffered_candidates_flush_right_after_the_answer_in_both_directions() {
     expect_only_pong(&mut alice).await;
     expect_only_pong(&mut bob).await;
 
-    // The other direction of the answer (Alice answers Bob, e.g. a renegotiation Bob started).
+    // Once the pair's answer went through, a late `buffer: true` candidate (gathered after the
+    // answer) has nothing to wait for and is delivered at once.
+    let late = candidate(&relay(52500));
+    send_candidate(&mut alice, "Bob", &late, true).await;
+    expect_candidate(&mut bob, "Alice", &late).await;
+
+    // The other direction of the answer (Alice answers Bob, a renegotiation Bob started).
+    bob.send("webrtc-offer", json!({"targetUsername": "Alice", "offer": offer(PLAIN_SDP)})).await;
+    assert_eq!(alice.recv().await["type"], "webrtc-offer");
     let later_a_to_b = candidate(&relay(53001));
     let later_b_to_a = candidate(&relay(53002));
     send_candidate(&mut alice, "Bob", &later_a_to_b, true).await;
@@ -903,7 +911,9 @@ async fn held_candidates_are_dropped_when_either_side_leaves() {
     expect_only_pong(&mut alice).await;
     expect_only_pong(&mut bob).await;
 
-    // The sender disconnects; someone else takes the name and joins.
+    // The sender disconnects mid-renegotiation; someone else takes the name and joins.
+    bob.send("webrtc-offer", json!({"targetUsername": "Alice", "offer": offer(PLAIN_SDP)})).await;
+    assert_eq!(alice.recv().await["type"], "webrtc-offer");
     send_candidate(&mut alice, "Bob", &candidate(&relay(50003)), true).await;
     expect_only_pong(&mut alice).await;
     drop(alice);

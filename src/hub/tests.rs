@@ -347,3 +347,32 @@ fn messages_from_unknown_or_refused_connections_are_ignored() {
     h.effects = h.hub.disconnect(refused, h.now);
     assert!(h.effects.is_empty());
 }
+
+#[test]
+fn a_buffered_candidate_after_the_answer_is_delivered_at_once() {
+    let mut h = Harness::new(|s| s.webrtc.force_relay = false);
+    let alice = h.connect(Some("Alice"));
+    let bob = h.connect(Some("Bob"));
+    join_voice(&mut h, alice, &["audio"]);
+    join_voice(&mut h, bob, &["audio"]);
+    let candidate = json!({"candidate": "candidate:1 1 udp 1 10.0.0.1 5 typ host"});
+    h.send(
+        bob,
+        json!({"type": "webrtc-offer", "targetUsername": "Alice", "offer": {"type": "offer", "sdp": "v=0"}}),
+    );
+    h.send(
+        alice,
+        json!({"type": "webrtc-answer", "targetUsername": "Bob", "answer": {"type": "answer", "sdp": "v=0"}}),
+    );
+    h.send(bob, json!({"type": "webrtc-ice-candidate", "targetUsername": "Alice", "candidate": candidate, "buffer": true}));
+    assert_eq!(h.frames_to(alice)[0]["candidate"], candidate);
+    // A new offer (renegotiation, ICE restart) makes buffering hold again until its answer.
+    h.send(
+        alice,
+        json!({"type": "webrtc-offer", "targetUsername": "Bob", "offer": {"type": "offer", "sdp": "v=0"}}),
+    );
+    h.send(bob, json!({"type": "webrtc-ice-candidate", "targetUsername": "Alice", "candidate": candidate, "buffer": true}));
+    assert!(h.frames_to(alice).is_empty());
+    h.send(bob, json!({"type": "webrtc-answer", "targetUsername": "Alice", "answer": {"type": "answer", "sdp": "v=0"}}));
+    assert_eq!(h.frames_to(alice).len(), 2);
+}

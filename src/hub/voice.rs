@@ -5,7 +5,7 @@
 //! reveal a participant's address (see `relay_only`), hands out TURN credentials in
 //! `webrtc-joined`, and refreshes them before they expire.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -33,6 +33,18 @@ pub(super) struct VoiceRoom {
     seats: Vec<Seat>,
     /// Candidates sent with `buffer: true`, keyed by (from, to), in arrival order.
     buffered: HashMap<(String, String), VecDeque<Value>>,
+    /// Pairs (sorted names) whose latest relayed description was an answer: negotiation is
+    /// complete, so a candidate marked `buffer: true` has no answer left to wait for.
+    answered: HashSet<(String, String)>,
+}
+
+/// The unordered pair {a, b} as a key.
+fn pair(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
+    }
 }
 
 impl VoiceRoom {
@@ -210,6 +222,7 @@ impl Hub {
         let Some(index) = self.voice.seats.iter().position(|s| s.name == name) else { return false };
         self.voice.seats.remove(index);
         self.voice.buffered.retain(|(from, to), _| from != name && to != name);
+        self.voice.answered.retain(|(a, b)| a != name && b != name);
         out.push(Effect::VoiceLeft { name: name.to_string() });
         let frame = ServerMessage::WebrtcPeerLeft { username: name }.frame();
         for seat in &self.voice.seats {
@@ -255,9 +268,11 @@ impl Hub {
         match kind {
             Description::Offer => {
                 out.send(target_conn, &ServerMessage::WebrtcOffer { from_username: name, offer: &relayed });
+                self.voice.answered.remove(&pair(name, &target));
             }
             Description::Answer => {
                 out.send(target_conn, &ServerMessage::WebrtcAnswer { from_username: name, answer: &relayed });
+                self.voice.answered.insert(pair(name, &target));
                 self.flush_buffered(out, name, &target);
             }
         }
@@ -298,7 +313,10 @@ impl Hub {
             return;
         }
         let candidate = Value::Object(candidate.fields);
-        if buffer {
+        // Hold the candidate until the pair's answer goes through, unless it already has (the
+        // candidate was gathered after the answer): waiting for a *next* answer that may never
+        // come would lose it.
+        if buffer && !self.voice.answered.contains(&pair(name, &target)) {
             let queue = self.voice.buffered.entry((name.to_string(), target)).or_default();
             if queue.len() >= MAX_BUFFERED_CANDIDATES {
                 queue.pop_front();
