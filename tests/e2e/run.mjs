@@ -138,9 +138,17 @@ const LAUNCH_ARGS = [
 
 const pages = [];   // every page opened in the current scenario: { name, page, logs }
 
-async function openClient(browser, server, name, query = '', { join = true } = {}) {
+async function openClient(browser, server, name, query = '', { join = true, recordSent = false } = {}) {
   const context = await browser.newContext({ viewport: { width: 1200, height: 700 } });
   const page = await context.newPage();
+  if (recordSent) {
+    // Test-side tap on what the page sends, to prove it really offered addresses to leak.
+    await page.addInitScript(() => {
+      window.__sent = [];
+      const orig = WebSocket.prototype.send;
+      WebSocket.prototype.send = function (data) { window.__sent.push(String(data)); return orig.call(this, data); };
+    });
+  }
   const logs = [];
   const entry = { name, page, context, logs };
   pages.push(entry);
@@ -329,7 +337,7 @@ async function scenario2(browser) {
   try {
     const alice = await openClient(browser, server, 'alice');
     // bob's page ignores the server's policy: a misconfigured client that gathers host candidates.
-    const bob = await openClient(browser, server, 'bob', '?forcePolicy=all');
+    const bob = await openClient(browser, server, 'bob', '?forcePolicy=all', { recordSent: true });
     const t0 = Date.now();
     const carol = await openClient(browser, server, 'carol');
     const all = [alice, bob, carol];
@@ -349,12 +357,33 @@ async function scenario2(browser) {
     check('bob gathered host candidates (that the server must not forward)', bobHost > 0,
       JSON.stringify(bobPeers.map((p) => p.localTypes)));
 
-    // A deliberately leaky candidate straight from bob's signaling channel.
+    // Renegotiate bob->alice without an ICE restart: the new offer's SDP then carries every
+    // candidate bob gathered (host ones too) as a=candidate lines the server has to strip.
+    await bob.page.evaluate(() => window.relaychat.pcs.get('alice').addTransceiver('audio', { direction: 'recvonly' }));
+    const reneg = await waitFor(() => Promise.all([alice, bob].map((e) => e.page.evaluate((peer) => {
+      const pc = window.relaychat.pcs.get(peer);
+      return pc.signalingState === 'stable' && pc.getTransceivers().length === 3 && pc.connectionState === 'connected';
+    }, e.name === 'bob' ? 'alice' : 'bob'))).then((v) => v.every(Boolean) || 'renegotiating'), 10_000);
+    check('bob renegotiates with alice mid-call (offer SDP carries his candidates)', reneg.ok, reneg.reason);
+
+    // And a deliberately leaky candidate straight from bob's signaling channel.
     await bob.page.evaluate(() => window.relaychat.send({
       type: 'webrtc-ice-candidate', targetUsername: 'alice',
       candidate: { candidate: 'candidate:9 1 udp 2122260223 192.0.2.77 40000 typ host generation 0', sdpMid: '0', sdpMLineIndex: 0 },
     }));
     await sleep(1000);
+
+    const sent = await bob.page.evaluate(() => {
+      let trickled = 0, inSdp = 0;
+      for (const raw of window.__sent) {
+        const m = JSON.parse(raw);
+        if (m.type === 'webrtc-ice-candidate' && m.candidate && !/ typ relay/.test(m.candidate.candidate)) trickled++;
+        const d = m.offer || m.answer;
+        if (d) inSdp += d.sdp.split(/\r?\n/).filter((l) => l.startsWith('a=candidate:') && !/ typ relay/.test(l)).length;
+      }
+      return { trickled, inSdp };
+    });
+    check('bob sent non-relay candidates, trickled and inside SDP', sent.trickled > 0 && sent.inSdp > 0, JSON.stringify(sent));
 
     reps = await reports(all);
     for (const i of [0, 2]) {
