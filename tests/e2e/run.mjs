@@ -20,7 +20,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const BIN = path.resolve(process.env.RELAYCHAT_BIN || path.join(ROOT, 'target/release/relaychat'));
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const OUT_DIR = path.join(ROOT, 'target/e2e');
-const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number) : [1, 2, 3, 4];
+const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number) : [1, 2, 3, 4, 5];
 
 const CONNECT_WITHIN_MS = 30_000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -54,7 +54,7 @@ async function waitFor(fn, timeoutMs, intervalMs = 250) {
 // ---- server ----------------------------------------------------------------------------------
 const ANSI = /\x1b\[[0-9;]*m/g;
 
-async function startServer({ forceRelay, authentication = false }) {
+async function startServer({ forceRelay, authentication = false, credentialTtl = 600 }) {
   const dir = await mkdtemp(path.join(tmpdir(), 'relaychat-e2e-'));
   const cfg = path.join(dir, 'relaychat.toml');
   await writeFile(cfg, `[server]
@@ -74,6 +74,7 @@ force_relay = ${forceRelay}
 enabled = true
 listen = "127.0.0.1:0"
 relay_ip = "127.0.0.1"
+credential_ttl_s = ${credentialTtl}
 `);
   const child = spawn(BIN, ['--config', cfg], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
   const log = [];
@@ -498,6 +499,48 @@ async function scenario4(browser) {
   return server;
 }
 
+// Short-lived TURN credentials: the server pushes webrtc-credentials, the client applies them
+// with setConfiguration, and an ICE restart after the first ones expired gets new allocations.
+async function scenario5(browser) {
+  const ttl = 8;
+  const server = await startServer({ forceRelay: true, credentialTtl: ttl });
+  try {
+    const alice = await openClient(browser, server, 'alice');
+    const bob = await openClient(browser, server, 'bob');
+    const all = [alice, bob];
+    let reps;
+    const conn = await waitFor(async () => connectedReason(all, (reps = await reports(all)), { relayBothEnds: true }), CONNECT_WITHIN_MS);
+    check('call connects (relay, both ends)', conn.ok, conn.reason);
+    if (!conn.ok) return server;
+    const firstPort = reps[1].peers.alice.local.port;
+    const turnUser = (e, peer) => e.page.evaluate((p) => window.relaychat.pcs.get(p).getConfiguration().iceServers[0].username, peer);
+    const before = { alice: await turnUser(alice, 'bob'), bob: await turnUser(bob, 'alice') };
+
+    const pushed = await waitFor(async () => {
+      const now = { alice: await turnUser(alice, 'bob'), bob: await turnUser(bob, 'alice') };
+      return (now.alice !== before.alice && now.bob !== before.bob) || `still ${JSON.stringify(now)}`;
+    }, ttl * 1000 + 5000, 500);
+    check('webrtc-credentials pushes reach every pc (setConfiguration)', pushed.ok, pushed.ok ? `was ${before.alice}` : pushed.reason);
+
+    // Wait until the first credentials have expired, then restart ICE from the impolite side
+    // (bob, since "alice" < "bob"): new allocations must use the pushed credentials.
+    const expiry = Number(before.bob.split(':')[0]) * 1000;
+    await sleep(Math.max(0, expiry - Date.now()) + 1500);
+    await bob.page.evaluate(() => window.relaychat.pcs.get('alice').restartIce());
+    const again = await waitFor(async () => {
+      const r = await reports(all);
+      const ready = connectedReason(all, r, { relayBothEnds: true });
+      if (ready !== true) return ready;
+      return r[1].peers.alice.local.port !== firstPort || 'still on the first allocation';
+    }, 15_000, 500);
+    check('ICE restart after the first credentials expired reconnects on a new relay allocation', again.ok, again.reason);
+    await checkMediaFlows(all);
+  } catch (err) {
+    check('scenario 5 ran to the end', false, err.stack || String(err));
+  }
+  return server;
+}
+
 async function mediaAndMetrics(server, all) {
   await checkMediaFlows(all);
   const m = await server.metrics();
@@ -514,6 +557,7 @@ async function main() {
     [2, 'scenario 2: force_relay on, bob misconfigured with iceTransportPolicy "all"', scenario2],
     [3, 'scenario 3: force_relay off', scenario3],
     [4, 'scenario 4: authentication mode, phone-sized page, chat only', scenario4],
+    [5, 'scenario 5: 8 s TURN credentials, pushed refresh, ICE restart after expiry', scenario5],
   ];
   for (const [n, title, run] of scenarios) {
     if (!ONLY.includes(n)) continue;
