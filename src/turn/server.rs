@@ -95,7 +95,10 @@ pub struct RelayHandle {
     pub counters: Arc<RelayCounters>,
     relay: Arc<Relay>,
     shutdown: watch::Sender<bool>,
+    /// Sent once the managers closed every allocation: the bookkeeping tasks drain and end.
+    finished: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    bookkeeping: Vec<JoinHandle<()>>,
 }
 
 impl RelayHandle {
@@ -107,6 +110,10 @@ impl RelayHandle {
         }
         let _ = self.relay.udp.close().await;
         let _ = self.relay.tcp.close().await;
+        let _ = self.finished.send(true);
+        for task in self.bookkeeping {
+            let _ = task.await;
+        }
     }
 
     /// Allocations alive right now (UDP and TCP).
@@ -238,16 +245,19 @@ pub async fn start_relay(
         let _ = departures_tx.send(user.to_string());
     });
 
+    let (finished, finished_rx) = watch::channel(false);
     let udp_conn: Arc<dyn Conn + Send + Sync> = Arc::new(udp_socket);
     let tasks = vec![
         tokio::spawn(relay.clone().udp_loop(udp_conn, shutdown_rx.clone())),
         tokio::spawn(tcp::accept_loop(tcp_listener, relay.clone(), shutdown_rx.clone())),
-        tokio::spawn(relay.clone().closed_allocations(Transport::Udp, udp_closed_rx)),
-        tokio::spawn(relay.clone().closed_allocations(Transport::Tcp, tcp_closed_rx)),
         tokio::spawn(relay.clone().teardown_departed(departures_rx, shutdown_rx)),
     ];
+    let bookkeeping = vec![
+        tokio::spawn(relay.clone().closed_allocations(Transport::Udp, udp_closed_rx, finished_rx.clone())),
+        tokio::spawn(relay.clone().closed_allocations(Transport::Tcp, tcp_closed_rx, finished_rx)),
+    ];
     tracing::debug!(relay_ip = %relay_ip, advertised_ip = %advertised_ip, "turn relay sockets configured");
-    Ok(RelayHandle { udp_addr, tcp_addr, counters, relay, shutdown, tasks })
+    Ok(RelayHandle { udp_addr, tcp_addr, counters, relay, shutdown, finished, tasks, bookkeeping })
 }
 
 /// `relay_ip`, else the listen IP, else the address of the interface holding the default route.
@@ -391,10 +401,25 @@ impl Relay {
         self: Arc<Self>,
         transport: Transport,
         mut rx: mpsc::Receiver<AllocationInfo>,
+        mut finished: watch::Receiver<bool>,
     ) {
-        while let Some(info) = rx.recv().await {
+        let release = |info: AllocationInfo| {
             if self.quotas.release((transport, info.five_tuple.src_addr)) {
                 self.counters.allocations_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        loop {
+            tokio::select! {
+                info = rx.recv() => match info {
+                    Some(info) => release(info),
+                    None => break,
+                },
+                _ = finished.changed() => {
+                    while let Ok(info) = rx.try_recv() {
+                        release(info);
+                    }
+                    break;
+                }
             }
         }
     }
