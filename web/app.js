@@ -48,6 +48,7 @@
   const receivedRemoteCandidates = [];  // every remote candidate string seen, incl. SDP a=candidate lines
   window.relaychat = {
     pcs, receivedRemoteCandidates, forcePolicy,
+    offerCollisions: 0,   // glare seen (resolved by perfect negotiation); for tests and debugging
     get me() { return me; }, get inVoice() { return inVoice; },
     get connected() { return !!(ws && ws.readyState === WebSocket.OPEN && token); },
   };
@@ -469,6 +470,7 @@
     // offer, the polite one rolls its own offer back (implicitly, inside setRemoteDescription).
     const readyForOffer = !peer.makingOffer && (pc.signalingState === 'stable' || peer.answerPending);
     const collision = description.type === 'offer' && !readyForOffer;
+    if (collision) window.relaychat.offerCollisions++;
     peer.ignoreOffer = !peer.polite && collision;
     if (peer.ignoreOffer) return;
     try {

@@ -432,6 +432,34 @@ async function scenario3(browser) {
       return (b && b.ok === relayed) || `badge ${JSON.stringify(b)} vs local ${JSON.stringify(r.peers.bob && r.peers.bob.local)}`;
     }, 5000);
     check('alice\'s badge for bob matches the selected pair', badge.ok, badge.reason);
+
+    // Mute and camera off: local tracks disabled, bob's tile for alice follows.
+    await alice.page.click('#mute');
+    await alice.page.click('#camera');
+    const media = await waitFor(async () => {
+      const local = await alice.page.evaluate(() => [...window.relaychat.pcs.get('bob').getSenders()].map((s) => s.track && `${s.track.kind}:${s.track.enabled}`).join());
+      const tile = await bob.page.evaluate(() => document.querySelector('[data-peer="peer:alice"] .media').textContent);
+      return (local.includes('audio:false') && local.includes('video:false') && tile === 'mic off · cam off') || `alice ${local}; bob shows "${tile}"`;
+    }, 5000);
+    check('mute + camera off disable alice\'s tracks and bob\'s tile says "mic off · cam off"', media.ok, media.reason);
+    await alice.page.click('#mute');
+    const unmuted = await waitFor(() => bob.page.evaluate(() => document.querySelector('[data-peer="peer:alice"] .media').textContent === 'mic on · cam off'), 5000);
+    check('unmute shows "mic on" at bob', unmuted.ok, unmuted.reason);
+
+    // Glare: both ends renegotiate at the same instant; perfect negotiation must settle it.
+    await Promise.all([alice, bob].map((e) => e.page.evaluate((peer) => {
+      window.relaychat.pcs.get(peer).addTransceiver('video', { direction: 'recvonly' });
+    }, e.name === 'alice' ? 'bob' : 'alice')));
+    const glare = await waitFor(async () => {
+      const st = await Promise.all([alice, bob].map((e) => e.page.evaluate((peer) => {
+        const pc = window.relaychat.pcs.get(peer);
+        return `${pc.signalingState}/${pc.connectionState}/${pc.getTransceivers().length}`;
+      }, e.name === 'alice' ? 'bob' : 'alice')));
+      return (st[0] === st[1] && st[0] === 'stable/connected/4') || st.join(' vs ');
+    }, 10_000);
+    const collisions = await Promise.all([alice, bob].map((e) => e.page.evaluate(() => window.relaychat.offerCollisions)));
+    check('simultaneous offers (glare) settle: both stable, connected, same 4 transceivers', glare.ok && collisions.some((n) => n > 0),
+      `${glare.reason || 'settled'}; collisions seen by alice/bob: ${collisions.join('/')}`);
   } catch (err) {
     check('scenario 3 ran to the end', false, err.stack || String(err));
   }
