@@ -24,7 +24,7 @@ dropped = last(r"total send dropped (\d+)", int)
 rtt = re.findall(r"Average round trip delay ([\d.]+) ms; min = ([\d.]+) ms, max = ([\d.]+) ms", text)
 print(json.dumps({
     "label": label,
-    "command": "turnutils_uclient -y -m 200 -n 1000 -l 200 -z 1 -c -W <secret>",
+    "command": "turnutils_uclient -y -m 200 -n 1000 -l 200 -z 1 -c -W <secret> -u benchuser",
     "exit_code": int(rc),
     "sent": sent,
     "received": recv,

@@ -90,7 +90,12 @@ pub struct SignalingReport {
     pub settle_s: f64,
     pub sessions_alive_after_hold: usize,
     pub server_rss_sessions_kib: Option<u64>,
+    /// RSS delta over the server's baseline (taken before any session) / sessions held.
     pub server_rss_per_session_kib: Option<f64>,
+    pub server_rss_before_ramp_kib: Option<u64>,
+    /// RSS growth during the idle ramp / sessions added by it: the marginal cost of a session,
+    /// without the heap the fan-out phase grew.
+    pub server_rss_per_added_session_kib: Option<f64>,
     pub server_cpu_ramp_s: Option<f64>,
     pub closed_by_server: u64,
     pub last_close_reason: Option<String>,
@@ -247,6 +252,7 @@ pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
     let have = r.listeners_connected + 2;
     let more = c.sessions.saturating_sub(have);
     let cpu0 = pid.and_then(procfs::cpu_seconds);
+    r.server_rss_before_ramp_kib = pid.and_then(procfs::rss_kib);
     let t1 = Instant::now();
     let mut extra = Vec::new();
     let mut i = c.listeners;
@@ -282,10 +288,17 @@ pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
         .server_rss_baseline_kib
         .zip(r.server_rss_sessions_kib)
         .map(|(b, x)| (x as f64 - b as f64) / r.sessions_connected.max(1) as f64);
+    let added = r.sessions_connected.saturating_sub(have);
+    if added > 0 {
+        r.server_rss_per_added_session_kib = r
+            .server_rss_before_ramp_kib
+            .zip(r.server_rss_sessions_kib)
+            .map(|(b, x)| (x as f64 - b as f64) / added as f64);
+    }
     r.closed_by_server = closed as u64;
     r.last_close_reason = counters.last_close_reason.lock().ok().and_then(|g| g.clone());
     eprintln!(
-        "[{}] {} sessions held ({} alive after {:.0}s), ramp {:.1}s + settle {:.1}s, server RSS {} KiB -> {} per session",
+        "[{}] {} sessions held ({} alive after {:.0}s), ramp {:.1}s + settle {:.1}s, server RSS {} KiB -> {} per session, {} per added session",
         c.label,
         r.sessions_connected,
         r.sessions_alive_after_hold,
@@ -293,7 +306,8 @@ pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
         r.sessions_ramp_s,
         r.settle_s,
         r.server_rss_sessions_kib.map_or("-".into(), |v| v.to_string()),
-        r.server_rss_per_session_kib.map_or("-".into(), |v| format!("{v:.1} KiB"))
+        r.server_rss_per_session_kib.map_or("-".into(), |v| format!("{v:.1} KiB")),
+        r.server_rss_per_added_session_kib.map_or("-".into(), |v| format!("{v:.1} KiB"))
     );
 
     // Close politely (a close frame each); the handles drop when this returns.
