@@ -58,7 +58,8 @@ pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Err
                         forwarded_for.as_deref(),
                         &state.trusted_proxies,
                     ),
-                    requested_name: query.get("username").cloned(),
+                    // An empty `?username=` counts as none (an anonymous name), like a missing one.
+                    requested_name: query.get("username").filter(|name| !name.is_empty()).cloned(),
                     host: host.unwrap_or_else(|| "localhost".into()),
                     token: websocket::new_session_token(),
                 };

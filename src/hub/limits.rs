@@ -157,31 +157,37 @@ pub const LOGIN_MAX_FAILURES: u32 = 5;
 pub const LOGIN_BLOCK: Duration = Duration::from_secs(3600);
 
 /// Failed logins per (IP, name): brute-forcing one account from one address is blocked, without
-/// letting an attacker lock a user out from everywhere.
+/// letting an attacker lock a user out from everywhere. Failures count within a window of the
+/// block's length, so a few typos spread over days never add up to a block.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
-    failures: HashMap<(IpAddr, String), (u32, Option<Instant>)>,
+    failures: HashMap<(IpAddr, String), LoginFailures>,
+}
+
+#[derive(Debug)]
+struct LoginFailures {
+    count: u32,
+    first: Instant,
+    blocked_until: Option<Instant>,
 }
 
 impl LoginLimiter {
     pub fn is_blocked(&mut self, ip: IpAddr, name: &str, now: Instant) -> bool {
-        let key = (ip, name.to_string());
-        match self.failures.get(&key) {
-            Some((_, Some(until))) if *until > now => true,
-            Some((_, Some(_))) => {
-                self.failures.remove(&key);
-                false
-            }
-            _ => false,
-        }
+        self.prune_one(ip, name, now);
+        self.failures.get(&(ip, name.to_string())).is_some_and(|f| f.blocked_until.is_some())
     }
 
     /// Records a failure; true when this one started a block.
     pub fn record_failure(&mut self, ip: IpAddr, name: &str, now: Instant) -> bool {
-        let entry = self.failures.entry((ip, name.to_string())).or_insert((0, None));
-        entry.0 += 1;
-        if entry.0 >= LOGIN_MAX_FAILURES {
-            entry.1 = Some(now + LOGIN_BLOCK);
+        self.prune_one(ip, name, now);
+        let entry = self.failures.entry((ip, name.to_string())).or_insert(LoginFailures {
+            count: 0,
+            first: now,
+            blocked_until: None,
+        });
+        entry.count += 1;
+        if entry.count >= LOGIN_MAX_FAILURES {
+            entry.blocked_until = Some(now + LOGIN_BLOCK);
             return true;
         }
         false
@@ -191,8 +197,24 @@ impl LoginLimiter {
         self.failures.remove(&(ip, name.to_string()));
     }
 
+    fn prune_one(&mut self, ip: IpAddr, name: &str, now: Instant) {
+        let key = (ip, name.to_string());
+        if self.failures.get(&key).is_some_and(|f| !f.is_live(now)) {
+            self.failures.remove(&key);
+        }
+    }
+
     pub fn prune(&mut self, now: Instant) {
-        self.failures.retain(|_, (_, until)| until.is_none_or(|u| u > now));
+        self.failures.retain(|_, f| f.is_live(now));
+    }
+}
+
+impl LoginFailures {
+    fn is_live(&self, now: Instant) -> bool {
+        match self.blocked_until {
+            Some(until) => until > now,
+            None => now.duration_since(self.first) < LOGIN_BLOCK,
+        }
     }
 }
 
@@ -283,6 +305,17 @@ mod tests {
         assert!(l.is_blocked(IP, "alice", now));
         assert!(!l.is_blocked(OTHER, "alice", now));
         assert!(!l.is_blocked(IP, "bob", now));
+        assert!(!l.is_blocked(IP, "alice", now + LOGIN_BLOCK));
+    }
+
+    #[test]
+    fn failures_spread_over_more_than_an_hour_do_not_block() {
+        let now = Instant::now();
+        let mut l = LoginLimiter::default();
+        for _ in 0..4 {
+            l.record_failure(IP, "alice", now);
+        }
+        assert!(!l.record_failure(IP, "alice", now + LOGIN_BLOCK));
         assert!(!l.is_blocked(IP, "alice", now + LOGIN_BLOCK));
     }
 }
