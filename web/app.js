@@ -222,6 +222,7 @@
   }
 
   function setVoiceButtons() {
+    ui.app.classList.toggle('in-call', inVoice);
     ui.joinAudio.hidden = ui.joinVideo.hidden = inVoice || joining;
     ui.leave.hidden = !inVoice;
     ui.mute.hidden = !inVoice;
