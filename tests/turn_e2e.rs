@@ -1,0 +1,73 @@
+//! Black box: the real binary hands out TURN credentials in `webrtc-joined`; two TURN clients
+//! allocate with exactly those (one over UDP, one over TCP), relay to each other, and lose their
+//! allocations when they leave voice or disconnect.
+
+mod common;
+mod turn_support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Client, Server};
+use serde_json::{json, Value};
+use turn_support::TurnClient;
+
+const WAIT: Duration = Duration::from_secs(2);
+
+/// Joins voice and returns (username, credential, port) from `webrtc-joined`.
+async fn join_voice(client: &mut Client) -> (String, String, u16) {
+    client.send("webrtc-join", json!({"mediaTypes": ["audio"]})).await;
+    let joined: Value = client.recv_type("webrtc-joined").await;
+    let ice = &joined["config"]["iceServers"][0];
+    let urls: Vec<&str> = ice["urls"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+    assert!(urls.iter().any(|u| u.ends_with("?transport=udp")), "{urls:?}");
+    assert!(urls.iter().any(|u| u.ends_with("?transport=tcp")), "{urls:?}");
+    let port = urls[0].rsplit(':').next().unwrap().split('?').next().unwrap().parse().unwrap();
+    (ice["username"].as_str().unwrap().into(), ice["credential"].as_str().unwrap().into(), port)
+}
+
+#[tokio::test]
+async fn credentials_from_webrtc_joined_allocate_and_relay_until_leave() {
+    let server = Server::start("");
+    let mut alice_ws = server.join("alice").await;
+    let mut bob_ws = server.join("bob").await;
+    let (alice_user, alice_pass, port) = join_voice(&mut alice_ws).await;
+    let (bob_user, bob_pass, bob_port) = join_voice(&mut bob_ws).await;
+    assert_eq!(port, bob_port);
+    let turn_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    let mut alice = TurnClient::udp(turn_addr, &alice_user, &alice_pass).await;
+    let mut bob = TurnClient::tcp(turn_addr, &bob_user, &bob_pass).await;
+    let alice_relay = alice.allocate().await.expect("alice allocates with her webrtc-joined credential");
+    let bob_relay = bob.allocate().await.expect("bob allocates over TCP with his");
+    alice.create_permission(&[bob_relay]).await.unwrap();
+    bob.create_permission(&[alice_relay]).await.unwrap();
+    alice.channel_bind(0x4000, bob_relay).await.unwrap();
+    bob.channel_bind(0x4000, alice_relay).await.unwrap();
+    for i in 0..10u8 {
+        alice.send_channel_data(0x4000, &[i; 33]).await;
+        assert_eq!(bob.recv_data(WAIT).await, Some(vec![i; 33]));
+        bob.send_channel_data(0x4000, &[i; 35]).await;
+        assert_eq!(alice.recv_data(WAIT).await, Some(vec![i; 35]));
+    }
+
+    // Alice leaves voice: her allocation is deleted and bob's data no longer reaches her.
+    alice_ws.send("webrtc-leave", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        bob.send_channel_data(0x4000, b"after leave").await;
+    }
+    assert_eq!(alice.recv_data(Duration::from_secs(1)).await, None, "nothing after webrtc-leave");
+    let refused = alice.refresh(Duration::from_secs(600)).await.unwrap_err();
+    assert_eq!(refused.code, 401, "{refused:?}");
+
+    // Bob disconnects: the relay closes his TCP connection with his allocation.
+    drop(bob_ws);
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        while bob.recv_raw(Duration::from_secs(30)).await.is_some() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "bob's TURN TCP connection is closed after he disconnected");
+    let mut again = TurnClient::udp(turn_addr, &bob_user, &bob_pass).await;
+    assert_eq!(again.allocate().await.unwrap_err().reason, "Not in voice chat");
+}
