@@ -471,3 +471,28 @@ async fn coturn_uclient_interoperates_over_udp() {
 async fn coturn_uclient_interoperates_over_tcp() {
     uclient(true).await;
 }
+
+#[tokio::test]
+async fn the_bandwidth_cap_drops_what_exceeds_it() {
+    // 10 kB/s per allocation, a one-second bucket: of 100 kB sent at once, about 10 kB pass.
+    let relay = start(|s| s.turn.allocation_bandwidth_bytes_per_s = 10_000).await;
+    relay.presence.joined("alice");
+    relay.presence.joined("bob");
+    let server = relay.handle.udp_addr;
+    let mut alice = TurnClient::for_user(server, false, "alice", 600).await;
+    let mut bob = TurnClient::for_user(server, false, "bob", 600).await;
+    let alice_relay = alice.allocate().await.unwrap();
+    let bob_relay = bob.allocate().await.unwrap();
+    alice.create_permission(&[bob_relay]).await.unwrap();
+    bob.create_permission(&[alice_relay]).await.unwrap();
+    alice.channel_bind(0x4000, bob_relay).await.unwrap();
+    for _ in 0..100 {
+        alice.send_channel_data(0x4000, &[7; 1000]).await;
+    }
+    let mut received = 0;
+    while bob.recv_data(SHORT).await.is_some() {
+        received += 1;
+    }
+    assert!((5..=12).contains(&received), "{received} of 100 passed a 10 kB/s cap");
+    assert!(RelayCounters::get(&relay.handle.counters.bandwidth_drops) >= 88);
+}

@@ -70,4 +70,15 @@ async fn credentials_from_webrtc_joined_allocate_and_relay_until_leave() {
     assert!(closed.is_ok(), "bob's TURN TCP connection is closed after he disconnected");
     let mut again = TurnClient::udp(turn_addr, &bob_user, &bob_pass).await;
     assert_eq!(again.allocate().await.unwrap_err().reason, "Not in voice chat");
+
+    // No participant transport address is logged at info level or above (debug may).
+    let log = server.log_text();
+    for client in [alice.local_addr().await, bob.local_addr().await, again.local_addr().await] {
+        let port = format!(":{}", client.port());
+        let leaks: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("DEBUG") && !l.contains("TRACE") && l.contains(&port))
+            .collect();
+        assert!(leaks.is_empty(), "client address {client} logged: {leaks:#?}");
+    }
 }

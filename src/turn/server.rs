@@ -504,6 +504,9 @@ impl Relay {
         auth_handler: Arc<dyn AuthHandler + Send + Sync>,
         nonces: Arc<AsyncMutex<HashMap<String, Instant>>>,
     ) {
+        let authenticated = !Arc::ptr_eq(&nonces, &self.no_nonces);
+        // Only the authenticated paths read the realm; spare the hot path an allocation.
+        let realm = if authenticated { self.auth.realm().to_string() } else { String::new() };
         let mut request = Request {
             conn: conn.clone(),
             src_addr: src,
@@ -511,7 +514,7 @@ impl Relay {
             allocation_manager: self.manager(transport).clone(),
             nonces,
             auth_handler,
-            realm: self.auth.realm().to_string(),
+            realm,
             channel_bind_timeout: CHANNEL_BIND_LIFETIME,
         };
         if let Err(err) = request.handle_request().await {

@@ -125,6 +125,14 @@ impl TurnClient {
         }
     }
 
+    /// The client's own transport address (what the relay sees as the 5-tuple's source).
+    pub async fn local_addr(&self) -> SocketAddr {
+        match &self.wire {
+            Wire::Udp { socket, .. } => socket.local_addr().unwrap(),
+            Wire::Tcp { writer, .. } => writer.lock().await.local_addr().unwrap(),
+        }
+    }
+
     pub async fn send_raw(&self, raw: &[u8]) {
         match &self.wire {
             Wire::Udp { socket, server } => {
