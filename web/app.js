@@ -31,6 +31,7 @@
   let token = null;
   let me = null;               // our username as the server knows it
   let heartbeat = null;
+  let inbox = Promise.resolve();   // serializes message handling (see connect)
   let lastTypingSent = 0;
   const typers = new Map();    // username -> timeout id
 
@@ -154,13 +155,20 @@
     ui.disconnect.hidden = false;
     ui.messages.replaceChildren();
     const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
-    ws = new WebSocket(scheme + location.host + '/?username=' + encodeURIComponent(name));
-    ws.onmessage = (ev) => {
+    const sock = new WebSocket(scheme + location.host + '/?username=' + encodeURIComponent(name));
+    ws = sock;
+    // Events of a socket we already replaced (quick disconnect + connect) must not touch the UI.
+    sock.onmessage = (ev) => {
+      if (ws !== sock) return;
       let msg;
       try { msg = JSON.parse(ev.data); } catch { return; }
-      if (msg && typeof msg === 'object') handle(msg).catch((err) => console.error('handler', msg.type, err));
+      if (!msg || typeof msg !== 'object') return;
+      // One message at a time, in arrival order: perfect negotiation assumes an offer is fully
+      // applied before the next description or candidate from that peer is looked at.
+      inbox = inbox.then(() => handle(msg)).catch((err) => console.error('handler', msg.type, err));
     };
-    ws.onclose = (ev) => {
+    sock.onclose = (ev) => {
+      if (ws !== sock) return;
       clearInterval(heartbeat);
       teardownVoice();
       setStatus('offline', 'offline');
@@ -177,6 +185,8 @@
     connect(ui.name.value.trim());
   });
   ui.disconnect.addEventListener('click', () => { if (ws) ws.close(1000, 'bye'); });
+  // Leave voice cleanly when the tab goes away, so peers drop our tile at once.
+  window.addEventListener('pagehide', () => { if (inVoice) send({ type: 'webrtc-leave' }); });
 
   async function handle(msg) {
     switch (msg.type) {
