@@ -78,6 +78,40 @@ async fn tcp_and_udp_clients_relay_to_each_other() {
 }
 
 #[tokio::test]
+async fn tls_clients_relay_to_udp_clients() {
+    let mut relay = start(|_| {}).await;
+    let (config, connector) = self_signed_tls();
+    let tls_addr =
+        relay.handle.start_tls("127.0.0.1:0".parse().unwrap(), move || config.clone()).await.unwrap();
+    assert_eq!(relay.handle.tls_addr, Some(tls_addr));
+    relay.presence.joined("alice");
+    relay.presence.joined("bob");
+    let c = relaychat::turn::credentials::issue(SECRET.as_bytes(), "alice", now_unix() + 600);
+    let mut alice = TurnClient::tls(tls_addr, &connector, &c.username, &c.credential).await;
+    let mut bob = TurnClient::for_user(relay.handle.udp_addr, false, "bob", 600).await;
+    let alice_relay = alice.allocate().await.expect("allocate over TLS");
+    let bob_relay = bob.allocate().await.unwrap();
+    alice.create_permission(&[bob_relay]).await.unwrap();
+    bob.create_permission(&[alice_relay]).await.unwrap();
+    alice.channel_bind(0x4000, bob_relay).await.unwrap();
+    bob.channel_bind(0x4000, alice_relay).await.unwrap();
+    for i in 0..10u8 {
+        alice.send_channel_data(0x4000, &[i; 77]).await;
+        assert_eq!(bob.recv_data(WAIT).await, Some(vec![i; 77]));
+        bob.send_channel_data(0x4000, &[i; 99]).await;
+        assert_eq!(alice.recv_data(WAIT).await, Some(vec![i; 99]));
+    }
+    // Leaving voice closes the TLS connection with the allocation.
+    relay.presence.left("alice");
+    assert!(eventually(WAIT, || relay.handle.active_allocations() == 1).await);
+    let closed = tokio::time::timeout(WAIT, async {
+        while alice.recv_raw(Duration::from_secs(30)).await.is_some() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the TLS connection closes");
+}
+
+#[tokio::test]
 async fn the_turn_crates_client_allocates_and_relays() {
     let relay = start(|_| {}).await;
     relay.presence.joined("alice");
@@ -411,20 +445,38 @@ async fn close_releases_everything() {
 
 /// coturn's own test client, as an independent implementation: `-y` pairs clients that send to
 /// each other's relayed addresses, `-W` derives REST credentials from the shared secret.
-async fn uclient(tcp: bool) {
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum UclientTransport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+async fn uclient(transport: UclientTransport) {
     let Some(binary) = which("turnutils_uclient") else {
         eprintln!("\n\n!!!!! SKIPPED: turnutils_uclient not found (apt-get install -y coturn) !!!!!\n");
         return;
     };
-    let relay = start(|_| {}).await;
+    let mut relay = start(|_| {}).await;
     relay.presence.joined("uclient");
-    let port = relay.handle.udp_addr.port().to_string();
+    let mut port = relay.handle.udp_addr.port().to_string();
+    if transport == UclientTransport::Tls {
+        let (config, _) = self_signed_tls();
+        let addr =
+            relay.handle.start_tls("127.0.0.1:0".parse().unwrap(), move || config.clone()).await.unwrap();
+        port = addr.port().to_string();
+    }
     let mut args = vec![
         "-y", "-c", "-W", SECRET, "-u", "uclient", "-p", &port, "-n", "200", "-m", "4", "-l", "170", "-z",
         "5",
     ];
-    if tcp {
-        args.insert(0, "-t");
+    match transport {
+        UclientTransport::Udp => {}
+        UclientTransport::Tcp => args.insert(0, "-t"),
+        UclientTransport::Tls => {
+            args.insert(0, "-t");
+            args.insert(0, "-S");
+        }
     }
     args.push("127.0.0.1");
     let args: Vec<String> = args.into_iter().map(String::from).collect();
@@ -435,11 +487,7 @@ async fn uclient(tcp: bool) {
     let stdout =
         String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     let tail: Vec<&str> = stdout.lines().rev().take(12).collect();
-    eprintln!(
-        "uclient ({}) tail:\n{}",
-        if tcp { "tcp" } else { "udp" },
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    );
+    eprintln!("uclient ({transport:?}) tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
     let number_after = |label: &str| -> Option<u64> {
         let line = stdout.lines().rev().find(|l| l.contains(label))?;
         let rest = &line[line.find(label)? + label.len()..];
@@ -464,12 +512,17 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coturn_uclient_interoperates_over_udp() {
-    uclient(false).await;
+    uclient(UclientTransport::Udp).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coturn_uclient_interoperates_over_tcp() {
-    uclient(true).await;
+    uclient(UclientTransport::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturn_uclient_interoperates_over_tls() {
+    uclient(UclientTransport::Tls).await;
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use crate::turn::credentials::parse_username;
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 /// A client's transport address on one of our listeners (the 5-tuple, as far as we need it).

@@ -93,9 +93,12 @@ pub enum RelayError {
 pub struct RelayHandle {
     pub udp_addr: SocketAddr,
     pub tcp_addr: SocketAddr,
+    /// TURN over TLS (`turns:`), once [`RelayHandle::start_tls`] was called.
+    pub tls_addr: Option<SocketAddr>,
     pub counters: Arc<RelayCounters>,
     relay: Arc<Relay>,
     shutdown: watch::Sender<bool>,
+    shutdown_rx: watch::Receiver<bool>,
     /// Sent once the managers closed every allocation: the bookkeeping tasks drain and end.
     finished: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -111,13 +114,40 @@ impl RelayHandle {
         }
         let _ = self.relay.udp.close().await;
         let _ = self.relay.tcp.close().await;
+        let _ = self.relay.tls.close().await;
         let _ = self.finished.send(true);
         for task in self.bookkeeping {
             let _ = task.await;
         }
     }
 
-    /// Allocations alive right now (UDP and TCP).
+    /// Starts TURN over TLS on `listen` (`[turn] tls_listen`; port 0 picks one). `config` is
+    /// asked for the current rustls configuration at every handshake, so certificate reloads
+    /// (SIGHUP) apply to new connections; pass `move || tls_source.current()`.
+    pub async fn start_tls(
+        &mut self,
+        listen: SocketAddr,
+        config: impl Fn() -> Arc<rustls::ServerConfig> + Send + Sync + 'static,
+    ) -> Result<SocketAddr, RelayError> {
+        let listener =
+            bind_tcp(listen).map_err(|source| RelayError::Bind { addr: listen, transport: "tls", source })?;
+        let addr = listener.local_addr().map_err(|source| RelayError::Bind {
+            addr: listen,
+            transport: "tls",
+            source,
+        })?;
+        let config: tcp::TlsConfigFn = Arc::new(config);
+        self.tasks.push(tokio::spawn(tcp::accept_loop(
+            listener,
+            self.relay.clone(),
+            Some(config),
+            self.shutdown_rx.clone(),
+        )));
+        self.tls_addr = Some(addr);
+        Ok(addr)
+    }
+
+    /// Allocations alive right now (UDP, TCP and TLS).
     pub fn active_allocations(&self) -> usize {
         RelayCounters::get(&self.counters.allocations_active) as usize
     }
@@ -140,6 +170,7 @@ pub(crate) struct Relay {
     require_live_session: bool,
     udp: Arc<Manager>,
     tcp: Arc<Manager>,
+    tls: Arc<Manager>,
     /// Handed to the crate on paths that never authenticate (ChannelData, Send, Binding).
     no_auth: Arc<dyn AuthHandler + Send + Sync>,
     no_nonces: Arc<AsyncMutex<HashMap<String, Instant>>>,
@@ -201,6 +232,7 @@ pub async fn start_relay(
     };
     let (udp_closed_tx, udp_closed_rx) = mpsc::channel(1024);
     let (tcp_closed_tx, tcp_closed_rx) = mpsc::channel(1024);
+    let (tls_closed_tx, tls_closed_rx) = mpsc::channel(1024);
     let udp = Arc::new(Manager::new(ManagerConfig {
         relay_addr_generator: Box::new(allocator()),
         alloc_close_notify: Some(udp_closed_tx),
@@ -208,6 +240,10 @@ pub async fn start_relay(
     let tcp = Arc::new(Manager::new(ManagerConfig {
         relay_addr_generator: Box::new(allocator()),
         alloc_close_notify: Some(tcp_closed_tx),
+    }));
+    let tls = Arc::new(Manager::new(ManagerConfig {
+        relay_addr_generator: Box::new(allocator()),
+        alloc_close_notify: Some(tls_closed_tx),
     }));
 
     let (udp_socket, tcp_listener) = bind_listeners(listen).await?;
@@ -236,11 +272,13 @@ pub async fn start_relay(
         require_live_session: turn.require_live_session,
         udp,
         tcp,
+        tls,
         no_auth: Arc::new(DenyAll),
         no_nonces: Arc::new(AsyncMutex::new(HashMap::new())),
     });
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let shutdown_rx_for_tls = shutdown_rx.clone();
     let (departures_tx, departures_rx) = mpsc::unbounded_channel::<String>();
     presence.on_departure(move |user| {
         let _ = departures_tx.send(user.to_string());
@@ -250,15 +288,27 @@ pub async fn start_relay(
     let udp_conn: Arc<dyn Conn + Send + Sync> = Arc::new(udp_socket);
     let tasks = vec![
         tokio::spawn(relay.clone().udp_loop(udp_conn, shutdown_rx.clone())),
-        tokio::spawn(tcp::accept_loop(tcp_listener, relay.clone(), shutdown_rx.clone())),
+        tokio::spawn(tcp::accept_loop(tcp_listener, relay.clone(), None, shutdown_rx.clone())),
         tokio::spawn(relay.clone().teardown_departed(departures_rx, shutdown_rx)),
     ];
     let bookkeeping = vec![
         tokio::spawn(relay.clone().closed_allocations(Transport::Udp, udp_closed_rx, finished_rx.clone())),
-        tokio::spawn(relay.clone().closed_allocations(Transport::Tcp, tcp_closed_rx, finished_rx)),
+        tokio::spawn(relay.clone().closed_allocations(Transport::Tcp, tcp_closed_rx, finished_rx.clone())),
+        tokio::spawn(relay.clone().closed_allocations(Transport::Tls, tls_closed_rx, finished_rx)),
     ];
     tracing::debug!(relay_ip = %relay_ip, advertised_ip = %advertised_ip, "turn relay sockets configured");
-    Ok(RelayHandle { udp_addr, tcp_addr, counters, relay, shutdown, finished, tasks, bookkeeping })
+    Ok(RelayHandle {
+        udp_addr,
+        tcp_addr,
+        tls_addr: None,
+        counters,
+        relay,
+        shutdown,
+        shutdown_rx: shutdown_rx_for_tls,
+        finished,
+        tasks,
+        bookkeeping,
+    })
 }
 
 /// `relay_ip`, else the listen IP, else the address of the interface holding the default route.
@@ -360,6 +410,7 @@ impl Relay {
         match transport {
             Transport::Udp => &self.udp,
             Transport::Tcp => &self.tcp,
+            Transport::Tls => &self.tls,
         }
     }
 
@@ -445,7 +496,7 @@ impl Relay {
     /// Deletes every allocation whose REST username names `user`; returns how many.
     pub(crate) async fn delete_allocations_of(&self, user: &str) -> usize {
         let mut deleted = 0;
-        for manager in [&self.udp, &self.tcp] {
+        for manager in [&self.udp, &self.tcp, &self.tls] {
             let infos = manager.get_allocations_info(None).await;
             let names: HashSet<String> = infos
                 .into_values()

@@ -1,4 +1,4 @@
-//! TURN over TCP (RFC 8656 section 2.1, client to server; relayed transport stays UDP).
+//! TURN over TCP and over TLS (RFC 8656 section 2.1, client to server; relayed transport stays UDP).
 //!
 //! The crate reads datagrams from packet `Conn`s only. Each accepted stream becomes a
 //! [`TcpStreamConn`]: a packet `Conn` with exactly one remote address, whose `send_to` frames a
@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 use turn::allocation::five_tuple::FiveTuple;
@@ -151,9 +151,17 @@ impl Conn for TcpStreamConn {
     }
 }
 
+/// Produces the TLS configuration for each new handshake (so certificate reloads apply).
+pub type TlsConfigFn = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts TURN-over-TCP connections, or TURN-over-TLS ones when `tls` is given.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     relay: Arc<Relay>,
+    tls: Option<TlsConfigFn>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -174,24 +182,45 @@ pub(crate) async fn accept_loop(
             tracing::debug!("turn tcp connection refused: too many connections");
             continue;
         };
+        let Ok(local) = stream.local_addr() else { continue };
+        let _ = stream.set_nodelay(true);
         let relay = relay.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve(stream, remote, relay, shutdown).await;
+            match tls {
+                None => serve(stream, Transport::Tcp, local, remote, relay, shutdown).await,
+                Some(config) => {
+                    let mut config = (*config()).clone();
+                    // No ALPN: HTTP's "http/1.1" would make rustls refuse clients that offer
+                    // "stun.turn" (RFC 7443); an empty list accepts every client.
+                    config.alpn_protocols.clear();
+                    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve(tls_stream, Transport::Tls, local, remote, relay, shutdown).await
+                        }
+                        Ok(Err(err)) => tracing::debug!(%err, "turn tls handshake failed"),
+                        Err(_) => tracing::debug!("turn tls handshake timed out"),
+                    }
+                }
+            }
             drop(slot);
         });
     }
 }
 
-async fn serve(
-    stream: TcpStream,
+async fn serve<S>(
+    stream: S,
+    transport: Transport,
+    local: SocketAddr,
     remote: SocketAddr,
     relay: Arc<Relay>,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let Ok(local) = stream.local_addr() else { return };
-    let _ = stream.set_nodelay(true);
-    let (read_half, mut write_half) = stream.into_split();
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, mut write_half) = tokio::io::split(stream);
     let (queue, mut outbound) = mpsc::channel::<Vec<u8>>(SEND_QUEUE_FRAMES);
     let conn = Arc::new(TcpStreamConn {
         local,
@@ -214,7 +243,7 @@ async fn serve(
     let mut reader = BufReader::with_capacity(16 * 1024, read_half);
     let accepted = Instant::now();
     loop {
-        let allocated = relay.has_allocation(Transport::Tcp, remote);
+        let allocated = relay.has_allocation(transport, remote);
         if !allocated && accepted.elapsed() > HANDSHAKE_DEADLINE {
             break;
         }
@@ -237,18 +266,19 @@ async fn serve(
             }
             _ = shutdown.changed() => break,
         };
-        relay.dispatch(Transport::Tcp, &dyn_conn, remote, frame).await;
+        relay.dispatch(transport, &dyn_conn, remote, frame).await;
     }
     // The client's connection is gone: so is its allocation (RFC 8656 section 2.1).
-    relay
-        .client_gone(Transport::Tcp, FiveTuple { protocol: PROTO_UDP, src_addr: remote, dst_addr: local })
-        .await;
+    relay.client_gone(transport, FiveTuple { protocol: PROTO_UDP, src_addr: remote, dst_addr: local }).await;
     conn.shut();
     drop(dyn_conn);
     drop(conn);
-    // The writer ends when every sender (the conn, held also by a deleted allocation) is gone;
-    // do not wait for stragglers longer than the grace period.
-    let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+    // The writer ends once every sender is gone (a deleted allocation may still hold one for a
+    // moment); give queued answers the grace period, then close the stream regardless.
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+        writer.abort();
+    }
 }
 
 #[cfg(test)]

@@ -22,8 +22,7 @@ use stun::message::{
     METHOD_REFRESH, METHOD_SEND,
 };
 use stun::textattrs::TextAttribute;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Mutex;
 use turn::proto::channum::ChannelNumber;
@@ -67,9 +66,20 @@ pub async fn start(adjust: impl FnOnce(&mut Settings)) -> TestRelay {
     TestRelay { handle, presence, _dir: dir }
 }
 
+type BoxedReader = Box<dyn AsyncRead + Send + Unpin>;
+type BoxedWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
 pub enum Wire {
-    Udp { socket: UdpSocket, server: SocketAddr },
-    Tcp { reader: Mutex<BufReader<OwnedReadHalf>>, writer: Mutex<OwnedWriteHalf> },
+    Udp {
+        socket: UdpSocket,
+        server: SocketAddr,
+    },
+    /// TCP or TLS.
+    Stream {
+        reader: Mutex<BufReader<BoxedReader>>,
+        writer: Mutex<BoxedWriter>,
+        local: SocketAddr,
+    },
 }
 
 /// An error answer: code and reason phrase.
@@ -98,8 +108,34 @@ impl TurnClient {
     pub async fn tcp(server: SocketAddr, username: &str, password: &str) -> TurnClient {
         let stream = TcpStream::connect(server).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        let (r, w) = stream.into_split();
-        let wire = Wire::Tcp { reader: Mutex::new(BufReader::new(r)), writer: Mutex::new(w) };
+        let local = stream.local_addr().unwrap();
+        let (r, w) = tokio::io::split(stream);
+        let wire = Wire::Stream {
+            reader: Mutex::new(BufReader::new(Box::new(r))),
+            writer: Mutex::new(Box::new(w)),
+            local,
+        };
+        Self::with_wire(wire, username, password)
+    }
+
+    /// TURN over TLS (`turns:`), trusting `connector`'s roots, server name "localhost".
+    pub async fn tls(
+        server: SocketAddr,
+        connector: &tokio_rustls::TlsConnector,
+        username: &str,
+        password: &str,
+    ) -> TurnClient {
+        let stream = TcpStream::connect(server).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let local = stream.local_addr().unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = connector.connect(name, stream).await.expect("TLS handshake with the relay");
+        let (r, w) = tokio::io::split(stream);
+        let wire = Wire::Stream {
+            reader: Mutex::new(BufReader::new(Box::new(r))),
+            writer: Mutex::new(Box::new(w)),
+            local,
+        };
         Self::with_wire(wire, username, password)
     }
 
@@ -129,7 +165,7 @@ impl TurnClient {
     pub async fn local_addr(&self) -> SocketAddr {
         match &self.wire {
             Wire::Udp { socket, .. } => socket.local_addr().unwrap(),
-            Wire::Tcp { writer, .. } => writer.lock().await.local_addr().unwrap(),
+            Wire::Stream { local, .. } => *local,
         }
     }
 
@@ -138,8 +174,10 @@ impl TurnClient {
             Wire::Udp { socket, server } => {
                 socket.send_to(raw, server).await.unwrap();
             }
-            Wire::Tcp { writer, .. } => {
-                let _ = writer.lock().await.write_all(&frame_for_tcp(raw)).await;
+            Wire::Stream { writer, .. } => {
+                let mut writer = writer.lock().await;
+                let _ = writer.write_all(&frame_for_tcp(raw)).await;
+                let _ = writer.flush().await;
             }
         }
     }
@@ -153,7 +191,7 @@ impl TurnClient {
                 buf.truncate(n);
                 Some(buf)
             }
-            Wire::Tcp { reader, .. } => {
+            Wire::Stream { reader, .. } => {
                 let mut reader = reader.lock().await;
                 tokio::time::timeout(wait, read_frame(&mut *reader)).await.ok()?.ok()?
             }
@@ -321,4 +359,31 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cond()
+}
+
+/// A self-signed certificate for "localhost": the relay's rustls config and a client connector
+/// that trusts it.
+pub fn self_signed_tls() -> (Arc<rustls::ServerConfig>, tokio_rustls::TlsConnector) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    // As the HTTP side configures it: the relay must clear this for TURN clients.
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Offer the TURN ALPN (RFC 7443) like a standards-following client.
+    client.alpn_protocols = vec![b"stun.turn".to_vec()];
+    (Arc::new(server), tokio_rustls::TlsConnector::from(Arc::new(client)))
 }
