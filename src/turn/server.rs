@@ -73,6 +73,8 @@ pub const LISTENER_SEND_BUFFER: usize = 4 * 1024 * 1024;
 const MAX_DATAGRAM: usize = 65_536;
 /// The crate's default channel-binding lifetime (RFC 8656: 10 minutes).
 const CHANNEL_BIND_LIFETIME: Duration = Duration::from_secs(600);
+/// At most this many UDP listener sockets (SO_REUSEPORT), one read loop each; one per core.
+const MAX_UDP_SHARDS: usize = 4;
 /// How many times to look for a port free on both UDP and TCP when `listen` has port 0.
 const SHARED_PORT_ATTEMPTS: usize = 10;
 
@@ -246,8 +248,9 @@ pub async fn start_relay(
         alloc_close_notify: Some(tls_closed_tx),
     }));
 
-    let (udp_socket, tcp_listener) = bind_listeners(listen).await?;
-    let udp_addr = udp_socket.local_addr().map_err(|source| RelayError::Bind {
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_UDP_SHARDS);
+    let (udp_sockets, tcp_listener) = bind_listeners(listen, shards).await?;
+    let udp_addr = udp_sockets[0].local_addr().map_err(|source| RelayError::Bind {
         addr: listen,
         transport: "udp",
         source,
@@ -285,12 +288,15 @@ pub async fn start_relay(
     });
 
     let (finished, finished_rx) = watch::channel(false);
-    let udp_conn: Arc<dyn Conn + Send + Sync> = Arc::new(udp_socket);
-    let tasks = vec![
-        tokio::spawn(relay.clone().udp_loop(udp_conn, shutdown_rx.clone())),
+    let mut tasks = Vec::new();
+    for socket in udp_sockets {
+        let conn: Arc<dyn Conn + Send + Sync> = Arc::new(socket);
+        tasks.push(tokio::spawn(relay.clone().udp_loop(conn, shutdown_rx.clone())));
+    }
+    tasks.extend([
         tokio::spawn(tcp::accept_loop(tcp_listener, relay.clone(), None, shutdown_rx.clone())),
         tokio::spawn(relay.clone().teardown_departed(departures_rx, shutdown_rx)),
-    ];
+    ]);
     let bookkeeping = vec![
         tokio::spawn(relay.clone().closed_allocations(Transport::Udp, udp_closed_rx, finished_rx.clone())),
         tokio::spawn(relay.clone().closed_allocations(Transport::Tcp, tcp_closed_rx, finished_rx.clone())),
@@ -346,31 +352,54 @@ fn resolve_relay_ip(configured: &str, listen_ip: IpAddr) -> Result<IpAddr, Relay
 }
 
 /// Binds UDP then TCP on the same port number (a fresh pair if `listen` has port 0 and the
-/// kernel's UDP choice is taken on TCP).
-async fn bind_listeners(listen: SocketAddr) -> Result<(UdpSocket, tokio::net::TcpListener), RelayError> {
+/// kernel's UDP choice is taken on TCP). UDP is bound `shards` times with SO_REUSEPORT, so the
+/// kernel spreads clients (by their address hash, so each client always lands on the same
+/// socket) over one read loop per core.
+async fn bind_listeners(
+    listen: SocketAddr,
+    shards: usize,
+) -> Result<(Vec<UdpSocket>, tokio::net::TcpListener), RelayError> {
     let attempts = if listen.port() == 0 { SHARED_PORT_ATTEMPTS } else { 1 };
+    let udp_error = |source| RelayError::Bind { addr: listen, transport: "udp", source };
     let mut last_err = None;
     for _ in 0..attempts {
-        let udp =
-            bind_udp(listen).map_err(|source| RelayError::Bind { addr: listen, transport: "udp", source })?;
-        let port = udp
-            .local_addr()
-            .map_err(|source| RelayError::Bind { addr: listen, transport: "udp", source })?
-            .port();
-        let tcp_addr = SocketAddr::new(listen.ip(), port);
-        match bind_tcp(tcp_addr) {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(source) => last_err = Some(RelayError::Bind { addr: tcp_addr, transport: "tcp", source }),
+        let first = bind_udp(listen, shards > 1).map_err(udp_error)?;
+        let bound = first.local_addr().map_err(udp_error)?;
+        let tcp_addr = SocketAddr::new(listen.ip(), bound.port());
+        let tcp = match bind_tcp(tcp_addr) {
+            Ok(tcp) => tcp,
+            Err(source) => {
+                last_err = Some(RelayError::Bind { addr: tcp_addr, transport: "tcp", source });
+                continue;
+            }
+        };
+        let mut udp = vec![first];
+        for _ in 1..shards {
+            match bind_udp(bound, true) {
+                Ok(socket) => udp.push(socket),
+                Err(err) => {
+                    tracing::debug!(%err, "SO_REUSEPORT sharding unavailable; one UDP read loop");
+                    break;
+                }
+            }
         }
+        return Ok((udp, tcp));
     }
     Err(last_err.expect("at least one attempt"))
 }
 
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
     socket.set_reuse_address(true)?;
+    // Elsewhere the second bind fails and one read loop serves all.
+    #[cfg(target_os = "linux")]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = reuse_port;
     socket.bind(&addr.into())?;
     set_buffers(&socket, LISTENER_RECV_BUFFER, LISTENER_SEND_BUFFER);
     UdpSocket::from_std(socket.into())
