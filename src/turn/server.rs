@@ -178,6 +178,54 @@ pub(crate) struct Relay {
     no_nonces: Arc<AsyncMutex<HashMap<String, Instant>>>,
 }
 
+/// The UDP listener as the crate's `Conn`. The crate asks for `local_addr()` on every packet
+/// (to build the 5-tuple); tokio's socket answers with a getsockname system call each time, so
+/// the address is kept here. `close()` does nothing: the crate calls it when an allocation ends,
+/// and the listener serves every other client.
+struct ListenerConn {
+    socket: UdpSocket,
+    local: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl Conn for ListenerConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Err(webrtc_util::Error::Other("the TURN listener is not connected".into()))
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.socket.recv(buf).await?)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        Ok(self.socket.recv_from(buf).await?)
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        Ok(self.socket.send(buf).await?)
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        Ok(self.socket.send_to(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
 struct DenyAll;
 
 impl AuthHandler for DenyAll {
@@ -290,7 +338,12 @@ pub async fn start_relay(
     let (finished, finished_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for socket in udp_sockets {
-        let conn: Arc<dyn Conn + Send + Sync> = Arc::new(socket);
+        let local = socket.local_addr().map_err(|source| RelayError::Bind {
+            addr: listen,
+            transport: "udp",
+            source,
+        })?;
+        let conn: Arc<dyn Conn + Send + Sync> = Arc::new(ListenerConn { socket, local });
         tasks.push(tokio::spawn(relay.clone().udp_loop(conn, shutdown_rx.clone())));
     }
     tasks.extend([
