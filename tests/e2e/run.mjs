@@ -8,8 +8,9 @@
 //   node tests/e2e/run.mjs
 // Environment: RELAYCHAT_BIN (server binary), CHROMIUM (browser), E2E_ONLY=1,3 (some scenarios),
 // E2E_KEEP=1 (keep the temporary config/data dirs), E2E_DOCS_SCREENSHOT=1 (also copy the call
-// screenshot to docs/screenshot.png for the README).
-import { chromium } from 'playwright-core';
+// screenshot to docs/screenshot.png for the README), E2E_FIREFOX=1 (add scenario 6, Firefox;
+// needs Debian's firefox-esr, which scripts/e2e then installs), FIREFOX (its path).
+import { chromium, firefox } from 'playwright-core';
 import { spawn } from 'node:child_process';
 import { mkdtemp, mkdir, writeFile, copyFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -20,7 +21,8 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const BIN = path.resolve(process.env.RELAYCHAT_BIN || path.join(ROOT, 'target/release/relaychat'));
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const OUT_DIR = path.join(ROOT, 'target/e2e');
-const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number) : [1, 2, 3, 4, 5];
+const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number)
+  : [1, 2, 3, 4, 5, ...(process.env.E2E_FIREFOX === '1' ? [6] : [])];
 
 const CONNECT_WITHIN_MS = 30_000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -142,8 +144,9 @@ const LAUNCH_ARGS = [
 
 const pages = [];   // every page opened in the current scenario: { name, page, logs }
 
-async function openClient(browser, server, name, query = '', { join = true, recordSent = false } = {}) {
-  const context = await browser.newContext({ viewport: { width: 1200, height: 700 } });
+async function openClient(browser, server, name, query = '', { join = true, recordSent = false, firefox = false } = {}) {
+  // Firefox over WebDriver BiDi does not take viewport emulation; its default window is fine.
+  const context = await browser.newContext(firefox ? {} : { viewport: { width: 1200, height: 700 } });
   const page = await context.newPage();
   if (recordSent) {
     // Test-side tap on what the page sends, to prove it really offered addresses to leak.
@@ -569,6 +572,55 @@ async function scenario5(browser) {
   return server;
 }
 
+// Firefox (Debian's firefox-esr over WebDriver BiDi) in a relay-only call with Chromium.
+// Opt-in (E2E_FIREFOX=1): it needs the firefox-esr package, which CI does not install.
+async function scenario6(browser) {
+  const firefoxPath = process.env.FIREFOX || '/usr/bin/firefox-esr';
+  const ff = await firefox.launch({
+    channel: 'moz-firefox', executablePath: firefoxPath, headless: true,
+    firefoxUserPrefs: {
+      'media.navigator.streams.fake': true,            // fake camera + microphone
+      'media.navigator.permission.disabled': true,     // no permission prompt
+      'media.peerconnection.ice.loopback': true,       // the test's TURN server is on 127.0.0.1
+    },
+  });
+  const server = await startServer({ forceRelay: true });
+  try {
+    const alice = await openClient(browser, server, 'alice');
+    const t0 = Date.now();
+    const fox = await openClient(ff, server, 'fox', '', { firefox: true });
+    const all = [alice, fox];
+    let reps;
+    const conn = await waitFor(async () => connectedReason(all, (reps = await reports(all)), { relayBothEnds: true }), CONNECT_WITHIN_MS);
+    check('Chromium <-> Firefox call connects, relay on both ends', conn.ok,
+      conn.ok ? `${((Date.now() - t0) / 1000).toFixed(1)} s; Firefox ${ff.version()}` : conn.reason);
+    if (!conn.ok) return server;
+    reps = await checkMediaFlows(all);
+    for (let i = 0; i < all.length; i++) {
+      const bad = nonRelay(reps[i].received);
+      check(`${all[i].name} received only typ relay candidates`, reps[i].received.length > 0 && bad.length === 0,
+        bad.length ? bad.join(' | ') : `${reps[i].received.length} candidates`);
+    }
+    const badge = await waitFor(async () => {
+      const r = await report(fox);
+      return (r.badges.alice && r.badges.alice.ok) || JSON.stringify(r.badges);
+    }, 5000);
+    check('Firefox shows "relayed: your IP is hidden" (getStats without transport stats)', badge.ok, badge.reason);
+    await fox.page.screenshot({ path: path.join(OUT_DIR, 'firefox.png') });
+    await fox.page.click('#leave');
+    const gone = await waitFor(async () => {
+      const r = await report(alice);
+      return (!r.peers.fox && !r.tiles.includes('peer:fox')) || 'alice still has fox';
+    }, 5000);
+    check('alice drops fox after Firefox leaves', gone.ok, gone.reason);
+  } catch (err) {
+    check('scenario 6 ran to the end', false, err.stack || String(err));
+  } finally {
+    server.extraCleanup = () => ff.close();
+  }
+  return server;
+}
+
 async function mediaAndMetrics(server, all) {
   await checkMediaFlows(all);
   const m = await server.metrics();
@@ -586,6 +638,7 @@ async function main() {
     [3, 'scenario 3: force_relay off', scenario3],
     [4, 'scenario 4: authentication mode, phone-sized page, chat only', scenario4],
     [5, 'scenario 5: 8 s TURN credentials, pushed refresh, ICE restart after expiry', scenario5],
+    [6, 'scenario 6: Firefox and Chromium in a relay-only call (E2E_FIREFOX=1)', scenario6],
   ];
   for (const [n, title, run] of scenarios) {
     if (!ONLY.includes(n)) continue;
@@ -601,6 +654,7 @@ async function main() {
     }
     if (results.filter((r) => !r.ok).length > failedBefore) dumpDiagnostics(server);
     for (const e of pages.splice(0)) await e.context.close().catch(() => {});
+    if (server && server.extraCleanup) await server.extraCleanup().catch(() => {});
     if (server) await server.stop();
   }
   await browser.close();
