@@ -38,26 +38,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     let (store, store_thread, loaded) =
         Store::open(&settings.server.data_dir, settings.chat.history_limit)
             .with_context(|| format!("cannot open the store in {}", settings.server.data_dir.display()))?;
-    let presence = Arc::new(VoicePresence::new());
-    let relay = if settings.turn.enabled {
-        let secret = load_or_create_secret(&settings)?;
-        let relay = start_relay(&settings, secret.clone(), presence.clone()).await?;
-        tracing::info!("turn listening on udp {} and tcp {}", relay.udp_addr, relay.tcp_addr);
-        Some((relay, secret))
-    } else {
-        None
-    };
-    let ice = match &relay {
-        Some((handle, secret)) => {
-            ice_server_issuer(&settings, secret.clone(), Some((handle.udp_addr.port(), None)))
-        }
-        None => ice_server_issuer(&settings, Vec::new(), None),
-    };
-    let relay = relay.map(|(handle, _)| handle);
-
-    let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rand::rngs::StdRng::from_os_rng());
-    let (hub_handle, hub_task) = runner::spawn(hub, store.clone(), presence.clone());
-
     let tls = if settings.server.tls.is_enabled() {
         let tls = TlsConfigSource::load(
             settings.server.tls.cert_file.as_ref(),
@@ -68,6 +48,34 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     } else {
         None
     };
+    let presence = Arc::new(VoicePresence::new());
+    let relay = if settings.turn.enabled {
+        let secret = load_or_create_secret(&settings)?;
+        let mut relay = start_relay(&settings, secret.clone(), presence.clone()).await?;
+        tracing::info!("turn listening on udp {} and tcp {}", relay.udp_addr, relay.tcp_addr);
+        // TURN over TLS (turns:) with the same certificate, reloaded with it on SIGHUP.
+        if let Some(tls) = tls.clone() {
+            let listen = settings.turn.tls_listen.parse().context("turn.tls_listen")?;
+            let addr = relay.start_tls(listen, move || tls.current()).await?;
+            tracing::info!("turn over tls listening on {addr}");
+        }
+        Some((relay, secret))
+    } else {
+        None
+    };
+    let ice = match &relay {
+        Some((handle, secret)) => ice_server_issuer(
+            &settings,
+            secret.clone(),
+            Some((handle.udp_addr.port(), handle.tls_addr.map(|a| a.port()))),
+        ),
+        None => ice_server_issuer(&settings, Vec::new(), None),
+    };
+    let relay = relay.map(|(handle, _)| handle);
+
+    let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rand::rngs::StdRng::from_os_rng());
+    let (hub_handle, hub_task) = runner::spawn(hub, store.clone(), presence.clone());
+
     let bind_addr =
         SocketAddr::new(settings.server.host.parse().context("server.host")?, settings.server.port);
     let listener = tokio::net::TcpListener::bind(bind_addr)

@@ -1344,8 +1344,6 @@ secret = "second-secret"
 /// With `[server.tls]` (wss://) the relay is meant to offer TURN over TLS as well, listed as
 /// `turns:HOST:PORT?transport=tcp` (issue 3, "Credentials"; `[turn] tls_listen`).
 #[tokio::test]
-#[ignore = "TURN over TLS is not implemented: the relay never binds [turn] tls_listen and server.rs \
-            passes tls_port: None, so iceServers never lists a turns: URL"]
 async fn turns_url_is_listed_when_tls_is_configured() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;

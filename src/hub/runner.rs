@@ -128,12 +128,19 @@ impl Runner {
                 },
                 _ = tick.tick() => self.hub.tick(Now::current()),
             };
+            // Publish the new state before the effects go out, so that anyone who saw a reply
+            // (say, webrtc-joined) also sees it counted in /metrics and /server-info.
+            self.publish_stats();
             self.carry_out(effects).await;
-            let stats = self.hub.stats();
-            self.stats.connected_users.store(stats.connected_users, Ordering::Relaxed);
-            self.stats.voice_participants.store(stats.voice_participants, Ordering::Relaxed);
-            self.stats.open_sockets.store(self.links.len(), Ordering::Relaxed);
+            self.publish_stats(); // slow readers may have been dropped meanwhile
         }
+    }
+
+    fn publish_stats(&self) {
+        let stats = self.hub.stats();
+        self.stats.connected_users.store(stats.connected_users, Ordering::Relaxed);
+        self.stats.voice_participants.store(stats.voice_participants, Ordering::Relaxed);
+        self.stats.open_sockets.store(self.links.len(), Ordering::Relaxed);
     }
 
     fn handle(&mut self, event: HubEvent) -> Vec<Effect> {

@@ -33,6 +33,7 @@ enabled = false
 
 [turn]
 listen = "127.0.0.1:0"
+tls_listen = "127.0.0.1:0"
 relay_ip = "127.0.0.1"
 "#;
 
