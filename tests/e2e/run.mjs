@@ -56,6 +56,11 @@ async function waitFor(fn, timeoutMs, intervalMs = 250) {
 // ---- server ----------------------------------------------------------------------------------
 const ANSI = /\x1b\[[0-9;]*m/g;
 
+// Servers still running when this process ends (crash, Ctrl-C, CI timeout) go down with it.
+const liveServers = new Set();
+process.on('exit', () => { for (const child of liveServers) child.kill('SIGKILL'); });
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(1));
+
 async function startServer({ forceRelay, authentication = false, credentialTtl = 600 }) {
   const dir = await mkdtemp(path.join(tmpdir(), 'relaychat-e2e-'));
   const cfg = path.join(dir, 'relaychat.toml');
@@ -79,6 +84,7 @@ relay_ip = "127.0.0.1"
 credential_ttl_s = ${credentialTtl}
 `);
   const child = spawn(BIN, ['--config', cfg], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  liveServers.add(child);
   const log = [];
   let httpAddr = null;
   let turnLine = null;
@@ -95,7 +101,7 @@ credential_ttl_s = ${credentialTtl}
   };
   child.stdout.on('data', onData);
   child.stderr.on('data', onData);
-  child.on('exit', (code, sig) => { exited = `exited with ${code ?? sig}`; });
+  child.on('exit', (code, sig) => { exited = `exited with ${code ?? sig}`; liveServers.delete(child); });
   child.on('error', (err) => { exited = `failed to start: ${err.message}`; });
 
   const up = await waitFor(() => (exited ? true : httpAddr && turnLine ? true : 'waiting for listening lines'), 20_000, 100);
