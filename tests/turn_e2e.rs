@@ -82,3 +82,68 @@ async fn credentials_from_webrtc_joined_allocate_and_relay_until_leave() {
         assert!(leaks.is_empty(), "client address {client} logged: {leaks:#?}");
     }
 }
+
+async fn login(server: &Server, name: &str) -> Client {
+    let mut client = Client::connect(&server.url(None)).await;
+    client.recv_type("system").await; // "Authentication required. ..."
+    client.chat(&format!("/register {name} password123")).await;
+    client.expect_system("Registered. Please /login.").await;
+    client.chat(&format!("/login {name} password123")).await;
+    client.expect_system(&format!("{name} has joined.")).await;
+    client
+}
+
+/// Allocates with `webrtc-joined` credentials over UDP and returns the client and its relay.
+async fn allocate_from_joined(ws: &mut Client) -> (TurnClient, SocketAddr) {
+    let (user, pass, port) = join_voice(ws).await;
+    let mut client = TurnClient::udp(([127, 0, 0, 1], port).into(), &user, &pass).await;
+    let relay = client.allocate().await.expect("allocate with webrtc-joined credentials");
+    (client, relay)
+}
+
+/// Sends from `from` (channel 0x4000 bound to the other's relay) and reports delivery at `to`.
+async fn delivered(from: &TurnClient, to: &TurnClient) -> bool {
+    while to.recv_raw(Duration::from_millis(100)).await.is_some() {}
+    for _ in 0..3 {
+        from.send_channel_data(0x4000, b"probe").await;
+    }
+    let got = to.recv_data(Duration::from_secs(1)).await.is_some();
+    while to.recv_raw(Duration::from_millis(100)).await.is_some() {}
+    got
+}
+
+#[tokio::test]
+async fn kick_and_ban_delete_allocations_at_once() {
+    let server = Server::start("[chat]\nauthentication = true\nadmins = [\"Admin\"]\n");
+    let mut admin_ws = login(&server, "Admin").await;
+    let mut alice_ws = login(&server, "Alice").await;
+    let mut bob_ws = login(&server, "Bob").await;
+    let (mut admin, admin_relay) = allocate_from_joined(&mut admin_ws).await;
+    let (mut alice, alice_relay) = allocate_from_joined(&mut alice_ws).await;
+    let (mut bob, bob_relay) = allocate_from_joined(&mut bob_ws).await;
+    admin.create_permission(&[alice_relay, bob_relay]).await.unwrap();
+    alice.channel_bind(0x4000, admin_relay).await.unwrap();
+    bob.channel_bind(0x4000, admin_relay).await.unwrap();
+    admin.channel_bind(0x4000, alice_relay).await.unwrap();
+    admin.channel_bind(0x4001, bob_relay).await.unwrap();
+    assert!(delivered(&admin, &alice).await, "admin -> alice before the kick");
+    assert!(delivered(&alice, &admin).await, "alice -> admin before the kick");
+
+    admin_ws.chat("/kick Alice").await;
+    admin_ws.expect_system("Alice was kicked by Admin.").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!delivered(&admin, &alice).await, "nothing reaches a kicked user");
+    assert!(!delivered(&alice, &admin).await, "a kicked user relays nothing");
+    assert_eq!(alice.refresh(Duration::from_secs(600)).await.unwrap_err().code, 401);
+
+    // Bob still works until he is banned.
+    bob.send_channel_data(0x4000, b"bob").await;
+    assert_eq!(admin.recv_data(WAIT).await.as_deref(), Some(&b"bob"[..]));
+    admin_ws.chat("/ban Bob").await;
+    admin_ws.expect_system("Bob was banned by Admin.").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!delivered(&bob, &admin).await, "a banned user relays nothing");
+    assert_eq!(bob.refresh(Duration::from_secs(600)).await.unwrap_err().code, 401);
+    // The admin's own allocation is untouched.
+    admin.refresh(Duration::from_secs(600)).await.unwrap();
+}
