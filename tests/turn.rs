@@ -549,3 +549,46 @@ async fn the_bandwidth_cap_drops_what_exceeds_it() {
     assert!((5..=12).contains(&received), "{received} of 100 passed a 10 kB/s cap");
     assert!(RelayCounters::get(&relay.handle.counters.bandwidth_drops) >= 88);
 }
+
+#[tokio::test]
+async fn create_permission_installs_every_peer_address() {
+    // The crate installs only the first XOR-PEER-ADDRESS; two peers on two IPs (policy "any",
+    // so loopback peers are allowed) must both be able to reach the relay after one request.
+    let relay = start(|s| s.turn.peer_policy = "any".into()).await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let alice_relay = alice.allocate().await.unwrap();
+    let p2 = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let p3 = UdpSocket::bind("127.0.0.3:0").await.unwrap();
+    alice.create_permission(&[p2.local_addr().unwrap(), p3.local_addr().unwrap()]).await.unwrap();
+    p2.send_to(b"from .2", alice_relay).await.unwrap();
+    assert_eq!(alice.recv_data(WAIT).await.as_deref(), Some(&b"from .2"[..]));
+    p3.send_to(b"from .3", alice_relay).await.unwrap();
+    assert_eq!(alice.recv_data(WAIT).await.as_deref(), Some(&b"from .3"[..]));
+    // A channel to an IPv4-mapped spelling binds the canonical address.
+    let mapped: SocketAddr =
+        format!("[::ffff:127.0.0.2]:{}", p2.local_addr().unwrap().port()).parse().unwrap();
+    alice.channel_bind(0x4000, mapped).await.unwrap();
+    alice.send_channel_data(0x4000, b"to .2").await;
+    let mut buf = [0u8; 64];
+    let (n, from) = tokio::time::timeout(WAIT, p2.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!((&buf[..n], from), (&b"to .2"[..], alice_relay));
+}
+
+#[tokio::test]
+async fn an_ipv6_relay_request_is_answered_440() {
+    let relay = start(|_| {}).await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let refused = alice
+        .request(stun::message::METHOD_ALLOCATE, || {
+            vec![
+                Box::new(turn::proto::reqtrans::RequestedTransport { protocol: turn::proto::PROTO_UDP }),
+                Box::new(turn::proto::reqfamily::REQUESTED_FAMILY_IPV6),
+            ]
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, 440);
+    assert_eq!(relay.handle.active_allocations(), 0);
+}

@@ -11,8 +11,10 @@
 //!   (refreshes keep working past expiry while the user is in voice, see `auth`);
 //! - quotas: 486 per user, 508 in total;
 //! - the peer policy on CreatePermission and ChannelBind: 403 (and again on every datagram in the
-//!   relay socket, see `relay`); CreatePermission is handled here entirely, so that every
-//!   XOR-PEER-ADDRESS is installed (the crate installs only the first).
+//!   relay socket, see `relay`); CreatePermission and ChannelBind are handled here entirely, so
+//!   that every XOR-PEER-ADDRESS is installed (the crate installs only the first) and always in
+//!   its canonical form;
+//! - a REQUESTED-ADDRESS-FAMILY we do not relay: 440 (the crate answers 508).
 //!
 //! When a user leaves voice (any reason), every allocation made under their name is deleted at
 //! once through the crate's `Manager::delete_allocations_by_username` (which matches the full
@@ -28,9 +30,9 @@ use stun::attributes::{
     ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
 };
 use stun::error_code::{
-    ErrorCode, ErrorCodeAttribute, CODE_ALLOC_MISMATCH, CODE_ALLOC_QUOTA_REACHED, CODE_BAD_REQUEST,
-    CODE_FORBIDDEN, CODE_INSUFFICIENT_CAPACITY, CODE_PEER_ADDR_FAMILY_MISMATCH, CODE_STALE_NONCE,
-    CODE_UNAUTHORIZED,
+    ErrorCode, ErrorCodeAttribute, CODE_ADDR_FAMILY_NOT_SUPPORTED, CODE_ALLOC_MISMATCH,
+    CODE_ALLOC_QUOTA_REACHED, CODE_BAD_REQUEST, CODE_FORBIDDEN, CODE_INSUFFICIENT_CAPACITY,
+    CODE_PEER_ADDR_FAMILY_MISMATCH, CODE_STALE_NONCE, CODE_UNAUTHORIZED,
 };
 use stun::integrity::MessageIntegrity;
 use stun::message::{
@@ -43,11 +45,14 @@ use tokio::sync::{mpsc, watch, Mutex as AsyncMutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use turn::allocation::allocation_manager::{Manager, ManagerConfig};
+use turn::allocation::channel_bind::ChannelBind;
 use turn::allocation::five_tuple::FiveTuple;
 use turn::allocation::permission::Permission;
 use turn::allocation::AllocationInfo;
 use turn::auth::AuthHandler;
+use turn::proto::channum::ChannelNumber;
 use turn::proto::peeraddr::PeerAddress;
+use turn::proto::reqfamily::{RequestedAddressFamily, REQUESTED_FAMILY_IPV4};
 use turn::proto::PROTO_UDP;
 use turn::server::request::Request;
 use webrtc_util::Conn;
@@ -719,6 +724,13 @@ impl Relay {
         let nonces = Arc::new(AsyncMutex::new(HashMap::from([(nonce.text.clone(), Instant::now())])));
 
         if method == METHOD_ALLOCATE {
+            let mut family = RequestedAddressFamily::default();
+            if family.get_from(&m).is_ok() && (family == REQUESTED_FAMILY_IPV4) != self.relay_is_ipv4 {
+                reply
+                    .error(CODE_ADDR_FAMILY_NOT_SUPPORTED, "Address Family not Supported", Some(&integrity))
+                    .await;
+                return;
+            }
             let reservation = match self.quotas.reserve(client, &username.text) {
                 Ok(r) => r,
                 Err(refusal) => {
@@ -773,6 +785,30 @@ impl Relay {
             };
             for peer in peers {
                 allocation.add_permission(Permission::new(peer)).await;
+            }
+            reply.success(Some(&integrity)).await;
+            return;
+        }
+        if method == METHOD_CHANNEL_BIND {
+            // Handled here too, so the peer is the canonical address the policy approved (the
+            // crate would answer 443 to an IPv4-mapped peer, and bind the raw spelling).
+            let Some(allocation) = manager.get_allocation(&five_tuple).await else {
+                reply.error(CODE_ALLOC_MISMATCH, "Allocation Mismatch", Some(&integrity)).await;
+                return;
+            };
+            let mut number = ChannelNumber::default();
+            if number.get_from(&m).is_err() || !number.valid() || peers.len() != 1 {
+                reply
+                    .error(CODE_BAD_REQUEST, "Bad CHANNEL-NUMBER or XOR-PEER-ADDRESS", Some(&integrity))
+                    .await;
+                return;
+            }
+            let bound =
+                allocation.add_channel_bind(ChannelBind::new(number, peers[0]), CHANNEL_BIND_LIFETIME).await;
+            if bound.is_err() {
+                // The number is bound to another peer, or the peer to another number.
+                reply.error(CODE_BAD_REQUEST, "Channel already bound differently", Some(&integrity)).await;
+                return;
             }
             reply.success(Some(&integrity)).await;
             return;
