@@ -126,9 +126,9 @@ impl Conn for TcpStreamConn {
                 RelayCounters::bump(&self.counters.tcp_send_drops);
                 Ok(buf.len())
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(webrtc_util::Error::Io(
-                io::Error::new(io::ErrorKind::BrokenPipe, "TURN TCP connection closed").into(),
-            )),
+            // The connection is gone and its allocation is being deleted: drop quietly (an
+            // error here makes the crate log one line per relayed packet until then).
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(buf.len()),
         }
     }
 
