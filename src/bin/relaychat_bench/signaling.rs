@@ -114,6 +114,9 @@ pub struct FanoutReport {
     pub sender_echo: LatencySummary,
     pub rate_limited: u64,
     pub server_cpu_s: Option<f64>,
+    /// CPU the benchmark process itself used meanwhile (all its sessions read every frame).
+    pub generator_cpu_s: Option<f64>,
+    pub seconds: f64,
 }
 
 async fn open_many(
@@ -225,11 +228,14 @@ pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
     r.offer_answer_rtt = rtt.summary_us();
     r.offers_lost = lost;
     eprintln!(
-        "[{}] fan-out: {:.0} deliveries/s ({:.0} msgs/s to {} listeners), offer one-way p50 {:.0}us p99 {:.0}us, offer->answer p50 {:.0}us p99 {:.0}us",
+        "[{}] fan-out: {:.0} deliveries/s ({:.0} msgs/s to {} listeners; server cpu {}, bench cpu {} in {:.1}s), offer one-way p50 {:.0}us p99 {:.0}us, offer->answer p50 {:.0}us p99 {:.0}us",
         c.label,
         r.fanout.deliveries_per_s,
         r.fanout.messages_per_s,
         r.fanout.listeners,
+        r.fanout.server_cpu_s.map_or("-".into(), |v| format!("{v:.2}s")),
+        r.fanout.generator_cpu_s.map_or("-".into(), |v| format!("{v:.2}s")),
+        r.fanout.seconds,
         r.offer_one_way.p50_us,
         r.offer_one_way.p99_us,
         r.offer_answer_rtt.p50_us,
@@ -326,6 +332,7 @@ async fn fan_out(
 ) -> (FanoutReport, Vec<Session>) {
     let dur = Duration::from_secs_f64(c.fanout_secs);
     let cpu0 = c.server_pid.and_then(procfs::cpu_seconds);
+    let gen0 = procfs::cpu_seconds(std::process::id());
     let rl0 = counters.rate_limited.load(Ordering::Relaxed);
     let before = counters.chat_frames.load(Ordering::Relaxed);
     let start = Instant::now();
@@ -389,6 +396,7 @@ async fn fan_out(
     let deliveries = last - before;
     let secs = last_growth_at.max(dur).as_secs_f64();
     let cpu1 = c.server_pid.and_then(procfs::cpu_seconds);
+    let gen1 = procfs::cpu_seconds(std::process::id());
     (
         FanoutReport {
             senders: back.len(),
@@ -401,6 +409,8 @@ async fn fan_out(
             sender_echo: h.summary_us(),
             rate_limited: counters.rate_limited.load(Ordering::Relaxed) - rl0,
             server_cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+            generator_cpu_s: gen0.zip(gen1).map(|(a, b)| b - a),
+            seconds: secs,
         },
         back,
     )
