@@ -75,8 +75,11 @@ fn fail(message: &str) -> ! {
 fn serve(settings: Settings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        // Listen for signals before anything is bound: a SIGTERM that arrives right after the
+        // "listening" line must still mean a graceful shutdown.
+        let signals = ShutdownSignals::install()?;
         let server = relaychat::server::start(settings).await?;
-        wait_for_signal().await;
+        signals.wait().await;
         tracing::info!("shutting down");
         tokio::time::timeout(Duration::from_secs(4), server.shutdown()).await.ok();
         anyhow::Ok(())
