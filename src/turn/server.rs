@@ -928,3 +928,36 @@ impl Reply<'_> {
         self.send(raw).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_ip_is_configured_or_the_listen_ip_or_detected() {
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(resolve_relay_ip("192.0.2.7", v4("0.0.0.0")).unwrap(), v4("192.0.2.7"));
+        assert_eq!(resolve_relay_ip("", v4("127.0.0.1")).unwrap(), v4("127.0.0.1"));
+        assert!(matches!(resolve_relay_ip("0.0.0.0", v4("0.0.0.0")), Err(RelayError::Config { .. })));
+        assert!(matches!(resolve_relay_ip("nope", v4("0.0.0.0")), Err(RelayError::Config { .. })));
+        // Detection needs a route; where there is one, it names one concrete address.
+        if let Ok(ip) = resolve_relay_ip("", v4("0.0.0.0")) {
+            assert!(!is_unspecified(ip));
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_settings_stop_the_start() {
+        let presence = Arc::new(VoicePresence::new());
+        let mut settings = Settings::defaults();
+        settings.turn.listen = "127.0.0.1:0".into();
+        settings.turn.relay_ip = "127.0.0.1".into();
+        settings.turn.denied_peer_cidrs = vec!["10.0.0.0/33".into()];
+        let err = start_relay(&settings, b"s".to_vec(), presence.clone()).await.err().unwrap();
+        assert!(matches!(err, RelayError::Config { key: "turn.denied_peer_cidrs", .. }), "{err}");
+        settings.turn.denied_peer_cidrs.clear();
+        settings.turn.external_ip = "::1".into();
+        let err = start_relay(&settings, b"s".to_vec(), presence).await.err().unwrap();
+        assert!(matches!(err, RelayError::Config { key: "turn.external_ip", .. }), "{err}");
+    }
+}
