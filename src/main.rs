@@ -20,7 +20,7 @@ struct Cli {
     #[arg(long, global = true)]
     port: Option<u16>,
     /// Log format on stderr. Set the level with RELAYCHAT_LOG (e.g. "debug"; participants' IP
-    /// addresses appear only at debug level).
+    /// addresses appear only at debug level). Default: "info,turn=warn,webrtc_util=warn".
     #[arg(long, value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -111,7 +111,7 @@ impl ShutdownSignals {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RELAYCHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("RELAYCHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info,turn=warn,webrtc_util=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
