@@ -592,3 +592,49 @@ async fn an_ipv6_relay_request_is_answered_440() {
     assert_eq!(refused.code, 440);
     assert_eq!(relay.handle.active_allocations(), 0);
 }
+
+#[tokio::test]
+async fn idle_tcp_connections_without_allocation_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let relay = start(|_| {}).await;
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(relay.handle.tcp_addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(
+        relaychat::turn::tcp::UNALLOCATED_IDLE + Duration::from_secs(5),
+        silent.read(&mut buf),
+    )
+    .await
+    .expect("closed by the relay, not by the test's timeout")
+    .unwrap_or(0);
+    assert_eq!(n, 0, "EOF");
+    let waited = started.elapsed();
+    assert!(waited >= relaychat::turn::tcp::UNALLOCATED_IDLE - Duration::from_millis(100), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_tcp_client_that_does_not_read_loses_frames_not_memory() {
+    let relay = start(|_| {}).await;
+    relay.presence.joined("alice");
+    relay.presence.joined("bob");
+    let mut alice = TurnClient::for_user(relay.handle.tcp_addr, true, "alice", 600).await;
+    let mut bob = TurnClient::for_user(relay.handle.udp_addr, false, "bob", 600).await;
+    let alice_relay = alice.allocate().await.unwrap();
+    let bob_relay = bob.allocate().await.unwrap();
+    alice.create_permission(&[bob_relay]).await.unwrap();
+    bob.create_permission(&[alice_relay]).await.unwrap();
+    bob.channel_bind(0x4000, alice_relay).await.unwrap();
+    // Alice stops reading; bob sends 40 MB at her.
+    let payload = vec![1u8; 1000];
+    for i in 0..40_000 {
+        bob.send_channel_data(0x4000, &payload).await;
+        if i % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let drops = &relay.handle.counters.tcp_send_drops;
+    assert!(eventually(WAIT, || RelayCounters::get(drops) > 0).await, "the bounded queue dropped frames");
+    // The relay still serves everyone, alice included once she reads again.
+    bob.refresh(Duration::from_secs(600)).await.unwrap();
+    alice.refresh(Duration::from_secs(600)).await.expect("alice's connection still works");
+}

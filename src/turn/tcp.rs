@@ -39,12 +39,14 @@ pub const SEND_QUEUE_FRAMES: usize = 512;
 /// Concurrent TCP connections accepted; beyond this new ones are closed at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// A connection without an allocation may stay silent this long.
-pub const UNALLOCATED_IDLE: Duration = Duration::from_secs(30);
+pub const UNALLOCATED_IDLE: Duration = Duration::from_secs(10);
 /// A connection must hold an allocation this long after accept, or it is closed.
-pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(60);
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(30);
 /// Backstop for a connection with an allocation (longer than the maximum allocation lifetime;
 /// the allocation's own expiry normally closes the stream first).
 pub const ALLOCATED_IDLE: Duration = Duration::from_secs(3700);
+/// How long an answer to a request may wait for room in a full send queue.
+const ANSWER_QUEUE_WAIT: Duration = Duration::from_secs(5);
 /// After the allocation closed, answers still queued get this long to leave.
 const CLOSE_GRACE: Duration = Duration::from_millis(300);
 
@@ -68,6 +70,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Opti
     reader.read_exact(&mut frame[4..]).await?;
     frame.truncate(keep);
     Ok(Some(frame))
+}
+
+/// True for ChannelData and Data indications (relayed media), false for answers to requests.
+fn is_relayed_data(buf: &[u8]) -> bool {
+    match buf.first() {
+        Some(b) if b >> 6 == 0b01 => true,
+        Some(_) if buf.len() >= 2 => {
+            // STUN message type 0x0017: a Data indication.
+            u16::from_be_bytes([buf[0], buf[1]]) == 0x0017
+        }
+        _ => false,
+    }
 }
 
 /// Pads a ChannelData frame to a multiple of 4 bytes (STUN messages always are).
@@ -120,16 +134,25 @@ impl Conn for TcpStreamConn {
     }
 
     async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
-        match self.queue.try_send(frame_for_tcp(buf)) {
-            Ok(()) => Ok(buf.len()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                RelayCounters::bump(&self.counters.tcp_send_drops);
-                Ok(buf.len())
+        let frame = frame_for_tcp(buf);
+        if is_relayed_data(buf) {
+            // Media for a client that does not keep up is dropped, like on a congested UDP path.
+            match self.queue.try_send(frame) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => RelayCounters::bump(&self.counters.tcp_send_drops),
+                // The connection is gone and its allocation is being deleted: drop quietly (an
+                // error here makes the crate log one line per relayed packet until then).
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
-            // The connection is gone and its allocation is being deleted: drop quietly (an
-            // error here makes the crate log one line per relayed packet until then).
-            Err(mpsc::error::TrySendError::Closed(_)) => Ok(buf.len()),
+        } else {
+            // Answers to the client's requests are never dropped for a full queue (a TCP client
+            // does not retransmit): wait for room, which only holds up this client's own reader.
+            match tokio::time::timeout(ANSWER_QUEUE_WAIT, self.queue.send(frame)).await {
+                Ok(_) => {}
+                Err(_) => RelayCounters::bump(&self.counters.tcp_send_drops),
+            }
         }
+        Ok(buf.len())
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
@@ -302,5 +325,14 @@ mod tests {
         let mut garbage: &[u8] = &[0xff, 0, 0, 0];
         assert!(read_frame(&mut garbage).await.is_err());
         assert_eq!(frame_for_tcp(&[0x40, 0, 0, 1, 5]).len(), 8);
+    }
+
+    #[test]
+    fn relayed_data_is_told_from_answers() {
+        assert!(is_relayed_data(&[0x40, 0x00, 0x00, 0x01, 9]));
+        assert!(is_relayed_data(&[0x00, 0x17, 0x00, 0x00]));
+        assert!(!is_relayed_data(&[0x01, 0x03, 0x00, 0x00]), "Allocate success");
+        assert!(!is_relayed_data(&[0x01, 0x13, 0x00, 0x00]), "Allocate error");
+        assert!(!is_relayed_data(&[]));
     }
 }
