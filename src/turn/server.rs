@@ -724,8 +724,10 @@ impl Relay {
         let nonces = Arc::new(AsyncMutex::new(HashMap::from([(nonce.text.clone(), Instant::now())])));
 
         if method == METHOD_ALLOCATE {
+            // Without REQUESTED-ADDRESS-FAMILY a client asks for IPv4 (RFC 6156 section 4.2).
             let mut family = RequestedAddressFamily::default();
-            if family.get_from(&m).is_ok() && (family == REQUESTED_FAMILY_IPV4) != self.relay_is_ipv4 {
+            let wants_ipv4 = family.get_from(&m).map(|_| family == REQUESTED_FAMILY_IPV4).unwrap_or(true);
+            if wants_ipv4 != self.relay_is_ipv4 {
                 reply
                     .error(CODE_ADDR_FAMILY_NOT_SUPPORTED, "Address Family not Supported", Some(&integrity))
                     .await;

@@ -2,12 +2,13 @@
 //!
 //! The crate reads datagrams from packet `Conn`s only. Each accepted stream becomes a
 //! [`TcpStreamConn`]: a packet `Conn` with exactly one remote address, whose `send_to` frames a
-//! message onto the stream through a bounded queue (a client that does not read loses frames,
-//! like a congested UDP path, instead of growing memory), and whose frames we read here and hand
-//! to the same dispatch as UDP datagrams. One `Conn` per stream rather than one multiplexing
-//! `Conn` per listener, because the crate closes an allocation's client `Conn` when the
-//! allocation ends: per stream that closes exactly that client's connection, which is what
-//! RFC 8656 wants, instead of the whole listener.
+//! message onto the stream through a bounded queue, and whose frames we read here and hand to
+//! the same dispatch as UDP datagrams. Relayed media for a client that does not read fast enough
+//! is dropped (like on a congested UDP path) instead of growing memory; answers to the client's
+//! own requests wait for room instead (TCP clients do not retransmit). One `Conn` per stream
+//! rather than one multiplexing `Conn` per listener, because the crate closes an allocation's
+//! client `Conn` when the allocation ends: per stream that closes exactly that client's
+//! connection, which is what RFC 8656 wants, instead of the whole listener.
 //!
 //! Framing: STUN messages are delimited by their length field (20-byte header + length);
 //! ChannelData by its length field, padded to a multiple of 4 bytes over TCP.
