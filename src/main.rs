@@ -111,7 +111,8 @@ impl ShutdownSignals {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RELAYCHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info,turn=warn,webrtc_util=warn"));
+    let filter = EnvFilter::try_from_env("RELAYCHAT_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,turn=warn,webrtc_util=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
