@@ -15,6 +15,13 @@ use tokio::time::timeout;
 use super::credentials::RestCredential;
 use super::wire::{build_request, parse_stun, Attr, Auth, Response};
 
+/// `RELAYCHAT_BENCH_TRACE=1` prints every control-plane response (how a 401 loop was found:
+/// another TURN server sharing the port through SO_REUSEPORT).
+fn trace_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("RELAYCHAT_BENCH_TRACE").is_some())
+}
+
 /// Retransmission schedule: first wait, doubled each time, this many sends in all.
 const RTO: Duration = Duration::from_millis(250);
 const MAX_SENDS: u32 = 5;
@@ -54,9 +61,9 @@ async fn transact(
                 }
                 Ok(Ok((n, _))) => {
                     if let Some(r) = parse_stun(&buf[..n]) {
-                        if std::env::var_os("BENCH_DEBUG").is_some() {
+                        if trace_enabled() {
                             eprintln!(
-                                "DEBUG {} <- {} {:?} {:?} {:?} nonce={:?} match={}",
+                                "trace {} <- {} {:?} {:?} {:?} nonce={:?} match={}",
                                 sock.local_addr()?,
                                 r.method,
                                 r.class,
@@ -118,7 +125,8 @@ impl TurnClient {
             bail!("unauthenticated Allocate: {}", describe(&first));
         };
         if !resp.is_success() {
-            bail!("Allocate as {}: {} (wrong secret or realm?)", cred.username, describe(&resp));
+            let hint = if resp.error_code() == Some(401) { " (wrong secret or realm?)" } else { "" };
+            bail!("Allocate as {}: {}{hint}", cred.username, describe(&resp));
         }
         let relayed =
             resp.relayed_address().ok_or_else(|| anyhow!("Allocate success without XOR-RELAYED-ADDRESS"))?;
