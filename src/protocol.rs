@@ -7,8 +7,6 @@
 //! rest of the code never looks at raw JSON again, except the opaque SDP/candidate objects that
 //! are relayed to peers as given.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -20,8 +18,9 @@ pub const MAX_SDP_BYTES: usize = 64 * 1024;
 /// The largest ICE candidate string relayed.
 pub const MAX_CANDIDATE_BYTES: usize = 1024;
 
-/// A serialized server message, shared by every recipient of a broadcast.
-pub type Frame = Arc<str>;
+/// A serialized server message, shared by every recipient of a broadcast (reference-counted
+/// bytes: handing it to a thousand sockets copies nothing).
+pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One text frame from a client, parsed.
 #[derive(Debug, Clone, PartialEq)]

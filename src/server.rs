@@ -98,7 +98,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let http_task = tokio::spawn(listener::serve(
         listener,
-        routes(state).map(Reply::into_response).boxed(),
+        routes(state.clone()).map(Reply::into_response).boxed(),
+        state,
         tls,
         stopped,
     ));

@@ -5,6 +5,7 @@
 //! (`PeerAddr`), the same way for both transports.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -14,6 +15,7 @@ use tokio::sync::oneshot;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::{websocket, HttpState};
 use crate::tls::TlsConfigSource;
 
 /// Every route, type-erased (warp's own bounds are private, so the server takes this type).
@@ -24,9 +26,11 @@ pub type Routes = BoxedFilter<(Response,)>;
 pub struct PeerAddr(pub SocketAddr);
 
 /// Serves `filter` on `listener` until `stop` fires; TLS when `tls` is given.
+/// WebSocket upgrades are answered by `websocket::accept`, everything else by the warp routes.
 pub async fn serve(
     listener: TcpListener,
     filter: Routes,
+    state: Arc<HttpState>,
     tls: Option<TlsConfigSource>,
     stop: oneshot::Receiver<()>,
 ) {
@@ -47,15 +51,16 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let filter = filter.clone();
+        let state = state.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, peer, filter, watcher).await,
+                None => serve_connection(stream, peer, filter, state, watcher).await,
                 Some(tls) => {
                     let handshake = tls.acceptor().accept(stream);
                     match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, filter, watcher).await,
+                        Ok(Ok(stream)) => serve_connection(stream, peer, filter, state, watcher).await,
                         Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -72,15 +77,22 @@ async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,
     filter: Routes,
+    state: Arc<HttpState>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let service = warp::service(filter);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(PeerAddr(peer));
         let mut service = service.clone();
-        async move { tower_service::Service::call(&mut service, request).await }
+        let state = state.clone();
+        async move {
+            if websocket::is_upgrade_request(&request) {
+                return Ok(websocket::accept(request, peer, &state));
+            }
+            request.extensions_mut().insert(PeerAddr(peer));
+            tower_service::Service::call(&mut service, request).await
+        }
     });
     let builder = Builder::new(TokioExecutor::new()).http1_only();
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

@@ -1,12 +1,11 @@
-//! HTTP: the WebSocket upgrade (on any path), `/server-info` and `/info`, `/healthz`, `/readyz`,
-//! `/metrics`, and the built-in client.
+//! HTTP: the WebSocket upgrade (on any path, handled in `listener` before routing),
+//! `/server-info` and `/info`, `/healthz`, `/readyz`, `/metrics`, and the built-in client.
 
 pub mod listener;
 pub mod server_info;
 pub mod static_files;
 pub mod websocket;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -16,9 +15,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::config::Settings;
 use crate::hub::runner::HubHandle;
-use crate::hub::ConnectInfo;
 use crate::store::Store;
-use listener::PeerAddr;
 
 /// What the routes need.
 pub struct HttpState {
@@ -38,38 +35,6 @@ pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Err
         let state = state.clone();
         warp::any().map(move || state.clone())
     };
-    // Any path upgrades (`/`, `/ws`, ...), like the original server.
-    let websocket = warp::ws()
-        .and(warp::ext::optional::<PeerAddr>())
-        .and(warp::header::optional::<String>("host"))
-        .and(warp::header::optional::<String>("x-forwarded-for"))
-        .and(warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify())
-        .and(with_state.clone())
-        .map(
-            |ws: warp::ws::Ws,
-             peer: Option<PeerAddr>,
-             host: Option<String>,
-             forwarded_for: Option<String>,
-             query: HashMap<String, String>,
-             state: Arc<HttpState>| {
-                let info = ConnectInfo {
-                    ip: websocket::client_ip(
-                        peer.map(|p| p.0),
-                        forwarded_for.as_deref(),
-                        &state.trusted_proxies,
-                    ),
-                    // An empty `?username=` counts as none (an anonymous name), like a missing one.
-                    requested_name: query.get("username").filter(|name| !name.is_empty()).cloned(),
-                    host: host.unwrap_or_else(|| "localhost".into()),
-                    token: websocket::new_session_token(),
-                };
-                let hub = state.hub.clone();
-                let conn = hub.next_conn_id();
-                ws.max_message_size(websocket::MAX_MESSAGE_BYTES)
-                    .max_frame_size(websocket::MAX_MESSAGE_BYTES)
-                    .on_upgrade(move |socket| websocket::run_session(socket, conn, info, hub))
-            },
-        );
     let info = warp::get()
         .and(warp::path("server-info").or(warp::path("info")).unify())
         .and(warp::path::end())
@@ -110,5 +75,5 @@ pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Err
             None => warp::reply::with_status("Not found", StatusCode::NOT_FOUND).into_response(),
         }
     });
-    websocket.or(info).or(healthz).or(readyz).or(metrics).or(assets)
+    info.or(healthz).or(readyz).or(metrics).or(assets)
 }

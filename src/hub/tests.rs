@@ -83,7 +83,9 @@ impl Harness {
         self.effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Send { to, frame } if *to == conn => Some(serde_json::from_str(frame).unwrap()),
+                Effect::Send { to, frame } if *to == conn => {
+                    Some(serde_json::from_str(frame.as_str()).unwrap())
+                }
                 _ => None,
             })
             .collect()

@@ -72,6 +72,8 @@ pub struct LoadCounts {
     pub recv_errors: u64,
     /// Wall time the senders took for their schedule (longer than the duration when starved).
     pub send_elapsed_s: f64,
+    /// Late packets of an earlier step read and dropped before this one started.
+    pub stale_dropped_before: u64,
     /// Longest gap between two sender wake-ups (1 ms nominal): a starved generator shows here.
     pub sender_max_gap_ms: f64,
 }
@@ -86,8 +88,35 @@ struct ReceiverStats {
     latency: Histogram,
 }
 
+/// Read and drop whatever is still queued on the sockets (late packets of an overloaded earlier
+/// step would otherwise count as received, and their backlog would delay this step), until a
+/// pass over all sockets finds nothing for 200 ms or `max` passes. Returns packets dropped.
+pub async fn discard_backlog(flows: &[Flow], max: Duration) -> u64 {
+    let start = Instant::now();
+    let mut buf = vec![0u8; 65536];
+    let mut dropped = 0;
+    let mut quiet_since = Instant::now();
+    while start.elapsed() < max {
+        let mut got = 0;
+        for f in flows {
+            while f.sock.try_recv(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        dropped += got;
+        if got > 0 {
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_millis(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dropped
+}
+
 /// Run the flows for `p.duration`, drain, and return what arrived.
 pub async fn run(flows: &[Flow], p: LoadParams) -> LoadOutcome {
+    let stale_dropped = discard_backlog(flows, Duration::from_secs(10)).await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut receivers = Vec::with_capacity(flows.len());
     for f in flows {
@@ -134,6 +163,7 @@ pub async fn run(flows: &[Flow], p: LoadParams) -> LoadOutcome {
             latency.merge(&s.latency);
         }
     }
+    counts.stale_dropped_before = stale_dropped;
     LoadOutcome { counts, latency }
 }
 

@@ -167,8 +167,9 @@ where
             Some(h) if lo == 0.0 => h / 2.0,
             Some(h) => (lo + h) / 2.0,
         };
-        // Let queues empty and the kernel settle between steps.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Let the server's queues empty between steps (the next step also discards what is
+        // still arriving before it starts).
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     (steps, best)
 }
