@@ -1,8 +1,9 @@
 //! The accept loop in front of warp: plain TCP, or TLS terminated here with tokio-rustls.
 //!
 //! warp 0.4 has no TLS of its own, and its acceptor trait is private, so we run hyper directly
-//! with warp's filter as the service. The peer address travels in the request extensions
-//! (`PeerAddr`), the same way for both transports.
+//! with warp's filter as the service. WebSocket upgrades are taken out before routing and
+//! answered by `websocket::accept`, which gets the TCP peer address the same way for both
+//! transports.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,10 +21,6 @@ use crate::tls::TlsConfigSource;
 
 /// Every route, type-erased (warp's own bounds are private, so the server takes this type).
 pub type Routes = BoxedFilter<(Response,)>;
-
-/// The TCP peer of a request (the proxy's address when behind one).
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// Serves `filter` on `listener` until `stop` fires; TLS when `tls` is given.
 /// WebSocket upgrades are answered by `websocket::accept`, everything else by the warp routes.
@@ -83,14 +80,13 @@ async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let service = warp::service(filter);
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let mut service = service.clone();
         let state = state.clone();
         async move {
             if websocket::is_upgrade_request(&request) {
                 return Ok(websocket::accept(request, peer, &state));
             }
-            request.extensions_mut().insert(PeerAddr(peer));
             tower_service::Service::call(&mut service, request).await
         }
     });
