@@ -37,6 +37,29 @@ async fn open_mode_connection_sequence() {
 }
 
 #[tokio::test]
+async fn a_long_history_arrives_whole() {
+    // Over the server's 4 KiB fragment size, with multi-byte characters across the boundaries.
+    let server = Server::start("[chat]\nmax_messages_per_second = 1000\n");
+    let mut alice = server.join("Alice").await;
+    let texts: Vec<String> = (0..20).map(|i| format!("{i} {}", "é€😀".repeat(150))).collect();
+    for text in &texts {
+        alice.chat(text).await;
+        alice.recv_type("chat").await;
+    }
+    let mut bob = Client::connect(&server.url(Some("Bob"))).await;
+    let history = bob.recv_type("history").await;
+    let chats: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["type"] == "chat")
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(chats, texts.iter().map(String::as_str).collect::<Vec<_>>());
+    bob.expect_system("Bob has joined.").await;
+}
+
+#[tokio::test]
 async fn usernames_are_validated_generated_clamped_and_unique() {
     let server = Server::start("");
     let mut bad = Client::connect(&server.url(Some("a%21b"))).await;

@@ -10,6 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::header::{HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use hyper_util::rt::TokioIo;
@@ -17,7 +18,8 @@ use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -27,13 +29,15 @@ use warp::reply::Response;
 use super::HttpState;
 use crate::hub::runner::{ConnLink, HubEvent, HubHandle, OUTBOUND_QUEUE_FRAMES};
 use crate::hub::{ConnId, ConnectInfo};
-use crate::protocol::{parse_inbound, Inbound};
+use crate::protocol::{parse_inbound, Frame, Inbound};
 
 /// Largest WebSocket message accepted; bigger ones close the connection with 1009. Above the
 /// 64 KiB SDP limit so that an oversized offer gets its protocol error instead.
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 /// Bytes read from the socket at a time (larger messages still arrive whole).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Outgoing messages longer than this are sent as several frames (see `send_text`).
+const FRAGMENT_BYTES: usize = 4 * 1024;
 
 fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -150,7 +154,7 @@ where
             biased;
             frame = queued.recv() => match frame {
                 Some(frame) => {
-                    if sink.send(Message::Text(frame)).await.is_err() {
+                    if send_text(&mut sink, frame).await.is_err() {
                         break None;
                     }
                 }
@@ -160,7 +164,7 @@ where
             request = &mut close_requested => {
                 // Frames queued before the close request go out first ("You are banned.").
                 while let Ok(frame) = queued.try_recv() {
-                    if sink.send(Message::Text(frame)).await.is_err() {
+                    if send_text(&mut sink, frame).await.is_err() {
                         break;
                     }
                 }
@@ -190,6 +194,33 @@ where
     }
     let _ = sink.close().await;
     hub.send(HubEvent::Disconnected { conn }).await;
+}
+
+/// Sends one text message; long ones (the history) as fragments of at most `FRAGMENT_BYTES`
+/// (RFC 6455 section 5.4; every client library reassembles them). tungstenite's write buffer keeps
+/// the capacity of the largest frame it ever wrote, so without this every session would carry a
+/// history-sized buffer for its whole life. Fragments are zero-copy slices of the shared frame
+/// and never split a UTF-8 sequence.
+async fn send_text<K>(sink: &mut K, text: Frame) -> Result<(), WsError>
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    if text.len() <= FRAGMENT_BYTES {
+        return sink.send(Message::Text(text)).await;
+    }
+    let bytes = Bytes::from(text);
+    let mut start = 0;
+    while start < bytes.len() {
+        let mut end = (start + FRAGMENT_BYTES).min(bytes.len());
+        while end < bytes.len() && bytes[end] & 0xC0 == 0x80 {
+            end -= 1; // back off to a character boundary
+        }
+        let opcode = if start == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
+        let fragment = WsFrame::message(bytes.slice(start..end), opcode, end == bytes.len());
+        sink.feed(Message::Frame(fragment)).await?;
+        start = end;
+    }
+    sink.flush().await
 }
 
 /// A clear close reason for input errors the WebSocket layer detects; `None` when the peer is
