@@ -137,6 +137,11 @@ for size in (100, 1200):
     a, b = max_pps(rc, size), max_pps(co, size)
     w(f"| (a) highest rate sustained 10 s with <0.1% loss, {size}-byte payload (packets/s delivered end to end) "
       f"| {fmt(a)} | {fmt(b)} | {ratio(a, b)} | higher |")
+for size in (100, 1200):
+    a = srv(rc, f"max_rate_{size}", "max_sustained", "generator_cpu_s")
+    b = srv(co, f"max_rate_{size}", "max_sustained", "generator_cpu_s")
+    w(f"| ... load generator CPU during that {size}-byte step (s of 10 s on its one thread; under 10 = it had headroom) "
+      f"| {fmt(a, 2)} | {fmt(b, 2)} | | |")
 for key, label in (("p50_us", "p50"), ("p99_us", "p99"), ("max_us", "max")):
     a, b = audio_lat(rc, key), audio_lat(co, key)
     w(f"| (b) one-way latency {label}, 100 pairs x 50 pkt/s x 100 B (us) | {fmt(a)} | {fmt(b)} | {ratio(a, b)} | lower |")
