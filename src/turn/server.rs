@@ -92,8 +92,6 @@ pub enum RelayError {
     Config { key: &'static str, problem: String },
     #[error("cannot read or create the TURN secret file {path}: {source}")]
     Secret { path: std::path::PathBuf, source: io::Error },
-    #[error("cannot find this machine's primary IP address for relay sockets ({0}); set [turn] relay_ip")]
-    RelayIp(io::Error),
 }
 
 /// The running relay. Dropping it leaves the relay running; call [`RelayHandle::close`].
@@ -406,7 +404,18 @@ fn resolve_relay_ip(configured: &str, listen_ip: IpAddr) -> Result<IpAddr, Relay
         probe((Ipv6Addr::UNSPECIFIED, 0).into(), (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into())
     };
     let found = if listen_ip.is_ipv6() { v6().or_else(|_| v4()) } else { v4() };
-    found.map_err(RelayError::RelayIp)
+    match found {
+        Ok(ip) => Ok(ip),
+        // No route at all (an offline machine): still start, so `cargo run` works anywhere, but
+        // say loudly that only local clients can use such a relay.
+        Err(e) => {
+            tracing::warn!(
+                "cannot find this machine's primary address ({e}); relaying on 127.0.0.1, which only \
+                 local clients can reach: set [turn] relay_ip (and external_ip behind NAT)"
+            );
+            Ok(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        }
+    }
 }
 
 /// Binds UDP then TCP on the same port number (a fresh pair if `listen` has port 0 and the
