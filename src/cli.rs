@@ -63,6 +63,7 @@ mod tests {
         settings.turn.external_servers = vec![crate::config::ExternalTurnServer {
             urls: vec!["turn:x:3478".into()],
             secret: "s3cr3t".into(),
+            relay_addresses: Vec::new(),
         }];
         let text = effective_config(&settings).unwrap();
         assert!(!text.contains("hunter2hunter2") && !text.contains("s3cr3t"), "{text}");

@@ -131,6 +131,11 @@ pub struct TurnSettings {
 pub struct ExternalTurnServer {
     pub urls: Vec<String>,
     pub secret: String,
+    /// The addresses this server puts in its relay candidates (coturn's `relay-ip` /
+    /// `external-ip`), when they differ from what the URLs' host names resolve to. Under
+    /// force_relay, a relay candidate naming any other address is dropped.
+    #[serde(default)]
+    pub relay_addresses: Vec<String>,
 }
 
 /// Which peer addresses the relay may exchange data with (see `turn::policy`).
@@ -308,6 +313,13 @@ impl Settings {
         for server in &turn.external_servers {
             if server.urls.is_empty() || server.secret.is_empty() {
                 return Err(invalid("turn.external_servers", "every entry needs urls and a secret"));
+            }
+            if let Some(bad) = server.relay_addresses.iter().find(|a| a.parse::<std::net::IpAddr>().is_err())
+            {
+                return Err(invalid(
+                    "turn.external_servers.relay_addresses",
+                    format!("{bad:?} is not an IP address"),
+                ));
             }
         }
         Ok(())

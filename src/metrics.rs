@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::hub::relay_only::{DropReason, SanitizedField};
 use crate::hub::runner::SharedStats;
 use crate::turn::RelayCounters;
 
@@ -49,6 +50,22 @@ fn labeled_counters(
     Ok(())
 }
 
+/// One counter family from plain values (a snapshot taken under a lock).
+fn labeled_values(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'static str, u64)>,
+) -> std::fmt::Result {
+    let mut family =
+        encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+    for (label_value, value) in values {
+        ConstCounter::new(value).encode(family.encode_family(&[(label, label_value)])?)?;
+    }
+    Ok(())
+}
+
 impl Collector for LiveCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let hub = &self.hub;
@@ -72,6 +89,21 @@ impl Collector for LiveCollector {
             "relaychat_outbound_queue_drops",
             "Clients disconnected because their outbound queue was full.",
             &hub.outbound_queue_drops,
+        )?;
+        let privacy = hub.privacy.lock().map(|t| *t).unwrap_or_default();
+        labeled_values(
+            &mut encoder,
+            "relaychat_privacy_candidates_dropped",
+            "Candidates (messages and SDP lines) not relayed under force_relay, by reason.",
+            "reason",
+            DropReason::ALL.map(|r| (r.label(), privacy.dropped(r))),
+        )?;
+        labeled_values(
+            &mut encoder,
+            "relaychat_privacy_fields_sanitized",
+            "Signaling fields rewritten or removed under force_relay, by field.",
+            "field",
+            SanitizedField::ALL.map(|f| (f.label(), privacy.sanitized(f))),
         )?;
         let Some(relay) = &self.relay else { return Ok(()) };
         let active = ConstGauge::new(relay.allocations_active.load(Ordering::Relaxed) as i64);

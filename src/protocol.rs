@@ -4,8 +4,9 @@
 //! Parsing never fails loudly: anything a client can send maps to some `Inbound` value, including
 //! the malformed cases, so the hub can answer each with the exact text js-chat-server clients
 //! expect ("Invalid message format.", "Invalid message structure.", ...). After this module the
-//! rest of the code never looks at raw JSON again, except the opaque SDP/candidate objects that
-//! are relayed to peers as given.
+//! rest of the code never looks at raw JSON again, except the SDP/candidate objects that are
+//! relayed to peers as given when force_relay is off (the original behaviour); with force_relay
+//! they are rebuilt from the validated fields parsed here.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -55,7 +56,8 @@ pub enum ClientMessage {
     },
     WebrtcIceCandidate {
         target: Option<String>,
-        candidate: Option<IceCandidate>,
+        /// Boxed: the largest message, and candidates are a small share of the traffic.
+        candidate: Option<Box<IceCandidate>>,
         buffer: bool,
     },
     WebrtcMediaChange {
@@ -83,28 +85,54 @@ impl ClientMessage {
     }
 }
 
-/// An RTCSessionDescriptionInit: the object as the client sent it, plus its validated SDP.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SessionDescription {
-    pub fields: Map<String, Value>,
-    pub sdp: String,
+/// The `type` of an RTCSessionDescriptionInit that may be relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DescriptionKind {
+    Offer,
+    Answer,
+    /// A provisional answer (renegotiation), relayed as a `webrtc-answer`.
+    Pranswer,
 }
 
-impl SessionDescription {
-    /// The object to relay, with `sdp` replaced (e.g. by the relay-only filtered text).
-    pub fn with_sdp(&self, sdp: &str) -> Value {
-        let mut fields = self.fields.clone();
-        fields.insert("sdp".into(), Value::String(sdp.to_string()));
-        Value::Object(fields)
+impl DescriptionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offer => "offer",
+            Self::Answer => "answer",
+            Self::Pranswer => "pranswer",
+        }
     }
 }
 
-/// An RTCIceCandidateInit: the object as sent, plus its candidate string ("" = end of candidates).
+/// An RTCSessionDescriptionInit: the object as the client sent it (relayed as is without
+/// force_relay, the original behaviour), and its validated parts (what force_relay rebuilds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionDescription {
+    pub raw: Map<String, Value>,
+    pub kind: DescriptionKind,
+    pub sdp: String,
+    /// Keys other than `type` and `sdp`.
+    pub discarded_keys: usize,
+}
+
+/// An RTCIceCandidateInit: the object as sent, and its four fields type- and length-checked.
+/// A field of the wrong type or shape is `None` and counted in `discarded_keys`, as is any key
+/// a browser does not send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IceCandidate {
-    pub fields: Map<String, Value>,
+    pub raw: Map<String, Value>,
+    /// "" = end of candidates.
     pub candidate: String,
+    pub sdp_mid: Option<String>,
+    pub sdp_m_line_index: Option<u16>,
+    pub username_fragment: Option<String>,
+    pub discarded_keys: usize,
 }
+
+/// Longest `sdpMid` kept (browsers use "0", "1", ... or short names like "audio").
+pub const MAX_SDP_MID_BYTES: usize = 32;
+/// Longest `usernameFragment` kept (RFC 8839: at most 256 ice-chars).
+pub const MAX_UFRAG_BYTES: usize = 256;
 
 /// Parses one text frame. Never fails: malformed input becomes `Inbound::Malformed`.
 pub fn parse_inbound(text: &str) -> Inbound {
@@ -160,24 +188,67 @@ fn media_types(object: &Map<String, Value>) -> Option<Vec<String>> {
 }
 
 fn session_description(value: Option<Value>, expected_type: &str) -> Option<SessionDescription> {
-    let Some(Value::Object(fields)) = value else { return None };
-    let sdp = fields.get("sdp")?.as_str()?.to_string();
-    let kind = fields.get("type")?.as_str()?;
-    // Renegotiation may legitimately use "pranswer"/"rollback"; anything else is not an SDP.
-    let valid_kind = kind == expected_type || (expected_type == "answer" && kind == "pranswer");
-    if !valid_kind || sdp.is_empty() || sdp.len() > MAX_SDP_BYTES {
+    let Some(Value::Object(raw)) = value else { return None };
+    let sdp = raw.get("sdp")?.as_str()?.to_string();
+    // Renegotiation may legitimately use "pranswer"; anything else is not an SDP we relay.
+    let kind = match (expected_type, raw.get("type")?.as_str()?) {
+        ("offer", "offer") => DescriptionKind::Offer,
+        ("answer", "answer") => DescriptionKind::Answer,
+        ("answer", "pranswer") => DescriptionKind::Pranswer,
+        _ => return None,
+    };
+    if sdp.is_empty() || sdp.len() > MAX_SDP_BYTES {
         return None;
     }
-    Some(SessionDescription { fields, sdp })
+    let discarded_keys = raw.keys().filter(|k| !matches!(k.as_str(), "type" | "sdp")).count();
+    Some(SessionDescription { raw, kind, sdp, discarded_keys })
 }
 
-fn ice_candidate(value: Option<Value>) -> Option<IceCandidate> {
-    let Some(Value::Object(fields)) = value else { return None };
-    let candidate = fields.get("candidate")?.as_str()?.to_string();
+fn ice_candidate(value: Option<Value>) -> Option<Box<IceCandidate>> {
+    let Some(Value::Object(raw)) = value else { return None };
+    let candidate = raw.get("candidate")?.as_str()?.to_string();
     if candidate.len() > MAX_CANDIDATE_BYTES {
         return None;
     }
-    Some(IceCandidate { fields, candidate })
+    let mut discarded_keys = 0;
+    // A key that is absent or null is simply not there; anything else must have the right shape.
+    let mut field = |key: &str, valid: fn(&Value) -> bool| -> Option<Value> {
+        match raw.get(key) {
+            None | Some(Value::Null) => None,
+            Some(value) if valid(value) => Some(value.clone()),
+            Some(_) => {
+                discarded_keys += 1;
+                None
+            }
+        }
+    };
+    let sdp_mid =
+        field("sdpMid", |v| v.as_str().is_some_and(is_token)).and_then(|v| v.as_str().map(str::to_string));
+    let sdp_m_line_index = field("sdpMLineIndex", |v| v.as_u64().is_some_and(|i| i <= u64::from(u16::MAX)))
+        .and_then(|v| v.as_u64())
+        .map(|i| i as u16);
+    let username_fragment = field("usernameFragment", |v| v.as_str().is_some_and(is_ice_chars))
+        .and_then(|v| v.as_str().map(str::to_string));
+    discarded_keys += raw
+        .keys()
+        .filter(|k| !matches!(k.as_str(), "candidate" | "sdpMid" | "sdpMLineIndex" | "usernameFragment"))
+        .count();
+    Some(Box::new(IceCandidate { raw, candidate, sdp_mid, sdp_m_line_index, username_fragment, discarded_keys }))
+}
+
+/// An RFC 5888 identification tag (RFC 4566 token), at most `MAX_SDP_MID_BYTES`.
+fn is_token(text: &str) -> bool {
+    const SYMBOLS: &[u8] = b"!#$%&'*+-.^_`{|}~";
+    !text.is_empty()
+        && text.len() <= MAX_SDP_MID_BYTES
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || SYMBOLS.contains(&b))
+}
+
+/// RFC 8839 ice-chars (ALPHA / DIGIT / "+" / "/"), at most `MAX_UFRAG_BYTES`.
+fn is_ice_chars(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_UFRAG_BYTES
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 /// ISO-8601 UTC with milliseconds, as JavaScript's `Date.toISOString()` prints it.

@@ -1,7 +1,7 @@
 //! Wiring: opens the store, starts the relay, the hub runner and the HTTP listener, and shuts
 //! them down in the right order (announce, close sockets, flush the store).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,6 +11,7 @@ use warp::{Filter, Reply};
 
 use crate::config::Settings;
 use crate::http::{listener, routes, HttpState};
+use crate::hub::relay_only::RelayAddresses;
 use crate::hub::runner::{self, HubHandle};
 use crate::hub::Hub;
 use crate::store::{Store, StoreThread};
@@ -72,8 +73,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         None => ice_server_issuer(&settings, Vec::new(), None),
     };
     let relay = relay.map(|(handle, _)| handle);
+    let relays = relay_addresses(&settings, relay.as_ref()).await;
+    if settings.webrtc.force_relay {
+        let list: Vec<String> = relays.iter().map(ToString::to_string).collect();
+        if list.is_empty() {
+            tracing::warn!("force_relay is on but no relay is configured: every candidate will be dropped");
+        } else {
+            tracing::info!("force_relay: relay candidates must name one of {}", list.join(", "));
+        }
+    }
 
-    let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rand::rngs::StdRng::from_os_rng());
+    let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rand::rngs::StdRng::from_os_rng())
+        .with_relay_addresses(relays);
     let (hub_handle, hub_task) = runner::spawn(hub, store.clone(), presence.clone());
 
     let bind_addr =
@@ -136,6 +147,44 @@ fn ice_server_issuer(
     IceServerIssuer { endpoints, ttl_s: turn.credential_ttl_s }
 }
 
+/// The addresses a relay candidate may name under force_relay: the integrated relay's relay and
+/// advertised addresses, and for external TURN servers their configured `relay_addresses` plus
+/// what their URLs' hosts resolve to now (a name that does not resolve is logged and skipped;
+/// its candidates will then be dropped, which fails closed).
+async fn relay_addresses(settings: &Settings, relay: Option<&RelayHandle>) -> RelayAddresses {
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    if let Some(relay) = relay {
+        addresses.extend([relay.advertised_ip, relay.relay_ip]);
+    }
+    for server in &settings.turn.external_servers {
+        addresses.extend(server.relay_addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()));
+        for url in &server.urls {
+            let Some(host) = turn_url_host(url) else {
+                tracing::warn!("turn.external_servers: cannot read the host of {url:?}");
+                continue;
+            };
+            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await;
+            match resolved {
+                Ok(found) => addresses.extend(found.map(|a| a.ip())),
+                Err(e) => tracing::warn!("turn.external_servers: cannot resolve {host}: {e}"),
+            }
+        }
+    }
+    RelayAddresses::new(addresses)
+}
+
+/// The host of a `turn:`/`turns:` URL (RFC 7065): `turn:host[:port][?transport=...]`, IPv6 in
+/// brackets.
+fn turn_url_host(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("turns:").or_else(|| url.strip_prefix("turn:"))?;
+    let authority = rest.split('?').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next()?,
+        None => authority.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
 impl RunningServer {
     /// Announces the shutdown to every user, closes every socket, flushes the store.
     pub async fn shutdown(self) {
@@ -149,5 +198,23 @@ impl RunningServer {
         }
         drop(self.hub);
         self.store_thread.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::turn_url_host;
+
+    #[test]
+    fn turn_url_hosts() {
+        assert_eq!(
+            turn_url_host("turn:turn.example.org:3478?transport=udp").as_deref(),
+            Some("turn.example.org")
+        );
+        assert_eq!(turn_url_host("turns:203.0.113.5:5349?transport=tcp").as_deref(), Some("203.0.113.5"));
+        assert_eq!(turn_url_host("turn:[2001:db8::5]:3478").as_deref(), Some("2001:db8::5"));
+        assert_eq!(turn_url_host("turn:example.org").as_deref(), Some("example.org"));
+        assert_eq!(turn_url_host("stun:example.org"), None);
+        assert_eq!(turn_url_host("turn:"), None);
     }
 }

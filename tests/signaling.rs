@@ -187,7 +187,7 @@ fn answer(sdp: &str) -> Value {
 }
 
 const PLAIN_SDP: &str =
-    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+    "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
 
 /// A browser-like SDP with every kind of candidate line, a non-ASCII session name, odd spacing,
 /// and CRLF line endings.
@@ -220,9 +220,11 @@ a=sendrecv\r\n\
 a=rtpmap:111 opus/48000/2\r\n\
 a=fmtp:111 minptime=10;useinbandfec=1\r\n";
 
-/// `LEAKY_SDP` with exactly its non-relay (and unparseable) candidate lines removed.
-const RELAY_ONLY_SDP: &str = "v=0\r\n\
-o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+/// What a peer receives for `LEAKY_SDP` under force_relay: the origin's address replaced, only
+/// the relay candidate through our relay (127.0.0.1 in these tests), its `raddr` zeroed; the
+/// IPv6 "relay" is not ours and goes; every other line byte for byte.
+const REBUILT_SDP: &str = "v=0\r\n\
+o=- 4611731400430051336 2 IN IP4 0.0.0.0\r\n\
 s=Zürich ☎ call\r\n\
 t=0 0\r\n\
 a=group:BUNDLE 0\r\n\
@@ -230,8 +232,7 @@ a=msid-semantic: WMS stream\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
 c=IN IP4 0.0.0.0\r\n\
 a=rtcp:9 IN IP4 0.0.0.0\r\n\
-a=candidate:4 1 udp 41885439 127.0.0.1 50000 typ relay raddr 203.0.113.7 rport 40000\r\n\
-a=candidate:8 1 udp 41885439 2001:db8::1 50001 typ relay raddr :: rport 0\r\n\
+a=candidate:4 1 udp 41885439 127.0.0.1 50000 typ relay raddr 0.0.0.0 rport 0\r\n\
 a=end-of-candidates\r\n\
 a=ice-ufrag:f00d\r\n\
 a=ice-pwd:0123456789abcdefghijklmn\r\n\
@@ -252,20 +253,30 @@ const NON_RELAY_CANDIDATES: &[&str] = &[
     "candidate:5 1 udp 2122260223 3f5c1e0a-6b7e-4d3e-9a1b-1c2d3e4f5a6b.local 54321 typ host",
     "candidate:6 1 udp 41885439 3f5c1e0a.local 50000 typ relay",
     "candidate:7 1 tcp 1518280447 192.168.1.5 9 typ host tcptype active",
+    // A host address dressed up as a relay: not one of the relays this server hands out.
+    "candidate:8 1 udp 41885439 192.168.1.5 50000 typ relay",
+    "candidate:9 1 udp 41885439 2001:db8::1 50001 typ relay raddr :: rport 0",
+    // An address smuggled in an extension attribute.
+    "candidate:10 1 udp 41885439 127.0.0.1 50000 typ relay x-local 192.168.1.5",
     "garbage",
-    "candidate:8 1 udp 1 1.2.3.4 5 typ",
-    "candidate:9 1 udp 1 1.2.3.4 notaport typ relay",
+    "candidate:11 1 udp 1 1.2.3.4 5 typ",
+    "candidate:12 1 udp 1 1.2.3.4 notaport typ relay",
 ];
 
-/// Candidates that carry no address of the sender: relayed under force_relay.
-const RELAY_CANDIDATES: &[&str] = &[
-    "candidate:10 1 udp 41885439 127.0.0.1 50000 typ relay raddr 203.0.113.7 rport 40000",
-    "candidate:11 1 udp 41885439 2001:db8::1 50001 typ relay raddr :: rport 0",
-    "candidate:12 1 tcp 25108223 127.0.0.1 50002 typ relay tcptype passive",
-    "candidate:13 1 UDP 41885439 127.0.0.1 50003 TYP RELAY",
-    "a=candidate:14 1 udp 41885439 127.0.0.1 50004 typ relay",
-    "",
-    "  ",
+/// Relay candidates through our relay as a client sends them, and as the peer receives them:
+/// rebuilt from their fields, `raddr`/`rport` zeroed, only allow-listed extensions.
+const RELAY_CANDIDATES: &[(&str, &str)] = &[
+    (
+        "candidate:20 1 udp 41885439 127.0.0.1 50000 typ relay raddr 203.0.113.7 rport 40000 generation 0 ufrag f00d network-id 1 network-cost 10",
+        "candidate:20 1 udp 41885439 127.0.0.1 50000 typ relay raddr 0.0.0.0 rport 0 generation 0 ufrag f00d network-id 1 network-cost 10",
+    ),
+    (
+        "candidate:21 1 tcp 25108223 127.0.0.1 50002 typ relay tcptype passive x-unknown 7",
+        "candidate:21 1 tcp 25108223 127.0.0.1 50002 typ relay raddr 0.0.0.0 rport 0 tcptype passive",
+    ),
+    ("candidate:22 1 UDP 41885439 127.0.0.1 50003 typ relay", "candidate:22 1 udp 41885439 127.0.0.1 50003 typ relay raddr 0.0.0.0 rport 0"),
+    ("a=candidate:23 1 udp 41885439 127.0.0.1 50004 typ relay", "a=candidate:23 1 udp 41885439 127.0.0.1 50004 typ relay raddr 0.0.0.0 rport 0"),
+    ("", ""),
 ];
 
 #[tokio::test]
@@ -689,7 +700,7 @@ async fn offer_answer_and_candidates_are_relayed_intact() {
         json!({"type": "webrtc-answer", "fromUsername": "Bob", "answer": pranswer})
     );
 
-    let candidate = json!({"candidate": RELAY_CANDIDATES[0], "sdpMid": "audio", "sdpMLineIndex": 3,
+    let candidate = json!({"candidate": RELAY_CANDIDATES[0].0, "sdpMid": "audio", "sdpMLineIndex": 3,
                            "usernameFragment": null, "x-extra": true});
     send_candidate(&mut bob, "Alice", &candidate, false).await;
     expect_candidate(&mut alice, "Bob", &candidate).await;
@@ -708,16 +719,22 @@ async fn force_relay_drops_non_relay_candidates() {
     let mut expected = Vec::new();
     for (i, line) in NON_RELAY_CANDIDATES.iter().enumerate() {
         send_candidate(&mut alice, "Bob", &candidate(line), false).await;
-        if let Some(relay_line) = RELAY_CANDIDATES.get(i) {
-            let relay_candidate = candidate(relay_line);
-            send_candidate(&mut alice, "Bob", &relay_candidate, false).await;
-            expected.push(relay_candidate);
+        if let Some((sent, rebuilt)) = RELAY_CANDIDATES.get(i) {
+            send_candidate(&mut alice, "Bob", &candidate(sent), false).await;
+            expected.push(candidate(rebuilt));
         }
     }
+    // Keys a browser does not send are not relayed, whatever they hold.
+    let mut extra = candidate(RELAY_CANDIDATES[0].0);
+    extra["relatedAddress"] = json!("192.168.1.5");
+    extra["address"] = json!("192.168.1.5");
+    send_candidate(&mut alice, "Bob", &extra, false).await;
+    expected.push(candidate(RELAY_CANDIDATES[0].1));
     // End-of-candidates in its other common forms: no sdpMid/index, or null fields.
+    // (Null fields are left out of the rebuilt object.)
     for end in [json!({"candidate": ""}), json!({"candidate": "", "sdpMid": null, "sdpMLineIndex": null})] {
         send_candidate(&mut alice, "Bob", &end, false).await;
-        expected.push(end);
+        expected.push(json!({"candidate": ""}));
     }
     expect_only_pong(&mut alice).await;
     for relay_candidate in &expected {
@@ -736,30 +753,29 @@ async fn force_relay_drops_non_relay_candidates() {
 }
 
 #[tokio::test]
-async fn force_relay_strips_non_relay_lines_from_sdp_and_keeps_every_other_byte() {
+async fn force_relay_rebuilds_the_sdp_and_keeps_every_other_byte() {
     let server = Server::start("");
     let [mut alice, mut bob] = room(&server, ["Alice", "Bob"]).await;
-    let sent = json!({"type": "offer", "sdp": LEAKY_SDP, "x-extra": 1});
+    let sent = json!({"type": "offer", "sdp": LEAKY_SDP, "x-extra": "192.168.1.5"});
     alice.send("webrtc-offer", json!({"targetUsername": "Bob", "offer": sent})).await;
     let relayed = bob.recv().await;
     assert_eq!(
         relayed,
-        json!({"type": "webrtc-offer", "fromUsername": "Alice",
-               "offer": {"type": "offer", "sdp": RELAY_ONLY_SDP, "x-extra": 1}})
+        json!({"type": "webrtc-offer", "fromUsername": "Alice", "offer": {"type": "offer", "sdp": REBUILT_SDP}})
     );
 
     bob.send("webrtc-answer", json!({"targetUsername": "Alice", "answer": answer(LEAKY_SDP)})).await;
     let relayed = alice.recv().await;
     assert_eq!(relayed["fromUsername"], "Bob");
     assert_eq!(relayed["answer"]["type"], "answer");
-    assert_eq!(relayed["answer"]["sdp"].as_str().unwrap(), RELAY_ONLY_SDP);
+    assert_eq!(relayed["answer"]["sdp"].as_str().unwrap(), REBUILT_SDP);
 
     // LF-only SDP keeps its LF endings; an SDP with nothing to strip passes as is.
     let lf = "v=0\na=candidate:1 1 udp 2122260223 10.1.1.1 5000 typ host\na=mid:0\n";
     alice.send("webrtc-offer", json!({"targetUsername": "Bob", "offer": offer(lf)})).await;
     assert_eq!(bob.recv().await["offer"]["sdp"], "v=0\na=mid:0\n");
-    alice.send("webrtc-offer", json!({"targetUsername": "Bob", "offer": offer(RELAY_ONLY_SDP)})).await;
-    assert_eq!(bob.recv().await["offer"]["sdp"], RELAY_ONLY_SDP);
+    alice.send("webrtc-offer", json!({"targetUsername": "Bob", "offer": offer(REBUILT_SDP)})).await;
+    assert_eq!(bob.recv().await["offer"]["sdp"], REBUILT_SDP);
     // A missing final newline stays missing; a last line that goes takes nothing else with it.
     for (sent, expected) in [
         ("v=0\r\na=candidate:1 1 udp 1 10.0.0.1 5 typ host\r\na=mid:0", "v=0\r\na=mid:0"),
@@ -784,10 +800,11 @@ async fn without_force_relay_everything_passes_untouched() {
 
     alice.send("webrtc-offer", json!({"targetUsername": "Bob", "offer": offer(LEAKY_SDP)})).await;
     assert_eq!(bob.recv().await["offer"]["sdp"], LEAKY_SDP);
-    for line in NON_RELAY_CANDIDATES.iter().chain(RELAY_CANDIDATES) {
+    let sent = || NON_RELAY_CANDIDATES.iter().copied().chain(RELAY_CANDIDATES.iter().map(|(sent, _)| *sent));
+    for line in sent() {
         send_candidate(&mut alice, "Bob", &candidate(line), false).await;
     }
-    for line in NON_RELAY_CANDIDATES.iter().chain(RELAY_CANDIDATES) {
+    for line in sent() {
         expect_candidate(&mut bob, "Alice", &candidate(line)).await;
     }
     expect_only_pong(&mut bob).await;
@@ -1040,12 +1057,13 @@ async fn invalid_candidates_are_dropped_silently() {
     send_candidate(&mut alice, "Bob", &candidate(&longest), false).await;
     expect_candidate(&mut bob, "Alice", &candidate(&longest)).await;
 
-    // The same bound under force_relay (a relay candidate with a long extension).
+    // The same bound under force_relay (a relay candidate with a long extension, which is then
+    // rebuilt without it: a ufrag is at most 256 characters).
     let server = Server::start("");
     let [mut alice, mut bob] = room(&server, ["Alice", "Bob"]).await;
     send_candidate(&mut alice, "Bob", &candidate(&too_long), false).await;
     send_candidate(&mut alice, "Bob", &candidate(&longest), false).await;
-    expect_candidate(&mut bob, "Alice", &candidate(&longest)).await;
+    expect_candidate(&mut bob, "Alice", &candidate(&base)).await;
     expect_only_pong(&mut bob).await;
 }
 
@@ -1053,8 +1071,8 @@ async fn invalid_candidates_are_dropped_silently() {
 async fn glare_both_offers_are_relayed() {
     let server = Server::start("");
     let [mut alice, mut bob] = room(&server, ["Alice", "Bob"]).await;
-    let from_alice = offer("v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\n");
-    let from_bob = offer("v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\n");
+    let from_alice = offer("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n");
+    let from_bob = offer("v=0\r\no=- 2 1 IN IP4 0.0.0.0\r\n");
     let (_, _) = tokio::join!(
         alice.send("webrtc-offer", json!({"targetUsername": "Bob", "offer": from_alice})),
         bob.send("webrtc-offer", json!({"targetUsername": "Alice", "offer": from_bob})),
@@ -1255,7 +1273,7 @@ async fn seed_guide_client_flow_end_to_end() {
     let incoming = alice.recv().await;
     assert_eq!(incoming["type"], "webrtc-offer");
     assert_eq!(incoming["fromUsername"], "Bob");
-    assert_eq!(incoming["offer"]["sdp"], RELAY_ONLY_SDP);
+    assert_eq!(incoming["offer"]["sdp"], REBUILT_SDP);
     let from = incoming["fromUsername"].as_str().unwrap().to_string();
     alice.send("webrtc-answer", json!({"targetUsername": from, "answer": answer(LEAKY_SDP)})).await;
     send_candidate(&mut alice, &from, &candidate(&relay(50002)), false).await;
@@ -1265,7 +1283,7 @@ async fn seed_guide_client_flow_end_to_end() {
     let incoming = bob.recv().await;
     assert_eq!(incoming["type"], "webrtc-answer");
     assert_eq!(incoming["fromUsername"], "Alice");
-    assert_eq!(incoming["answer"]["sdp"], RELAY_ONLY_SDP);
+    assert_eq!(incoming["answer"]["sdp"], REBUILT_SDP);
     expect_candidate(&mut bob, "Alice", &candidate(&relay(50002))).await;
     expect_candidate(&mut bob, "Alice", &json!({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0})).await;
     expect_candidate(&mut alice, "Bob", &candidate(&relay(50001))).await; // flushed after the answer

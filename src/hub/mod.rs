@@ -8,7 +8,8 @@
 //! - `chat`: connection sequence, authentication, chat, typing, ping, heartbeat.
 //! - `commands`: the `/` commands.
 //! - `voice`: the WebRTC room and signaling relay.
-//! - `limits`, `relay_only`: pure helpers.
+//! - `limits`: pure rate-limit helpers.
+//! - `relay_only`: the privacy boundary (force_relay rebuilds everything a peer receives).
 
 mod chat;
 mod commands;
@@ -30,6 +31,7 @@ use crate::protocol::{iso_timestamp, Frame, HistoryEntry, HistoryKind, Inbound, 
 use crate::turn::credentials::IceServerIssuer;
 
 use limits::{ConnectionLimiter, LoginLimiter, SlidingWindow};
+use relay_only::{PrivacyTally, RelayAddresses};
 use voice::VoiceRoom;
 
 pub type ConnId = u64;
@@ -140,6 +142,10 @@ pub struct Hub {
     connection_limiter: ConnectionLimiter,
     login_limiter: LoginLimiter,
     voice: VoiceRoom,
+    /// The addresses a relayed candidate may carry under force_relay.
+    relays: RelayAddresses,
+    /// What force_relay removed, by reason.
+    privacy: PrivacyTally,
     rng: StdRng,
     last_prune: Option<Instant>,
 }
@@ -197,13 +203,27 @@ impl Hub {
             history,
             bans,
             login_limiter: LoginLimiter::default(),
+            relays: RelayAddresses::default(),
+            privacy: PrivacyTally::default(),
             rng,
             last_prune: None,
         }
     }
 
+    /// The relays this server hands out (integrated and external), known once the relay is up.
+    /// Until set, force_relay lets no candidate through (fail closed).
+    pub fn with_relay_addresses(mut self, relays: RelayAddresses) -> Self {
+        self.relays = relays;
+        self
+    }
+
     pub fn stats(&self) -> Stats {
         Stats { connected_users: self.names.len(), voice_participants: self.voice.len() }
+    }
+
+    /// What force_relay removed since start-up.
+    pub fn privacy_tally(&self) -> PrivacyTally {
+        self.privacy
     }
 
     /// A WebSocket was accepted.

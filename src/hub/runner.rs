@@ -15,6 +15,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use tokio::sync::{mpsc, oneshot};
 
+use super::relay_only::PrivacyTally;
 use super::{ConnId, ConnectInfo, Effect, Hub, Now, Stats};
 use crate::protocol::{Frame, Inbound};
 use crate::store::Store;
@@ -49,6 +50,8 @@ pub struct SharedStats {
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub outbound_queue_drops: AtomicU64,
+    /// force_relay's work: candidates dropped by reason, fields sanitized by kind.
+    pub privacy: std::sync::Mutex<PrivacyTally>,
 }
 
 impl SharedStats {
@@ -141,6 +144,10 @@ impl Runner {
         self.stats.connected_users.store(stats.connected_users, Ordering::Relaxed);
         self.stats.voice_participants.store(stats.voice_participants, Ordering::Relaxed);
         self.stats.open_sockets.store(self.links.len(), Ordering::Relaxed);
+        let tally = self.hub.privacy_tally();
+        if let Ok(mut published) = self.stats.privacy.lock() {
+            *published = tally;
+        }
     }
 
     fn handle(&mut self, event: HubEvent) -> Vec<Effect> {

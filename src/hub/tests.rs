@@ -8,6 +8,7 @@ use std::time::Duration;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 
+use super::relay_only::{DropReason, SanitizedField};
 use super::*;
 use crate::protocol::parse_inbound;
 use crate::turn::credentials::{credential_for, TurnEndpoints};
@@ -40,7 +41,8 @@ impl Harness {
             },
             ttl_s: settings.turn.credential_ttl_s,
         };
-        let hub = Hub::new(settings, ice, Vec::new(), HashSet::new(), rand::rngs::StdRng::seed_from_u64(7));
+        let hub = Hub::new(settings, ice, Vec::new(), HashSet::new(), rand::rngs::StdRng::seed_from_u64(7))
+            .with_relay_addresses(RelayAddresses::new(["127.0.0.1".parse().unwrap()]));
         Harness { hub, now: Now::current(), next_conn: 1, effects: Vec::new(), tokens: Default::default() }
     }
 
@@ -221,32 +223,70 @@ fn credentials_are_pushed_again_at_80_percent_of_the_ttl() {
 }
 
 #[test]
-fn force_relay_filters_candidates_and_sdp() {
+fn force_relay_rebuilds_candidates_objects_and_sdp() {
     let mut h = Harness::new(|_| {});
     let alice = h.connect(Some("Alice"));
     let bob = h.connect(Some("Bob"));
     join_voice(&mut h, alice, &["audio"]);
     join_voice(&mut h, bob, &["audio"]);
-    let host = "candidate:1 1 udp 2122260223 192.168.1.5 54321 typ host";
-    let relay = "candidate:2 1 udp 41885439 127.0.0.1 50000 typ relay raddr 0.0.0.0 rport 0";
+    let candidate = |c: &str| json!({"type": "webrtc-ice-candidate", "targetUsername": "Bob", "candidate": {"candidate": c, "sdpMid": "0"}});
+    // Host, and a host address disguised as a relay: nothing reaches Bob.
+    h.send(alice, candidate("candidate:1 1 udp 2122260223 192.168.1.5 54321 typ host"));
+    h.send(alice, candidate("candidate:3 1 udp 41885439 192.168.1.5 50000 typ relay"));
+    assert!(h.frames_to(bob).is_empty());
+    // Our relay, from a client that ignored the relay-only policy: its raddr is its own address.
+    let leaky =
+        "candidate:2 1 udp 41885439 127.0.0.1 50000 typ relay raddr 192.168.1.5 rport 54321 generation 0";
     h.send(
         alice,
-        json!({"type": "webrtc-ice-candidate", "targetUsername": "Bob", "candidate": {"candidate": host}}),
+        json!({"type": "webrtc-ice-candidate", "targetUsername": "Bob",
+               "candidate": {"candidate": leaky, "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "Yx3f",
+                             "relatedAddress": "192.168.1.5", "address": "192.168.1.5"}}),
     );
-    assert!(h.frames_to(bob).is_empty());
-    h.send(alice, json!({"type": "webrtc-ice-candidate", "targetUsername": "Bob", "candidate": {"candidate": relay, "sdpMid": "0"}}));
+    let rebuilt = "candidate:2 1 udp 41885439 127.0.0.1 50000 typ relay raddr 0.0.0.0 rport 0 generation 0";
     assert_eq!(
         h.frames_to(bob),
-        [
-            json!({"type": "webrtc-ice-candidate", "fromUsername": "Alice", "candidate": {"candidate": relay, "sdpMid": "0"}})
-        ]
+        [json!({"type": "webrtc-ice-candidate", "fromUsername": "Alice",
+                "candidate": {"candidate": rebuilt, "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "Yx3f"}})]
     );
-    let sdp = format!("v=0\r\na={host}\r\na={relay}\r\n");
+    let sdp = format!(
+        "v=0\r\no=- 42 2 IN IP4 192.168.1.5\r\nc=IN IP4 192.168.1.5\r\na=rtcp:9 IN IP4 192.168.1.5\r\n\
+         a=candidate:1 1 udp 2122260223 192.168.1.5 54321 typ host\r\na={leaky}\r\n"
+    );
     h.send(
         alice,
-        json!({"type": "webrtc-offer", "targetUsername": "Bob", "offer": {"type": "offer", "sdp": sdp}}),
+        json!({"type": "webrtc-offer", "targetUsername": "Bob", "offer": {"type": "offer", "sdp": sdp, "address": "192.168.1.5"}}),
     );
-    assert_eq!(h.frames_to(bob)[0]["offer"]["sdp"], format!("v=0\r\na={relay}\r\n"));
+    assert_eq!(
+        h.frames_to(bob)[0]["offer"],
+        json!({"type": "offer", "sdp": format!(
+            "v=0\r\no=- 42 2 IN IP4 0.0.0.0\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na={rebuilt}\r\n")})
+    );
+    // An SDP whose origin cannot be rebuilt is refused like any invalid offer.
+    h.send(
+        alice,
+        json!({"type": "webrtc-offer", "targetUsername": "Bob", "offer": {"type": "offer", "sdp": "v=0\r\no=x\r\n"}}),
+    );
+    assert!(h.frames_to(bob).is_empty());
+    assert_eq!(h.frames_to(alice)[0]["error"], "Invalid offer data");
+    let tally = h.hub.privacy_tally();
+    assert_eq!(tally.dropped(DropReason::NotRelay), 2);
+    assert_eq!(tally.dropped(DropReason::NotOurRelay), 1);
+    assert_eq!(tally.sanitized(SanitizedField::RelatedAddress), 2);
+    assert_eq!(tally.sanitized(SanitizedField::ObjectKey), 3);
+}
+
+#[test]
+fn without_force_relay_signaling_is_relayed_as_sent() {
+    let mut h = Harness::new(|s| s.webrtc.force_relay = false);
+    let alice = h.connect(Some("Alice"));
+    let bob = h.connect(Some("Bob"));
+    join_voice(&mut h, alice, &["audio"]);
+    join_voice(&mut h, bob, &["audio"]);
+    let object = json!({"candidate": "candidate:1 1 udp 2122260223 192.168.1.5 54321 typ host", "sdpMid": "0", "x": 1});
+    h.send(alice, json!({"type": "webrtc-ice-candidate", "targetUsername": "Bob", "candidate": object}));
+    assert_eq!(h.frames_to(bob)[0]["candidate"], object);
+    assert_eq!(h.hub.privacy_tally(), Default::default());
 }
 
 #[test]
@@ -377,4 +417,84 @@ fn a_buffered_candidate_after_the_answer_is_delivered_at_once() {
     assert!(h.frames_to(alice).is_empty());
     h.send(bob, json!({"type": "webrtc-answer", "targetUsername": "Alice", "answer": {"type": "answer", "sdp": "v=0"}}));
     assert_eq!(h.frames_to(alice).len(), 2);
+}
+
+/// No server→client message of any kind names a client's address: every message type a client
+/// can send, from four clients on distinctive addresses (10.0.0.1-4), in open and
+/// authentication mode, with time passing; every frame to anyone is searched for them.
+mod no_frame_names_a_client_address {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn message() -> impl Strategy<Value = Value> {
+        let target = prop_oneof![Just("Alice"), Just("Bob"), Just("Carol"), Just("Dave"), Just("nobody")];
+        let text = prop_oneof![
+            Just("hello".to_string()),
+            Just("/help".to_string()),
+            Just("/list".to_string()),
+            Just("/nick Eve".to_string()),
+            Just("/block Bob".to_string()),
+            Just("/unblock Bob".to_string()),
+            Just("/kick Bob".to_string()),
+            Just("/ban Carol".to_string()),
+            Just("/unban Carol".to_string()),
+            Just("/register Alice pw123456".to_string()),
+            Just("/login Alice pw123456".to_string()),
+            Just("/whois Bob".to_string()),
+            Just("/ip".to_string()),
+            "[ -~]{0,20}",
+        ];
+        prop_oneof![
+            text.prop_map(|t| json!({"type": "chat", "content": t})),
+            Just(json!({"type": "typing"})),
+            Just(json!({"type": "ping"})),
+            Just(json!({"type": "webrtc-join", "mediaTypes": ["audio", "video"]})),
+            Just(json!({"type": "webrtc-leave"})),
+            target.clone().prop_map(|t| json!({"type": "webrtc-offer", "targetUsername": t,
+                "offer": {"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\n"}})),
+            target.clone().prop_map(|t| json!({"type": "webrtc-answer", "targetUsername": t,
+                "answer": {"type": "answer", "sdp": "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\n"}})),
+            (target, any::<bool>()).prop_map(|(t, b)| json!({"type": "webrtc-ice-candidate", "targetUsername": t, "buffer": b,
+                "candidate": {"candidate": "candidate:1 1 udp 41885439 127.0.0.1 5000 typ relay", "sdpMid": "0"}})),
+            Just(json!({"type": "webrtc-media-change", "mediaTypes": ["audio"]})),
+            Just(json!({"type": "webrtc-bogus"})),
+            Just(json!({"type": "nonsense"})),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        #[test]
+        fn in_any_sequence_of_client_messages(
+            authentication in any::<bool>(),
+            steps in proptest::collection::vec((0usize..4, message(), any::<bool>()), 1..40),
+        ) {
+            let mut h = Harness::new(|s| {
+                s.chat.authentication = authentication;
+                s.chat.admins = vec!["Alice".into()];
+            });
+            let names = ["Alice", "Bob", "Carol", "Dave"];
+            let mut frames: Vec<String> = Vec::new();
+            let mut collect = |h: &Harness| {
+                for effect in &h.effects {
+                    if let Effect::Send { frame, .. } = effect {
+                        frames.push(frame.as_str().to_string());
+                    }
+                }
+            };
+            let conns: Vec<ConnId> = names.iter().map(|n| { let c = h.connect(Some(n)); collect(&h); c }).collect();
+            for (who, message, tick) in steps {
+                h.send(conns[who], message);
+                collect(&h);
+                if tick {
+                    h.advance(Duration::from_secs(7));
+                    h.tick();
+                    collect(&h);
+                }
+            }
+            for frame in &frames {
+                prop_assert!(!frame.contains("10.0.0."), "a client address in {}", frame);
+            }
+        }
+    }
 }

@@ -1,16 +1,16 @@
 //! The voice room: who is in it, and the relay of WebRTC signaling between its members.
 //!
 //! Mesh topology: the server never touches media, it forwards offers, answers and candidates
-//! between named participants. With `force_relay` it also strips every candidate that could
-//! reveal a participant's address (see `relay_only`), hands out TURN credentials in
-//! `webrtc-joined`, and refreshes them before they expire.
+//! between named participants. With `force_relay` it rebuilds every candidate, candidate object
+//! and SDP it relays so that nothing but our relays' addresses reaches a peer (see `relay_only`),
+//! hands out TURN credentials in `webrtc-joined`, and refreshes them before they expire.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::relay_only::{may_relay, strip_non_relay_candidates};
+use super::relay_only;
 use super::{ConnId, Effect, Hub, Now, Out};
 use crate::protocol::{
     iso_timestamp, ClientMessage, IceCandidate, Participant, ServerMessage, SessionDescription, VoiceConfig,
@@ -261,9 +261,19 @@ impl Hub {
             return;
         };
         let relayed = if self.settings.webrtc.force_relay {
-            description.with_sdp(&strip_non_relay_candidates(&description.sdp))
+            match relay_only::description_object(&description, &self.relays, &mut self.privacy) {
+                Ok(rebuilt) => rebuilt,
+                Err(relay_only::UnusableSdp) => {
+                    let error = match kind {
+                        Description::Offer => "Invalid offer data",
+                        Description::Answer => "Invalid answer data",
+                    };
+                    self.webrtc_error(out, conn, error, now);
+                    return;
+                }
+            }
         } else {
-            Value::Object(description.fields)
+            Value::Object(description.raw)
         };
         match kind {
             Description::Offer => {
@@ -300,7 +310,7 @@ impl Hub {
         out: &mut Out,
         name: &str,
         target: Option<String>,
-        candidate: Option<IceCandidate>,
+        candidate: Option<Box<IceCandidate>>,
         buffer: bool,
     ) {
         let (Some(target), Some(candidate)) = (target, candidate) else { return };
@@ -308,11 +318,15 @@ impl Hub {
             return;
         }
         let Some(target_conn) = self.voice.conn_of(&target) else { return };
-        if self.settings.webrtc.force_relay && !may_relay(&candidate.candidate) {
-            tracing::debug!("dropped a non-relay candidate from a participant (force_relay)");
-            return;
-        }
-        let candidate = Value::Object(candidate.fields);
+        let candidate = if self.settings.webrtc.force_relay {
+            // Dropped candidates are counted (and logged at debug, without the address) there.
+            match relay_only::candidate_object(&candidate, &self.relays, &mut self.privacy) {
+                Ok(rebuilt) => rebuilt,
+                Err(_) => return,
+            }
+        } else {
+            Value::Object(candidate.raw)
+        };
         // Hold the candidate until the pair's answer goes through, unless it already has (the
         // candidate was gathered after the answer): waiting for a *next* answer that may never
         // come would lose it.

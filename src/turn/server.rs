@@ -96,6 +96,11 @@ pub enum RelayError {
 
 /// The running relay. Dropping it leaves the relay running; call [`RelayHandle::close`].
 pub struct RelayHandle {
+    /// The address relay sockets are bound to.
+    pub relay_ip: IpAddr,
+    /// The address put in XOR-RELAYED-ADDRESS (`external_ip`, or `relay_ip`): what a peer's
+    /// relay candidate names.
+    pub advertised_ip: IpAddr,
     pub udp_addr: SocketAddr,
     pub tcp_addr: SocketAddr,
     /// TURN over TLS (`turns:`), once [`RelayHandle::start_tls`] was called.
@@ -358,8 +363,15 @@ pub async fn start_relay(
         tokio::spawn(relay.clone().closed_allocations(Transport::Tcp, tcp_closed_rx, finished_rx.clone())),
         tokio::spawn(relay.clone().closed_allocations(Transport::Tls, tls_closed_rx, finished_rx)),
     ];
-    tracing::debug!(relay_ip = %relay_ip, advertised_ip = %advertised_ip, "turn relay sockets configured");
+    // Said once at info: the first thing to compare when calls connect locally but not remotely.
+    tracing::info!(
+        "turn relay sockets on {relay_ip}, advertised to clients as {advertised_ip}, ports {}-{}",
+        turn.min_port,
+        turn.max_port
+    );
     Ok(RelayHandle {
+        relay_ip,
+        advertised_ip,
         udp_addr,
         tcp_addr,
         tls_addr: None,
