@@ -508,6 +508,22 @@ async function checkReceivedAddresses(entry, relayIp) {
     sdpBad.length ? summarize(sdpBad) : `${descMsgs.length} descriptions received, ${t.remoteSdps.length} applied`);
 }
 
+// Runs in bob's page: every description he sends names 198.51.100.7 (a documentation address,
+// standing in for his own) in c= and a=rtcp: lines, as a leaky client could.
+function leakInSdpLines() {
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    let m = null;
+    try { m = JSON.parse(data); } catch { /* not JSON: pass on */ }
+    const d = m && (m.offer || m.answer);
+    if (d && typeof d.sdp === 'string') {
+      d.sdp = d.sdp.replace(/^c=IN IP4 0\.0\.0\.0(?=\r?$)/gm, 'c=IN IP4 198.51.100.7').replace(/^a=rtcp:(\d+) IN IP4 0\.0\.0\.0(?=\r?$)/gm, 'a=rtcp:$1 IN IP4 198.51.100.7');
+      data = JSON.stringify(m);
+    }
+    return send.call(this, data);
+  };
+}
+
 async function scenario2(browser) {
   // The relay allocates on 127.0.0.2, the listener is on 127.0.0.1: the address a client's
   // relay candidate carries in raddr (its own, as the relay saw it) is then not the relay's.
@@ -516,7 +532,9 @@ async function scenario2(browser) {
   try {
     const alice = await openClient(browser, server, 'alice', '', { tap: true });
     // bob's page ignores the server's policy: a misconfigured client that gathers host candidates.
-    const bob = await openClient(browser, server, 'bob', '?forcePolicy=all', { tap: true });
+    // His client also writes an address into the SDP lines Chromium leaves at 0.0.0.0 (c=, a=rtcp:)
+    // unless it has a default candidate, so those lines carry something to hide in every description.
+    const bob = await openClient(browser, server, 'bob', '?forcePolicy=all', { tap: true, initScripts: [leakInSdpLines] });
     const t0 = Date.now();
     const carol = await openClient(browser, server, 'carol', '', { tap: true });
     const all = [alice, bob, carol];
@@ -544,6 +562,14 @@ async function scenario2(browser) {
       return pc.signalingState === 'stable' && pc.getTransceivers().length === 3 && pc.connectionState === 'connected';
     }, e.name === 'bob' ? 'alice' : 'bob'))).then((v) => v.every(Boolean) || 'renegotiating'), 10_000);
     check('bob renegotiates with alice mid-call (offer SDP carries his candidates)', reneg.ok, reneg.reason);
+    // And carol->bob: bob's answer then carries his candidates too, and its c= line names his
+    // default candidate (Chromium picks a host address there when it has one).
+    await carol.page.evaluate(() => window.relaychat.pcs.get('bob').addTransceiver('audio', { direction: 'recvonly' }));
+    const reneg2 = await waitFor(() => Promise.all([carol, bob].map((e) => e.page.evaluate((peer) => {
+      const pc = window.relaychat.pcs.get(peer);
+      return pc.signalingState === 'stable' && pc.getTransceivers().length === 3 && pc.connectionState === 'connected';
+    }, e.name === 'bob' ? 'carol' : 'bob'))).then((v) => v.every(Boolean) || 'renegotiating'), 10_000);
+    check('carol renegotiates with bob mid-call (bob\'s answer SDP carries his candidates)', reneg2.ok, reneg2.reason);
 
     // And a deliberately leaky candidate straight from bob's signaling channel.
     await bob.page.evaluate(() => window.relaychat.send({
