@@ -2,7 +2,11 @@
 //
 // Proves what issue 5 promises users: with force_relay on, calls connect through OUR relay and
 // no page ever learns another page's address; a misconfigured client cannot leak its host
-// candidates; with force_relay off, calls still connect.
+// candidates; with force_relay off, calls still connect. Scenario 2 also proves issue 11's
+// guarantee on everything each page RECEIVED (candidate objects and their parsed address /
+// relatedAddress, every SDP address line): only the relay's address (127.0.0.2 there, so that a
+// leaked 127.0.0.1 cannot pass for it) and the placeholders 0.0.0.0 / :: may arrive.
+// tests/e2e/capture-fixtures.mjs imports the helpers exported here.
 //
 // Run through scripts/e2e (installs Chromium, builds the server). Directly:
 //   node tests/e2e/run.mjs
