@@ -2,7 +2,11 @@
 //
 // Proves what issue 5 promises users: with force_relay on, calls connect through OUR relay and
 // no page ever learns another page's address; a misconfigured client cannot leak its host
-// candidates; with force_relay off, calls still connect.
+// candidates; with force_relay off, calls still connect. Scenario 2 also proves issue 11's
+// guarantee on everything each page RECEIVED (candidate objects and their parsed address /
+// relatedAddress, every SDP address line): only the relay's address (127.0.0.2 there, so that a
+// leaked 127.0.0.1 cannot pass for it) and the placeholders 0.0.0.0 / :: may arrive.
+// tests/e2e/capture-fixtures.mjs imports the helpers exported here.
 //
 // Run through scripts/e2e (installs Chromium, builds the server). Directly:
 //   node tests/e2e/run.mjs
@@ -12,32 +16,33 @@
 // needs Debian's firefox-esr, which scripts/e2e then installs), FIREFOX (its path).
 import { chromium, firefox } from 'playwright-core';
 import { spawn } from 'node:child_process';
+import { isIP } from 'node:net';
 import { mkdtemp, mkdir, writeFile, copyFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = path.resolve(process.env.RELAYCHAT_BIN || path.join(ROOT, 'target/release/relaychat'));
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const OUT_DIR = path.join(ROOT, 'target/e2e');
 const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number)
   : [1, 2, 3, 4, 5, ...(process.env.E2E_FIREFOX === '1' ? [6] : [])];
 
 const CONNECT_WITHIN_MS = 30_000;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---- results ---------------------------------------------------------------------------------
 const results = [];   // { scenario, name, ok, detail }
 let scenarioName = '';
-function check(name, ok, detail = '') {
+export function check(name, ok, detail = '') {
   results.push({ scenario: scenarioName, name, ok: !!ok, detail });
   console.log(`${ok ? '  ok  ' : '  FAIL'} ${name}${detail ? ' — ' + detail : ''}`);
   return !!ok;
 }
 
 // Poll `fn` (returning a falsy value or a reason string while not ready, `true` when ready).
-async function waitFor(fn, timeoutMs, intervalMs = 250) {
+export async function waitFor(fn, timeoutMs, intervalMs = 250) {
   const deadline = Date.now() + timeoutMs;
   let last = 'not evaluated';
   for (;;) {
@@ -61,7 +66,10 @@ const liveServers = new Set();
 process.on('exit', () => { for (const child of liveServers) child.kill('SIGKILL'); });
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(1));
 
-async function startServer({ forceRelay, authentication = false, credentialTtl = 600 }) {
+// relayIp: the address the TURN relay allocates on (relay candidates carry it). The listener stays
+// on 127.0.0.1, so a client's own address as the relay sees it (127.0.0.1, what Chromium puts in
+// a relay candidate's raddr) differs from the relay's: a leak cannot pass for the relay address.
+export async function startServer({ forceRelay, authentication = false, credentialTtl = 600, relayIp = '127.0.0.1' }) {
   const dir = await mkdtemp(path.join(tmpdir(), 'relaychat-e2e-'));
   const cfg = path.join(dir, 'relaychat.toml');
   await writeFile(cfg, `[server]
@@ -80,7 +88,7 @@ force_relay = ${forceRelay}
 [turn]
 enabled = true
 listen = "127.0.0.1:0"
-relay_ip = "127.0.0.1"
+relay_ip = "${relayIp}"
 credential_ttl_s = ${credentialTtl}
 `);
   const child = spawn(BIN, ['--config', cfg], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -142,7 +150,7 @@ function parseMetrics(text) {
 }
 
 // ---- browser pages ---------------------------------------------------------------------------
-const LAUNCH_ARGS = [
+export const LAUNCH_ARGS = [
   '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--no-sandbox',
   '--disable-gpu', '--disable-background-networking', '--disable-component-update',
   '--disable-sync', '--no-first-run', '--disable-quic',
@@ -150,18 +158,54 @@ const LAUNCH_ARGS = [
 
 const pages = [];   // every page opened in the current scenario: { name, page, logs }
 
-async function openClient(browser, server, name, query = '', { join = true, recordSent = false, firefox = false } = {}) {
+// Test-side taps, installed before the client's script runs, so they see what the client does
+// not show: window.__sent (every WebSocket frame the page sends), window.__recv (every frame it
+// receives, recorded before the client's own handler runs), window.__added (every candidate
+// handed to addIceCandidate, with the address fields the browser parsed out of it) and
+// window.__remoteSdps (every description handed to setRemoteDescription).
+function installTaps() {
+  window.__sent = [];
+  window.__recv = [];
+  window.__added = [];
+  window.__remoteSdps = [];
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) { window.__sent.push(String(data)); return send.call(this, data); };
+  // A listener added in the constructor runs before any onmessage the client sets later.
+  window.WebSocket = new Proxy(WebSocket, {
+    construct(target, args) {
+      const ws = Reflect.construct(target, args);
+      ws.addEventListener('message', (ev) => window.__recv.push(String(ev.data)));
+      return ws;
+    },
+  });
+  const pcProto = RTCPeerConnection.prototype;
+  const addIceCandidate = pcProto.addIceCandidate;
+  pcProto.addIceCandidate = function (init, ...rest) {
+    const rec = { keys: init && typeof init === 'object' ? Object.keys(init) : [], init };
+    try {
+      if (init && init.candidate) {
+        const c = new RTCIceCandidate(init);
+        Object.assign(rec, { candidate: c.candidate, address: c.address, relatedAddress: c.relatedAddress, type: c.type });
+      }
+    } catch (err) {
+      rec.error = String(err);
+    }
+    window.__added.push(rec);
+    return addIceCandidate.call(this, init, ...rest);
+  };
+  const setRemoteDescription = pcProto.setRemoteDescription;
+  pcProto.setRemoteDescription = function (desc, ...rest) {
+    window.__remoteSdps.push({ type: desc && desc.type, sdp: desc && desc.sdp });
+    return setRemoteDescription.call(this, desc, ...rest);
+  };
+}
+
+export async function openClient(browser, server, name, query = '', { join = true, tap = false, firefox = false, initScripts = [], media = 'video' } = {}) {
   // Firefox over WebDriver BiDi does not take viewport emulation; its default window is fine.
   const context = await browser.newContext(firefox ? {} : { viewport: { width: 1200, height: 700 } });
   const page = await context.newPage();
-  if (recordSent) {
-    // Test-side tap on what the page sends, to prove it really offered addresses to leak.
-    await page.addInitScript(() => {
-      window.__sent = [];
-      const orig = WebSocket.prototype.send;
-      WebSocket.prototype.send = function (data) { window.__sent.push(String(data)); return orig.call(this, data); };
-    });
-  }
+  if (tap) await page.addInitScript(installTaps);
+  for (const script of initScripts) await page.addInitScript(script);
   const logs = [];
   const entry = { name, page, context, logs };
   pages.push(entry);
@@ -174,14 +218,14 @@ async function openClient(browser, server, name, query = '', { join = true, reco
   await page.waitForFunction(() => window.relaychat && window.relaychat.connected, null, { timeout: 10_000 });
   await page.locator('#messages li', { hasText: `${name} has joined.` }).first().waitFor({ timeout: 10_000 });
   if (!join) return entry;
-  await page.click('#join-video');
+  await page.click(media === 'audio' ? '#join-audio' : '#join-video');
   await page.waitForFunction(() => window.relaychat.inVoice, null, { timeout: 10_000 });
   return entry;
 }
 
 // Everything the checks need, read from the browser's own RTCPeerConnections and getStats.
 // Deliberately independent of the client's badge code, so the test does not trust the client.
-function report(entry) {
+export function report(entry) {
   return entry.page.evaluate(async () => {
     const peers = {};
     for (const [name, pc] of window.relaychat.pcs) {
@@ -223,9 +267,9 @@ function report(entry) {
   });
 }
 
-const reports = (entries) => Promise.all(entries.map(report));
+export const reports = (entries) => Promise.all(entries.map(report));
 
-function connectedReason(entries, reps, { relayBothEnds }) {
+export function connectedReason(entries, reps, { relayBothEnds }) {
   for (let i = 0; i < entries.length; i++) {
     const names = entries.filter((_, j) => j !== i).map((e) => e.name);
     for (const peer of names) {
@@ -349,14 +393,154 @@ async function scenario1(browser) {
   return server;
 }
 
+// ---- address audit (scenario 2) ---------------------------------------------------------------
+// What a page may learn under force_relay: the relay's address, and the placeholders the server
+// writes where a sender's own address stood.
+const PLACEHOLDERS = new Set(['0.0.0.0', '::']);
+const CANDIDATE_KEYS = new Set(['candidate', 'sdpMid', 'sdpMLineIndex', 'usernameFragment']);
+const DESCRIPTION_KEYS = new Set(['type', 'sdp']);
+
+// Every IP literal in a piece of text that has no address grammar of its own.
+function ipLiterals(text) {
+  const found = text.match(/(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])/g) || [];
+  for (const tok of text.replace(/^a=[^:]*:/, '').split(/[\s/,;=]+/)) if (isIP(tok) === 6) found.push(tok);
+  return found.filter((a) => isIP(a));
+}
+
+// A candidate (with or without "a="): its connection address must be the relay, its raddr a
+// placeholder, and no other field may carry an address. Returns [{ field, value }].
+export function auditCandidate(text, relayIp) {
+  const out = [];
+  const fields = text.replace(/^a=/, '').replace(/^candidate:/, '').trim().split(/\s+/);
+  if (fields.length < 8 || fields[6] !== 'typ') return [{ field: 'candidate (unparsable)', value: text }];
+  if (fields[4] !== relayIp) out.push({ field: `candidate connection address (typ ${fields[7]})`, value: fields[4] });
+  for (let i = 8; i < fields.length; i++) {
+    if (fields[i] === 'raddr') {
+      if (!PLACEHOLDERS.has(fields[i + 1])) out.push({ field: `candidate raddr (typ ${fields[7]})`, value: fields[i + 1] });
+      i++;
+    } else if (isIP(fields[i]) && fields[i] !== relayIp && !PLACEHOLDERS.has(fields[i])) {
+      out.push({ field: `candidate extension ${fields[i - 1]}`, value: fields[i] });
+    }
+  }
+  return out;
+}
+
+// Every line of an SDP that can carry an address. o= is "o=<username> <sess-id> <sess-version>
+// IN IP4|IP6 <unicast-address>" (RFC 8866 5.2): exactly six fields, the address last.
+export function auditSdp(sdp, relayIp) {
+  const out = [];
+  const ok = (a) => a === relayIp || PLACEHOLDERS.has(a);
+  for (const line of String(sdp).split(/\r?\n/)) {
+    if (line.startsWith('o=')) {
+      const f = line.slice(2).split(' ');
+      if (f.length !== 6 || f[3] !== 'IN' || !['IP4', 'IP6'].includes(f[4])) out.push({ field: 'o= (malformed)', value: line });
+      else if (!ok(f[5])) out.push({ field: 'o= unicast-address', value: f[5] });
+    } else if (line.startsWith('c=')) {
+      const f = line.slice(2).split(' ');
+      const addr = f.length === 3 ? f[2].split('/')[0] : null;
+      if (addr === null || f[0] !== 'IN' || !ok(addr)) out.push({ field: 'c= connection-address', value: addr ?? line });
+    } else if (line.startsWith('a=rtcp:')) {
+      const f = line.slice(7).split(' ');
+      if (f.length > 1 && (f.length !== 4 || !ok(f[3]))) out.push({ field: 'a=rtcp: address', value: f[3] ?? line });
+    } else if (line.startsWith('a=candidate:')) {
+      out.push(...auditCandidate(line, relayIp));
+    } else if (line.startsWith('a=remote-candidates')) {
+      out.push({ field: 'a=remote-candidates', value: line });
+    } else {
+      for (const a of ipLiterals(line)) if (!ok(a)) out.push({ field: `other SDP line ${line.split(':')[0]}`, value: a });
+    }
+  }
+  return out;
+}
+
+// "field: value ×n, value ×n; field: ..." — the report names what leaked, where, how often.
+function summarize(violations) {
+  const by = new Map();
+  for (const { field, value } of violations) {
+    if (!by.has(field)) by.set(field, new Map());
+    by.get(field).set(value, (by.get(field).get(value) || 0) + 1);
+  }
+  return [...by].map(([f, vals]) => `${f}: ${[...vals].map(([v, n]) => `${v} ×${n}`).join(', ')}`).join('; ');
+}
+
+const taps = (entry) => entry.page.evaluate(() => ({
+  sent: window.__sent, recv: window.__recv, added: window.__added, remoteSdps: window.__remoteSdps,
+}));
+const parseFrames = (frames) => frames.map((f) => { try { return JSON.parse(f); } catch { return null; } }).filter((m) => m && typeof m === 'object');
+
+// Everything one page received, checked field by field (issue 11, "Browser e2e").
+async function checkReceivedAddresses(entry, relayIp) {
+  const t = await taps(entry);
+  const frames = parseFrames(t.recv);
+  const candMsgs = frames.filter((m) => m.type === 'webrtc-ice-candidate');
+  const descMsgs = frames.filter((m) => m.type === 'webrtc-offer' || m.type === 'webrtc-answer');
+  const who = entry.name;
+
+  const keyBad = [];
+  for (const m of candMsgs) {
+    const c = m.candidate;
+    if (!c || typeof c !== 'object') { keyBad.push({ field: 'candidate object', value: JSON.stringify(c) }); continue; }
+    for (const k of Object.keys(c)) if (!CANDIDATE_KEYS.has(k)) keyBad.push({ field: `candidate key ${k}`, value: JSON.stringify(c[k]) });
+  }
+  for (const m of descMsgs) {
+    const d = m.offer || m.answer;
+    for (const k of Object.keys(d || {})) if (!DESCRIPTION_KEYS.has(k)) keyBad.push({ field: `description key ${k}`, value: JSON.stringify(d[k]) });
+  }
+  check(`${who}: every received candidate object has only candidate/sdpMid/sdpMLineIndex/usernameFragment, every description only type/sdp`,
+    candMsgs.length > 0 && keyBad.length === 0,
+    keyBad.length ? summarize(keyBad) : `${candMsgs.length} candidates, ${descMsgs.length} descriptions`);
+
+  const objBad = [];
+  const added = t.added.filter((a) => a.init && a.init.candidate);
+  for (const a of added) {
+    if (a.error) objBad.push({ field: 'RTCIceCandidate (unparsable)', value: a.error });
+    if (a.address !== relayIp) objBad.push({ field: `RTCIceCandidate.address (${a.type})`, value: a.address });
+    if (a.relatedAddress !== null && !PLACEHOLDERS.has(a.relatedAddress)) objBad.push({ field: `RTCIceCandidate.relatedAddress (${a.type})`, value: a.relatedAddress });
+  }
+  check(`${who}: every RTCIceCandidate added has address ${relayIp} and relatedAddress null/0.0.0.0/::`,
+    added.length > 0 && objBad.length === 0, objBad.length ? summarize(objBad) : `${added.length} candidates`);
+
+  const trickleBad = candMsgs.flatMap((m) => (m.candidate && m.candidate.candidate ? auditCandidate(m.candidate.candidate, relayIp) : []));
+  check(`${who}: every trickled candidate string names the relay ${relayIp} and raddr 0.0.0.0/::, nothing else`,
+    candMsgs.length > 0 && trickleBad.length === 0, trickleBad.length ? summarize(trickleBad) : `${candMsgs.length} candidates`);
+
+  // The descriptions as they came off the wire and as the page handed them to the browser.
+  const sdps = [...descMsgs.map((m) => (m.offer || m.answer || {}).sdp), ...t.remoteSdps.map((d) => d.sdp)];
+  const sdpBad = sdps.flatMap((sdp) => auditSdp(sdp || '', relayIp));
+  check(`${who}: every address in received SDP (o=, c=, a=rtcp:, a=candidate: and raddr, any other literal) is ${relayIp} or 0.0.0.0/::`,
+    descMsgs.length > 0 && t.remoteSdps.length > 0 && sdpBad.length === 0,
+    sdpBad.length ? summarize(sdpBad) : `${descMsgs.length} descriptions received, ${t.remoteSdps.length} applied`);
+}
+
+// Runs in bob's page: every description he sends names 198.51.100.7 (a documentation address,
+// standing in for his own) in c= and a=rtcp: lines, as a leaky client could.
+function leakInSdpLines() {
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    let m = null;
+    try { m = JSON.parse(data); } catch { /* not JSON: pass on */ }
+    const d = m && (m.offer || m.answer);
+    if (d && typeof d.sdp === 'string') {
+      d.sdp = d.sdp.replace(/^c=IN IP4 0\.0\.0\.0(?=\r?$)/gm, 'c=IN IP4 198.51.100.7').replace(/^a=rtcp:(\d+) IN IP4 0\.0\.0\.0(?=\r?$)/gm, 'a=rtcp:$1 IN IP4 198.51.100.7');
+      data = JSON.stringify(m);
+    }
+    return send.call(this, data);
+  };
+}
+
 async function scenario2(browser) {
-  const server = await startServer({ forceRelay: true });
+  // The relay allocates on 127.0.0.2, the listener is on 127.0.0.1: the address a client's
+  // relay candidate carries in raddr (its own, as the relay saw it) is then not the relay's.
+  const relayIp = '127.0.0.2';
+  const server = await startServer({ forceRelay: true, relayIp });
   try {
-    const alice = await openClient(browser, server, 'alice');
+    const alice = await openClient(browser, server, 'alice', '', { tap: true });
     // bob's page ignores the server's policy: a misconfigured client that gathers host candidates.
-    const bob = await openClient(browser, server, 'bob', '?forcePolicy=all', { recordSent: true });
+    // His client also writes an address into the SDP lines Chromium leaves at 0.0.0.0 (c=, a=rtcp:)
+    // unless it has a default candidate, so those lines carry something to hide in every description.
+    const bob = await openClient(browser, server, 'bob', '?forcePolicy=all', { tap: true, initScripts: [leakInSdpLines] });
     const t0 = Date.now();
-    const carol = await openClient(browser, server, 'carol');
+    const carol = await openClient(browser, server, 'carol', '', { tap: true });
     const all = [alice, bob, carol];
 
     let reps;
@@ -382,12 +566,31 @@ async function scenario2(browser) {
       return pc.signalingState === 'stable' && pc.getTransceivers().length === 3 && pc.connectionState === 'connected';
     }, e.name === 'bob' ? 'alice' : 'bob'))).then((v) => v.every(Boolean) || 'renegotiating'), 10_000);
     check('bob renegotiates with alice mid-call (offer SDP carries his candidates)', reneg.ok, reneg.reason);
+    // And carol->bob: bob's answer then carries his candidates too, and its c= line names his
+    // default candidate (Chromium picks a host address there when it has one).
+    await carol.page.evaluate(() => window.relaychat.pcs.get('bob').addTransceiver('audio', { direction: 'recvonly' }));
+    const reneg2 = await waitFor(() => Promise.all([carol, bob].map((e) => e.page.evaluate((peer) => {
+      const pc = window.relaychat.pcs.get(peer);
+      return pc.signalingState === 'stable' && pc.getTransceivers().length === 3 && pc.connectionState === 'connected';
+    }, e.name === 'bob' ? 'carol' : 'bob'))).then((v) => v.every(Boolean) || 'renegotiating'), 10_000);
+    check('carol renegotiates with bob mid-call (bob\'s answer SDP carries his candidates)', reneg2.ok, reneg2.reason);
 
     // And a deliberately leaky candidate straight from bob's signaling channel.
     await bob.page.evaluate(() => window.relaychat.send({
       type: 'webrtc-ice-candidate', targetUsername: 'alice',
       candidate: { candidate: 'candidate:9 1 udp 2122260223 192.0.2.77 40000 typ host generation 0', sdpMid: '0', sdpMLineIndex: 0 },
     }));
+    // And one of bob's real relay candidates for alice, with keys a client may add and a
+    // server must not pass on.
+    const relayForAlice = (await taps(bob)).sent.map((f) => JSON.parse(f))
+      .find((m) => m.type === 'webrtc-ice-candidate' && m.targetUsername === 'alice' && / typ relay/.test(m.candidate.candidate));
+    check('bob has a relay candidate for alice to resend with extra keys', !!relayForAlice);
+    if (relayForAlice) {
+      await bob.page.evaluate((c) => window.relaychat.send({
+        type: 'webrtc-ice-candidate', targetUsername: 'alice',
+        candidate: { ...c, address: '192.0.2.78', relatedAddress: '192.0.2.79', relatedPort: 4242 },
+      }), relayForAlice.candidate);
+    }
     await sleep(1000);
 
     const sent = await bob.page.evaluate(() => {
@@ -413,6 +616,21 @@ async function scenario2(browser) {
       check(`${all[i].name}'s remote candidate for bob is relay`, p && p.remote && p.remote.type === 'relay', JSON.stringify(p && p.remote));
     }
     await mediaAndMetrics(server, all);
+
+    // The test proves something only if bob really sent his own addresses in raddr.
+    const bobSent = parseFrames((await taps(bob)).sent);
+    const sentRaddr = [];
+    for (const m of bobSent) {
+      const lines = m.type === 'webrtc-ice-candidate' && m.candidate ? [m.candidate.candidate || '']
+        : (m.offer || m.answer) ? String((m.offer || m.answer).sdp).split(/\r?\n/).filter((l) => l.startsWith('a=candidate:')) : [];
+      for (const l of lines) {
+        const r = / typ relay .*?raddr (\S+)/.exec(l);
+        if (r && !PLACEHOLDERS.has(r[1])) sentRaddr.push({ field: 'bob sent relay raddr', value: r[1] });
+      }
+    }
+    check('bob SENT relay candidates with a real (non-placeholder) raddr', sentRaddr.length > 0,
+      sentRaddr.length ? summarize(sentRaddr) : 'none: the scenario has nothing to hide');
+    for (const e of all) await checkReceivedAddresses(e, relayIp);
   } catch (err) {
     check('scenario 2 ran to the end', false, err.stack || String(err));
   }
@@ -682,8 +900,11 @@ function dumpDiagnostics(server) {
   }
 }
 
-main().catch((err) => {
-  console.error(err);
-  dumpDiagnostics(null);
-  process.exit(1);
-});
+// Run only when started as a program; tests/e2e/capture-fixtures.mjs imports the helpers above.
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main().catch((err) => {
+    console.error(err);
+    dumpDiagnostics(null);
+    process.exit(1);
+  });
+}
