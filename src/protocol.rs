@@ -233,7 +233,14 @@ fn ice_candidate(value: Option<Value>) -> Option<Box<IceCandidate>> {
         .keys()
         .filter(|k| !matches!(k.as_str(), "candidate" | "sdpMid" | "sdpMLineIndex" | "usernameFragment"))
         .count();
-    Some(Box::new(IceCandidate { raw, candidate, sdp_mid, sdp_m_line_index, username_fragment, discarded_keys }))
+    Some(Box::new(IceCandidate {
+        raw,
+        candidate,
+        sdp_mid,
+        sdp_m_line_index,
+        username_fragment,
+        discarded_keys,
+    }))
 }
 
 /// An RFC 5888 identification tag (RFC 4566 token), at most `MAX_SDP_MID_BYTES`.

@@ -122,4 +122,8 @@ pub fn description_object(
 }
 
 #[cfg(test)]
+mod fixture_tests;
+#[cfg(test)]
 mod property_tests;
+#[cfg(test)]
+mod test_support;

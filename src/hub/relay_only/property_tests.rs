@@ -5,6 +5,7 @@
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
+use super::test_support::names_only_these_addresses;
 use super::*;
 use crate::protocol::{parse_inbound, ClientMessage, Inbound};
 
@@ -15,29 +16,8 @@ fn relays() -> RelayAddresses {
     RelayAddresses::new([RELAY_V4.parse().unwrap(), RELAY_V6.parse().unwrap()])
 }
 
-/// The check a peer's privacy depends on, independent of the code under test except for the
-/// address detector (itself checked against `std` in `ip_literal`): take out every token that is
-/// an allowed address, then nothing address-like may remain. `a=fingerprint` lines are allowed
-/// only in their exact shape (hex pairs), which is checked instead.
 fn names_only_allowed_addresses(text: &str) -> Result<(), String> {
-    for line in text.split(['\n', '\r']) {
-        if let Some(digest) = line.strip_prefix("a=fingerprint:") {
-            let pairs = digest.split_once(' ').map(|(_, d)| d).unwrap_or("");
-            if pairs.split(':').all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit())) {
-                continue;
-            }
-            return Err(format!("malformed fingerprint line survived: {line:?}"));
-        }
-        let rest: Vec<&str> = line
-            .split(' ')
-            .filter(|token| !matches!(*token, RELAY_V4 | RELAY_V6 | "0.0.0.0" | "::"))
-            .collect();
-        let rest = rest.join(" ");
-        if contains_ip_literal(&rest) {
-            return Err(format!("an address survived in {line:?}"));
-        }
-    }
-    Ok(())
+    names_only_these_addresses(text, &[RELAY_V4, RELAY_V6])
 }
 
 fn ip_literal() -> impl Strategy<Value = String> {
