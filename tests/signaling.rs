@@ -742,6 +742,25 @@ async fn force_relay_drops_non_relay_candidates() {
     }
     expect_only_pong(&mut bob).await;
 
+    // Every drop is counted by reason, and the related addresses that were zeroed by field.
+    let (_, metrics) = common::http_get(server.http, "/metrics").await;
+    for (series, at_least) in [
+        ("relaychat_privacy_candidates_dropped_total{reason=\"not_relay\"}", 6),
+        ("relaychat_privacy_candidates_dropped_total{reason=\"not_our_relay\"}", 2),
+        ("relaychat_privacy_candidates_dropped_total{reason=\"hostname\"}", 1),
+        ("relaychat_privacy_candidates_dropped_total{reason=\"address_in_extension\"}", 1),
+        ("relaychat_privacy_candidates_dropped_total{reason=\"unparseable\"}", 3),
+        ("relaychat_privacy_fields_sanitized_total{field=\"related_address\"}", 2),
+        ("relaychat_privacy_fields_sanitized_total{field=\"object_key\"}", 2),
+    ] {
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse::<u64>().unwrap()))
+            .unwrap_or_else(|| panic!("{series} missing from /metrics"));
+        assert!(value >= at_least, "{series} = {value}, expected at least {at_least}");
+    }
+    assert!(!metrics.contains("192.168.1.5"), "no address in metrics");
+
     // Buffered candidates are filtered the same way.
     send_candidate(&mut alice, "Bob", &candidate(NON_RELAY_CANDIDATES[0]), true).await;
     send_candidate(&mut alice, "Bob", &candidate(&relay(50005)), true).await;
