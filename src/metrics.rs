@@ -161,6 +161,12 @@ impl Collector for LiveCollector {
         )?;
         counter(
             &mut encoder,
+            "relaychat_turn_oversize_drops",
+            "Peer datagrams dropped for being larger than the relay's 1500-byte packet buffer.",
+            &relay.oversize_drops,
+        )?;
+        counter(
+            &mut encoder,
             "relaychat_turn_bandwidth_drops",
             "Datagrams dropped by the per-allocation bandwidth cap.",
             &relay.bandwidth_drops,

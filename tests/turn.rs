@@ -638,3 +638,35 @@ async fn a_tcp_client_that_does_not_read_loses_frames_not_memory() {
     bob.refresh(Duration::from_secs(600)).await.unwrap();
     alice.refresh(Duration::from_secs(600)).await.expect("alice's connection still works");
 }
+
+#[tokio::test]
+async fn oversize_peer_datagrams_are_dropped_and_counted_not_truncated() {
+    let relay = start(|s| s.turn.peer_policy = "any".into()).await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let alice_relay = alice.allocate().await.unwrap();
+    let peer = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    alice.create_permission(&[peer.local_addr().unwrap()]).await.unwrap();
+    // 1500 bytes is the largest a relayed packet may be; one byte more must not arrive cut.
+    peer.send_to(&[1; 1501], alice_relay).await.unwrap();
+    peer.send_to(&[2; 1500], alice_relay).await.unwrap();
+    peer.send_to(&[3; 100], alice_relay).await.unwrap();
+    let summary = |data: Option<Vec<u8>>| data.map(|d| (d.len(), d[0]));
+    assert_eq!(summary(alice.recv_data(WAIT).await), Some((1500, 2)));
+    assert_eq!(summary(alice.recv_data(WAIT).await), Some((100, 3)));
+    assert_eq!(RelayCounters::get(&relay.handle.counters.oversize_drops), 1);
+}
+
+#[tokio::test]
+async fn the_relay_never_sends_to_its_own_listener_even_under_any() {
+    let relay = start(|s| s.turn.peer_policy = "any".into()).await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    alice.allocate().await.unwrap();
+    let refused = alice.create_permission(&[relay.handle.udp_addr]).await.unwrap_err();
+    assert_eq!(refused.code, 403);
+    // Any other port on the same address is an ordinary peer under "any".
+    let other =
+        SocketAddr::new(relay.handle.udp_addr.ip(), relay.handle.udp_addr.port().wrapping_add(1).max(1));
+    alice.create_permission(&[other]).await.unwrap();
+}

@@ -29,6 +29,8 @@ pub struct RelayCounters {
     pub bandwidth_drops: AtomicU64,
     /// Frames dropped because a TCP client did not read fast enough (bounded send queue).
     pub tcp_send_drops: AtomicU64,
+    /// Peer datagrams dropped because they were larger than a relayed packet may be.
+    pub oversize_drops: AtomicU64,
 }
 
 impl RelayCounters {

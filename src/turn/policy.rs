@@ -8,9 +8,12 @@
 //! Order of the rules (first match wins):
 //! 1. one of our own relay addresses (exact IP and port): allowed, always, so relay-to-relay media
 //!    works on localhost and LAN deployments;
-//! 2. `denied_peer_cidrs`: denied (an explicit operator deny always wins);
-//! 3. `allowed_peer_cidrs`: allowed (punches a hole, also under `own-relays`);
-//! 4. `own-relays`: denied; `any`: allowed; `public`: denied if in the built-in deny list below.
+//! 2. one of the server's own listening sockets (the TURN UDP listener on any of our addresses):
+//!    denied, whatever the kind and the lists say: relaying into our own listener would let a
+//!    client loop requests through the relay or make them appear to come from the relay;
+//! 3. `denied_peer_cidrs`: denied (an explicit operator deny always wins);
+//! 4. `allowed_peer_cidrs`: allowed (punches a hole, also under `own-relays`);
+//! 5. `own-relays`: denied; `any`: allowed; `public`: denied if in the built-in deny list below.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -30,6 +33,7 @@ pub const PUBLIC_DENY_LIST: &[&str] = &[
     "172.16.0.0/12",
     "192.0.0.0/24",
     "192.0.2.0/24",
+    "192.88.99.0/24",
     "192.168.0.0/16",
     "198.18.0.0/15",
     "198.51.100.0/24",
@@ -43,6 +47,7 @@ pub const PUBLIC_DENY_LIST: &[&str] = &[
     // same reason as ::ffff:0:0/96.
     "::/96",
     "64:ff9b::/96",
+    "64:ff9b:1::/48",
     "::ffff:0:0/96",
     "100::/64",
     "2001::/23",
@@ -50,6 +55,7 @@ pub const PUBLIC_DENY_LIST: &[&str] = &[
     "2002::/16",
     "fc00::/7",
     "fe80::/10",
+    "fec0::/10",
     "ff00::/8",
 ];
 
@@ -75,6 +81,7 @@ pub enum Verdict {
     OwnRelay,
     AllowedCidr,
     Allowed,
+    DeniedOwnService,
     DeniedCidr,
     DeniedOwnRelaysOnly,
     DeniedSpecialRange,
@@ -93,6 +100,8 @@ pub struct PeerPolicy {
     allowed: Vec<IpNet>,
     denied: Vec<IpNet>,
     builtin_denied: Vec<IpNet>,
+    /// The server's own listening sockets a relayed datagram could reach.
+    own_services: Vec<SocketAddr>,
 }
 
 /// A CIDR list entry that does not parse (the start must stop: fail closed).
@@ -123,7 +132,14 @@ impl PeerPolicy {
                 .iter()
                 .map(|s| s.parse::<IpNet>().expect("built-in deny list is valid"))
                 .collect(),
+            own_services: Vec::new(),
         })
+    }
+
+    /// Denies the server's own listening sockets (canonical addresses) under every kind.
+    pub fn with_own_services(mut self, services: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.own_services = services.into_iter().map(canonical_addr).collect();
+        self
     }
 
     pub fn kind(&self) -> PeerPolicyKind {
@@ -135,6 +151,9 @@ impl PeerPolicy {
         let peer = canonical_addr(peer);
         if is_own_relay(peer) {
             return Verdict::OwnRelay;
+        }
+        if self.own_services.contains(&peer) {
+            return Verdict::DeniedOwnService;
         }
         let ip = peer.ip();
         if self.denied.iter().any(|net| net.contains(&ip)) {
@@ -193,6 +212,28 @@ mod tests {
 
     fn no_relays(_: SocketAddr) -> bool {
         false
+    }
+
+    #[test]
+    fn the_servers_own_listener_is_denied_under_every_kind() {
+        let listener = addr("203.0.113.10:3478");
+        for kind in [PeerPolicyKind::Any, PeerPolicyKind::Public, PeerPolicyKind::OwnRelays] {
+            let policy =
+                PeerPolicy::new(kind, &["203.0.113.0/24".into()], &[]).unwrap().with_own_services([listener]);
+            assert_eq!(policy.check(listener, no_relays), Verdict::DeniedOwnService);
+            assert_eq!(
+                policy.check(addr("[::ffff:203.0.113.10]:3478"), no_relays),
+                Verdict::DeniedOwnService
+            );
+            assert!(policy.check(addr("203.0.113.10:3479"), no_relays) != Verdict::DeniedOwnService);
+        }
+    }
+
+    #[test]
+    fn newer_special_ranges_are_denied_under_public() {
+        for peer in ["192.88.99.1:5000", "[64:ff9b:1::a00:1]:5000", "[fec0::1]:5000"] {
+            assert_eq!(public().check(addr(peer), no_relays), Verdict::DeniedSpecialRange, "{peer}");
+        }
     }
 
     #[test]

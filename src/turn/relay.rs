@@ -193,8 +193,14 @@ impl Conn for RelaySocket {
                 return Err(Self::closed_error());
             }
             let (n, from) = tokio::select! {
-                r = self.socket.recv_from(buf) => match r {
-                    Ok(v) => v,
+                r = recv_whole_datagram(&self.socket, buf) => match r {
+                    Ok(Some(v)) => v,
+                    // Larger than the crate's buffer (its relay MTU, 1500 bytes): dropped and
+                    // counted rather than handed on cut short, which would corrupt the media.
+                    Ok(None) => {
+                        RelayCounters::bump(&self.ctx.counters.oversize_drops);
+                        continue;
+                    }
                     // ICMP errors and the like must not end the allocation (the crate would
                     // drop it silently); only close() ends this loop.
                     Err(err) => {
@@ -320,5 +326,27 @@ impl RelayAddressGenerator for RelayAllocator {
         let advertised = SocketAddr::new(self.advertised_ip, local.port());
         let relay = RelaySocket::new(socket, local, advertised, self.ctx.clone());
         Ok((Arc::new(relay), advertised))
+    }
+}
+
+/// Receives one datagram into `buf`; `None` if it did not fit (the kernel cut it: `MSG_TRUNC`).
+async fn recv_whole_datagram(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Option<(usize, SocketAddr)>> {
+    loop {
+        socket.readable().await?;
+        let received = socket.try_io(tokio::io::Interest::READABLE, || {
+            // SAFETY: `buf` is initialized memory; viewing it as `MaybeUninit<u8>` only lets
+            // `recvmsg` write bytes into it, which keeps it initialized.
+            let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+            let mut slices = [socket2::MaybeUninitSlice::new(uninit)];
+            socket2::SockRef::from(socket).recv_from_vectored(&mut slices)
+        });
+        match received {
+            Ok((n, flags, from)) => {
+                let Some(from) = from.as_socket() else { continue };
+                return Ok((!flags.is_truncated()).then_some((n, from)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
 }

@@ -267,12 +267,31 @@ pub async fn start_relay(
             problem: "must be of the same address family as turn.relay_ip".into(),
         });
     }
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_UDP_SHARDS);
+    let (udp_sockets, tcp_listener) = bind_listeners(listen, shards).await?;
+    let udp_addr = udp_sockets[0].local_addr().map_err(|source| RelayError::Bind {
+        addr: listen,
+        transport: "udp",
+        source,
+    })?;
+    let tcp_addr = tcp_listener.local_addr().map_err(|source| RelayError::Bind {
+        addr: listen,
+        transport: "tcp",
+        source,
+    })?;
+    // The UDP listener is the one socket of ours a relayed (UDP) datagram could reach: on every
+    // address it answers on.
+    let mut listener_ips = vec![relay_ip, advertised_ip, listen.ip()];
+    if listen.ip().is_unspecified() {
+        listener_ips.extend([IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]);
+    }
     let policy = PeerPolicy::new(
         turn.peer_policy_kind(settings.webrtc.force_relay),
         &turn.allowed_peer_cidrs,
         &turn.denied_peer_cidrs,
     )
-    .map_err(|e| RelayError::Config { key: e.key, problem: format!("{:?} is not an IP or CIDR", e.entry) })?;
+    .map_err(|e| RelayError::Config { key: e.key, problem: format!("{:?} is not an IP or CIDR", e.entry) })?
+    .with_own_services(listener_ips.into_iter().map(|ip| SocketAddr::new(ip, udp_addr.port())));
 
     let counters = Arc::new(RelayCounters::default());
     let relay_ctx = Arc::new(RelayContext {
@@ -303,19 +322,6 @@ pub async fn start_relay(
         relay_addr_generator: Box::new(allocator()),
         alloc_close_notify: Some(tls_closed_tx),
     }));
-
-    let shards = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_UDP_SHARDS);
-    let (udp_sockets, tcp_listener) = bind_listeners(listen, shards).await?;
-    let udp_addr = udp_sockets[0].local_addr().map_err(|source| RelayError::Bind {
-        addr: listen,
-        transport: "udp",
-        source,
-    })?;
-    let tcp_addr = tcp_listener.local_addr().map_err(|source| RelayError::Bind {
-        addr: listen,
-        transport: "tcp",
-        source,
-    })?;
 
     let relay = Arc::new(Relay {
         auth: Authenticator::new(secret, turn.realm.clone(), turn.require_live_session, presence.clone()),
