@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::test_support::names_only_these_addresses;
+use super::audit::names_only_these_addresses;
 use super::*;
 use crate::protocol::{parse_inbound, ClientMessage, Inbound};
 

@@ -15,6 +15,7 @@
 //! tally it publishes as metrics. See `docs/PROTOCOL.md` ("What force_relay guarantees") for the
 //! guarantee and its limits.
 
+pub mod audit;
 mod candidate;
 mod ip_literal;
 mod sdp;
@@ -125,5 +126,3 @@ pub fn description_object(
 mod fixture_tests;
 #[cfg(test)]
 mod property_tests;
-#[cfg(test)]
-mod test_support;

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
-use super::test_support::names_only_these_addresses;
+use super::audit::names_only_these_addresses;
 use super::*;
 use crate::protocol::{parse_inbound, ClientMessage, Inbound};
 

@@ -1,4 +1,5 @@
-//! The check a peer's privacy depends on, shared by the property and fixture tests.
+//! The check a peer's privacy depends on, used by the property, fixture and fuzz tests: what
+//! the sanitizer emitted names no address but the allowed ones.
 
 use super::contains_ip_literal;
 
