@@ -1,0 +1,573 @@
+// The real NAT test's driver (issue 11): run by scripts/nat-test, which builds the network
+// namespaces and passes their names in NAT_* variables. Not meant to be run on its own.
+//
+// What it proves, with the real relaychat binary and two real Chromiums, each inside its own home
+// LAN behind a MASQUERADE router (docs/NAT-TEST.md has the diagram):
+//   1. a force_relay call between a well-configured page (alice, LAN A) and a misconfigured one
+//      (bob, LAN B, ?forcePolicy=all) connects relay/relay with media flowing;
+//   2. nothing either page received (every WebSocket frame, every remote candidate it added, every
+//      remote SDP, every remote candidate in getStats) names any address but the relay's and the
+//      placeholders 0.0.0.0 / ::, although bob really sent his LAN and NAT-public addresses;
+//   3. on each router's public side, every UDP packet is to or from the relay.
+// One node process drives both browsers: each is launched through a tiny wrapper that execs
+// Chromium inside its host namespace (the DevTools pipe is inherited across the exec).
+import { chromium } from 'playwright-core';
+import { spawn, execFile } from 'node:child_process';
+import { readFile, writeFile, chmod } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) {
+    console.error(`nat.mjs: ${name} is not set; run scripts/nat-test, which builds the namespaces first`);
+    process.exit(2);
+  }
+  return v;
+}
+const WORK = need('NAT_WORK');
+const BIN = need('NAT_BIN');
+const RELAY = need('NAT_RELAY');
+const CONFIG = process.env.NAT_CONFIG || '';
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const MEDIA = process.env.NAT_TEST_MEDIA === 'audio' ? 'audio' : 'video';
+const CALL_S = Math.max(1, Number(process.env.NAT_TEST_CALL_S) || 6);
+const NS_SRV = need('NAT_NS_SRV');
+const HOSTS = {
+  alice: { ns: need('NAT_NS_HOSTA'), router: need('NAT_NS_RTRA'), lan: '192.168.10.2', natPublic: '203.0.113.21', query: '' },
+  // bob ignores the server's iceTransportPolicy: he gathers host and server-reflexive
+  // candidates and sends them, and his relay candidates carry his own addresses in raddr.
+  bob: { ns: need('NAT_NS_HOSTB'), router: need('NAT_NS_RTRB'), lan: '192.168.20.2', natPublic: '203.0.113.22', query: '?forcePolicy=all' },
+};
+const HTTP_PORT = 8080;   // scripts/nat-test sets it; the server is alone in its namespace
+const CONNECT_WITHIN_MS = 45_000;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---- results ---------------------------------------------------------------------------------
+const results = [];
+function check(name, ok, detail = '') {
+  results.push({ name, ok: !!ok, detail });
+  console.log(`${ok ? '  ok  ' : '  FAIL'} ${name}${detail ? ' — ' + detail : ''}`);
+  return !!ok;
+}
+const note = (text) => console.log(`  note ${text}`);
+
+async function waitFor(fn, timeoutMs, intervalMs = 250) {
+  const deadline = Date.now() + timeoutMs;
+  let last = 'not evaluated';
+  for (;;) {
+    try {
+      const r = await fn();
+      if (r === true) return { ok: true, reason: '' };
+      last = r || 'not ready';
+    } catch (err) {
+      last = 'error: ' + err.message;
+    }
+    if (Date.now() >= deadline) return { ok: false, reason: last };
+    await sleep(intervalMs);
+  }
+}
+
+// ---- processes in namespaces -----------------------------------------------------------------
+const children = new Set();
+process.on('exit', () => { for (const c of children) c.kill('SIGKILL'); });
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(1));
+
+// `ip netns exec` execs the command in place, so the child's pid is the command's own.
+function spawnIn(ns, cmd, args, opts = {}) {
+  const child = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+  children.add(child);
+  child.exitedWith = null;
+  child.on('exit', (code, sig) => { child.exitedWith = `${code ?? sig}`; children.delete(child); });
+  child.on('error', (err) => { child.exitedWith = `failed to start: ${err.message}`; children.delete(child); });
+  return child;
+}
+
+async function stopChild(child, signal = 'SIGTERM') {
+  if (child.exitedWith !== null) return;
+  child.kill(signal);
+  await waitFor(() => child.exitedWith !== null, 5000, 50);
+  if (child.exitedWith === null) child.kill('SIGKILL');
+}
+
+const ANSI = /\x1b\[[0-9;]*m/g;
+
+async function startServer() {
+  // scripts/nat-test wrote the topology's RELAYCHAT__* overrides (they win over NAT_CONFIG).
+  const env = { ...process.env };
+  for (const line of (await readFile(path.join(WORK, 'server.env'), 'utf8')).split('\n')) {
+    const i = line.indexOf('=');
+    if (i > 0) env[line.slice(0, i)] = line.slice(i + 1);
+  }
+  const child = spawnIn(NS_SRV, BIN, CONFIG ? ['--config', CONFIG] : [], { env, cwd: WORK });
+  const logFile = createWriteStream(path.join(WORK, 'server.log'));
+  const log = [];
+  let http = false, turn = false;
+  const onData = (buf) => {
+    logFile.write(buf);
+    for (const raw of buf.toString().split('\n')) {
+      const line = raw.replace(ANSI, '');
+      if (!line) continue;
+      log.push(line);
+      if (/http listening on/.test(line)) http = true;
+      if (/turn listening on/.test(line)) turn = true;
+    }
+  };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  const up = await waitFor(() => child.exitedWith !== null || (http && turn) || 'waiting for the listening lines', 20_000, 100);
+  if (child.exitedWith !== null || !up.ok) {
+    throw new Error(`server did not start (${child.exitedWith ?? up.reason}):\n${log.slice(-30).join('\n')}`);
+  }
+  return { child, log };
+}
+
+// tcpdump on a router's public interface, UDP only, written unbuffered (-U) so nothing is lost.
+async function startCapture(name, ns) {
+  const file = path.join(WORK, `${name}-wan.pcap`);
+  const child = spawnIn(ns, 'tcpdump', ['-i', 'wan', '-n', '-U', '-Z', 'root', '-w', file, 'udp']);
+  let err = '';
+  child.stderr.on('data', (b) => { err += b; });
+  const up = await waitFor(() => child.exitedWith !== null || /listening on/.test(err) || 'starting', 10_000, 50);
+  if (child.exitedWith !== null || !up.ok) throw new Error(`tcpdump in ${ns} did not start: ${err.trim()}`);
+  return { name, ns, file, child };
+}
+
+// Every UDP packet in the capture, as { src, dst } addresses, from tcpdump's own text output.
+function readCapture(file) {
+  return new Promise((resolve, reject) => {
+    execFile('tcpdump', ['-nr', file], { maxBuffer: 256 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if (err) return reject(new Error(`tcpdump -nr ${file}: ${stderr || err.message}`));
+      const packets = [];
+      const unparsed = [];
+      for (const line of stdout.split('\n')) {
+        if (!line.trim()) continue;
+        const m = /\bIP6? (\S+) > (\S+?):? /.exec(line);
+        if (!m) { unparsed.push(line); continue; }
+        packets.push({ src: hostOf(m[1]), dst: hostOf(m[2]), line });
+      }
+      resolve({ packets, unparsed });
+    });
+  });
+}
+// "203.0.113.21.40000" -> "203.0.113.21" (tcpdump appends the port with a dot); a bare
+// address (a non-first fragment has no port) stays as it is.
+function hostOf(text) {
+  const v4 = /^(\d+\.\d+\.\d+\.\d+)(?:\.\d+)?$/.exec(text);
+  if (v4) return v4[1];
+  const v6 = /^(.*)\.\d+$/.exec(text);
+  return v6 && net.isIPv6(v6[1]) ? v6[1] : text;
+}
+
+// ---- browsers --------------------------------------------------------------------------------
+const LAUNCH_ARGS = [
+  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--no-sandbox',
+  '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--no-first-run', '--disable-quic',
+  // A proxy from the environment would take the page's traffic out of the namespace topology.
+  '--no-proxy-server',
+];
+
+async function launchIn(name, ns) {
+  const wrapper = path.join(WORK, `chromium-${name}.sh`);
+  await writeFile(wrapper, `#!/bin/sh\nexec ip netns exec ${ns} ${CHROMIUM} "$@"\n`);
+  await chmod(wrapper, 0o755);
+  // playwright gives every launch a fresh temporary --user-data-dir.
+  // getUserMedia needs a secure context; the test serves plain http on a non-loopback address
+  // (a real deployment serves https, see docs/NAT-TEST.md).
+  const secure = `--unsafely-treat-insecure-origin-as-secure=http://${RELAY}:${HTTP_PORT}`;
+  return chromium.launch({ executablePath: wrapper, headless: true, args: [...LAUNCH_ARGS, secure] });
+}
+
+// Installed before any page script runs: records every WebSocket frame in both directions
+// before the app sees it, every candidate handed to addIceCandidate (with the browser's own
+// parse of its address and relatedAddress), and every SDP handed to setRemoteDescription.
+function tapInit() {
+  const tap = { recv: [], sent: [], added: [], remoteSdp: [] };
+  Object.defineProperty(window, '__natTap', { value: tap });
+  const Orig = window.WebSocket;
+  const origSend = Orig.prototype.send;
+  Orig.prototype.send = function (data) { tap.sent.push(String(data)); return origSend.call(this, data); };
+  window.WebSocket = class extends Orig {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', (ev) => {
+        tap.recv.push(typeof ev.data === 'string' ? ev.data : `[non-text frame: ${Object.prototype.toString.call(ev.data)}]`);
+      });
+    }
+  };
+  const P = RTCPeerConnection.prototype;
+  const origAdd = P.addIceCandidate;
+  P.addIceCandidate = function (c, ...rest) {
+    const rec = {};
+    try {
+      const init = c instanceof RTCIceCandidate ? c.toJSON() : c;
+      rec.init = JSON.parse(JSON.stringify(init === undefined ? null : init));
+      if (init && init.candidate) {
+        const ic = new RTCIceCandidate(init);
+        Object.assign(rec, { type: ic.type, address: ic.address, port: ic.port, relatedAddress: ic.relatedAddress, relatedPort: ic.relatedPort });
+      }
+    } catch (err) {
+      rec.error = String(err);
+    }
+    tap.added.push(rec);
+    return origAdd.call(this, c, ...rest);
+  };
+  const origSrd = P.setRemoteDescription;
+  P.setRemoteDescription = function (d, ...rest) {
+    try { tap.remoteSdp.push(String((d && d.sdp) || '')); } catch { /* recorded what we could */ }
+    return origSrd.call(this, d, ...rest);
+  };
+}
+
+const pages = [];
+
+async function openClient(browser, name) {
+  const h = HOSTS[name];
+  const context = await browser.newContext({ viewport: { width: 1000, height: 650 } });
+  const page = await context.newPage();
+  const logs = [];
+  page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+  page.on('websocket', (ws) => {
+    logs.push(`websocket opened: ${ws.url()}`);
+    ws.on('close', () => logs.push('websocket closed'));
+    ws.on('socketerror', (e) => logs.push(`websocket error: ${e}`));
+  });
+  page.on('requestfailed', (r) => logs.push(`request failed: ${r.url()} ${r.failure() && r.failure().errorText}`));
+  const entry = { name, page, context, logs };
+  pages.push(entry);
+  await page.addInitScript(tapInit);
+  await page.goto(`http://${RELAY}:${HTTP_PORT}/${h.query}`);
+  // The real UI, as a person uses it.
+  await page.fill('#name', name);
+  await page.click('#connect');
+  await page.waitForFunction(() => window.relaychat && window.relaychat.connected, null, { timeout: 15_000 });
+  await page.locator('#messages li', { hasText: `${name} has joined.` }).first().waitFor({ timeout: 15_000 });
+  await page.click(MEDIA === 'video' ? '#join-video' : '#join-audio');
+  await page.waitForFunction(() => window.relaychat.inVoice, null, { timeout: 15_000 });
+  return entry;
+}
+
+// The browser's own view of each pc (getStats), independent of the client's badge code.
+function report(entry) {
+  return entry.page.evaluate(async () => {
+    const peers = {};
+    for (const [name, pc] of window.relaychat.pcs) {
+      const stats = await pc.getStats();
+      let pair = null;
+      stats.forEach((r) => { if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId) || pair; });
+      const cand = (id) => {
+        const c = id && stats.get(id);
+        return c ? { type: c.candidateType, address: c.address, port: c.port, protocol: c.protocol, relayProtocol: c.relayProtocol } : null;
+      };
+      const inbound = {};
+      const localTypes = {};
+      const remoteCandidates = [];
+      stats.forEach((r) => {
+        if (r.type === 'inbound-rtp') inbound[r.kind] = (inbound[r.kind] || 0) + (r.bytesReceived || 0);
+        if (r.type === 'local-candidate') localTypes[r.candidateType] = (localTypes[r.candidateType] || 0) + 1;
+        if (r.type === 'remote-candidate') {
+          remoteCandidates.push({ type: r.candidateType, address: r.address, ip: r.ip, relatedAddress: r.relatedAddress, url: r.url });
+        }
+      });
+      peers[name] = {
+        connectionState: pc.connectionState,
+        signalingState: pc.signalingState,
+        transceivers: pc.getTransceivers().length,
+        policy: pc.getConfiguration().iceTransportPolicy,
+        local: cand(pair && pair.localCandidateId),
+        remote: cand(pair && pair.remoteCandidateId),
+        inbound, localTypes, remoteCandidates,
+        remoteSdp: [pc.remoteDescription, pc.currentRemoteDescription, pc.pendingRemoteDescription]
+          .filter(Boolean).map((d) => d.sdp),
+      };
+    }
+    return { peers, tap: window.__natTap };
+  });
+}
+const reports = () => Promise.all(pages.map(report));
+
+// ---- address scanning ------------------------------------------------------------------------
+const ALLOWED = new Set([RELAY, '0.0.0.0', '::']);
+
+// Every IPv4/IPv6 literal in a text, with its offset. IPv6 candidates are maximal runs of hex
+// digits, colons and dots, so a DTLS fingerprint (32 colon-separated bytes) is not mistaken for one.
+function ipLiterals(text) {
+  const out = [];
+  for (const m of text.matchAll(/(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?!\d|\.\d)/g)) {
+    if (net.isIPv4(m[0])) out.push({ ip: m[0], index: m.index });
+  }
+  for (const m of text.matchAll(/[0-9A-Fa-f.:]*:[0-9A-Fa-f.:]*/g)) {
+    let t = m[0];
+    if (!t.endsWith('::')) t = t.replace(/[.:]+$/, '');
+    if (t.includes(':') && net.isIPv6(t)) out.push({ ip: t, index: m.index });
+  }
+  return out;
+}
+
+function kindOf(ip) {
+  for (const [name, h] of Object.entries(HOSTS)) {
+    if (ip === h.lan) return `LAN address of ${name}`;
+    if (ip === h.natPublic) return `NAT-public address of ${name}`;
+  }
+  if (/^(192\.168\.|10\.|172\.(1[6-9]|2\d|3[01])\.)/.test(ip)) return 'private address';
+  if (/^127\./.test(ip) || ip === '::1') return 'loopback address';
+  if (/^(169\.254\.|fe80:)/i.test(ip)) return 'link-local address';
+  return 'address';
+}
+
+// Names the field an address sits in: the SDP line type, and inside a candidate whether it is
+// the connection address or raddr.
+function fieldIn(line, index) {
+  const cand = /(^|a=)candidate:/.test(line);
+  if (cand) {
+    const before = line.slice(0, index).trim().split(/\s+/);
+    if (before.at(-1) === 'raddr') return 'candidate raddr';
+    if (before.length === 4 || (before.length === 5 && before[0].startsWith('a='))) return 'candidate connection address';
+    return 'candidate (other field)';
+  }
+  const m = /^([a-z])=([a-z-]+:?)?/.exec(line);
+  if (m) return m[1] === 'a' ? `SDP a=${(m[2] || '').replace(/:$/, '')}` : `SDP ${m[1]}=`;
+  return null;
+}
+
+// Scans one text found at `where`; SDP is scanned line by line so each hit names its line.
+function scanText(text, where, findings) {
+  const isSdp = /(^|\n)v=0\r?\n/.test(text);
+  const lines = isSdp ? text.split(/\r?\n/) : [text];
+  for (const line of lines) {
+    for (const { ip, index } of ipLiterals(line)) {
+      const field = fieldIn(line, index);
+      const excerpt = line.length > 140 ? line.slice(Math.max(0, index - 60), index + 60) : line;
+      findings.push({ ip, where: field ? `${where} ${field}` : where, field, excerpt });
+    }
+  }
+}
+
+// Walks parsed JSON so that \u-escaped text is seen decoded and each hit names its JSON path.
+function scanJson(value, where, findings) {
+  if (typeof value === 'string') scanText(value, where, findings);
+  else if (Array.isArray(value)) value.forEach((v, i) => scanJson(v, `${where}[${i}]`, findings));
+  else if (value && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) {
+      scanText(k, `${where} (key)`, findings);
+      scanJson(v, `${where}.${k}`, findings);
+    }
+  }
+}
+
+function scanFrame(raw, findings) {
+  let msg;
+  try { msg = JSON.parse(raw); } catch { scanText(raw, 'non-JSON frame', findings); return; }
+  scanJson(msg, msg && typeof msg.type === 'string' ? msg.type : 'frame', findings);
+}
+
+// Splits findings into leaks and tolerated ones. Chromium writes "o=- ... IN IP4 127.0.0.1" in
+// every SDP it makes: a constant, nobody's address; tolerated there (and reported), nowhere else.
+function judge(findings) {
+  const leaks = [], tolerated = [];
+  for (const f of findings) {
+    if (ALLOWED.has(f.ip)) continue;
+    if (f.ip === '127.0.0.1' && f.field === 'SDP o=') tolerated.push(f);
+    else leaks.push(f);
+  }
+  return { leaks, tolerated };
+}
+
+function summarize(list, max = 8) {
+  const groups = new Map();
+  for (const f of list) {
+    const key = `${f.ip} (${kindOf(f.ip)}) in ${f.where}`;
+    const g = groups.get(key) || { n: 0, excerpt: f.excerpt };
+    g.n++;
+    groups.set(key, g);
+  }
+  const parts = [...groups].slice(0, max).map(([k, g]) => `${k} x${g.n}, e.g. "${g.excerpt}"`);
+  if (groups.size > max) parts.push(`... ${groups.size - max} more`);
+  return parts.join('; ');
+}
+
+function checkClean(label, findings, count) {
+  const { leaks, tolerated } = judge(findings);
+  check(`${label}: no address but the relay's ${RELAY} and 0.0.0.0/::`, count > 0 && leaks.length === 0,
+    leaks.length ? `${leaks.length} leaked: ${summarize(leaks)}` : count > 0 ? `${count} scanned` : 'nothing was recorded (tap broken?)');
+  if (tolerated.length) note(`${label}: ${tolerated.length}x 127.0.0.1 in SDP o= lines (Chromium's constant, not a user's address)`);
+  return leaks;
+}
+
+// ---- the test --------------------------------------------------------------------------------
+async function run() {
+  console.log(`nat-test: server ${BIN}${CONFIG ? ` --config ${CONFIG}` : ''}; relay ${RELAY}; media ${MEDIA}`);
+  const captures = [];
+  for (const [name, h] of Object.entries(HOSTS)) captures.push(await startCapture(`router-of-${name}`, h.router));
+  const server = await startServer();
+  const browsers = [];
+  let leaked = [];
+  try {
+    browsers.push(await launchIn('alice', HOSTS.alice.ns), await launchIn('bob', HOSTS.bob.ns));
+    console.log(`  chromium ${browsers[0].version()} in ${HOSTS.alice.ns} and ${HOSTS.bob.ns}`);
+    const alice = await openClient(browsers[0], 'alice');
+    const t0 = Date.now();
+    const bob = await openClient(browsers[1], 'bob');
+
+    // 1. The call connects through the relay, relay on both ends of the selected pair.
+    console.log('\n1. the call connects relay/relay across both NATs');
+    let reps;
+    const conn = await waitFor(async () => {
+      reps = await reports();
+      for (let i = 0; i < 2; i++) {
+        const other = i === 0 ? 'bob' : 'alice';
+        const p = reps[i].peers[other];
+        if (!p) return `${pages[i].name} has no pc for ${other}`;
+        if (p.connectionState !== 'connected') return `${pages[i].name}->${other} is ${p.connectionState}`;
+        if (!p.local || p.local.type !== 'relay' || !p.remote || p.remote.type !== 'relay') {
+          return `${pages[i].name}->${other} pair is ${p.local && p.local.type}/${p.remote && p.remote.type}`;
+        }
+      }
+      return true;
+    }, CONNECT_WITHIN_MS);
+    check('both pages connected, selected candidate pair relay/relay on both', conn.ok,
+      conn.ok ? `${((Date.now() - t0) / 1000).toFixed(1)} s after bob joined; ` + reps.map((r, i) => {
+        const p = Object.values(r.peers)[0];
+        return `${pages[i].name} ${p.local.relayProtocol || p.local.protocol}/${p.local.address}:${p.local.port} -> ${p.remote.address}:${p.remote.port}`;
+      }).join(', ') : conn.reason);
+    if (!conn.ok) return;
+
+    const bobPc = reps[1].peers.alice;
+    const nonRelay = (bobPc.localTypes.host || 0) + (bobPc.localTypes.srflx || 0);
+    check('bob really is misconfigured: iceTransportPolicy "all", host/srflx candidates gathered',
+      bobPc.policy === 'all' && nonRelay > 0, `policy ${bobPc.policy}, local candidates ${JSON.stringify(bobPc.localTypes)}`);
+    check('alice uses iceTransportPolicy "relay" (from the server)', reps[0].peers.bob.policy === 'relay', reps[0].peers.bob.policy);
+
+    // Renegotiate from bob without an ICE restart: his new offer then carries every candidate he
+    // gathered as a=candidate lines and his default candidate in c=, all for the server to rebuild.
+    await bob.page.evaluate(() => window.relaychat.pcs.get('alice').addTransceiver('audio', { direction: 'recvonly' }));
+    const reneg = await waitFor(async () => {
+      const r = await reports();
+      const a = r[0].peers.bob, b = r[1].peers.alice;
+      return (a && b && a.signalingState === 'stable' && b.signalingState === 'stable' && a.transceivers === b.transceivers
+        && b.transceivers >= 3 && a.connectionState === 'connected' && b.connectionState === 'connected')
+        || `alice ${a && a.signalingState}/${a && a.transceivers}, bob ${b && b.signalingState}/${b && b.transceivers}`;
+    }, 15_000);
+    check('bob renegotiates mid-call (his offer SDP carries his candidates)', reneg.ok, reneg.reason);
+
+    const before = await reports();
+    await sleep(3000);
+    const after = await reports();
+    const kinds = MEDIA === 'video' ? ['audio', 'video'] : ['audio'];
+    const grown = [];
+    let flowing = true;
+    for (let i = 0; i < 2; i++) {
+      const other = i === 0 ? 'bob' : 'alice';
+      for (const k of kinds) {
+        const b = before[i].peers[other].inbound[k] || 0, a = after[i].peers[other].inbound[k] || 0;
+        if (!(a > b)) flowing = false;
+        grown.push(`${pages[i].name}<-${other} ${k} ${b}->${a}`);
+      }
+    }
+    check(`inbound ${kinds.join(' and ')} bytes grow on both pages`, flowing, grown.join('; '));
+
+    // Let the call run so the captures see a steady relayed media flow.
+    await sleep(CALL_S * 1000);
+    const final = await reports();
+
+    // 2. Nothing a page received names anybody's address.
+    console.log('\n2. no page received a LAN or NAT-public address');
+    const bobSent = [];
+    for (const raw of final[1].tap.sent) scanFrame(raw, bobSent);
+    const sentLan = bobSent.filter((f) => f.ip === HOSTS.bob.lan);
+    const sentNat = bobSent.filter((f) => f.ip === HOSTS.bob.natPublic);
+    check('bob SENT his LAN and NAT-public addresses (so there is something to hide)',
+      sentLan.length > 0 && sentNat.length > 0, summarize([...sentLan, ...sentNat], 6));
+
+    for (let i = 0; i < 2; i++) {
+      const who = pages[i].name, rep = final[i];
+      const frames = [];
+      for (const raw of rep.tap.recv) scanFrame(raw, frames);
+      leaked.push(...checkClean(`${who}'s received WebSocket frames (${rep.tap.recv.length})`, frames, rep.tap.recv.length));
+
+      const added = [];
+      for (const c of rep.tap.added) {
+        if (c.init && typeof c.init.candidate === 'string') scanJson(c.init, 'addIceCandidate', added);
+        for (const k of ['address', 'relatedAddress']) if (c[k]) scanText(c[k], `RTCIceCandidate.${k}`, added);
+      }
+      leaked.push(...checkClean(`${who}'s remote RTCIceCandidates added (${rep.tap.added.length})`, added, rep.tap.added.length));
+
+      const sdps = [...rep.tap.remoteSdp, ...Object.values(rep.peers).flatMap((p) => p.remoteSdp)];
+      const inSdp = [];
+      sdps.forEach((s, n) => scanText(s, `remote SDP #${n + 1}`, inSdp));
+      leaked.push(...checkClean(`${who}'s remote SDPs (${sdps.length})`, inSdp, sdps.length));
+
+      const statsCands = Object.values(rep.peers).flatMap((p) => p.remoteCandidates);
+      const inStats = [];
+      for (const c of statsCands) {
+        for (const k of ['address', 'ip', 'relatedAddress']) if (c[k]) scanText(c[k], `getStats remote-candidate.${k}`, inStats);
+      }
+      leaked.push(...checkClean(`${who}'s getStats remote candidates (${statsCands.length})`, inStats, statsCands.length));
+    }
+
+    // Leave cleanly so the relay's allocations are torn down inside the capture.
+    for (const e of pages) await e.page.click('#leave').catch(() => {});
+    await sleep(500);
+  } catch (err) {
+    check('the call ran to the end', false, err.stack || String(err));
+  } finally {
+    if (results.some((r) => !r.ok)) await dumpDiagnostics(server);
+    for (const e of pages) await e.context.close().catch(() => {});
+    for (const b of browsers) await b.close().catch(() => {});
+    await stopChild(server.child);
+    for (const c of captures) await stopChild(c.child, 'SIGINT');
+  }
+
+  // 3. The routers' public sides carried UDP to and from the relay only.
+  console.log('\n3. each router\'s public side carried UDP to/from the relay only');
+  for (const [name, h] of Object.entries(HOSTS)) {
+    const cap = captures.find((c) => c.name === `router-of-${name}`);
+    const { packets, unparsed } = await readCapture(cap.file);
+    const toRelay = packets.filter((p) => p.src === h.natPublic && p.dst === RELAY).length;
+    const fromRelay = packets.filter((p) => p.src === RELAY && p.dst === h.natPublic).length;
+    const other = packets.filter((p) => !((p.src === h.natPublic && p.dst === RELAY) || (p.src === RELAY && p.dst === h.natPublic)));
+    const peers = new Set(other.map((p) => `${p.src} > ${p.dst}`));
+    check(`router of ${name} (${h.natPublic}): every UDP packet on its public side is to/from ${RELAY}`,
+      packets.length > 0 && other.length === 0 && unparsed.length === 0,
+      `${packets.length} packets: ${toRelay} to the relay, ${fromRelay} from it`
+      + (other.length ? `; ${other.length} others: ${[...peers].slice(0, 6).join(', ')}` : '')
+      + (unparsed.length ? `; ${unparsed.length} unparsed lines, e.g. ${unparsed[0]}` : ''));
+    // A relayed call of several seconds is hundreds of packets each way; a handful would mean
+    // the media took another path (or none) and the "only the relay" result would be vacuous.
+    check(`router of ${name}: the call's media crossed it (>= 100 packets each way)`, toRelay >= 100 && fromRelay >= 100,
+      `${toRelay} out, ${fromRelay} in`);
+  }
+
+  if (leaked.length) {
+    const fields = [...new Set(leaked.map((f) => `${f.field || f.where} (${kindOf(f.ip)} ${f.ip})`))];
+    console.log(`\n  leaked fields: ${fields.join('; ')}`);
+  }
+}
+
+async function dumpDiagnostics(server) {
+  for (const e of pages) {
+    const ui = await e.page.evaluate(() => `status "${document.getElementById('status').textContent}"; `
+      + `messages: ${[...document.querySelectorAll('#messages li')].map((l) => l.textContent).join(' | ')}; `
+      + `voice error: "${document.getElementById('voice-error').textContent}"; `
+      + `last frames received: ${window.__natTap.recv.slice(-4).join(' | ').slice(0, 600)}`).catch((err) => err.message);
+    console.log(`\n----- console of ${e.name} (${e.logs.length} lines; ${ui}) -----`);
+    for (const l of e.logs.slice(-60)) console.log(`  ${l}`);
+  }
+  if (server) {
+    console.log(`\n----- server log tail (${server.child.exitedWith ?? 'running'}) -----`);
+    for (const l of server.log.slice(-60)) console.log(`  ${l}`);
+  }
+}
+
+try {
+  await run();
+} catch (err) {
+  check('the test ran to the end', false, err.stack || String(err));
+}
+const failed = results.filter((r) => !r.ok);
+console.log(`\nnat-test: ${results.length - failed.length} passed, ${failed.length} failed`);
+for (const f of failed) console.log(`  FAILED ${f.name}`);
+process.exit(failed.length ? 1 : 0);
