@@ -33,13 +33,18 @@ const CONFIG = process.env.NAT_CONFIG || '';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const MEDIA = process.env.NAT_TEST_MEDIA === 'audio' ? 'audio' : 'video';
 const CALL_S = Math.max(1, Number(process.env.NAT_TEST_CALL_S) || 6);
+// "bob" (default): bob alone ignores the server's policy. "both": alice too; then only the
+// server stands between two clients that would gladly connect directly through their NATs.
+const MISCONFIGURED = process.env.NAT_TEST_MISCONFIGURED === 'both' ? ['alice', 'bob'] : ['bob'];
 const NS_SRV = need('NAT_NS_SRV');
 const HOSTS = {
-  alice: { ns: need('NAT_NS_HOSTA'), router: need('NAT_NS_RTRA'), lan: '192.168.10.2', natPublic: '203.0.113.21', query: '' },
-  // bob ignores the server's iceTransportPolicy: he gathers host and server-reflexive
-  // candidates and sends them, and his relay candidates carry his own addresses in raddr.
-  bob: { ns: need('NAT_NS_HOSTB'), router: need('NAT_NS_RTRB'), lan: '192.168.20.2', natPublic: '203.0.113.22', query: '?forcePolicy=all' },
+  alice: { ns: need('NAT_NS_HOSTA'), router: need('NAT_NS_RTRA'), lan: '192.168.10.2', natPublic: '203.0.113.21' },
+  bob: { ns: need('NAT_NS_HOSTB'), router: need('NAT_NS_RTRB'), lan: '192.168.20.2', natPublic: '203.0.113.22' },
 };
+// A misconfigured page ignores the server's iceTransportPolicy: it gathers host and
+// server-reflexive candidates and sends them, and its relay candidates carry its own addresses
+// in raddr (the client's ?forcePolicy=all test parameter, web/app.js).
+for (const [name, h] of Object.entries(HOSTS)) h.query = MISCONFIGURED.includes(name) ? '?forcePolicy=all' : '';
 const HTTP_PORT = 8080;   // scripts/nat-test sets it; the server is alone in its namespace
 const CONNECT_WITHIN_MS = 45_000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -123,10 +128,11 @@ async function startServer() {
   return { child, log };
 }
 
-// tcpdump on a router's public interface, UDP only, written unbuffered (-U) so nothing is lost.
+// tcpdump on a router's public interface, every IP packet (UDP is what a leak would use; TCP is
+// there because a page may reach the relay over TURN/TCP), written unbuffered (-U).
 async function startCapture(name, ns) {
   const file = path.join(WORK, `${name}-wan.pcap`);
-  const child = spawnIn(ns, 'tcpdump', ['-i', 'wan', '-n', '-U', '-Z', 'root', '-w', file, 'udp']);
+  const child = spawnIn(ns, 'tcpdump', ['-i', 'wan', '-n', '-U', '-Z', 'root', '-w', file, 'ip or ip6']);
   let err = '';
   child.stderr.on('data', (b) => { err += b; });
   const up = await waitFor(() => child.exitedWith !== null || /listening on/.test(err) || 'starting', 10_000, 50);
@@ -134,7 +140,7 @@ async function startCapture(name, ns) {
   return { name, ns, file, child };
 }
 
-// Every UDP packet in the capture, as { src, dst } addresses, from tcpdump's own text output.
+// Every packet in the capture, as { src, dst, proto }, from tcpdump's own text output.
 function readCapture(file) {
   return new Promise((resolve, reject) => {
     execFile('tcpdump', ['-nr', file], { maxBuffer: 256 * 1024 * 1024 }, (err, stdout, stderr) => {
@@ -145,7 +151,8 @@ function readCapture(file) {
         if (!line.trim()) continue;
         const m = /\bIP6? (\S+) > (\S+?):? /.exec(line);
         if (!m) { unparsed.push(line); continue; }
-        packets.push({ src: hostOf(m[1]), dst: hostOf(m[2]), line });
+        const proto = /: UDP\b|\bUDP, /.test(line) ? 'udp' : /: Flags \[/.test(line) ? 'tcp' : /: ICMP/.test(line) ? 'icmp' : 'other';
+        packets.push({ src: hostOf(m[1]), dst: hostOf(m[2]), proto, line });
       }
       resolve({ packets, unparsed });
     });
@@ -399,7 +406,8 @@ function checkClean(label, findings, count) {
 
 // ---- the test --------------------------------------------------------------------------------
 async function run() {
-  console.log(`nat-test: server ${BIN}${CONFIG ? ` --config ${CONFIG}` : ''}; relay ${RELAY}; media ${MEDIA}`);
+  console.log(`nat-test: server ${BIN}${CONFIG ? ` --config ${CONFIG}` : ''}; relay ${RELAY}; media ${MEDIA}; `
+    + `misconfigured (iceTransportPolicy "all"): ${MISCONFIGURED.join(', ')}`);
   const captures = [];
   for (const [name, h] of Object.entries(HOSTS)) captures.push(await startCapture(`router-of-${name}`, h.router));
   const server = await startServer();
@@ -435,11 +443,16 @@ async function run() {
       }).join(', ') : conn.reason);
     if (!conn.ok) return;
 
-    const bobPc = reps[1].peers.alice;
-    const nonRelay = (bobPc.localTypes.host || 0) + (bobPc.localTypes.srflx || 0);
-    check('bob really is misconfigured: iceTransportPolicy "all", host/srflx candidates gathered',
-      bobPc.policy === 'all' && nonRelay > 0, `policy ${bobPc.policy}, local candidates ${JSON.stringify(bobPc.localTypes)}`);
-    check('alice uses iceTransportPolicy "relay" (from the server)', reps[0].peers.bob.policy === 'relay', reps[0].peers.bob.policy);
+    for (let i = 0; i < 2; i++) {
+      const who = pages[i].name, pc = Object.values(reps[i].peers)[0];
+      if (MISCONFIGURED.includes(who)) {
+        const nonRelay = (pc.localTypes.host || 0) + (pc.localTypes.srflx || 0);
+        check(`${who} really is misconfigured: iceTransportPolicy "all", host/srflx candidates gathered`,
+          pc.policy === 'all' && nonRelay > 0, `policy ${pc.policy}, local candidates ${JSON.stringify(pc.localTypes)}`);
+      } else {
+        check(`${who} uses iceTransportPolicy "relay" (from the server)`, pc.policy === 'relay', pc.policy);
+      }
+    }
 
     // Renegotiate from bob without an ICE restart: his new offer then carries every candidate he
     // gathered as a=candidate lines and his default candidate in c=, all for the server to rebuild.
@@ -475,12 +488,17 @@ async function run() {
 
     // 2. Nothing a page received names anybody's address.
     console.log('\n2. no page received a LAN or NAT-public address');
-    const bobSent = [];
-    for (const raw of final[1].tap.sent) scanFrame(raw, bobSent);
-    const sentLan = bobSent.filter((f) => f.ip === HOSTS.bob.lan);
-    const sentNat = bobSent.filter((f) => f.ip === HOSTS.bob.natPublic);
-    check('bob SENT his LAN and NAT-public addresses (so there is something to hide)',
-      sentLan.length > 0 && sentNat.length > 0, summarize([...sentLan, ...sentNat], 6));
+    for (let i = 0; i < 2; i++) {
+      const who = pages[i].name;
+      await writeFile(path.join(WORK, `${who}-tap.json`), JSON.stringify(final[i], null, 1));
+      if (!MISCONFIGURED.includes(who)) continue;
+      const sent = [];
+      for (const raw of final[i].tap.sent) scanFrame(raw, sent);
+      const sentLan = sent.filter((f) => f.ip === HOSTS[who].lan);
+      const sentNat = sent.filter((f) => f.ip === HOSTS[who].natPublic);
+      check(`${who} SENT its own LAN and NAT-public addresses (so there is something to hide)`,
+        sentLan.length > 0 && sentNat.length > 0, summarize([...sentLan, ...sentNat], 6));
+    }
 
     for (let i = 0; i < 2; i++) {
       const who = pages[i].name, rep = final[i];
@@ -522,23 +540,32 @@ async function run() {
   }
 
   // 3. The routers' public sides carried UDP to and from the relay only.
-  console.log('\n3. each router\'s public side carried UDP to/from the relay only');
+  console.log('\n3. each router\'s public side carried traffic to/from the relay only');
   for (const [name, h] of Object.entries(HOSTS)) {
     const cap = captures.find((c) => c.name === `router-of-${name}`);
     const { packets, unparsed } = await readCapture(cap.file);
-    const toRelay = packets.filter((p) => p.src === h.natPublic && p.dst === RELAY).length;
-    const fromRelay = packets.filter((p) => p.src === RELAY && p.dst === h.natPublic).length;
-    const other = packets.filter((p) => !((p.src === h.natPublic && p.dst === RELAY) || (p.src === RELAY && p.dst === h.natPublic)));
-    const peers = new Set(other.map((p) => `${p.src} > ${p.dst}`));
+    const mine = (p) => (p.src === h.natPublic && p.dst === RELAY) || (p.src === RELAY && p.dst === h.natPublic);
+    const count = (list, proto) => list.filter((p) => p.proto === proto).length;
+    const udp = packets.filter((p) => p.proto === 'udp');
+    const udpOther = udp.filter((p) => !mine(p));
+    const allOther = packets.filter((p) => !mine(p));
+    const toRelay = udp.filter((p) => p.src === h.natPublic && p.dst === RELAY).length;
+    const fromRelay = udp.filter((p) => p.src === RELAY && p.dst === h.natPublic).length;
+    const show = (list) => [...new Set(list.map((p) => `${p.proto} ${p.src} > ${p.dst}`))].slice(0, 6).join(', ');
     check(`router of ${name} (${h.natPublic}): every UDP packet on its public side is to/from ${RELAY}`,
-      packets.length > 0 && other.length === 0 && unparsed.length === 0,
-      `${packets.length} packets: ${toRelay} to the relay, ${fromRelay} from it`
-      + (other.length ? `; ${other.length} others: ${[...peers].slice(0, 6).join(', ')}` : '')
+      udp.length > 0 && udpOther.length === 0 && unparsed.length === 0,
+      `${udp.length} UDP packets: ${toRelay} to the relay, ${fromRelay} from it`
+      + (udpOther.length ? `; ${udpOther.length} others: ${show(udpOther)}` : '')
       + (unparsed.length ? `; ${unparsed.length} unparsed lines, e.g. ${unparsed[0]}` : ''));
+    check(`router of ${name}: every other IP packet on its public side is to/from ${RELAY} too`, allOther.length === 0,
+      `${count(packets, 'tcp')} TCP (signaling, TURN/TCP), ${count(packets, 'icmp')} ICMP, ${count(packets, 'other')} other`
+      + (allOther.length ? `; ${allOther.length} not with the relay: ${show(allOther)}` : ''));
     // A relayed call of several seconds is hundreds of packets each way; a handful would mean
     // the media took another path (or none) and the "only the relay" result would be vacuous.
-    check(`router of ${name}: the call's media crossed it (>= 100 packets each way)`, toRelay >= 100 && fromRelay >= 100,
-      `${toRelay} out, ${fromRelay} in`);
+    const outAll = packets.filter((p) => p.src === h.natPublic && p.dst === RELAY).length;
+    const inAll = packets.filter((p) => p.src === RELAY && p.dst === h.natPublic).length;
+    check(`router of ${name}: the call's media crossed it (>= 100 packets each way)`, outAll >= 100 && inAll >= 100,
+      `${outAll} out, ${inAll} in (UDP and TCP)`);
   }
 
   if (leaked.length) {
