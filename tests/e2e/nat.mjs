@@ -8,6 +8,8 @@
 //   2. nothing either page received (every WebSocket frame, every remote candidate it added, every
 //      remote SDP, every remote candidate in getStats) names any address but the relay's and the
 //      placeholders 0.0.0.0 / ::, although bob really sent his LAN and NAT-public addresses;
+//      2b. nor did alice get anything of two candidates bob's page forges (a "typ relay" on his
+//      LAN address; a relay candidate with extra address-carrying keys), as a hostile client would;
 //   3. on each router's public side, every UDP packet is to or from the relay.
 // One node process drives both browsers: each is launched through a tiny wrapper that execs
 // Chromium inside its host namespace (the DevTools pipe is inherited across the exec).
@@ -276,7 +278,7 @@ function report(entry) {
         if (r.type === 'inbound-rtp') inbound[r.kind] = (inbound[r.kind] || 0) + (r.bytesReceived || 0);
         if (r.type === 'local-candidate') localTypes[r.candidateType] = (localTypes[r.candidateType] || 0) + 1;
         if (r.type === 'remote-candidate') {
-          remoteCandidates.push({ type: r.candidateType, address: r.address, ip: r.ip, relatedAddress: r.relatedAddress, url: r.url });
+          remoteCandidates.push({ type: r.candidateType, address: r.address, ip: r.ip, port: r.port, relatedAddress: r.relatedAddress });
         }
       });
       peers[name] = {
@@ -404,6 +406,20 @@ function checkClean(label, findings, count) {
   return leaks;
 }
 
+// ---- a hostile client ------------------------------------------------------------------------
+// Candidates no browser makes but any client can send: bob's page pushes them through its real
+// session (window.relaychat.send). Foundations 777001.. and ports 9/10 mark them, so their
+// findings are reported apart from the browser-made traffic.
+const FORGED = [
+  // "typ relay" on a host address: a host candidate in disguise.
+  { candidate: `candidate:777001 1 udp 41885439 ${HOSTS.bob.lan} 9 typ relay raddr 0.0.0.0 rport 0 generation 0`, sdpMid: '0', sdpMLineIndex: 0 },
+  // A proper relay candidate with extra keys of the candidate object carrying addresses.
+  { candidate: `candidate:777002 1 udp 41885439 ${RELAY} 10 typ relay raddr 0.0.0.0 rport 0 generation 0`, sdpMid: '0', sdpMLineIndex: 0,
+    address: HOSTS.bob.lan, relatedAddress: HOSTS.bob.natPublic },
+];
+const isForged = (text) => /candidate:77700\d/.test(String(text || ''));
+const FORGED_PORTS = new Set([9, 10]);
+
 // ---- the test --------------------------------------------------------------------------------
 async function run() {
   console.log(`nat-test: server ${BIN}${CONFIG ? ` --config ${CONFIG}` : ''}; relay ${RELAY}; media ${MEDIA}; `
@@ -482,6 +498,10 @@ async function run() {
     }
     check(`inbound ${kinds.join(' and ')} bytes grow on both pages`, flowing, grown.join('; '));
 
+    await bob.page.evaluate((list) => {
+      for (const candidate of list) window.relaychat.send({ type: 'webrtc-ice-candidate', targetUsername: 'alice', candidate });
+    }, FORGED);
+
     // Let the call run so the captures see a steady relayed media flow.
     await sleep(CALL_S * 1000);
     const final = await reports();
@@ -493,7 +513,7 @@ async function run() {
       await writeFile(path.join(WORK, `${who}-tap.json`), JSON.stringify(final[i], null, 1));
       if (!MISCONFIGURED.includes(who)) continue;
       const sent = [];
-      for (const raw of final[i].tap.sent) scanFrame(raw, sent);
+      for (const raw of final[i].tap.sent) if (!isForged(raw)) scanFrame(raw, sent);
       const sentLan = sent.filter((f) => f.ip === HOSTS[who].lan);
       const sentNat = sent.filter((f) => f.ip === HOSTS[who].natPublic);
       check(`${who} SENT its own LAN and NAT-public addresses (so there is something to hide)`,
@@ -502,29 +522,58 @@ async function run() {
 
     for (let i = 0; i < 2; i++) {
       const who = pages[i].name, rep = final[i];
+      const recv = rep.tap.recv.filter((raw) => !isForged(raw));
       const frames = [];
-      for (const raw of rep.tap.recv) scanFrame(raw, frames);
-      leaked.push(...checkClean(`${who}'s received WebSocket frames (${rep.tap.recv.length})`, frames, rep.tap.recv.length));
+      for (const raw of recv) scanFrame(raw, frames);
+      leaked.push(...checkClean(`${who}'s received WebSocket frames (${recv.length})`, frames, recv.length));
 
+      const addedRecs = rep.tap.added.filter((c) => !isForged(c.init && c.init.candidate));
       const added = [];
-      for (const c of rep.tap.added) {
+      for (const c of addedRecs) {
         if (c.init && typeof c.init.candidate === 'string') scanJson(c.init, 'addIceCandidate', added);
         for (const k of ['address', 'relatedAddress']) if (c[k]) scanText(c[k], `RTCIceCandidate.${k}`, added);
       }
-      leaked.push(...checkClean(`${who}'s remote RTCIceCandidates added (${rep.tap.added.length})`, added, rep.tap.added.length));
+      leaked.push(...checkClean(`${who}'s remote RTCIceCandidates added (${addedRecs.length})`, added, addedRecs.length));
 
-      const sdps = [...rep.tap.remoteSdp, ...Object.values(rep.peers).flatMap((p) => p.remoteSdp)];
+      // Chromium lists candidates added with addIceCandidate in remoteDescription too: the
+      // forged ones are judged in 2b.
+      const sdps = [...rep.tap.remoteSdp, ...Object.values(rep.peers).flatMap((p) => p.remoteSdp)]
+        .map((sdp) => sdp.split('\n').filter((l) => !isForged(l)).join('\n'));
       const inSdp = [];
       sdps.forEach((s, n) => scanText(s, `remote SDP #${n + 1}`, inSdp));
       leaked.push(...checkClean(`${who}'s remote SDPs (${sdps.length})`, inSdp, sdps.length));
 
-      const statsCands = Object.values(rep.peers).flatMap((p) => p.remoteCandidates);
+      const statsCands = Object.values(rep.peers).flatMap((p) => p.remoteCandidates).filter((c) => !FORGED_PORTS.has(c.port));
       const inStats = [];
       for (const c of statsCands) {
         for (const k of ['address', 'ip', 'relatedAddress']) if (c[k]) scanText(c[k], `getStats remote-candidate.${k}`, inStats);
       }
       leaked.push(...checkClean(`${who}'s getStats remote candidates (${statsCands.length})`, inStats, statsCands.length));
     }
+
+    // What became of bob's forged candidates at alice: dropped, or rebuilt to name only the relay.
+    console.log('\n2b. a hostile client: bob forges candidates that carry his addresses');
+    const forgedFrames = final[0].tap.recv.filter(isForged);
+    const forgedAdded = final[0].tap.added.filter((c) => isForged(c.init && c.init.candidate));
+    const forgedStats = Object.values(final[0].peers).flatMap((p) => p.remoteCandidates).filter((c) => FORGED_PORTS.has(c.port));
+    const inForged = [];
+    for (const raw of forgedFrames) scanFrame(raw, inForged);
+    for (const p of Object.values(final[0].peers)) {
+      for (const line of p.remoteSdp.flatMap((sdp) => sdp.split(/\r?\n/)).filter(isForged)) scanText(line, 'remoteDescription', inForged);
+    }
+    for (const c of forgedAdded) {
+      for (const k of ['address', 'relatedAddress']) if (c[k]) scanText(c[k], `RTCIceCandidate.${k}`, inForged);
+    }
+    for (const c of forgedStats) {
+      for (const k of ['address', 'ip', 'relatedAddress']) if (c[k]) scanText(c[k], `getStats remote-candidate.${k}`, inForged);
+    }
+    const forgedSent = final[1].tap.sent.filter(isForged).length;
+    const { leaks: forgedLeaks } = judge(inForged);
+    leaked.push(...forgedLeaks);
+    check(`alice received nothing of bob's ${FORGED.length} forged candidates but the relay's address and placeholders`,
+      forgedSent === FORGED.length && forgedLeaks.length === 0,
+      `bob sent ${forgedSent}; alice received ${forgedFrames.length}, added ${forgedAdded.length}`
+      + (forgedLeaks.length ? `; ${forgedLeaks.length} leaked: ${summarize(forgedLeaks)}` : ''));
 
     // Leave cleanly so the relay's allocations are torn down inside the capture.
     for (const e of pages) await e.page.click('#leave').catch(() => {});
