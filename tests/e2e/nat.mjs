@@ -18,6 +18,7 @@ import { spawn, execFile } from 'node:child_process';
 import { readFile, writeFile, chmod } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import net from 'node:net';
+import { scanText, scanJson, scanFrame, judge as judgeWith } from './addresses.mjs';
 import path from 'node:path';
 
 function need(name) {
@@ -300,21 +301,7 @@ const reports = () => Promise.all(pages.map(report));
 
 // ---- address scanning ------------------------------------------------------------------------
 const ALLOWED = new Set([RELAY, '0.0.0.0', '::']);
-
-// Every IPv4/IPv6 literal in a text, with its offset. IPv6 candidates are maximal runs of hex
-// digits, colons and dots, so a DTLS fingerprint (32 colon-separated bytes) is not mistaken for one.
-function ipLiterals(text) {
-  const out = [];
-  for (const m of text.matchAll(/(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?!\d|\.\d)/g)) {
-    if (net.isIPv4(m[0])) out.push({ ip: m[0], index: m.index });
-  }
-  for (const m of text.matchAll(/[0-9A-Fa-f.:]*:[0-9A-Fa-f.:]*/g)) {
-    let t = m[0];
-    if (!t.endsWith('::')) t = t.replace(/[.:]+$/, '');
-    if (t.includes(':') && net.isIPv6(t)) out.push({ ip: t, index: m.index });
-  }
-  return out;
-}
+const judge = (findings) => judgeWith(findings, ALLOWED);
 
 function kindOf(ip) {
   for (const [name, h] of Object.entries(HOSTS)) {
@@ -325,64 +312,6 @@ function kindOf(ip) {
   if (/^127\./.test(ip) || ip === '::1') return 'loopback address';
   if (/^(169\.254\.|fe80:)/i.test(ip)) return 'link-local address';
   return 'address';
-}
-
-// Names the field an address sits in: the SDP line type, and inside a candidate whether it is
-// the connection address or raddr.
-function fieldIn(line, index) {
-  const cand = /(^|a=)candidate:/.test(line);
-  if (cand) {
-    const before = line.slice(0, index).trim().split(/\s+/);
-    if (before.at(-1) === 'raddr') return 'candidate raddr';
-    if (before.length === 4 || (before.length === 5 && before[0].startsWith('a='))) return 'candidate connection address';
-    return 'candidate (other field)';
-  }
-  const m = /^([a-z])=([a-z-]+:?)?/.exec(line);
-  if (m) return m[1] === 'a' ? `SDP a=${(m[2] || '').replace(/:$/, '')}` : `SDP ${m[1]}=`;
-  return null;
-}
-
-// Scans one text found at `where`; SDP is scanned line by line so each hit names its line.
-function scanText(text, where, findings) {
-  const isSdp = /(^|\n)v=0\r?\n/.test(text);
-  const lines = isSdp ? text.split(/\r?\n/) : [text];
-  for (const line of lines) {
-    for (const { ip, index } of ipLiterals(line)) {
-      const field = fieldIn(line, index);
-      const excerpt = line.length > 140 ? line.slice(Math.max(0, index - 60), index + 60) : line;
-      findings.push({ ip, where: field ? `${where} ${field}` : where, field, excerpt });
-    }
-  }
-}
-
-// Walks parsed JSON so that \u-escaped text is seen decoded and each hit names its JSON path.
-function scanJson(value, where, findings) {
-  if (typeof value === 'string') scanText(value, where, findings);
-  else if (Array.isArray(value)) value.forEach((v, i) => scanJson(v, `${where}[${i}]`, findings));
-  else if (value && typeof value === 'object') {
-    for (const [k, v] of Object.entries(value)) {
-      scanText(k, `${where} (key)`, findings);
-      scanJson(v, `${where}.${k}`, findings);
-    }
-  }
-}
-
-function scanFrame(raw, findings) {
-  let msg;
-  try { msg = JSON.parse(raw); } catch { scanText(raw, 'non-JSON frame', findings); return; }
-  scanJson(msg, msg && typeof msg.type === 'string' ? msg.type : 'frame', findings);
-}
-
-// Splits findings into leaks and tolerated ones. Chromium writes "o=- ... IN IP4 127.0.0.1" in
-// every SDP it makes: a constant, nobody's address; tolerated there (and reported), nowhere else.
-function judge(findings) {
-  const leaks = [], tolerated = [];
-  for (const f of findings) {
-    if (ALLOWED.has(f.ip)) continue;
-    if (f.ip === '127.0.0.1' && f.field === 'SDP o=') tolerated.push(f);
-    else leaks.push(f);
-  }
-  return { leaks, tolerated };
 }
 
 function summarize(list, max = 8) {
