@@ -10,7 +10,8 @@
 //      placeholders 0.0.0.0 / ::, although bob really sent his LAN and NAT-public addresses;
 //      2b. nor did alice get anything of two candidates bob's page forges (a "typ relay" on his
 //      LAN address; a relay candidate with extra address-carrying keys), as a hostile client would;
-//   3. on each router's public side, every UDP packet is to or from the relay.
+//   3. on each router's public side, every UDP packet (and every other IP packet) is to or from
+//      the relay, and the call's media crossed it.
 // One node process drives both browsers: each is launched through a tiny wrapper that execs
 // Chromium inside its host namespace (the DevTools pipe is inherited across the exec).
 import { chromium } from 'playwright-core';
@@ -18,8 +19,8 @@ import { spawn, execFile } from 'node:child_process';
 import { readFile, writeFile, chmod } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import net from 'node:net';
-import { scanText, scanJson, scanFrame, judge as judgeWith } from './addresses.mjs';
 import path from 'node:path';
+import { scanText, scanJson, scanFrame, judge as judgeWith } from './addresses.mjs';
 
 function need(name) {
   const v = process.env[name];
