@@ -503,6 +503,11 @@ fn js_settings_overrides(path: &Path) -> Result<Vec<(String, Value)>, ConfigErro
     for (ours, value) in aliases.into_iter().chain(direct) {
         layer.insert(ours, value);
     }
+    if !layer.contains_key("chat.admins") {
+        if let Some(admins) = admins_json_beside(path)? {
+            layer.insert("chat.admins".into(), admins);
+        }
+    }
     // The original enables voice only for `webrtc.enabled === true`; without voice the
     // integrated relay has nobody to serve, so it opens no ports either (like the original,
     // which listens on its HTTP port only). `RELAYCHAT__TURN__ENABLED` can still turn it on.
@@ -511,6 +516,21 @@ fn js_settings_overrides(path: &Path) -> Result<Vec<(String, Value)>, ConfigErro
         layer.insert("turn.enabled".into(), Value::Bool(false));
     }
     Ok(layer.into_iter().collect())
+}
+
+/// The original keeps its moderators in `admins.json` next to `settings.json` (a JSON array of
+/// names); read it from there unless the settings file names `admins` itself.
+fn admins_json_beside(settings: &Path) -> Result<Option<Value>, ConfigError> {
+    let path = settings.parent().unwrap_or(Path::new(".")).join("admins.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ConfigError::Read { path, source }),
+    };
+    let admins: Vec<String> =
+        serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.clone(), source })?;
+    tracing::info!("admins from {}: {}", path.display(), admins.len());
+    Ok(Some(Value::from(admins)))
 }
 
 /// `wss: {enabled, key, cert}`: TLS on the chat port, paths relative to the settings file's
@@ -659,6 +679,19 @@ mod tests {
         let s = load_json(dir.path(), r#"{"wss": {"enabled": true, "cert": "tls/c.pem"}}"#);
         assert_eq!(s.server.tls.cert_file, dir.path().join("tls/c.pem").display().to_string());
         assert_eq!(s.server.tls.key_file, dir.path().join("certs/key.pem").display().to_string());
+    }
+
+    #[test]
+    fn admins_json_beside_the_settings_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admins.json"), r#"["admin", "Root"]"#).unwrap();
+        assert_eq!(load_json(dir.path(), "{}").chat.admins, ["admin", "Root"]);
+        assert_eq!(load_json(dir.path(), r#"{"admins": ["Only"]}"#).chat.admins, ["Only"]);
+        std::fs::write(dir.path().join("admins.json"), "not json").unwrap();
+        let path = dir.path().join("settings.json");
+        std::fs::write(&path, "{}").unwrap();
+        let err = Settings::load(&Sources { config_file: Some(path), port: None }).unwrap_err();
+        assert!(err.to_string().contains("admins.json"), "{err}");
     }
 
     #[test]
