@@ -358,3 +358,40 @@ async fn head_server_info_answers_200_like_get() {
         assert!(body.is_empty(), "HEAD has no body: {body:?}");
     }
 }
+
+#[tokio::test]
+async fn wss_in_settings_json_serves_tls_with_the_files_next_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // The original's layout: certs/ beside settings.json, paths relative to it.
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("certs/cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("certs/key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let settings = json!({
+        "port": free_port(),
+        "serverName": "Over TLS",
+        "wss": {"enabled": true, "key": "certs/key.pem", "cert": "certs/cert.pem"}
+    });
+    let server = start_with_settings_json(dir.path(), &settings);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(server.http).await.unwrap();
+    let domain = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(domain, tcp).await.expect("the chat port speaks TLS");
+    tls.write_all(b"GET /server-info HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_string(&mut response)).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"serverName\":\"Over TLS\""), "{response}");
+}
