@@ -204,13 +204,18 @@ async fn commands() {
     bob.chat("/nick Bobby").await;
     let cooldown = bob.recv().await;
     assert!(
-        cooldown["text"].as_str().unwrap().starts_with("You can change your nick again in"),
+        cooldown["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("You can only change your nickname once every 60 seconds. Please wait "),
         "{cooldown}"
     );
     alice.chat("/nick Robert").await;
-    alice.next_system("Username taken.").await;
+    alice.next_system("Username \"Robert\" is already taken.").await;
     alice.chat("/nick x!").await;
-    alice.next_system("Illegal username. Requirement: 3-20 characters alphanumeric.").await;
+    alice
+        .next_system("Illegal username. Must be 3-20 characters, only letters, digits, underscore, dash.")
+        .await;
     alice.chat("/list").await;
     alice.next_system("Online users: Alice, Robert").await;
 
@@ -245,7 +250,7 @@ async fn authentication_mode() {
     a.chat("/login Alice wrongpass1").await;
     a.next_system("Login failed.").await;
     a.send("webrtc-join", json!({})).await;
-    assert_eq!(a.recv_type("webrtc-error").await["error"], "Must be authenticated to join voice chat");
+    a.next_system("Please authenticate first using /register or /login commands in message content.").await;
     a.chat("/login Alice password123").await;
     assert_eq!(a.recv().await["type"], "history");
     a.next_system("MOTD: Welcome").await;
@@ -270,8 +275,7 @@ async fn authentication_mode() {
     guesser.recv_type("system").await;
     for i in 1..=5 {
         guesser.chat(&format!("/login Alice wrongpass{i}")).await;
-        let expected = if i < 5 { "Login failed." } else { "Too many failed attempts. Blocked for 1 hour." };
-        guesser.next_system(expected).await;
+        guesser.next_system("Login failed.").await;
         tokio::time::sleep(std::time::Duration::from_millis(350)).await; // stay under the rate limit
     }
     guesser.chat("/login Alice password123").await;
@@ -289,7 +293,7 @@ async fn authentication_mode() {
     a.next_system("You do not have permission to use /kick.").await;
     admin.chat("/ban Alice").await;
     admin.expect_system("Alice was banned by Admin.").await;
-    a.expect_system("Alice was banned by Admin.").await;
+    a.next_system("You have been banned by an admin.").await;
     a.expect_close().await;
     admin.expect_system("Alice has left.").await;
 
@@ -440,7 +444,8 @@ async fn churn_guard_blocks_reconnect_loops() {
     let server = Server::start(
         "[limits.churn_guard]\nenabled = true\nwindow_ms = 10000\nmax_cycles = 3\nblock_duration_ms = 30000\n",
     );
-    for i in 0..4 {
+    // Like the original, the max_cycles-th quick cycle starts the block.
+    for i in 0..3 {
         let mut c = server.join(&format!("Loop{i}")).await;
         c.ws.close(None).await.unwrap();
         let _ = c.expect_close().await;

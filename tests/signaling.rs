@@ -477,14 +477,17 @@ async fn auth_mode_only_logged_in_users_join_and_kick_or_ban_leaves_voice() {
     let server = Server::start("[chat]\nauthentication = true\nadmins = [\"Admin\"]\n");
     let mut stranger = Client::connect(&server.url(Some("Stranger"))).await;
     stranger.recv_type("system").await; // "Authentication required. ..."
+                                        // Before login every webrtc-* message gets the original's login handler text.
+    let before_login = "Please authenticate first using /register or /login commands in message content.";
     stranger.send("webrtc-join", json!({"mediaTypes": ["audio"]})).await;
-    expect_error(&mut stranger, "Must be authenticated to join voice chat").await;
+    stranger.next_system(before_login).await;
     stranger.send("webrtc-leave", json!({})).await;
-    expect_error(&mut stranger, "Not in voice chat").await;
+    stranger.next_system(before_login).await;
     stranger.send("webrtc-offer", json!({"targetUsername": "Admin", "offer": offer(PLAIN_SDP)})).await;
-    expect_error(&mut stranger, "Not in voice chat").await;
+    stranger.next_system(before_login).await;
     send_candidate(&mut stranger, "Admin", &candidate(&relay(50000)), false).await;
-    expect_only_pong(&mut stranger).await; // candidates: dropped silently
+    stranger.next_system(before_login).await;
+    expect_only_pong(&mut stranger).await;
 
     let mut admin = login(&server, "Admin").await;
     let mut alice = login(&server, "Alice").await;

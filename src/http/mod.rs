@@ -1,5 +1,5 @@
 //! HTTP: the WebSocket upgrade (on any path, handled in `listener` before routing),
-//! `/server-info` and `/info`, `/healthz`, `/readyz`, `/metrics`, and the built-in client.
+//! `/server-info` and `/info` (GET and HEAD), `/healthz`, `/readyz`, `/metrics`, and the built-in client.
 
 pub mod listener;
 pub mod server_info;
@@ -35,7 +35,10 @@ pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Err
         let state = state.clone();
         warp::any().map(move || state.clone())
     };
+    // HEAD too: the original answers /server-info whatever the method, and uptime probes use HEAD.
     let info = warp::get()
+        .or(warp::head())
+        .unify()
         .and(warp::path("server-info").or(warp::path("info")).unify())
         .and(warp::path::end())
         .and(with_state.clone())

@@ -1,4 +1,4 @@
-//! `GET /server-info` and `GET /info`: public facts about this server, never a secret.
+//! `GET`/`HEAD /server-info` and `/info`: public facts about this server, never a secret.
 
 use serde_json::{json, Value};
 

@@ -107,8 +107,15 @@ impl Hub {
 
     pub(super) fn on_message(&mut self, out: &mut Out, conn: ConnId, inbound: Inbound, now: Now) {
         let Some(connection) = self.connections.get(&conn) else { return };
+        // Before login (authentication mode) the original answers with its login handler's texts.
+        let before_login = self.settings.chat.authentication && connection.name.is_none();
         let Inbound::Message { token, message } = inbound else {
-            out.system(conn, "Invalid message format.");
+            let text = if before_login {
+                "Invalid message format. Must be JSON."
+            } else {
+                "Invalid message format."
+            };
+            out.system(conn, text);
             return;
         };
         if token.as_deref() != Some(connection.token.as_str()) {
@@ -117,6 +124,14 @@ impl Hub {
             } else {
                 out.system(conn, "Invalid session token.");
             }
+            return;
+        }
+        if before_login && !matches!(message, ClientMessage::Ping | ClientMessage::Chat { content: Some(_) })
+        {
+            out.system(
+                conn,
+                "Please authenticate first using /register or /login commands in message content.",
+            );
             return;
         }
         match message {
@@ -179,8 +194,7 @@ impl Hub {
         if text.is_empty() {
             return;
         }
-        if text.starts_with('/') {
-            self.on_command(out, conn, &name, text, now);
+        if text.starts_with('/') && self.on_command(out, conn, &name, text, now) {
             return;
         }
         self.record(out, HistoryKind::Chat, Some(&name), text, now);
@@ -267,11 +281,10 @@ impl Hub {
         connection.login_in_progress = false;
         let ip = connection.ip;
         if !ok {
-            if self.login_limiter.record_failure(ip, &name, now.mono) {
-                out.system(conn, "Too many failed attempts. Blocked for 1 hour.");
-            } else {
-                out.system(conn, "Login failed.");
-            }
+            // The failure that starts the block still answers "Login failed." (the original's
+            // text); the next attempt hears about the block.
+            self.login_limiter.record_failure(ip, &name, now.mono);
+            out.system(conn, "Login failed.");
             return;
         }
         self.login_limiter.record_success(ip, &name);

@@ -1,7 +1,9 @@
-//! The `/` commands: /help /list /nick /block /unblock /kick /ban /unban.
+//! The `/` commands: /help /list /nick /block /unblock /kick /ban /unban, with the original's
+//! reply texts. Anything else that starts with `/` is not a command here: it goes out as chat.
 
 use std::time::Duration;
 
+use super::limits::js_seconds;
 use super::{is_valid_username, ConnId, Effect, Hub, Now, Out, CLOSE_POLICY};
 
 pub const HELP_TEXT: &str = "/nick <name> - Change your nickname (disabled if authentication is enabled).\n\
@@ -15,21 +17,39 @@ pub const HELP_TEXT: &str = "/nick <name> - Change your nickname (disabled if au
 
 const BLOCK_DURATION: Duration = Duration::from_secs(12 * 3600);
 
+/// The original cuts names to 20 characters before checking them (`clampUsername`).
+const USERNAME_MAX_CHARS: usize = 20;
+
 impl Hub {
-    pub(super) fn on_command(&mut self, out: &mut Out, conn: ConnId, name: &str, text: &str, now: Now) {
-        let mut words = text.split_whitespace();
-        let command = words.next().unwrap_or("");
-        let argument = words.next();
+    /// Runs a built-in command; false when `text` is not one, so that the caller broadcasts it
+    /// as ordinary chat like the original does (bots implement `/roll` and friends that way).
+    pub(super) fn on_command(
+        &mut self,
+        out: &mut Out,
+        conn: ConnId,
+        name: &str,
+        text: &str,
+        now: Now,
+    ) -> bool {
+        let (command, rest) = match text.split_once(char::is_whitespace) {
+            Some((command, rest)) => (command, rest.trim()),
+            None => (text, ""),
+        };
         match command {
-            "/help" => out.system(conn, HELP_TEXT),
-            "/list" => self.list_users(out, conn, now),
-            "/nick" => self.change_nick(out, conn, name, argument, now),
-            "/block" => self.block(out, conn, name, argument, now),
-            "/unblock" => self.unblock(out, conn, argument),
-            "/kick" | "/ban" | "/unban" => self.moderate(out, conn, name, command, argument, now),
+            // The original matches these two only as the whole message: "/help me" is chat.
+            "/help" if rest.is_empty() => out.system(conn, HELP_TEXT),
+            "/list" if rest.is_empty() => self.list_users(out, conn, now),
+            "/nick" => self.change_nick(out, conn, name, rest, now),
+            "/block" => self.block(out, conn, name, rest, now),
+            "/unblock" => self.unblock(out, conn, rest),
+            "/kick" => self.kick(out, conn, name, rest, now),
+            "/ban" => self.ban(out, conn, name, rest, now),
+            "/unban" => self.unban(out, conn, name, rest, now),
+            // Never broadcast: the rest of the line is a password.
             "/register" | "/login" => out.system(conn, "You are already logged in."),
-            _ => out.system(conn, "Unknown command. Type /help for the list of commands."),
+            _ => return false,
         }
+        true
     }
 
     fn list_users(&self, out: &mut Out, conn: ConnId, now: Now) {
@@ -41,35 +61,45 @@ impl Hub {
         out.system(conn, &format!("Online users: {}", names.join(", ")));
     }
 
-    fn change_nick(&mut self, out: &mut Out, conn: ConnId, old: &str, new: Option<&str>, now: Now) {
+    fn change_nick(&mut self, out: &mut Out, conn: ConnId, old: &str, rest: &str, now: Now) {
         if self.settings.chat.authentication {
             out.system(conn, "Nick change is disabled on authentication servers.");
             return;
         }
-        let Some(new) = new else {
+        // The original renames a bare "/nick" to "Anonymous"; we ask for a name instead.
+        if rest.is_empty() {
             out.system(conn, "Usage: /nick <name>");
             return;
-        };
-        let cooldown = Duration::from_millis(self.settings.chat.nick_change_cooldown_ms);
+        }
+        let cooldown_ms = self.settings.chat.nick_change_cooldown_ms;
+        let cooldown = Duration::from_millis(cooldown_ms);
         let Some(connection) = self.connections.get(&conn) else { return };
         if let Some(last) = connection.last_nick_change {
             let elapsed = now.mono.duration_since(last);
             if elapsed < cooldown {
                 let wait = (cooldown - elapsed).as_secs_f64().ceil() as u64;
-                out.system(conn, &format!("You can change your nick again in {wait}s."));
+                let every = js_seconds(cooldown_ms);
+                out.system(
+                    conn,
+                    &format!(
+                        "You can only change your nickname once every {every} seconds. Please wait {wait} more seconds."
+                    ),
+                );
                 return;
             }
         }
-        if !is_valid_username(new) {
-            out.system(conn, "Illegal username. Requirement: 3-20 characters alphanumeric.");
+        let new = clamp_username(rest);
+        if !is_valid_username(&new) {
+            out.system(
+                conn,
+                "Illegal username. Must be 3-20 characters, only letters, digits, underscore, dash.",
+            );
             return;
         }
-        if new == old {
-            out.system(conn, "That is already your name.");
-            return;
-        }
-        if self.names.contains_key(new) || self.bans.contains(new) {
-            out.system(conn, "Username taken.");
+        // Your own name counts as taken, as in the original; a banned name too (the original
+        // let anyone take it).
+        if self.names.contains_key(&new) || self.bans.contains(&new) {
+            out.system(conn, &format!("Username \"{new}\" is already taken."));
             return;
         }
         // TURN credentials and peers' connections are bound to the name: renaming mid-call
@@ -79,99 +109,146 @@ impl Hub {
             return;
         }
         if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.name = Some(new.to_string());
+            connection.name = Some(new.clone());
             connection.last_nick_change = Some(now.mono);
         }
         self.names.remove(old);
-        self.names.insert(new.to_string(), conn);
+        self.names.insert(new.clone(), conn);
         for entry in &mut self.arrival_order {
             if entry == old {
-                *entry = new.to_string();
+                *entry = new.clone();
             }
         }
         self.announce(out, &format!("{old} is now {new}"), now);
     }
 
-    fn block(&mut self, out: &mut Out, conn: ConnId, name: &str, target: Option<&str>, now: Now) {
-        let Some(target) = target else {
+    /// The online user `wanted` names, ignoring case like the original's /block and /unblock
+    /// (an exact match first: names are case-sensitive, so "bob" and "Bob" may both be online).
+    fn find_online_ignoring_case(&self, wanted: &str) -> Option<String> {
+        if self.names.contains_key(wanted) {
+            return Some(wanted.to_string());
+        }
+        let lower = wanted.to_lowercase();
+        self.arrival_order.iter().find(|n| n.to_lowercase() == lower).cloned()
+    }
+
+    fn block(&mut self, out: &mut Out, conn: ConnId, name: &str, rest: &str, now: Now) {
+        if rest.is_empty() {
             out.system(conn, "Usage: /block <username>");
             return;
-        };
-        if target == name {
+        }
+        let lower = rest.to_lowercase();
+        if lower == name.to_lowercase() {
             out.system(conn, "You cannot block yourself.");
             return;
         }
-        if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.blocked.insert(target.to_string(), now.mono + BLOCK_DURATION);
-        }
-        out.system(conn, &format!("You blocked {target} for 12 hours."));
-    }
-
-    fn unblock(&mut self, out: &mut Out, conn: ConnId, target: Option<&str>) {
-        let Some(target) = target else {
-            out.system(conn, "Usage: /unblock <username>");
+        let Some(target) = self.find_online_ignoring_case(rest) else {
+            out.system(conn, &format!("User \"{lower}\" not found."));
             return;
         };
-        let removed = self.connections.get_mut(&conn).and_then(|c| c.blocked.remove(target)).is_some();
-        if removed {
-            out.system(conn, &format!("You unblocked {target}."));
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.blocked.insert(target.clone(), now.mono + BLOCK_DURATION);
+        }
+        out.system(conn, &format!("You have blocked {target} for 12 hours."));
+    }
+
+    fn unblock(&mut self, out: &mut Out, conn: ConnId, rest: &str) {
+        if rest.is_empty() {
+            out.system(conn, "Usage: /unblock <username>");
+            return;
+        }
+        let lower = rest.to_lowercase();
+        let Some(connection) = self.connections.get_mut(&conn) else { return };
+        // Blocks are by name here (the original blocks an IP), so a blocked user who went
+        // offline can still be unblocked.
+        let blocked = if connection.blocked.contains_key(rest) {
+            Some(rest.to_string())
         } else {
-            out.system(conn, &format!("{target} is not blocked."));
+            connection.blocked.keys().find(|n| n.to_lowercase() == lower).cloned()
+        };
+        match blocked.and_then(|n| connection.blocked.remove(&n).map(|_| n)) {
+            Some(target) => out.system(conn, &format!("You have unblocked {target}.")),
+            None => out.system(conn, &format!("{lower} was not blocked.")),
         }
     }
 
-    /// /kick, /ban, /unban: admins only, and only where names are proven (authentication mode).
-    fn moderate(
-        &mut self,
+    /// The checks /kick, /ban and /unban share; the clamped, valid target name if they pass.
+    /// Admins only, and only where names are proven (authentication mode).
+    fn moderation_target(
+        &self,
         out: &mut Out,
         conn: ConnId,
         admin: &str,
-        command: &str,
-        target: Option<&str>,
-        now: Now,
-    ) {
-        let verb = &command[1..];
+        verb: &str,
+        rest: &str,
+    ) -> Option<String> {
         if !self.settings.chat.authentication || !self.admins.contains(admin) {
-            out.system(conn, &format!("You do not have permission to use {command}."));
-            return;
+            out.system(conn, &format!("You do not have permission to use /{verb}."));
+            return None;
         }
-        let Some(target) = target else {
-            out.system(conn, &format!("Usage: {command} <username>"));
+        if rest.is_empty() {
+            out.system(conn, &format!("Please specify a username to {verb}."));
+            return None;
+        }
+        let target = clamp_username(rest);
+        if !is_valid_username(&target) {
+            out.system(conn, &format!("Illegal username in /{verb} command."));
+            return None;
+        }
+        Some(target)
+    }
+
+    fn kick(&mut self, out: &mut Out, conn: ConnId, admin: &str, rest: &str, now: Now) {
+        let Some(target) = self.moderation_target(out, conn, admin, "kick", rest) else { return };
+        // Yourself is "not found", as in the original.
+        let Some(target_conn) = self.names.get(&target).copied().filter(|&c| c != conn) else {
+            out.system(conn, &format!("User \"{target}\" not found."));
             return;
         };
-        if target == admin && verb != "unban" {
-            out.system(conn, &format!("You cannot {verb} yourself."));
+        out.system(target_conn, "You have been kicked by an admin.");
+        out.close(target_conn, CLOSE_POLICY, "Kicked");
+        self.announce(out, &format!("{target} was kicked by {admin}."), now);
+        self.remove_connection(out, target_conn, None, now);
+    }
+
+    fn ban(&mut self, out: &mut Out, conn: ConnId, admin: &str, rest: &str, now: Now) {
+        let Some(target) = self.moderation_target(out, conn, admin, "ban", rest) else { return };
+        // The original lets an admin ban themselves; that locks the account out for good.
+        if target == admin {
+            out.system(conn, "You cannot ban yourself.");
             return;
         }
-        let target_conn = self.names.get(target).copied();
-        match verb {
-            "kick" => {
-                let Some(target_conn) = target_conn else {
-                    out.system(conn, &format!("User {target} is not online."));
-                    return;
-                };
-                self.announce(out, &format!("{target} was kicked by {admin}."), now);
-                out.close(target_conn, CLOSE_POLICY, "Kicked");
-                self.remove_connection(out, target_conn, None, now);
-            }
-            "ban" => {
-                self.bans.insert(target.to_string());
-                out.push(Effect::SaveBan { name: target.to_string(), banned: true });
-                self.announce(out, &format!("{target} was banned by {admin}."), now);
-                if let Some(target_conn) = target_conn {
-                    out.system(target_conn, "You are banned.");
-                    out.close(target_conn, CLOSE_POLICY, "Banned");
-                    self.remove_connection(out, target_conn, None, now);
-                }
-            }
-            _ => {
-                if !self.bans.remove(target) {
-                    out.system(conn, &format!("User {target} is not banned."));
-                    return;
-                }
-                out.push(Effect::SaveBan { name: target.to_string(), banned: false });
-                self.announce(out, &format!("{target} was unbanned by {admin}."), now);
-            }
+        if self.bans.contains(&target) {
+            out.system(conn, &format!("{target} is already banned."));
+            return;
+        }
+        self.bans.insert(target.clone());
+        out.push(Effect::SaveBan { name: target.clone(), banned: true });
+        let target_conn = self.names.get(&target).copied();
+        if let Some(target_conn) = target_conn {
+            out.system(target_conn, "You have been banned by an admin.");
+            out.close(target_conn, CLOSE_POLICY, "Banned");
+        }
+        self.announce(out, &format!("{target} was banned by {admin}."), now);
+        match target_conn {
+            Some(target_conn) => self.remove_connection(out, target_conn, None, now),
+            None => out.system(conn, &format!("User \"{target}\" is now banned.")),
         }
     }
+
+    fn unban(&mut self, out: &mut Out, conn: ConnId, admin: &str, rest: &str, now: Now) {
+        let Some(target) = self.moderation_target(out, conn, admin, "unban", rest) else { return };
+        if !self.bans.remove(&target) {
+            out.system(conn, &format!("{target} is not banned."));
+            return;
+        }
+        out.push(Effect::SaveBan { name: target.clone(), banned: false });
+        out.system(conn, &format!("{target} has been unbanned."));
+        self.announce(out, &format!("{target} was unbanned by {admin}."), now);
+    }
+}
+
+/// The original's `clampUsername`: the first 20 characters.
+fn clamp_username(name: &str) -> String {
+    name.chars().take(USERNAME_MAX_CHARS).collect()
 }

@@ -15,7 +15,7 @@ use crate::config::LimitSettings;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     ServerFull,
-    TooManyInWindow { limit: usize, window_s: u64 },
+    TooManyInWindow { limit: usize, window_ms: u64 },
     TooManyConcurrent { limit: usize },
     ChurnBlocked { retry_after_s: u64 },
 }
@@ -24,8 +24,9 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::ServerFull => write!(f, "Server is full. Please try again later."),
-            Self::TooManyInWindow { limit, window_s } => {
-                write!(f, "Too many connections from this IP. Limit is {limit} per {window_s} seconds.")
+            Self::TooManyInWindow { limit, window_ms } => {
+                let seconds = js_seconds(*window_ms);
+                write!(f, "Too many connections from this IP. Limit is {limit} per {seconds} seconds.")
             }
             Self::TooManyConcurrent { limit } => {
                 write!(f, "Too many concurrent connections from this IP. Maximum allowed is {limit}.")
@@ -79,7 +80,7 @@ impl ConnectionLimiter {
         if record.recent_connects.len() >= self.settings.max_connections_per_window {
             return Err(Refusal::TooManyInWindow {
                 limit: self.settings.max_connections_per_window,
-                window_s: self.settings.connection_window_ms / 1000,
+                window_ms: self.settings.connection_window_ms,
             });
         }
         if record.open >= self.settings.max_connections_per_ip {
@@ -103,7 +104,8 @@ impl ConnectionLimiter {
         let window = Duration::from_millis(guard.window_ms);
         drop_older_than(&mut record.recent_disconnects, now, window);
         record.recent_disconnects.push_back(now);
-        if record.recent_disconnects.len() > guard.max_cycles {
+        // Like the original: the max_cycles-th rapid cycle starts the block.
+        if record.recent_disconnects.len() >= guard.max_cycles {
             record.blocked_until = Some(now + Duration::from_millis(guard.block_duration_ms));
             record.recent_disconnects.clear();
         }
@@ -126,6 +128,17 @@ impl ConnectionLimiter {
                 || r.blocked_until.is_some_and(|until| until > now)
         });
     }
+}
+
+/// `ms / 1000` as JavaScript prints it (`1500 / 1000` is "1.5", `30000 / 1000` is "30"): the
+/// original builds its texts that way and clients may match them byte for byte.
+pub fn js_seconds(ms: u64) -> String {
+    let (whole, fraction) = (ms / 1000, ms % 1000);
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let digits = format!("{fraction:03}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
 }
 
 fn drop_older_than(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
@@ -273,15 +286,26 @@ mod tests {
             s.churn_guard.window_ms = 1000;
             s.churn_guard.block_duration_ms = 5000;
         });
-        for _ in 0..3 {
-            l.admit(IP, now).unwrap();
-            l.release(IP, now);
-        }
+        l.admit(IP, now).unwrap();
+        l.release(IP, now);
+        assert_eq!(l.admit(IP, now), Ok(()), "one cycle of two is not a block yet");
+        l.release(IP, now);
         let refusal = l.admit(IP, now).unwrap_err();
         assert_eq!(refusal, Refusal::ChurnBlocked { retry_after_s: 5 });
         assert!(refusal.to_string().ends_with("Try again in 5s."));
         assert_eq!(l.admit(OTHER, now), Ok(()));
         assert_eq!(l.admit(IP, now + Duration::from_secs(5)), Ok(()));
+    }
+
+    #[test]
+    fn seconds_are_printed_like_javascript_numbers() {
+        assert_eq!(js_seconds(30000), "30");
+        assert_eq!(js_seconds(2500), "2.5");
+        assert_eq!(js_seconds(1), "0.001");
+        assert_eq!(js_seconds(1230), "1.23");
+        assert_eq!(js_seconds(0), "0");
+        let refusal = Refusal::TooManyInWindow { limit: 4, window_ms: 2500 };
+        assert_eq!(refusal.to_string(), "Too many connections from this IP. Limit is 4 per 2.5 seconds.");
     }
 
     #[test]

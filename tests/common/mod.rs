@@ -90,8 +90,15 @@ impl Server {
     }
 
     pub fn start_with_args(dir: &Path, args: &[&str]) -> Server {
+        Server::start_with_args_and_env(dir, args, &[])
+    }
+
+    /// Like `start_with_args`, with extra environment variables (e.g. `RELAYCHAT__SERVER__HOST`
+    /// for a settings.json that has no such key).
+    pub fn start_with_args_and_env(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relaychat"))
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RELAYCHAT_LOG", "info,relaychat=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
