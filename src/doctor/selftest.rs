@@ -9,8 +9,8 @@
 //! a relayed call, including the "own relays" peer policy.
 //!
 //! With the port held by a running relaychat, doctor cannot vouch for anyone's presence there:
-//! it asks that relay for an allocation anyway; the answer (success, or 403 from the live-session
-//! rule after the credential was checked) still proves the relay answers and the secret matches.
+//! it asks that relay for an allocation anyway; the answer (success, or the live-session rule's
+//! 401 "Not in voice chat", given only after the credential's HMAC checked out) still proves the relay answers and the secret matches.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -238,13 +238,15 @@ async fn probe_running(relay: &RelayAddresses, secret: &[u8], realm: &str) -> Fi
             CHECK,
             format!("the running relay allocated {} for doctor through {server}{note}", conn.local_addr().map_or("?".into(), |a| a.to_string())),
         ),
-        Err(e) if e.to_string().contains("403") => Finding::warn(
+        // Our relay checks the credential's HMAC before the live-session rule, and answers the
+        // latter with its own reason phrase: so this 401 proves the secret matches.
+        Err(e) if e.to_string().contains("Not in voice chat") => Finding::warn(
             CHECK,
             format!("the running relay at {server} answers and accepted doctor's credential, but refused the allocation: doctor is not in voice there (require_live_session). Stop the server and run doctor again for the full self-test{note}"),
         ),
         Err(e) if e.to_string().contains("401") => Finding::fail(
             CHECK,
-            format!("the running relay at {server} refused doctor's credential (401): it uses another secret than this configuration"),
+            format!("the running relay at {server} refused doctor's credential ({e}): it uses another secret or realm than this configuration"),
         ),
         Err(e) => Finding::fail(CHECK, format!("the running relay at {server}: {e:#}")),
     };

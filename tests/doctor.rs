@@ -1,0 +1,216 @@
+//! `relaychat doctor` against the real binary: a good loopback configuration passes with every
+//! line ok; each broken one (an external_ip not on this machine, ports in use, an expired or
+//! mismatched certificate, relay-only without any relay) gets its FAIL line and exit status 1;
+//! a running relaychat on the ports is recognised as such. Also `relaychat healthcheck`.
+
+mod common;
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+
+use common::{merged_config, Server};
+
+/// A relay port range below the kernel's ephemeral range, so other tests' sockets stay out of it.
+const RELAY_RANGE: &str = "min_port = 23100\nmax_port = 23199\nmax_allocations_total = 50\n";
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn line(&self, check: &str) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.get(5..).is_some_and(|rest| rest.starts_with(&format!("{check}: "))))
+            .unwrap_or_else(|| panic!("no {check:?} line in:\n{}\n{}", self.stdout, self.stderr))
+    }
+    fn assert_line(&self, level: &str, check: &str, words: &str) {
+        let line = self.line(check);
+        assert!(
+            line.starts_with(level) && line.contains(words),
+            "want {level} {check} with {words:?}, got:\n{}",
+            self.stdout
+        );
+    }
+}
+
+/// Runs `relaychat [--config] <command>` with `extra` merged over the test base config.
+fn run_in(dir: &Path, extra: &str, command: &str) -> Outcome {
+    let config = dir.join("relaychat.toml");
+    std::fs::write(&config, merged_config(extra, &dir.join("data"))).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_relaychat"))
+        .args(["--config", config.to_str().unwrap(), command])
+        .env("RELAYCHAT_LOG", "warn")
+        .output()
+        .expect("run relaychat");
+    Outcome {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn doctor(extra: &str) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    run_in(dir.path(), extra, "doctor")
+}
+
+/// A certificate for `names`, valid from `from` to `until` (years), in `dir`; the TOML that uses it.
+fn certificate(dir: &Path, names: &[&str], from: i32, until: i32) -> String {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.not_before = rcgen::date_time_ymd(from, 1, 1);
+    params.not_after = rcgen::date_time_ymd(until, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    format!(
+        "[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        cert_file.display().to_string(),
+        key_file.display().to_string()
+    )
+}
+
+fn good_turn() -> String {
+    format!("[turn]\npublic_host = \"localhost\"\nsecret = \"doctor-test-secret\"\n{RELAY_RANGE}")
+}
+
+#[test]
+fn a_good_loopback_configuration_passes_with_every_line_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = certificate(dir.path(), &["localhost"], 2020, 2090);
+    let out = run_in(dir.path(), &format!("{tls}{}", good_turn()), "doctor");
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for line in out.stdout.lines() {
+        assert!(line.starts_with("ok   "), "not ok: {line}\n{}", out.stdout);
+    }
+    out.assert_line("ok", "relay address", "advertised as 127.0.0.1");
+    out.assert_line("ok", "http port", "a free port is picked");
+    out.assert_line("ok", "turn port", "");
+    out.assert_line("ok", "turn tls port", "");
+    out.assert_line("ok", "relay ports", "23100-23199 on 127.0.0.1: 100 of 100 ports free");
+    out.assert_line("ok", "tls files", "fit together");
+    out.assert_line("ok", "tls dates", "valid until 2090-01-01");
+    out.assert_line("ok", "tls name", "names localhost");
+    out.assert_line("ok", "clock", "");
+    out.assert_line("ok", "force_relay", "integrated TURN relay");
+    // The self-test really went through the relay: two allocations and a packet between them.
+    out.assert_line("ok", "turn self-test", "and a packet went from one to the other through the relay");
+    assert!(out.stderr.contains("no check failed"), "{}", out.stderr);
+}
+
+#[test]
+fn an_external_ip_not_on_this_machine_fails() {
+    // TEST-NET-2: never an address of this machine, and not one a NAT could forward; nothing is
+    // sent to it (the self-test reaches the relay on its local address instead).
+    let out = doctor(&format!("{}external_ip = \"198.51.100.77\"\n", good_turn()));
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.assert_line(
+        "FAIL",
+        "relay address",
+        "198.51.100.77 ([turn] external_ip) is not an address of this machine",
+    );
+    out.assert_line("ok", "turn self-test", "the advertised 198.51.100.77 is not on this machine");
+    assert!(out.stderr.contains("1 check(s) failed"), "{}", out.stderr);
+}
+
+#[test]
+fn ports_in_use_by_another_program_fail() {
+    let http = TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_port = http.local_addr().unwrap().port();
+    let turn = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let turn_port = turn.local_addr().unwrap().port();
+    let out =
+        doctor(&format!("[server]\nport = {http_port}\n{}listen = \"127.0.0.1:{turn_port}\"\n", good_turn()));
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.assert_line(
+        "FAIL",
+        "http port",
+        &format!("HTTP port 127.0.0.1:{http_port} is in use by another program"),
+    );
+    out.assert_line(
+        "FAIL",
+        "turn port",
+        &format!("TURN port 127.0.0.1:{turn_port} is in use by another program"),
+    );
+    out.assert_line("FAIL", "turn self-test", "held by another program");
+}
+
+#[test]
+fn an_expired_certificate_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = certificate(dir.path(), &["localhost"], 2019, 2021);
+    let out = run_in(dir.path(), &format!("{tls}{}", good_turn()), "doctor");
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.assert_line("FAIL", "tls dates", "expired on 2021-01-01");
+    out.assert_line("ok", "tls name", "names localhost");
+}
+
+#[test]
+fn a_certificate_for_another_name_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = certificate(dir.path(), &["other.example.org"], 2020, 2090);
+    let out = run_in(dir.path(), &format!("{tls}{}", good_turn()), "doctor");
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.assert_line("FAIL", "tls name", "does not name localhost");
+    out.assert_line("ok", "tls dates", "valid until");
+}
+
+#[test]
+fn a_key_that_does_not_fit_the_certificate_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = certificate(dir.path(), &["localhost"], 2020, 2090);
+    std::fs::write(dir.path().join("key.pem"), rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let out = run_in(dir.path(), &format!("{tls}{}", good_turn()), "doctor");
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.assert_line("FAIL", "tls files", "do not fit together");
+}
+
+#[test]
+fn force_relay_without_any_relay_fails() {
+    let out = doctor("[webrtc]\nforce_relay = true\n[turn]\nenabled = false\n");
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.assert_line("FAIL", "force_relay", "no call can connect");
+    assert!(!out.stdout.contains("turn self-test"), "{}", out.stdout);
+}
+
+#[test]
+fn a_running_relaychat_on_the_ports_is_recognised_and_probed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Fixed ports, so doctor (reading the same file) looks at the same listeners.
+    let http_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let turn_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let extra = format!("[server]\nport = {http_port}\n{}listen = \"127.0.0.1:{turn_port}\"\n", good_turn());
+    let mut server = Server::start_in(dir.path(), &extra);
+    let out = run_in(dir.path(), &extra, "doctor");
+    out.assert_line("warn", "http port", "in use by a running relaychat");
+    out.assert_line("warn", "turn port", "presumably by the running relaychat");
+    // The running relay checked doctor's credential (same secret) and refused the allocation
+    // only because nobody named relaychat-doctor is in voice there.
+    out.assert_line("warn", "turn self-test", "accepted doctor's credential, but refused the allocation");
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+
+    let health = run_in(dir.path(), &extra, "healthcheck");
+    assert_eq!(health.code, Some(0), "{}", health.stderr);
+    server.terminate();
+    let health = run_in(dir.path(), &extra, "healthcheck");
+    assert_eq!(health.code, Some(1), "a stopped server is not healthy");
+    assert!(health.stderr.contains("no healthy answer from /healthz"), "{}", health.stderr);
+}
+
+#[test]
+fn healthcheck_speaks_tls_when_tls_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = certificate(dir.path(), &["chat.example.org"], 2020, 2090);
+    let http_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let extra = format!("{tls}[server]\nport = {http_port}\n");
+    let mut server = Server::start_in(dir.path(), &extra);
+    let health = run_in(dir.path(), &extra, "healthcheck");
+    assert_eq!(health.code, Some(0), "{}", health.stderr);
+    server.terminate();
+}
