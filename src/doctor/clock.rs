@@ -56,7 +56,7 @@ fn judge(
             "the system clock went backwards during the check: is something stepping it?",
         );
     };
-    let drift = if wall > mono { wall - mono } else { mono - wall };
+    let drift = wall.abs_diff(mono);
     if drift > DRIFT_TOLERANCE {
         return Finding::warn(
             check,
