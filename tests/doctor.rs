@@ -11,9 +11,6 @@ use std::process::Command;
 
 use common::{merged_config, Server};
 
-/// A relay port range below the kernel's ephemeral range, so other tests' sockets stay out of it.
-const RELAY_RANGE: &str = "min_port = 23100\nmax_port = 23199\nmax_allocations_total = 50\n";
-
 struct Outcome {
     code: Option<i32>,
     stdout: String,
@@ -76,15 +73,24 @@ fn certificate(dir: &Path, names: &[&str], from: i32, until: i32) -> String {
     )
 }
 
-fn good_turn() -> String {
-    format!("[turn]\npublic_host = \"localhost\"\nsecret = \"doctor-test-secret\"\n{RELAY_RANGE}")
+/// A sound [turn] section. `base`: a relay port range of 100 below the kernel's ephemeral range
+/// (so other tests' sockets stay out of it), its own per test (the tests run in parallel, and
+/// doctor binds every port of the range).
+fn good_turn(base: u16) -> String {
+    turn_section(base, base + 99)
+}
+
+fn turn_section(min_port: u16, max_port: u16) -> String {
+    format!(
+        "[turn]\npublic_host = \"localhost\"\nsecret = \"doctor-test-secret\"\nmin_port = {min_port}\nmax_port = {max_port}\nmax_allocations_total = 50\n"
+    )
 }
 
 #[test]
 fn a_good_loopback_configuration_passes_with_every_line_ok() {
     let dir = tempfile::tempdir().unwrap();
     let tls = certificate(dir.path(), &["localhost"], 2020, 2090);
-    let out = run_in(dir.path(), &format!("{tls}{}", good_turn()), "doctor");
+    let out = run_in(dir.path(), &format!("{tls}{}", good_turn(23100)), "doctor");
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
     for line in out.stdout.lines() {
         assert!(line.starts_with("ok   "), "not ok: {line}\n{}", out.stdout);
@@ -108,7 +114,7 @@ fn a_good_loopback_configuration_passes_with_every_line_ok() {
 fn an_external_ip_not_on_this_machine_fails() {
     // TEST-NET-2: never an address of this machine, and not one a NAT could forward; nothing is
     // sent to it (the self-test reaches the relay on its local address instead).
-    let out = doctor(&format!("{}external_ip = \"198.51.100.77\"\n", good_turn()));
+    let out = doctor(&format!("{}external_ip = \"198.51.100.77\"\n", good_turn(23200)));
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     out.assert_line(
         "FAIL",
@@ -125,8 +131,10 @@ fn ports_in_use_by_another_program_fail() {
     let http_port = http.local_addr().unwrap().port();
     let turn = UdpSocket::bind("127.0.0.1:0").unwrap();
     let turn_port = turn.local_addr().unwrap().port();
-    let out =
-        doctor(&format!("[server]\nport = {http_port}\n{}listen = \"127.0.0.1:{turn_port}\"\n", good_turn()));
+    let out = doctor(&format!(
+        "[server]\nport = {http_port}\n{}listen = \"127.0.0.1:{turn_port}\"\n",
+        good_turn(23300)
+    ));
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     out.assert_line(
         "FAIL",
@@ -145,7 +153,7 @@ fn ports_in_use_by_another_program_fail() {
 fn an_expired_certificate_fails() {
     let dir = tempfile::tempdir().unwrap();
     let tls = certificate(dir.path(), &["localhost"], 2019, 2021);
-    let out = run_in(dir.path(), &format!("{tls}{}", good_turn()), "doctor");
+    let out = run_in(dir.path(), &format!("{tls}{}", good_turn(23400)), "doctor");
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     out.assert_line("FAIL", "tls dates", "expired on 2021-01-01");
     out.assert_line("ok", "tls name", "names localhost");
@@ -155,7 +163,7 @@ fn an_expired_certificate_fails() {
 fn a_certificate_for_another_name_fails() {
     let dir = tempfile::tempdir().unwrap();
     let tls = certificate(dir.path(), &["other.example.org"], 2020, 2090);
-    let out = run_in(dir.path(), &format!("{tls}{}", good_turn()), "doctor");
+    let out = run_in(dir.path(), &format!("{tls}{}", good_turn(23500)), "doctor");
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     out.assert_line("FAIL", "tls name", "does not name localhost");
     out.assert_line("ok", "tls dates", "valid until");
@@ -166,7 +174,7 @@ fn a_key_that_does_not_fit_the_certificate_fails() {
     let dir = tempfile::tempdir().unwrap();
     let tls = certificate(dir.path(), &["localhost"], 2020, 2090);
     std::fs::write(dir.path().join("key.pem"), rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
-    let out = run_in(dir.path(), &format!("{tls}{}", good_turn()), "doctor");
+    let out = run_in(dir.path(), &format!("{tls}{}", good_turn(23600)), "doctor");
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     out.assert_line("FAIL", "tls files", "do not fit together");
 }
@@ -185,7 +193,8 @@ fn a_running_relaychat_on_the_ports_is_recognised_and_probed() {
     // Fixed ports, so doctor (reading the same file) looks at the same listeners.
     let http_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let turn_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let extra = format!("[server]\nport = {http_port}\n{}listen = \"127.0.0.1:{turn_port}\"\n", good_turn());
+    let extra =
+        format!("[server]\nport = {http_port}\n{}listen = \"127.0.0.1:{turn_port}\"\n", good_turn(23700));
     let mut server = Server::start_in(dir.path(), &extra);
     let out = run_in(dir.path(), &extra, "doctor");
     out.assert_line("warn", "http port", "in use by a running relaychat");
@@ -213,4 +222,25 @@ fn healthcheck_speaks_tls_when_tls_is_on() {
     let health = run_in(dir.path(), &extra, "healthcheck");
     assert_eq!(health.code, Some(0), "{}", health.stderr);
     server.terminate();
+}
+
+#[test]
+fn a_relay_range_held_by_others_fails_and_a_small_one_warns() {
+    let held: Vec<UdpSocket> = (23800..23805).map(|p| UdpSocket::bind(("127.0.0.1", p)).unwrap()).collect();
+    let out = doctor(&turn_section(23800, 23804));
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.assert_line("FAIL", "relay ports", "23800-23804 on 127.0.0.1: every port is in use");
+    // With the ports held, the self-test's allocations fail too, and say so.
+    out.assert_line("FAIL", "turn self-test", "Allocate");
+    drop(held);
+    let out = doctor(&turn_section(23800, 23809));
+    out.assert_line("warn", "relay ports", "10 free ports for up to 50 allocations");
+    assert_eq!(out.code, Some(0), "a warning alone does not fail: {}", out.stdout);
+}
+
+#[test]
+fn a_relay_ip_not_on_this_machine_fails() {
+    let out = doctor(&format!("{}relay_ip = \"198.51.100.78\"\n", good_turn(23900)));
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.assert_line("FAIL", "relay address", "relay_ip 198.51.100.78 is not an address of this machine");
 }
