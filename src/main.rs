@@ -62,11 +62,11 @@ fn main() {
     };
     let result = match cli.command {
         Some(Command::CheckConfig) => relaychat::cli::check_config(&settings),
+        Some(Command::Doctor) => relaychat::cli::doctor(&settings),
+        Some(Command::Healthcheck) => relaychat::cli::healthcheck(&settings),
         Some(Command::TurnCredentials { user, ttl }) => {
             relaychat::cli::turn_credentials(&settings, &user, ttl)
         }
-        Some(Command::Doctor) => relaychat::cli::doctor(&settings),
-        Some(Command::Healthcheck) => relaychat::cli::healthcheck(&settings),
         None => serve(settings),
     };
     if let Err(e) = result {
