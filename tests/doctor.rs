@@ -107,6 +107,7 @@ fn a_good_loopback_configuration_passes_with_every_line_ok() {
     out.assert_line("ok", "force_relay", "integrated TURN relay");
     // The self-test really went through the relay: two allocations and a packet between them.
     out.assert_line("ok", "turn self-test", "and a packet went from one to the other through the relay");
+    out.assert_line("ok", "turn tls self-test", "completed a TLS handshake and answered a STUN Binding");
     assert!(out.stderr.contains("no check failed"), "{}", out.stderr);
 }
 

@@ -12,7 +12,8 @@
 //! - `certificate`: TLS files readable, fitting together, in date, naming the public host;
 //! - `healthz`: asks a running server's /healthz (also `relaychat healthcheck`);
 //! - `clock`: the system clock against this binary's age and the monotonic clock;
-//! - `selftest`: the in-process relay, two allocations and a packet between them.
+//! - `selftest`: the in-process relay, two allocations and a packet between them;
+//! - `turn_tls`: TURN over TLS answers a Binding request through a TLS handshake.
 
 pub mod addresses;
 pub mod certificate;
@@ -21,6 +22,7 @@ pub mod healthz;
 pub mod ports;
 pub mod report;
 pub mod selftest;
+pub mod turn_tls;
 
 use crate::config::Settings;
 pub use report::{Finding, Level};

@@ -59,7 +59,7 @@ pub async fn run(settings: &Settings, relay: Option<&RelayAddresses>, occupied: 
         }
         return vec![probe_running(relay, &secret, &turn.realm).await];
     }
-    vec![in_process(settings, relay, secret, &secret_note).await]
+    in_process(settings, relay, secret, &secret_note).await
 }
 
 /// `[turn] secret`, else the generated `data_dir/turn_secret`, else (first start still to come)
@@ -136,12 +136,12 @@ async fn in_process(
     relay: &RelayAddresses,
     secret: Vec<u8>,
     secret_note: &str,
-) -> Finding {
+) -> Vec<Finding> {
     let presence = Arc::new(VoicePresence::new());
     presence.joined(DOCTOR_USER);
-    let handle = match crate::turn::start_relay(settings, secret.clone(), presence).await {
+    let mut handle = match crate::turn::start_relay(settings, secret.clone(), presence).await {
         Ok(handle) => handle,
-        Err(e) => return Finding::fail(CHECK, format!("the relay does not start: {e}")),
+        Err(e) => return vec![Finding::fail(CHECK, format!("the relay does not start: {e}"))],
     };
     let (server, note) = target(relay, handle.udp_addr.port());
     let started = Instant::now();
@@ -165,8 +165,47 @@ async fn in_process(
             format!("through {server}: {e:#}; check [turn] listen, relay_ip, external_ip and the firewall (UDP {} and the relay range)", server.port()),
         ),
     };
+    let mut findings = vec![finding];
+    if settings.server.tls.is_enabled() {
+        findings.push(tls_self_test(settings, relay, &mut handle).await);
+    }
     handle.close().await;
-    finding
+    findings
+}
+
+/// Starts TURN over TLS on the in-process relay (as the server does, with the same files) and
+/// asks it for a Binding through a TLS handshake.
+async fn tls_self_test(
+    settings: &Settings,
+    relay: &RelayAddresses,
+    handle: &mut crate::turn::RelayHandle,
+) -> Finding {
+    const TLS_CHECK: &str = "turn tls self-test";
+    let tls = &settings.server.tls;
+    let Ok(source) = crate::tls::TlsConfigSource::load(tls.cert_file.as_ref(), tls.key_file.as_ref()) else {
+        return Finding::fail(TLS_CHECK, "skipped: the TLS files do not load (see above)");
+    };
+    let Ok(listen) = settings.turn.tls_listen.parse::<SocketAddr>() else {
+        return Finding::fail(TLS_CHECK, "[turn] tls_listen is not an address");
+    };
+    let port = match handle.start_tls(listen, move || source.current()).await {
+        Ok(addr) => addr.port(),
+        Err(e) => return Finding::fail(TLS_CHECK, format!("TURN over TLS does not start: {e}")),
+    };
+    let (server, note) = target(relay, port);
+    let started = Instant::now();
+    match tokio::task::spawn_blocking(move || super::turn_tls::binding_over_tls(server)).await {
+        Ok(Ok(mapped)) => Finding::ok(
+            TLS_CHECK,
+            format!(
+                "{server} completed a TLS handshake and answered a STUN Binding (mapped {mapped}) in {} ms{}",
+                started.elapsed().as_millis(),
+                note.unwrap_or_default()
+            ),
+        ),
+        Ok(Err(e)) => Finding::fail(TLS_CHECK, format!("through {server}: {e:#}")),
+        Err(e) => Finding::fail(TLS_CHECK, format!("the check did not finish: {e}")),
+    }
 }
 
 struct Exchange {
