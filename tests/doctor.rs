@@ -245,3 +245,43 @@ fn a_relay_ip_not_on_this_machine_fails() {
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     out.assert_line("FAIL", "relay address", "relay_ip 198.51.100.78 is not an address of this machine");
 }
+
+/// The container's HEALTHCHECK, exactly as deploy/Containerfile writes it (exec form, no shell:
+/// the old one used bash's /dev/tcp under dash and was always unhealthy), run against a real
+/// server with the binary and config paths mapped to this test's.
+#[test]
+fn the_containerfile_healthcheck_command_works() {
+    let containerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/Containerfile")).unwrap();
+    let at = containerfile.find("HEALTHCHECK").expect("a HEALTHCHECK");
+    let cmd = &containerfile[at..];
+    let json = &cmd[cmd.find("CMD [").expect("exec-form CMD") + 4..];
+    let json = &json[..=json.find(']').unwrap()];
+    let argv: Vec<String> = serde_json::from_str(json).expect("a JSON array");
+    assert_eq!(argv[0], "/usr/local/bin/relaychat", "{argv:?}");
+    assert_eq!(argv.last().unwrap(), "healthcheck", "{argv:?}");
+    let config_at = argv.iter().position(|a| a == "--config").expect("the config the server reads") + 1;
+    assert_eq!(argv[config_at], "/etc/relaychat/relaychat.toml");
+    assert!(containerfile
+        .contains(r#"ENTRYPOINT ["/usr/local/bin/relaychat", "--config", "/etc/relaychat/relaychat.toml"]"#));
+
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Server::start_in(dir.path(), &format!("[server]\nport = {http_port}\n"));
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_relaychat"))
+            .args(argv[1..].iter().map(|a| {
+                if a == "/etc/relaychat/relaychat.toml" {
+                    dir.path().join("relaychat.toml").display().to_string()
+                } else {
+                    a.clone()
+                }
+            }))
+            .output()
+            .unwrap()
+            .status
+    };
+    assert!(run().success(), "healthy while the server runs");
+    server.terminate();
+    assert!(!run().success(), "unhealthy once it stopped");
+}
