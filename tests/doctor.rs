@@ -285,3 +285,73 @@ fn the_containerfile_healthcheck_command_works() {
     server.terminate();
     assert!(!run().success(), "unhealthy once it stopped");
 }
+
+/// A network namespace of this test's own: a veth pair with a private address and a default
+/// route, like a cloud VM behind 1:1 NAT. Deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn create(private: &str) -> Option<Netns> {
+        let name = format!("rc-doctor-{}", std::process::id());
+        let ip = |args: &str| Command::new("ip").args(args.split(' ')).status().is_ok_and(|s| s.success());
+        if !ip(&format!("netns add {name}")) {
+            return None;
+        }
+        let ns = Netns(name.clone());
+        let exec = |args: &str| ip(&format!("netns exec {name} ip {args}"));
+        let gateway = private.rsplit_once('.').map(|(net, _)| format!("{net}.1")).unwrap();
+        let ok = exec("link add v0 type veth peer name v1")
+            && exec(&format!("addr add {private}/24 dev v0"))
+            && exec("link set v0 up")
+            && exec("link set v1 up")
+            && exec("link set lo up")
+            && exec(&format!("route add default via {gateway}"));
+        assert!(ok, "cannot set up the namespace {name}");
+        Some(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn behind_nat_a_public_external_ip_is_a_warning_and_the_self_test_uses_the_private_address() {
+    let Some(ns) = Netns::create("10.200.7.2") else {
+        eprintln!("skipped: creating a network namespace needs root (./scripts/test runs as root)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relaychat.toml");
+    // relay_ip empty: detected from the default route, as on a real VM.
+    let extra = "[server]\nhost = \"0.0.0.0\"\n[turn]\nlisten = \"0.0.0.0:0\"\nrelay_ip = \"\"\nexternal_ip = \"203.0.114.10\"\nsecret = \"s\"\nmin_port = 24100\nmax_port = 24199\nmax_allocations_total = 50\n";
+    std::fs::write(&config, merged_config(extra, &dir.path().join("data"))).unwrap();
+    let output = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            env!("CARGO_BIN_EXE_relaychat"),
+            "--config",
+            config.to_str().unwrap(),
+            "doctor",
+        ])
+        .env("RELAYCHAT_LOG", "warn")
+        .output()
+        .unwrap();
+    let out = Outcome {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    out.assert_line("warn", "relay address", "advertised 203.0.114.10 (external_ip) is not on this machine, relay sockets on 10.200.7.2: right only if a NAT forwards");
+    out.assert_line("ok", "relay ports", "24100-24199 on 10.200.7.2");
+    out.assert_line(
+        "ok",
+        "turn self-test",
+        "the advertised 203.0.114.10 is not on this machine, so it was reached via 10.200.7.2",
+    );
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+}

@@ -180,11 +180,14 @@ pub fn check(settings: &Settings, relay: &Option<RelayAddresses>) -> Vec<Finding
     let host_is_loopback =
         public_host == "localhost" || public_host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if advertised != relay.relay_ip && !is_local(advertised) {
-        if is_private(relay.relay_ip) && is_global(advertised) {
+        // Behind NAT the interface has a private address and the advertised one lives on the NAT
+        // (public, or private on a LAN); anything else (loopback, documentation, reserved, or a
+        // public relay_ip with another address advertised) cannot be reached.
+        if is_private(relay.relay_ip) && (is_global(advertised) || is_private(advertised)) {
             findings.push(Finding::warn(
                 "relay address",
                 format!(
-                    "advertised {advertised} (external_ip) is not on this machine, relay sockets on {}: right only if a 1:1 NAT forwards {advertised} to {} (UDP {}, the relay ports {}-{}); doctor cannot see that from inside, test from another network with `turnutils_uclient` and `relaychat turn-credentials`",
+                    "advertised {advertised} (external_ip) is not on this machine, relay sockets on {}: right only if a NAT forwards {advertised} to {} (UDP {}, the relay ports {}-{}); doctor cannot see that from inside, test from another network with `turnutils_uclient` and `relaychat turn-credentials`",
                     relay.relay_ip, relay.relay_ip, relay.listen.port(), turn.min_port, turn.max_port
                 ),
             ));
@@ -192,7 +195,7 @@ pub fn check(settings: &Settings, relay: &Option<RelayAddresses>) -> Vec<Finding
             findings.push(Finding::fail(
                 "relay address",
                 format!(
-                    "advertised relay address {advertised} ([turn] external_ip) is not an address of this machine (it has {}) and not a public address a NAT could forward to relay_ip {}: clients would send their media to nowhere; set external_ip to this machine's public address, or leave it empty",
+                    "advertised relay address {advertised} ([turn] external_ip) is not an address of this machine (it has {}) and not an address a NAT could forward to relay_ip {}: clients would send their media to nowhere; set external_ip to this machine's public address, or leave it empty",
                     list(&mine),
                     relay.relay_ip
                 ),
