@@ -152,12 +152,12 @@ async fn in_process(
             let how = format!(
                 "in-process relay (doctor's own user counted as in voice, live-session rule as configured), {secret_note}: allocated {first} and {second} through {server}",
             );
-            match delivered {
-                true => Finding::ok(
-                    CHECK,
-                    format!("{how}, and a packet went from one to the other through the relay in {} ms{}", started.elapsed().as_millis(), note.unwrap_or_default()),
-                ),
-                false => Finding::ok(CHECK, format!("{how}{}", note.unwrap_or_default())),
+            let note = note.unwrap_or_default();
+            let took = started.elapsed().as_millis();
+            if delivered {
+                Finding::ok(CHECK, format!("{how}, and a packet went from one to the other through the relay ({took} ms in all){note}"))
+            } else {
+                Finding::ok(CHECK, format!("{how} ({took} ms){note}"))
             }
         }
         Err(e) => Finding::fail(
