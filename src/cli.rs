@@ -1,4 +1,4 @@
-//! The operator subcommands: `check-config` and `turn-credentials`.
+//! The operator subcommands: `check-config`, `turn-credentials`, `doctor` and `healthcheck`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -49,6 +49,32 @@ pub fn turn_credentials(settings: &Settings, user: &str, ttl: Option<u64>) -> an
         "try: turnutils_uclient -u '{}' -w '{}' -y <host>   (the user must be in voice chat unless [turn] require_live_session = false)",
         pair.username, pair.credential
     );
+    Ok(())
+}
+
+/// Runs every `doctor` check; an error (exit 1) when any of them failed.
+pub fn doctor(settings: &Settings) -> anyhow::Result<()> {
+    let findings = crate::doctor::run(settings)?;
+    let failed = findings.iter().filter(|f| f.level == crate::doctor::Level::Fail).count();
+    let warned = findings.iter().filter(|f| f.level == crate::doctor::Level::Warn).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} check(s) failed, {warned} warning(s): fix the FAIL lines above");
+    }
+    eprintln!("relaychat: no check failed ({warned} warning(s))");
+    Ok(())
+}
+
+/// For container HEALTHCHECKs: the server on this configuration's port answers /healthz.
+/// Built into the binary because slim images have neither curl nor a shell with /dev/tcp.
+pub fn healthcheck(settings: &Settings) -> anyhow::Result<()> {
+    let host: std::net::IpAddr = settings.server.host.parse().context("server.host")?;
+    let addr = crate::doctor::ports::connect_addr(std::net::SocketAddr::new(host, settings.server.port));
+    let healthy = if settings.server.tls.is_enabled() {
+        crate::doctor::ports::answers_healthz_tls(addr)
+    } else {
+        crate::doctor::ports::answers_healthz(addr)
+    };
+    anyhow::ensure!(healthy, "no healthy answer from /healthz at {addr}");
     Ok(())
 }
 

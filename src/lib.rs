@@ -9,9 +9,11 @@
 //! - `turn`: the TURN relay, REST credentials, and the presence view the relay checks.
 //! - `metrics`: Prometheus text from the live counters; `tls`: certificates, reloaded on SIGHUP.
 //! - `server`: wires everything together and runs until shutdown.
+//! - `doctor`: `relaychat doctor`, a configuration checked from the server's side.
 
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod http;
 pub mod hub;
 pub mod metrics;

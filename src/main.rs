@@ -46,6 +46,11 @@ enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
+    /// Check the configuration from the server's side (addresses, ports, TLS, clock, a TURN
+    /// self-test); one line per check, exit 1 on any FAIL. Run it before opening to people.
+    Doctor,
+    /// Exit 0 when the server on this configuration's port answers /healthz (container checks).
+    Healthcheck,
 }
 
 fn main() {
@@ -57,6 +62,8 @@ fn main() {
     };
     let result = match cli.command {
         Some(Command::CheckConfig) => relaychat::cli::check_config(&settings),
+        Some(Command::Doctor) => relaychat::cli::doctor(&settings),
+        Some(Command::Healthcheck) => relaychat::cli::healthcheck(&settings),
         Some(Command::TurnCredentials { user, ttl }) => {
             relaychat::cli::turn_credentials(&settings, &user, ttl)
         }
