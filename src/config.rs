@@ -38,6 +38,9 @@ pub struct Settings {
     pub server: ServerSettings,
     pub chat: ChatSettings,
     pub limits: LimitSettings,
+    /// Per-session budgets of every non-chat message type (`[message_budgets]`).
+    #[serde(default)]
+    pub message_budgets: crate::hub::budget::MessageBudgetSettings,
     pub webrtc: WebrtcSettings,
     pub turn: TurnSettings,
 }

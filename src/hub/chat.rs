@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use super::budget::{Admission, MessageClass};
 use super::{is_valid_username, ConnId, ConnectInfo, Connection, Effect, Hub, Now, Out, CLOSE_POLICY};
 use crate::protocol::{iso_timestamp, ClientMessage, HistoryKind, Inbound, ServerMessage};
 
@@ -40,6 +41,7 @@ impl Hub {
                 last_nick_change: None,
                 blocked: Default::default(),
                 login_in_progress: false,
+                budget: Default::default(),
             },
         );
         if self.settings.chat.authentication {
@@ -106,6 +108,33 @@ impl Hub {
     }
 
     pub(super) fn on_message(&mut self, out: &mut Out, conn: ConnId, inbound: Inbound, now: Now) {
+        let Some(connection) = self.connections.get_mut(&conn) else { return };
+        let class = match &inbound {
+            Inbound::Malformed => Some(MessageClass::Other),
+            Inbound::Message { message, .. } => MessageClass::of(message),
+        };
+        if let Some(class) = class {
+            match connection.budget.admit(class, &self.settings.message_budgets, now.mono) {
+                Admission::Allowed => {}
+                Admission::Dropped => {
+                    // A join that gets no answer would leave a client waiting; everything else
+                    // over budget is simply not acted on.
+                    if class == MessageClass::VoiceMembership {
+                        self.webrtc_error(
+                            out,
+                            conn,
+                            "Too many voice join/leave requests. Please wait a moment.",
+                            now,
+                        );
+                    }
+                    return;
+                }
+                Admission::Disconnect => {
+                    out.close(conn, CLOSE_POLICY, "Too many messages");
+                    return;
+                }
+            }
+        }
         let Some(connection) = self.connections.get(&conn) else { return };
         // Before login (authentication mode) the original answers with its login handler's texts.
         let before_login = self.settings.chat.authentication && connection.name.is_none();

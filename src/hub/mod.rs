@@ -11,6 +11,7 @@
 //! - `limits`: pure rate-limit helpers.
 //! - `relay_only`: the privacy boundary (force_relay rebuilds everything a peer receives).
 
+pub mod budget;
 mod chat;
 mod commands;
 pub mod limits;
@@ -120,6 +121,8 @@ struct Connection {
     /// Names whose chat this user does not want to see, until when.
     blocked: HashMap<String, Instant>,
     login_in_progress: bool,
+    /// What this connection may still send, per message type.
+    budget: budget::MessageBudget,
 }
 
 /// Server-wide counts for /server-info and metrics.
@@ -146,8 +149,21 @@ pub struct Hub {
     relays: RelayAddresses,
     /// What force_relay removed, by reason.
     privacy: PrivacyTally,
+    /// Each user's last persisted voice notice: when, and whether it said "joined". Flapping
+    /// within the interval is shown live but not persisted; once the interval has passed, the
+    /// history is brought up to the user's real state (one notice) and the entry dropped.
+    voice_notice_persisted: HashMap<String, (Instant, bool)>,
     rng: StdRng,
     last_prune: Option<Instant>,
+}
+
+/// "<name> joined voice chat" / "<name> left voice chat" (the original's texts).
+fn voice_notice(name: &str, joined: bool) -> String {
+    if joined {
+        format!("{name} joined voice chat")
+    } else {
+        format!("{name} left voice chat")
+    }
 }
 
 /// Collects effects; serializes each message once and shares the frame between recipients.
@@ -205,6 +221,7 @@ impl Hub {
             login_limiter: LoginLimiter::default(),
             relays: RelayAddresses::default(),
             privacy: PrivacyTally::default(),
+            voice_notice_persisted: HashMap::new(),
             rng,
             last_prune: None,
         }
@@ -279,6 +296,7 @@ impl Hub {
             self.remove_connection(&mut out, conn, None, now);
         }
         self.refresh_due_credentials(&mut out, now);
+        self.settle_voice_notices(&mut out, now);
         let prune_due = self.last_prune.is_none_or(|t| now.mono.duration_since(t) >= Duration::from_secs(60));
         if prune_due {
             self.connection_limiter.prune(now.mono);
@@ -310,6 +328,40 @@ impl Hub {
     }
 
     /// Broadcasts a system notice to every welcomed user and persists it.
+    /// A voice join/leave notice: shown live always, persisted at most once per
+    /// `voice_notice_persist_interval_s` per user (see `settle_voice_notices`).
+    fn announce_voice(&mut self, out: &mut Out, name: &str, joined: bool, now: Now) {
+        let text = voice_notice(name, joined);
+        if self.voice_notice_persisted.contains_key(name) {
+            let frame = ServerMessage::System { text: &text }.frame();
+            for conn in self.welcomed_connections() {
+                out.send_frame(conn, &frame);
+            }
+        } else {
+            self.voice_notice_persisted.insert(name.to_string(), (now.mono, joined));
+            self.announce(out, &text, now);
+        }
+    }
+
+    /// After the interval, persists one notice for a user whose real voice state differs from
+    /// the last persisted one (the flapping ended somewhere else than it started).
+    fn settle_voice_notices(&mut self, out: &mut Out, now: Now) {
+        let interval = Duration::from_secs(self.settings.message_budgets.voice_notice_persist_interval_s);
+        let settled: Vec<(String, bool)> = self
+            .voice_notice_persisted
+            .iter()
+            .filter(|(_, (at, _))| now.mono.duration_since(*at) >= interval)
+            .map(|(name, (_, joined))| (name.clone(), *joined))
+            .collect();
+        for (name, persisted_joined) in settled {
+            self.voice_notice_persisted.remove(&name);
+            let in_voice = self.voice.contains(&name);
+            if in_voice != persisted_joined {
+                self.record(out, HistoryKind::System, None, &voice_notice(&name, in_voice), now);
+            }
+        }
+    }
+
     fn announce(&mut self, out: &mut Out, text: &str, now: Now) {
         self.record(out, HistoryKind::System, None, text, now);
         let frame = ServerMessage::System { text }.frame();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 
+use super::budget::MessageBudgetSettings;
 use super::relay_only::{DropReason, SanitizedField};
 use super::*;
 use crate::protocol::parse_inbound;
@@ -635,4 +636,64 @@ fn before_login_only_chat_and_ping_are_understood() {
     }
     h.chat(guest, "/login Zed password123");
     assert_eq!(h.texts_to(guest), ["Too many failed attempts. Blocked for 1 hour."]);
+}
+
+#[test]
+fn a_typing_flood_is_not_relayed_past_its_budget_and_a_sustained_flood_disconnects() {
+    let mut h = Harness::new(|_| {});
+    let alice = h.connect(Some("Alice"));
+    let bob = h.connect(Some("Bob"));
+    let mut relayed = 0;
+    let mut closed = None;
+    for _ in 0..1000 {
+        h.send(alice, json!({"type": "typing"}));
+        relayed += h.frames_to(bob).len();
+        closed = closed.or(h.closed(alice));
+    }
+    let budget = MessageBudgetSettings::default();
+    assert_eq!(relayed, budget.typing.burst as usize, "only the burst is relayed at once");
+    assert_eq!(closed, Some(CLOSE_POLICY), "a thousand frames at once is a flood");
+    // Bob was never affected.
+    h.chat(bob, "still here");
+    assert_eq!(h.frames_to(bob)[0]["text"], "still here");
+}
+
+#[test]
+fn join_leave_flapping_is_refused_past_its_budget_and_persisted_once() {
+    let mut h = Harness::new(|_| {});
+    let alice = h.connect(Some("Alice"));
+    let bob = h.connect(Some("Bob"));
+    let mut persisted: Vec<String> = Vec::new();
+    let mut refusals = 0;
+    for i in 0..40 {
+        let kind = if i % 2 == 0 { "webrtc-join" } else { "webrtc-leave" };
+        h.send(alice, json!({"type": kind, "mediaTypes": ["audio"]}));
+        refusals += h
+            .frames_to(alice)
+            .iter()
+            .filter(|f| f["error"] == "Too many voice join/leave requests. Please wait a moment.")
+            .count();
+        persisted.extend(h.effects.iter().filter_map(|e| match e {
+            Effect::Persist(entry) => Some(entry.text.clone()),
+            _ => None,
+        }));
+    }
+    assert_eq!(refusals, 40 - 6, "6 at once, then refused");
+    assert_eq!(persisted, ["Alice joined voice chat"], "flapping persists one notice");
+    // Alice ends up out of voice (6 = join, leave, ...): once the interval passes, the history
+    // gets her real state, without a live broadcast.
+    h.advance(Duration::from_secs(61));
+    h.send(bob, json!({"type": "ping"}));
+    h.tick();
+    let settled: Vec<&HistoryEntry> = h
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist(entry) => Some(entry),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0].text, "Alice left voice chat");
+    assert!(h.frames_to(bob).is_empty());
 }

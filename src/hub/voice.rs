@@ -214,7 +214,7 @@ impl Hub {
         for other in others {
             out.send_frame(other, &frame);
         }
-        self.announce(out, &format!("{name} joined voice chat"), now);
+        self.announce_voice(out, &name, true, now);
     }
 
     /// Takes `name` out of the room (leave, disconnect, kick, ban). False if not in it.
@@ -228,7 +228,7 @@ impl Hub {
         for seat in &self.voice.seats {
             out.send_frame(seat.conn, &frame);
         }
-        self.announce(out, &format!("{name} left voice chat"), now);
+        self.announce_voice(out, name, false, now);
         true
     }
 
