@@ -1150,20 +1150,22 @@
     const { pc } = peer;
     if (!inVoice) return;
     const state = pc.connectionState;
-    if (state === 'connected') { setNotice(name, ''); return; }
-    const urls = turnUrls();
+    if (state === 'connected') { setNotice(name, ''); delete tileFor(name)?.dataset.problem; return; }
+    const urls = turnUrls().map(String);
     const relayOnly = pc.getConfiguration().iceTransportPolicy === 'relay';
-    const where = urls.length ? urls.map((u) => String(u).replace(/\?transport=/, ' over ')).join(', ') : 'the relay';
-    const check = 'Ask the operator to check that UDP and TCP 3478 (and TLS 5349, if used) reach the server and that the relay address it advertises is right (relaychat doctor).';
+    const where = urls.length ? urls.map((u) => u.replace(/\?transport=/, ' over ')).join(', ') : 'the relay';
+    const ports = [...new Set(urls.map((u) => (/:(\d+)(\?|$)/.exec(u) || [])[1]).filter(Boolean))];
+    const tls = urls.some((u) => u.startsWith('turns:'));
+    const check = `Ask the operator to check that UDP and TCP port ${ports.join('/') || '3478'}${tls ? ' and TLS' : ' (and TLS 5349, if used)'}`
+      + ' reach the server from here, and that the relay address it advertises (public_host / external_ip) is right; "relaychat doctor" tests this.';
+    const waited = peer.since ? Date.now() - peer.since : 0;
     let text = '';
-    if (peer.gatherDone && !peer.gotRelay && relayOnly) {
-      text = `Can't reach the relay (${where}). ${check}`;
+    if (relayOnly && !peer.gotRelay && (peer.gatherDone || peer.iceErrors.length || waited > 8000)) {
+      text = `Can't reach the relay at ${where}. ${check}`;
     } else if (state === 'failed') {
-      text = peer.gotRelay
-        ? `No media path to ${name} through the relay. Retrying… ${check}`
-        : `Can't reach the relay (${where}). ${check}`;
-    } else if (peer.since && Date.now() - peer.since > 20_000) {
-      text = `Still connecting to ${name} after 20 s. ${check}`;
+      text = `No media path to ${name} through the relay; retrying. ${check}`;
+    } else if (waited > 20_000) {
+      text = `Still connecting to ${name} after ${Math.round(waited / 1000)} s. ${check}`;
     } else {
       return;
     }

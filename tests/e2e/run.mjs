@@ -900,6 +900,10 @@ export async function newContext(browser, options) {
   return context;
 }
 
+// Pages fulfilled by E2E_WEB_FROM_DISK carry no address space, so Chromium's local network
+// access checks would block their WebSocket to 127.0.0.1; the embedded pages do not need this.
+const devArgs = process.env.E2E_WEB_FROM_DISK === '1' ? ['--disable-features=LocalNetworkAccessChecks'] : [];
+
 // ---- accessibility (axe-core) ------------------------------------------------------------------
 let axeSource = null;
 const axeScans = [];   // { state, violations } for the summary
@@ -1169,7 +1173,7 @@ async function scenario9(browser) {
   try {
     // Plain http on a host name (not localhost): browsers give such pages no camera or mic.
     const insecure = await chromium.launch({ executablePath: CHROMIUM, headless: true,
-      args: [...LAUNCH_ARGS, '--host-resolver-rules=MAP chat.insecure.test 127.0.0.1'] });
+      args: [...LAUNCH_ARGS, ...devArgs, '--host-resolver-rules=MAP chat.insecure.test 127.0.0.1'] });
     server.extraCleanup = () => insecure.close();
     const ctx = await newContext(insecure, { viewport: { width: 1200, height: 700 } });
     const page = await ctx.newPage();
@@ -1191,9 +1195,6 @@ async function scenario9(browser) {
 // ---- main ------------------------------------------------------------------------------------
 async function main() {
   await mkdir(OUT_DIR, { recursive: true });
-  // Pages fulfilled by E2E_WEB_FROM_DISK carry no address space, so Chromium's local network
-  // access checks would block their WebSocket to 127.0.0.1; the embedded pages do not need this.
-  const devArgs = process.env.E2E_WEB_FROM_DISK === '1' ? ['--disable-features=LocalNetworkAccessChecks'] : [];
   const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...LAUNCH_ARGS, ...devArgs] });
   console.log(`chromium ${browser.version()}; server ${BIN}`);
   const scenarios = [
