@@ -252,6 +252,12 @@
       setStatus('connecting', 'log in required');
       ui.authName.value = ui.authName.value || ui.name.value;
       ui.authPass.focus();
+    } else if (pendingCreds && pendingCreds === authCreds && /^(Login failed\.|Too many failed)/.test(text)) {
+      // The saved login no longer works (password changed?): ask again.
+      authCreds = pendingCreds = null;
+      ui.authForm.hidden = false;
+      ui.authMsg.textContent = text;
+      setStatus('connecting', 'log in required');
     } else if (!ui.authForm.hidden) {
       ui.authMsg.textContent = text;   // e.g. "Registered. Please /login." or "Login failed."
     }

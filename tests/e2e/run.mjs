@@ -405,9 +405,11 @@ async function scenario1(browser) {
     check('alice and bob drop carol\'s pc and tile after she leaves', gone.ok, gone.reason);
     // Each relay candidate a remaining pc gathered is one allocation; anything above that
     // would be a leftover of carol's calls.
-    const remaining = (await reports([alice, bob])).reduce((n, r) => n + (r.peers.bob || r.peers.alice).localTypes.relay, 0);
+    let remaining = 0;
     let after = null;
     const freed = await waitFor(async () => {
+      // Re-read each time: a pc's stats may still be catching up on a relay candidate it gathered.
+      remaining = (await reports([alice, bob])).reduce((n, r) => n + (r.peers.bob || r.peers.alice).localTypes.relay, 0);
       after = await server.metrics();
       return (after.relaychat_turn_allocations_active <= remaining && after.relaychat_turn_allocations_active < allocBefore
         && after.relaychat_voice_participants === 2)
@@ -1018,7 +1020,7 @@ function denyMedia() {
 
 // ---- scenario 8: lobby, plain-language errors, listen-only, awareness, the call UI, axe ---------
 async function scenario8(browser) {
-  const server = await startServer({ forceRelay: true, serverName: 'Test Lounge' });
+  const server = await startServer({ forceRelay: true, serverName: 'Test Lounge', allowScreenShare: true });
   try {
     // Landing page, then a name that is taken: the error belongs at the name field.
     const erin = await openClient(browser, server, 'erin', '', { join: false });
@@ -1108,6 +1110,16 @@ async function scenario8(browser) {
     });
     check('pin: the tile is pinned and its button says aria-pressed="true"', pinned === 'true/true', pinned);
     await frank.page.click('[data-peer="peer:erin"] .pin');
+
+    // Screen share (allow_screen_share is on here): Chromium's fake capture stands in for a screen.
+    await erin.page.click('#share');
+    const shared = await waitFor(async () => {
+      const label = await frank.page.evaluate(() => document.querySelector('[data-peer="peer:erin"] .media')?.textContent);
+      const pressed = await erin.page.getAttribute('#share', 'aria-pressed');
+      return (/sharing screen/.test(label) && pressed === 'true') || `frank sees "${label}", share aria-pressed=${pressed}`;
+    }, 8000);
+    check('screen share: the button appears when allowed, and frank sees "sharing screen"', shared.ok, shared.reason);
+    if (shared.ok) await erin.page.click('#share');
 
     // Awareness: people lists, unread count in the title, status after /nick.
     const people = await waitFor(() => erin.page.evaluate(() => {
