@@ -1207,11 +1207,21 @@
     // An offer with a new DTLS identity comes from a fresh page (a reload): start over with it.
     if (peer && description.type === 'offer' && peer.pc.remoteDescription
         && fingerprint(description.sdp) !== fingerprint(peer.pc.remoteDescription.sdp)) {
-      const tile = tileFor(from);
-      const media = tile && tile.querySelector('.media').textContent;
+      const media = tileFor(from)?.querySelector('.media').textContent;
       closePeer(from);
       if (media) makeTile('peer:' + from, from, false).querySelector('.media').textContent = media;
       peer = null;
+    }
+    // An answer with a new DTLS identity: the other side had dropped our connection (it saw us
+    // leave during a network blip) and answered our ICE restart from a fresh one. Start over too.
+    if (peer && description.type === 'answer' && peer.pc.remoteDescription
+        && fingerprint(description.sdp) !== fingerprint(peer.pc.remoteDescription.sdp)) {
+      const media = tileFor(from)?.querySelector('.media').textContent;
+      closePeer(from);
+      const tile = makeTile('peer:' + from, from, false);
+      if (media) tile.querySelector('.media').textContent = media;
+      createPeer(from, true);   // negotiationneeded sends a fresh offer
+      return;
     }
     peer = peer || createPeer(from, false);
     const { pc } = peer;

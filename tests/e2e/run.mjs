@@ -1006,6 +1006,26 @@ async function scenario7(browser) {
     await alice.page.press('#chat-input', 'Enter');
     const delivered = await waitFor(() => bob.page.evaluate(() => [...document.querySelectorAll('#messages li.chat')].some((l) => l.textContent.includes('typed while offline'))), 5000);
     check('the kept text is sent once back online', delivered.ok, delivered.reason);
+
+    // A network blip on alice's side only (the browser goes offline for a few seconds): the
+    // server sees her leave, bob drops her; she comes back and the call is set up again.
+    await alice.context.setOffline(true);
+    const blip = await waitFor(async () => {
+      const t = await visibleText(alice.page, '#banner-text');
+      return (t && /offline/i.test(t)) || `banner: ${t}`;
+    }, 8000);
+    check('network blip: alice\'s banner says she is offline', blip.ok, blip.ok ? await visibleText(alice.page, '#banner-text') : blip.reason);
+    await sleep(3000);
+    await alice.context.setOffline(false);
+    const tBack = Date.now();
+    const again = await waitFor(async () => {
+      const st = await Promise.all(call.map((e) => e.page.evaluate(() => `${window.relaychat.connected}/${window.relaychat.inVoice}`)));
+      if (st.some((x) => x !== 'true/true')) return `connected/inVoice: ${st.join(' ')}`;
+      return connectedReason(call, await reports(call), { relayBothEnds: true });
+    }, 45_000, 500);
+    check('after the blip alice reconnects and the call connects again (relay)', again.ok,
+      again.ok ? `${((Date.now() - tBack) / 1000).toFixed(1)} s after the network was back` : again.reason);
+    if (again.ok) await checkMediaFlows(call);
   } catch (err) {
     check('scenario 7 ran to the end', false, err.stack || String(err));
   }
