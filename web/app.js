@@ -115,7 +115,8 @@
 
   // ---- title, server name, people -----------------------------------------------------------
   function renderTitle() {
-    const base = serverInfo && serverInfo.serverName ? `${serverInfo.serverName} · relaychat` : 'relaychat';
+    const name = serverInfo && serverInfo.serverName && String(serverInfo.serverName);
+    const base = name && name.toLowerCase() !== 'relaychat' ? `${name} · relaychat` : 'relaychat';
     document.title = unread > 0 ? `(${unread}) ${base}` : base;
   }
   const away = () => document.hidden || !document.hasFocus();
@@ -130,7 +131,8 @@
       serverInfo = await res.json();
     } catch { return; }
     const name = String(serverInfo.serverName || '');
-    ui.serverName.textContent = name ? ` · ${name}` : '';
+    const shown = name && name.toLowerCase() !== 'relaychat';
+    ui.serverName.textContent = shown ? ` · ${name}` : '';
     renderTitle();
     renderPrivacyNote();
     const stats = serverInfo.currentStats || {};
