@@ -163,14 +163,14 @@
       return li;
     }));
     const others = [...inCall].filter((n) => n !== me);
-    ui.callPeople.textContent = inVoice ? '' : others.length ? `In the call now: ${others.join(', ')}` : 'Nobody is in the call yet.';
+    ui.callPeople.textContent = inVoice || voiceWanted ? '' : others.length ? `In the call now: ${others.join(', ')}` : 'Nobody is in the call yet.';
   }
 
   // System notices keep the people lists current between two /list answers.
   function trackPresence(text, live) {
     let m;
     if ((m = /^(\S+) has joined\.$/.exec(text))) { online.add(m[1]); }
-    else if ((m = /^(\S+) has left\.$/.exec(text))) { online.delete(m[1]); inCall.delete(m[1]); }
+    else if ((m = /^(\S+) has left\.( |$)/.exec(text))) { online.delete(m[1]); inCall.delete(m[1]); }
     else if ((m = /^(\S+) is now (\S+)$/.exec(text))) {
       if (online.delete(m[1])) online.add(m[2]);
       if (inCall.delete(m[1])) inCall.add(m[2]);
@@ -545,7 +545,10 @@
     ui.login.disabled = ui.register.disabled = !isConnected();
     for (const b of [ui.joinAudio, ui.joinVideo, ui.joinListen, ui.share]) b.disabled = !up;
     if (!secure) ui.joinAudio.disabled = ui.joinVideo.disabled = true;
-    if (up && ui.chatNote.textContent.startsWith('Not sent')) ui.chatNote.textContent = 'Back online: press Enter to send.';
+    // Offline the Send button is disabled (so Enter does nothing): say why, and that text is kept.
+    const note = ui.chatNote.textContent;
+    if (!up && (session || offlineSince)) ui.chatNote.textContent = 'Offline: messages cannot be sent right now. What you type stays here.';
+    else if (up && /^(Offline|Not sent)/.test(note)) ui.chatNote.textContent = ui.chatInput.value.trim() ? 'Back online: press Enter to send.' : '';
   }
 
   // ---- voice: lobby (devices, preview, level meter) -------------------------------------------

@@ -780,7 +780,7 @@ async function scenario4(browser) {
     await page.press('#chat-input', 'Enter');
     const chat = await waitFor(() => page.evaluate(() => [...document.querySelectorAll('#messages li.chat')].some((l) => l.textContent.includes('hello from dave'))), 5000);
     check('dave\'s chat message comes back', chat.ok, chat.reason);
-    await page.screenshot({ path: path.join(OUT_DIR, 'auth-phone.png') });
+    await docsShot(page, 'screenshot-auth-phone.png');
     await axeCheck(page, 'chat after login (phone)');
   } catch (err) {
     check('scenario 4 ran to the end', false, err.stack || String(err));
@@ -975,7 +975,9 @@ async function scenario7(browser) {
     await alice.page.fill('#chat-input', 'typed while offline');
     await alice.page.press('#chat-input', 'Enter');
     const kept = await alice.page.inputValue('#chat-input');
-    check('offline: a message sent while offline stays in the box', kept === 'typed while offline', JSON.stringify(kept));
+    const note = await visibleText(alice.page, '#chat-note');
+    check('offline: a message sent while offline stays in the box, and a note says why', kept === 'typed while offline' && /Offline/.test(note || ''),
+      `${JSON.stringify(kept)}; note: ${note}`);
     const cam = await alice.page.evaluate(() => ['mute', 'camera', 'leave'].map((id) => {
       const b = document.getElementById(id);
       return `${id}:${!b.hidden && b.offsetParent !== null && !b.disabled ? 'usable' : 'NOT usable'}`;
