@@ -6,6 +6,12 @@
 // guarantee on everything each page RECEIVED (candidate objects and their parsed address /
 // relatedAddress, every SDP address line): only the relay's address (127.0.0.2 there, so that a
 // leaked 127.0.0.1 cannot pass for it) and the placeholders 0.0.0.0 / :: may arrive.
+// Scenarios 7-9 prove issue 17's web client: a server restart mid-call and a network blip are
+// survived without a click (reconnect, log in again, rejoin, ICE restart on the same pcs);
+// offline controls; a taken name reported at the name field; listen-only with every permission
+// denied; the relay-unreachable message on the tile; the HTTPS note on an insecure origin; the
+// call UI (speaking, 1:1 layout, pin, shortcuts, screen share); awareness (people, unread count,
+// /nick); and an axe-core scan of every state (0 serious/critical violations).
 // tests/e2e/capture-fixtures.mjs imports the helpers exported here.
 //
 // Run through scripts/e2e (installs Chromium, builds the server). Directly:
@@ -13,7 +19,9 @@
 // Environment: RELAYCHAT_BIN (server binary), CHROMIUM (browser), E2E_ONLY=1,3 (some scenarios),
 // E2E_KEEP=1 (keep the temporary config/data dirs), E2E_DOCS_SCREENSHOT=1 (also copy the call
 // screenshot to docs/screenshot.png for the README), E2E_FIREFOX=1 (add scenario 6, Firefox;
-// needs Debian's firefox-esr, which scripts/e2e then installs), FIREFOX (its path).
+// needs Debian's firefox-esr, which scripts/e2e then installs), FIREFOX (its path),
+// E2E_WEB_FROM_DISK=1 (serve web/ from the work tree instead of the binary: client work without
+// a release build; E2E_DOCS_SCREENSHOT=1 then also refreshes docs/screenshot-*.png).
 import { chromium, firefox } from 'playwright-core';
 import { spawn } from 'node:child_process';
 import { isIP, createServer as createNetServer } from 'node:net';
@@ -753,7 +761,7 @@ async function checkChat(alice, bob, carol) {
 
 // Authentication mode: the login form appears, /register and /login go as chat content.
 async function scenario4(browser) {
-  const server = await startServer({ forceRelay: true, authentication: true });
+  const server = await startServer({ forceRelay: true, authentication: true, port: await freePort() });
   try {
     const context = await newContext(browser, { viewport: { width: 375, height: 740 } });
     const page = await context.newPage();
@@ -782,6 +790,16 @@ async function scenario4(browser) {
     check('dave\'s chat message comes back', chat.ok, chat.reason);
     await docsShot(page, 'screenshot-auth-phone.png');
     await axeCheck(page, 'chat after login (phone)');
+
+    // A server restart: the page reconnects and logs dave in again by itself (no form).
+    await server.restart();
+    const back = await waitFor(async () => {
+      const st = await page.evaluate(() => ({ connected: window.relaychat.connected, me: window.relaychat.me,
+        form: !document.getElementById('auth-form').hidden, status: document.getElementById('status').textContent,
+        reconnects: window.relaychat.reconnects }));
+      return (st.connected && st.reconnects === 1 && !st.form && st.status === 'online as dave') || JSON.stringify(st);
+    }, 30_000, 500);
+    check('after a server restart dave is logged in again without the form', back.ok, back.reason);
   } catch (err) {
     check('scenario 4 ran to the end', false, err.stack || String(err));
   }
