@@ -457,6 +457,8 @@
     setStatus('online', `online as ${me}`);
     // Our own /list, silently: the people list starts right, notices keep it so.
     listPending = send({ type: 'chat', content: '/list' });
+    // If the answer never comes (rate limit), a /list the user types later must still show.
+    setTimeout(() => { listPending = false; }, 5000);
     loadServerInfo();
     if (voiceWanted && !inVoice && !joining) rejoinVoice();
     updateControls();

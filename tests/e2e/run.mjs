@@ -1192,6 +1192,9 @@ async function scenario8(browser) {
     check('the people list follows /nick', peopleNick.ok, peopleNick.reason);
     await axeCheck(erin.page, 'call (desktop)');
     await axeCheck(frank.page, 'call, listen-only');
+    await erin.page.emulateMedia({ colorScheme: 'dark' });
+    await axeCheck(erin.page, 'call (desktop, dark colour scheme)');
+    await erin.page.emulateMedia({ colorScheme: 'light' });
     await erin.page.setViewportSize({ width: 390, height: 780 });
     await sleep(300);
     await axeCheck(erin.page, 'call (phone)');
