@@ -6,6 +6,12 @@
 // guarantee on everything each page RECEIVED (candidate objects and their parsed address /
 // relatedAddress, every SDP address line): only the relay's address (127.0.0.2 there, so that a
 // leaked 127.0.0.1 cannot pass for it) and the placeholders 0.0.0.0 / :: may arrive.
+// Scenarios 7-9 prove issue 17's web client: a server restart mid-call and a network blip are
+// survived without a click (reconnect, log in again, rejoin, ICE restart on the same pcs);
+// offline controls; a taken name reported at the name field; listen-only with every permission
+// denied; the relay-unreachable message on the tile; the HTTPS note on an insecure origin; the
+// call UI (speaking, 1:1 layout, pin, shortcuts, screen share); awareness (people, unread count,
+// /nick); and an axe-core scan of every state (0 serious/critical violations).
 // tests/e2e/capture-fixtures.mjs imports the helpers exported here.
 //
 // Run through scripts/e2e (installs Chromium, builds the server). Directly:
@@ -13,11 +19,13 @@
 // Environment: RELAYCHAT_BIN (server binary), CHROMIUM (browser), E2E_ONLY=1,3 (some scenarios),
 // E2E_KEEP=1 (keep the temporary config/data dirs), E2E_DOCS_SCREENSHOT=1 (also copy the call
 // screenshot to docs/screenshot.png for the README), E2E_FIREFOX=1 (add scenario 6, Firefox;
-// needs Debian's firefox-esr, which scripts/e2e then installs), FIREFOX (its path).
+// needs Debian's firefox-esr, which scripts/e2e then installs), FIREFOX (its path),
+// E2E_WEB_FROM_DISK=1 (serve web/ from the work tree instead of the binary: client work without
+// a release build; E2E_DOCS_SCREENSHOT=1 then also refreshes docs/screenshot-*.png).
 import { chromium, firefox } from 'playwright-core';
 import { spawn } from 'node:child_process';
-import { isIP } from 'node:net';
-import { mkdtemp, mkdir, writeFile, copyFile, rm } from 'node:fs/promises';
+import { isIP, createServer as createNetServer } from 'node:net';
+import { mkdtemp, mkdir, writeFile, copyFile, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,7 +35,7 @@ const BIN = path.resolve(process.env.RELAYCHAT_BIN || path.join(ROOT, 'target/re
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const OUT_DIR = path.join(ROOT, 'target/e2e');
 const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number)
-  : [1, 2, 3, 4, 5, ...(process.env.E2E_FIREFOX === '1' ? [6] : [])];
+  : [1, 2, 3, 4, 5, 7, 8, 9, ...(process.env.E2E_FIREFOX === '1' ? [6] : [])];
 
 const CONNECT_WITHIN_MS = 30_000;
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -69,13 +77,15 @@ for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(1));
 // relayIp: the address the TURN relay allocates on (relay candidates carry it). The listener stays
 // on 127.0.0.1, so a client's own address as the relay sees it (127.0.0.1, what Chromium puts in
 // a relay candidate's raddr) differs from the relay's: a leak cannot pass for the relay address.
-export async function startServer({ forceRelay, authentication = false, credentialTtl = 600, relayIp = '127.0.0.1' }) {
+export async function startServer({ forceRelay, authentication = false, credentialTtl = 600, relayIp = '127.0.0.1',
+  port = 0, publicHost = '', serverName = '', allowScreenShare = false } = {}) {
   const dir = await mkdtemp(path.join(tmpdir(), 'relaychat-e2e-'));
   const cfg = path.join(dir, 'relaychat.toml');
   await writeFile(cfg, `[server]
 host = "127.0.0.1"
-port = 0
+port = ${port}
 data_dir = "${path.join(dir, 'data')}"
+${serverName ? `server_name = "${serverName}"` : ''}
 
 [chat]
 authentication = ${authentication}
@@ -83,60 +93,87 @@ authentication = ${authentication}
 [webrtc]
 enabled = true
 allow_video = true
+allow_screen_share = ${allowScreenShare}
 force_relay = ${forceRelay}
 
 [turn]
 enabled = true
 listen = "127.0.0.1:0"
 relay_ip = "${relayIp}"
+${publicHost ? `public_host = "${publicHost}"` : ''}
 credential_ttl_s = ${credentialTtl}
 `);
-  const child = spawn(BIN, ['--config', cfg], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  liveServers.add(child);
-  const log = [];
-  let httpAddr = null;
-  let turnLine = null;
-  let exited = null;
-  const onData = (buf) => {
-    for (const raw of buf.toString().split('\n')) {
-      const line = raw.replace(ANSI, '');
-      if (!line) continue;
-      log.push(line);
-      const m = /http listening on (\d+\.\d+\.\d+\.\d+):(\d+)/.exec(line);
-      if (m) httpAddr = `${m[1]}:${m[2]}`;
-      if (/turn listening on/.test(line)) turnLine = line;
+  const server = { dir, log: [], child: null, base: null, exited: null };
+  // Starts the binary on the config above; restart() runs it again on the same config (and so,
+  // with a fixed port, on the same address), as an operator restarting the service would.
+  async function launch() {
+    const child = spawn(BIN, ['--config', cfg], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    liveServers.add(child);
+    let httpAddr = null;
+    let turnLine = null;
+    server.child = child;
+    server.exited = null;
+    const onData = (buf) => {
+      for (const raw of buf.toString().split('\n')) {
+        const line = raw.replace(ANSI, '');
+        if (!line) continue;
+        server.log.push(line);
+        const m = /http listening on (\d+\.\d+\.\d+\.\d+):(\d+)/.exec(line);
+        if (m) httpAddr = `${m[1]}:${m[2]}`;
+        if (/turn listening on/.test(line)) turnLine = line;
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.on('exit', (code, sig) => { if (server.child === child) server.exited = `exited with ${code ?? sig}`; liveServers.delete(child); });
+    child.on('error', (err) => { if (server.child === child) server.exited = `failed to start: ${err.message}`; });
+    const up = await waitFor(() => (server.exited ? true : httpAddr && turnLine ? true : 'waiting for listening lines'), 20_000, 100);
+    if (server.exited || !up.ok) return server.exited || up.reason;
+    server.base = `http://${httpAddr}`;
+    server.port = Number(httpAddr.split(':')[1]);
+    console.log(`  server ${server.base}; ${turnLine.replace(/^.*?turn listening/, 'turn listening')}`);
+    return null;
+  }
+  async function kill() {
+    if (server.child && !server.exited) {
+      server.child.kill('SIGTERM');
+      await waitFor(() => !!server.exited, 5000, 100);
+      if (!server.exited) server.child.kill('SIGKILL');
+      await waitFor(() => !!server.exited, 2000, 50);
     }
-  };
-  child.stdout.on('data', onData);
-  child.stderr.on('data', onData);
-  child.on('exit', (code, sig) => { exited = `exited with ${code ?? sig}`; liveServers.delete(child); });
-  child.on('error', (err) => { exited = `failed to start: ${err.message}`; });
-
-  const up = await waitFor(() => (exited ? true : httpAddr && turnLine ? true : 'waiting for listening lines'), 20_000, 100);
-  const server = {
-    dir, log, child,
-    base: `http://${httpAddr}`,
-    get exited() { return exited; },
+  }
+  Object.assign(server, {
     async metrics() {
       const res = await fetch(`${server.base}/metrics`);
       if (!res.ok) throw new Error(`/metrics answered ${res.status}`);
       return parseMetrics(await res.text());
     },
+    kill,
+    async restart() {
+      await kill();
+      const err = await launch();
+      if (err) throw new Error(`server did not restart (${err})`);
+    },
     async stop() {
-      if (!exited) {
-        child.kill('SIGTERM');
-        await waitFor(() => !!exited, 5000, 100);
-        if (!exited) child.kill('SIGKILL');
-      }
+      await kill();
       if (!process.env.E2E_KEEP) await rm(dir, { recursive: true, force: true });
     },
-  };
-  if (exited || !up.ok) {
+  });
+  const err = await launch();
+  if (err) {
     await server.stop();
-    throw Object.assign(new Error(`server did not start (${exited || up.reason})`), { server });
+    throw Object.assign(new Error(`server did not start (${err})`), { server });
   }
-  console.log(`  server ${server.base}; ${turnLine.replace(/^.*?turn listening/, 'turn listening')}`);
   return server;
+}
+
+// A TCP port that was free a moment ago (for a server that must come back on the same port).
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createNetServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
+  });
 }
 
 // Prometheus text: sum every sample of a metric name (whatever its labels).
@@ -202,7 +239,7 @@ function installTaps() {
 
 export async function openClient(browser, server, name, query = '', { join = true, tap = false, firefox = false, initScripts = [], media = 'video' } = {}) {
   // Firefox over WebDriver BiDi does not take viewport emulation; its default window is fine.
-  const context = await browser.newContext(firefox ? {} : { viewport: { width: 1200, height: 700 } });
+  const context = await newContext(browser, firefox ? {} : { viewport: { width: 1200, height: 700 } });
   const page = await context.newPage();
   if (tap) await page.addInitScript(installTaps);
   for (const script of initScripts) await page.addInitScript(script);
@@ -354,6 +391,7 @@ async function scenario1(browser) {
     await alice.page.locator('#messages li.chat', { hasText: 'Green badges' }).waitFor({ timeout: 5000 });
     const shot = path.join(OUT_DIR, 'call.png');
     await alice.page.screenshot({ path: shot });
+    await axeCheck(alice.page, 'call with three (desktop)');
     console.log(`  screenshot: ${shot}`);
     // Refresh the README picture only on request, so a test run leaves the work tree clean.
     if (badge.ok && process.env.E2E_DOCS_SCREENSHOT === '1') {
@@ -374,10 +412,17 @@ async function scenario1(browser) {
     }, 5000);
     check('alice and bob drop carol\'s pc and tile after she leaves', gone.ok, gone.reason);
     // Each relay candidate a remaining pc gathered is one allocation; anything above that
-    // would be a leftover of carol's calls.
-    const remaining = (await reports([alice, bob])).reduce((n, r) => n + (r.peers.bob || r.peers.alice).localTypes.relay, 0);
+    // would be a leftover of carol's calls. getStats may leave out a relay candidate whose pairs
+    // were pruned once another pair won, so the ceiling is also what a bundled pc can hold at
+    // most: one allocation per TURN URL it was given.
+    const urls = await alice.page.evaluate(() => window.relaychat.pcs.get('bob').getConfiguration().iceServers
+      .flatMap((s) => [].concat(s.urls)).filter((u) => /^turns?:/.test(u)).length);
+    let remaining = 0;
     let after = null;
     const freed = await waitFor(async () => {
+      // Re-read each time: a pc's stats may still be catching up on a relay candidate it gathered.
+      remaining = (await reports([alice, bob])).reduce((n, r) => n + (r.peers.bob || r.peers.alice).localTypes.relay, 0);
+      remaining = Math.max(remaining, 2 * urls);
       after = await server.metrics();
       return (after.relaychat_turn_allocations_active <= remaining && after.relaychat_turn_allocations_active < allocBefore
         && after.relaychat_voice_participants === 2)
@@ -721,9 +766,9 @@ async function checkChat(alice, bob, carol) {
 
 // Authentication mode: the login form appears, /register and /login go as chat content.
 async function scenario4(browser) {
-  const server = await startServer({ forceRelay: true, authentication: true });
+  const server = await startServer({ forceRelay: true, authentication: true, port: await freePort() });
   try {
-    const context = await browser.newContext({ viewport: { width: 375, height: 740 } });
+    const context = await newContext(browser, { viewport: { width: 375, height: 740 } });
     const page = await context.newPage();
     const logs = [];
     pages.push({ name: 'dave', page, context, logs });
@@ -734,6 +779,7 @@ async function scenario4(browser) {
     await page.click('#connect');
     const form = await waitFor(() => page.isVisible('#auth-form'), 5000);
     check('"Authentication required." shows the login form', form.ok, form.reason);
+    await axeCheck(page, 'auth form (phone)');
     await page.fill('#auth-name', 'dave');
     await page.fill('#auth-pass', 'correcthorse');
     await page.click('#register');
@@ -747,7 +793,18 @@ async function scenario4(browser) {
     await page.press('#chat-input', 'Enter');
     const chat = await waitFor(() => page.evaluate(() => [...document.querySelectorAll('#messages li.chat')].some((l) => l.textContent.includes('hello from dave'))), 5000);
     check('dave\'s chat message comes back', chat.ok, chat.reason);
-    await page.screenshot({ path: path.join(OUT_DIR, 'auth-phone.png') });
+    await docsShot(page, 'screenshot-auth-phone.png');
+    await axeCheck(page, 'chat after login (phone)');
+
+    // A server restart: the page reconnects and logs dave in again by itself (no form).
+    await server.restart();
+    const back = await waitFor(async () => {
+      const st = await page.evaluate(() => ({ connected: window.relaychat.connected, me: window.relaychat.me,
+        form: !document.getElementById('auth-form').hidden, status: document.getElementById('status').textContent,
+        reconnects: window.relaychat.reconnects }));
+      return (st.connected && st.reconnects === 1 && !st.form && st.status === 'online as dave') || JSON.stringify(st);
+    }, 30_000, 500);
+    check('after a server restart dave is logged in again without the form', back.ok, back.reason);
   } catch (err) {
     check('scenario 4 ran to the end', false, err.stack || String(err));
   }
@@ -851,10 +908,354 @@ async function mediaAndMetrics(server, all) {
   check('/metrics relaychat_turn_relayed_bytes_total > 0', m.relaychat_turn_relayed_bytes_total > 0, `${m.relaychat_turn_relayed_bytes_total} bytes`);
 }
 
+
+// E2E_WEB_FROM_DISK=1 serves web/*.{html,js,css} from the work tree instead of the copies
+// embedded in the binary: for iterating on the client without a release build each time.
+// Normal runs (and CI) never set it, so they test what the binary really serves.
+const WEB_FILES = { '/': 'index.html', '/index.html': 'index.html', '/app.js': 'app.js', '/style.css': 'style.css' };
+export async function newContext(browser, options) {
+  const context = await browser.newContext(options);
+  if (process.env.E2E_WEB_FROM_DISK === '1') {
+    await context.route((url) => url.pathname in WEB_FILES, async (route) => {
+      const file = WEB_FILES[new URL(route.request().url()).pathname];
+      const type = file.endsWith('.js') ? 'text/javascript' : file.endsWith('.css') ? 'text/css' : 'text/html';
+      route.fulfill({ status: 200, contentType: `${type}; charset=utf-8`, body: await readFile(path.join(ROOT, 'web', file), 'utf8') });
+    });
+  }
+  return context;
+}
+
+// Pages fulfilled by E2E_WEB_FROM_DISK carry no address space, so Chromium's local network
+// access checks would block their WebSocket to 127.0.0.1; the embedded pages do not need this.
+const devArgs = process.env.E2E_WEB_FROM_DISK === '1' ? ['--disable-features=LocalNetworkAccessChecks'] : [];
+
+// ---- accessibility (axe-core) ------------------------------------------------------------------
+let axeSource = null;
+const axeScans = [];   // { state, violations } for the summary
+// Runs axe-core in the page as it is now; the check fails on any serious or critical violation.
+// Evaluated through the DevTools protocol, so a strict CSP on the page does not get in the way.
+export async function axeCheck(page, state) {
+  axeSource = axeSource || await readFile(path.join(ROOT, 'tests/e2e/node_modules/axe-core/axe.min.js'), 'utf8');
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { resultTypes: ['violations'] });
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length,
+      targets: v.nodes.slice(0, 3).map((n) => `${n.target.join(' ')}${n.any[0] ? ` (${n.any[0].message})` : ''}`) }));
+  });
+  const bad = result.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  axeScans.push({ state, violations: result.length, bad: bad.length });
+  check(`axe-core: no serious/critical violation in state "${state}"`, bad.length === 0,
+    bad.length ? bad.map((v) => `${v.id} (${v.impact}, ${v.nodes}): ${v.targets.join('; ')}`).join(' | ')
+      : `${result.length} minor/moderate: ${result.map((v) => v.id).join(', ') || 'none'}`);
+}
+
+async function docsShot(page, name) {
+  const shot = path.join(OUT_DIR, name);
+  await page.screenshot({ path: shot });
+  if (process.env.E2E_DOCS_SCREENSHOT === '1') await copyFile(shot, path.join(ROOT, 'docs', name));
+}
+
+const visibleText = (page, sel) => page.evaluate((s) => {
+  const el = document.querySelector(s);
+  return el && !el.hidden && el.offsetParent !== null ? el.textContent : null;
+}, sel);
+
+// ---- scenario 7: connection life ------------------------------------------------------------
+// The server process is restarted mid-call on the same port: both pages reconnect on their own,
+// log back in to the call and resume it on the same RTCPeerConnections (ICE restart). While the
+// server is away, what needs it is disabled, typed text is kept and the camera can be turned off.
+async function scenario7(browser) {
+  const server = await startServer({ forceRelay: true, port: await freePort() });
+  try {
+    const alice = await openClient(browser, server, 'alice');
+    const bob = await openClient(browser, server, 'bob');
+    const carol = await openClient(browser, server, 'carol', '', { join: false });
+    const call = [alice, bob];
+    let conn = await waitFor(async () => connectedReason(call, await reports(call), { relayBothEnds: true }), CONNECT_WITHIN_MS);
+    check('alice and bob are in a relayed call', conn.ok, conn.reason);
+    if (!conn.ok) return server;
+    // Mark the live pcs: after the restart the same objects must carry the call (ICE restart).
+    await alice.page.evaluate(() => { window.relaychat.pcs.get('bob').__before = true; });
+    await bob.page.evaluate(() => { window.relaychat.pcs.get('alice').__before = true; });
+
+    await server.kill();
+    const tDown = Date.now();
+    const banner = await waitFor(async () => {
+      const t = await visibleText(alice.page, '#banner');
+      return (t && /can't reach the server at 127\.0\.0\.1:\d+; retrying in \d+ s/i.test(t)) || `banner: ${t}`;
+    }, 10_000);
+    check('offline: a banner says "can\'t reach the server at HOST; retrying in N s"', banner.ok, banner.ok ? (await visibleText(alice.page, '#banner-text')) : banner.reason);
+    const offline = await carol.page.evaluate(() => ({
+      send: document.getElementById('send').disabled,
+      joins: ['join-audio', 'join-video', 'join-listen'].map((id) => document.getElementById(id).disabled),
+    }));
+    check('offline: Send and every Join button are disabled', offline.send && offline.joins.every(Boolean), JSON.stringify(offline));
+    // A forced click on the disabled "Join with video" must not open the camera.
+    await carol.page.click('#join-video', { force: true }).catch(() => {});
+    await sleep(300);
+    const carolTracks = await carol.page.evaluate(() => window.relaychat.localTracks);
+    check('offline: "Join with video" does not turn the camera on', carolTracks.length === 0, JSON.stringify(carolTracks));
+    await alice.page.fill('#chat-input', 'typed while offline');
+    await alice.page.press('#chat-input', 'Enter');
+    const kept = await alice.page.inputValue('#chat-input');
+    const note = await visibleText(alice.page, '#chat-note');
+    check('offline: a message sent while offline stays in the box, and a note says why', kept === 'typed while offline' && /Offline/.test(note || ''),
+      `${JSON.stringify(kept)}; note: ${note}`);
+    const cam = await alice.page.evaluate(() => ['mute', 'camera', 'leave'].map((id) => {
+      const b = document.getElementById(id);
+      return `${id}:${!b.hidden && b.offsetParent !== null && !b.disabled ? 'usable' : 'NOT usable'}`;
+    }));
+    check('offline, in a call: Mute, Camera and Leave stay usable', cam.every((c) => c.endsWith(':usable')), cam.join(' '));
+    await axeCheck(alice.page, 'offline banner (call)');
+    await docsShot(alice.page, 'screenshot-reconnecting.png');
+
+    await sleep(1500);   // a restart is rarely instant
+    await server.restart();
+    const tUp = Date.now();
+    let reps;
+    conn = await waitFor(async () => {
+      const st = await Promise.all(call.map((e) => e.page.evaluate(() => `${window.relaychat.connected}/${window.relaychat.inVoice}`)));
+      if (st.some((x) => x !== 'true/true')) return `connected/inVoice: ${st.join(' ')}`;
+      return connectedReason(call, (reps = await reports(call)), { relayBothEnds: true });
+    }, 45_000, 500);
+    check('after the restart both pages reconnect, rejoin the call and the pcs connect again (relay)', conn.ok,
+      conn.ok ? `${((Date.now() - tUp) / 1000).toFixed(1)} s after the server was back (${((Date.now() - tDown) / 1000).toFixed(1)} s outage in all)` : conn.reason);
+    if (!conn.ok) return server;
+    const same = await Promise.all([alice.page.evaluate(() => window.relaychat.pcs.get('bob').__before === true),
+      bob.page.evaluate(() => window.relaychat.pcs.get('alice').__before === true)]);
+    check('the call resumed on the same RTCPeerConnections (ICE restart, no new call setup)', same.every(Boolean), same.join('/'));
+    await checkMediaFlows(call);
+    const after = await alice.page.evaluate(() => ({ banner: document.getElementById('banner').hidden, send: document.getElementById('send').disabled,
+      reconnects: window.relaychat.reconnects, status: document.getElementById('status').textContent }));
+    check('online again: banner gone, Send enabled, status "online as alice"', after.banner && !after.send && after.status === 'online as alice', JSON.stringify(after));
+    await alice.page.press('#chat-input', 'Enter');
+    const delivered = await waitFor(() => bob.page.evaluate(() => [...document.querySelectorAll('#messages li.chat')].some((l) => l.textContent.includes('typed while offline'))), 5000);
+    check('the kept text is sent once back online', delivered.ok, delivered.reason);
+
+    // A network blip on alice's side only (the browser goes offline for a few seconds): the
+    // server sees her leave, bob drops her; she comes back and the call is set up again.
+    await alice.context.setOffline(true);
+    const blip = await waitFor(async () => {
+      const t = await visibleText(alice.page, '#banner-text');
+      return (t && /offline/i.test(t)) || `banner: ${t}`;
+    }, 8000);
+    check('network blip: alice\'s banner says she is offline', blip.ok, blip.ok ? await visibleText(alice.page, '#banner-text') : blip.reason);
+    await sleep(3000);
+    await alice.context.setOffline(false);
+    const tBack = Date.now();
+    const again = await waitFor(async () => {
+      const st = await Promise.all(call.map((e) => e.page.evaluate(() => `${window.relaychat.connected}/${window.relaychat.inVoice}`)));
+      if (st.some((x) => x !== 'true/true')) return `connected/inVoice: ${st.join(' ')}`;
+      return connectedReason(call, await reports(call), { relayBothEnds: true });
+    }, 45_000, 500);
+    check('after the blip alice reconnects and the call connects again (relay)', again.ok,
+      again.ok ? `${((Date.now() - tBack) / 1000).toFixed(1)} s after the network was back` : again.reason);
+    if (again.ok) await checkMediaFlows(call);
+  } catch (err) {
+    check('scenario 7 ran to the end', false, err.stack || String(err));
+  }
+  return server;
+}
+
+// Runs in a page before its script: every getUserMedia is refused, as when the user clicked
+// "Block" (or a browser policy does).
+function denyMedia() {
+  navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
+}
+
+// ---- scenario 8: lobby, plain-language errors, listen-only, awareness, the call UI, axe ---------
+async function scenario8(browser) {
+  const server = await startServer({ forceRelay: true, serverName: 'Test Lounge', allowScreenShare: true });
+  try {
+    // Landing page, then a name that is taken: the error belongs at the name field.
+    const erin = await openClient(browser, server, 'erin', '', { join: false });
+    const ctx = await newContext(browser, { viewport: { width: 1200, height: 700 } });
+    const page = await ctx.newPage();
+    pages.push({ name: 'erin-again', page, context: ctx, logs: [] });
+    await page.goto(`${server.base}/`);
+    await axeCheck(page, 'landing');
+    await page.fill('#name', 'erin');
+    await page.click('#connect');
+    const taken = await waitFor(async () => {
+      const t = await visibleText(page, '#name-error');
+      return (t && /taken/.test(t) && await page.isVisible('#connect-form')) || `name error: ${t}`;
+    }, 8000);
+    const log = await page.evaluate(() => document.getElementById('messages').textContent);
+    check('a taken name is reported at the name field, in plain words, with no close code', taken.ok && !/code 10/.test(log),
+      taken.ok ? await visibleText(page, '#name-error') : taken.reason);
+    check('the name field is marked invalid', await page.getAttribute('#name', 'aria-invalid') === 'true');
+    await axeCheck(page, 'landing with name error');
+
+    // server_name and the lobby.
+    const header = await erin.page.textContent('h1');
+    check('server_name (from /server-info) is shown in the header', header.includes('Test Lounge'), header);
+    const privacy = await visibleText(erin.page, '#privacy-note');
+    check('the lobby explains what "your IP is hidden" means', !!privacy && /IP is hidden/.test(privacy), privacy);
+    await erin.page.click('#preview');
+    const level = await waitFor(() => erin.page.evaluate(() => document.getElementById('mic-level').value > 0.01
+      || `level ${document.getElementById('mic-level').value}`), 8000, 100);
+    const devs = await erin.page.evaluate(() => ['mic-select', 'cam-select'].map((id) => document.getElementById(id).options.length));
+    check('lobby preview: the mic level meter moves, microphones and cameras are listed', level.ok && devs.every((n) => n > 1),
+      `${level.reason || 'level moved'}; options ${devs.join('/')}`);
+    await axeCheck(erin.page, 'chat + lobby preview');
+    await docsShot(erin.page, 'screenshot-lobby.png');
+
+    // Listen-only with every permission denied.
+    const frank = await openClient(browser, server, 'frank', '', { join: false, initScripts: [denyMedia] });
+    await frank.page.click('#join-video');
+    const denied = await waitFor(async () => {
+      const t = await visibleText(frank.page, '#voice-error');
+      return (t && /blocked/.test(t) && /Listen only/.test(t)) || `voice error: ${t}`;
+    }, 5000);
+    check('denied camera/mic: a plain message points to "Listen only"', denied.ok, denied.ok ? await visibleText(frank.page, '#voice-error') : denied.reason);
+    await frank.page.click('#join-listen');
+    const listening = await waitFor(() => frank.page.evaluate(() => window.relaychat.inVoice), 8000);
+    check('with permissions denied, "Listen only" joins the call', listening.ok, listening.reason);
+    await erin.page.click('#join-video');
+    const call = [erin, frank];
+    const conn = await waitFor(async () => connectedReason(call, await reports(call), { relayBothEnds: true }), CONNECT_WITHIN_MS);
+    check('the listener and a camera user connect through the relay', conn.ok, conn.reason);
+    if (conn.ok) {
+      const flows = await waitFor(async () => {
+        const a = await report(frank);
+        await sleep(1000);
+        const b = await report(frank);
+        return (b.peers.erin.inbound.audio > a.peers.erin.inbound.audio && b.peers.erin.inbound.video > a.peers.erin.inbound.video) || 'not growing';
+      }, 8000, 0);
+      check('the listener receives audio and video', flows.ok, flows.reason);
+    }
+    const label = await waitFor(() => erin.page.evaluate(() => document.querySelector('[data-peer="peer:frank"] .media')?.textContent === 'mic off · cam off'
+      || document.querySelector('[data-peer="peer:frank"] .media')?.textContent), 5000);
+    check('the others see the listener as "mic off · cam off"', label.ok, label.reason);
+
+    // The call UI.
+    const speaking = await waitFor(() => frank.page.evaluate(() => document.querySelector('[data-peer="peer:erin"]')?.classList.contains('speaking')), 10_000, 100);
+    check('speaking indicator: erin\'s tile lights up at frank while her (fake) microphone beeps', speaking.ok, speaking.reason);
+    const big = await frank.page.evaluate(() => {
+      const r = document.querySelector('[data-peer="peer:erin"]').getBoundingClientRect();
+      const panel = document.getElementById('voice').getBoundingClientRect();
+      return { w: Math.round(r.width), h: Math.round(r.height), panel: Math.round(panel.width) };
+    });
+    check('1:1 call: the other person\'s tile uses the panel\'s width', big.w >= big.panel * 0.85, JSON.stringify(big));
+    const tips = await erin.page.evaluate(() => [document.getElementById('mute').title, document.getElementById('camera').title]);
+    check('Mute and Camera tooltips name their shortcuts', /\(M\)/.test(tips[0]) && /\(V\)/.test(tips[1]), tips.join(' | '));
+    await erin.page.click('h1');   // focus out of any field
+    await erin.page.keyboard.press('m');
+    await erin.page.keyboard.press('v');
+    const keys = await erin.page.evaluate(() => ({ mute: document.getElementById('mute').getAttribute('aria-pressed'),
+      cam: document.getElementById('camera').getAttribute('aria-pressed'), tracks: window.relaychat.localTracks }));
+    check('shortcuts m and v mute and stop the camera (aria-pressed follows)', keys.mute === 'true' && keys.cam === 'true'
+      && keys.tracks.every((t) => t.endsWith(':false')), JSON.stringify(keys));
+    await erin.page.keyboard.press('m');
+    await erin.page.keyboard.press('v');
+    await frank.page.click('[data-peer="peer:erin"] .pin');
+    const pinned = await frank.page.evaluate(() => {
+      const t = document.querySelector('[data-peer="peer:erin"]');
+      return `${t.classList.contains('pinned')}/${t.querySelector('.pin').getAttribute('aria-pressed')}`;
+    });
+    check('pin: the tile is pinned and its button says aria-pressed="true"', pinned === 'true/true', pinned);
+    await frank.page.click('[data-peer="peer:erin"] .pin');
+
+    // Screen share (allow_screen_share is on here): Chromium's fake capture stands in for a screen.
+    await erin.page.click('#share');
+    const shared = await waitFor(async () => {
+      const label = await frank.page.evaluate(() => document.querySelector('[data-peer="peer:erin"] .media')?.textContent);
+      const pressed = await erin.page.getAttribute('#share', 'aria-pressed');
+      return (/sharing screen/.test(label) && pressed === 'true') || `frank sees "${label}", share aria-pressed=${pressed}`;
+    }, 8000);
+    check('screen share: the button appears when allowed, and frank sees "sharing screen"', shared.ok, shared.reason);
+    if (shared.ok) await erin.page.click('#share');
+
+    // Awareness: people lists, unread count in the title, status after /nick.
+    const people = await waitFor(() => erin.page.evaluate(() => {
+      const t = document.getElementById('people-list').textContent;
+      return (/frank/.test(t) && /erin \(you\)/.test(t) && (t.match(/in call/g) || []).length === 2) || t;
+    }), 5000);
+    check('erin\'s people list shows who is online and who is in the call', people.ok, people.reason);
+    const gina = await openClient(browser, server, 'gina', '', { join: false });
+    const before = await waitFor(() => gina.page.evaluate(() => {
+      const s = document.getElementById('call-people').textContent;
+      return (/erin/.test(s) && /frank/.test(s)) || s;
+    }), 5000);
+    check('before joining, gina sees who is in the call', before.ok, before.reason);
+    await gina.page.evaluate(() => {
+      document.hasFocus = () => false;   // as if gina's tab were in the background
+      window.dispatchEvent(new Event('blur'));
+    });
+    await erin.page.fill('#chat-input', 'anyone there?');
+    await erin.page.press('#chat-input', 'Enter');
+    const title = await waitFor(async () => (/^\(1\) Test Lounge/.test(await gina.page.title())) || gina.page.title(), 5000);
+    check('unread count in a background tab\'s title: "(1) Test Lounge · relaychat"', title.ok, title.ok ? await gina.page.title() : title.reason);
+    await gina.page.evaluate(() => { delete document.hasFocus; window.dispatchEvent(new Event('focus')); });
+    const cleared = await waitFor(async () => (await gina.page.title()) === 'Test Lounge · relaychat' || gina.page.title(), 3000);
+    check('the count clears when the tab is looked at again', cleared.ok, cleared.reason);
+    await gina.page.fill('#chat-input', '/nick gina2');
+    await gina.page.press('#chat-input', 'Enter');
+    const nick = await waitFor(async () => (await gina.page.textContent('#status')) === 'online as gina2' || gina.page.textContent('#status'), 5000);
+    check('the status follows /nick ("online as gina2")', nick.ok, nick.reason);
+    const peopleNick = await waitFor(() => erin.page.evaluate(() => /gina2/.test(document.getElementById('people-list').textContent)), 5000);
+    check('the people list follows /nick', peopleNick.ok, peopleNick.reason);
+    await axeCheck(erin.page, 'call (desktop)');
+    await axeCheck(frank.page, 'call, listen-only');
+    await erin.page.emulateMedia({ colorScheme: 'dark' });
+    await axeCheck(erin.page, 'call (desktop, dark colour scheme)');
+    await erin.page.emulateMedia({ colorScheme: 'light' });
+    await erin.page.setViewportSize({ width: 390, height: 780 });
+    await sleep(300);
+    await axeCheck(erin.page, 'call (phone)');
+    await docsShot(erin.page, 'screenshot-phone.png');
+  } catch (err) {
+    check('scenario 8 ran to the end', false, err.stack || String(err));
+  }
+  return server;
+}
+
+// ---- scenario 9: an unreachable relay, a phone-sized call, an insecure origin ---------------------
+// The server advertises its relay at 127.0.0.3, where nothing listens (the relay is bound to
+// 127.0.0.1): what a wrong external address or a closed firewall looks like to a browser.
+async function scenario9(browser) {
+  const server = await startServer({ forceRelay: true, publicHost: '127.0.0.3' });
+  try {
+    const hana = await openClient(browser, server, 'hana', '', { media: 'audio' });
+    const ivan = await openClient(browser, server, 'ivan', '', { media: 'audio' });
+    const t0 = Date.now();
+    const msg = await waitFor(async () => {
+      const t = await visibleText(hana.page, '[data-peer="peer:ivan"] .notice');
+      return (t && /Can't reach the relay/.test(t) && /UDP/.test(t) && /TCP/.test(t) && /127\.0\.0\.3/.test(t)) || `notice: ${t}`;
+    }, 30_000, 500);
+    check('relay unreachable: the tile says so, names the relay and what to check (UDP/TCP 3478, TLS)', msg.ok,
+      msg.ok ? `${((Date.now() - t0) / 1000).toFixed(1)} s: ${await visibleText(hana.page, '[data-peer="peer:ivan"] .notice')}` : msg.reason);
+    await axeCheck(hana.page, 'call, relay unreachable');
+    await docsShot(hana.page, 'screenshot-relay-unreachable.png');
+  } catch (err) {
+    check('scenario 9 (relay) ran to the end', false, err.stack || String(err));
+  }
+  try {
+    // Plain http on a host name (not localhost): browsers give such pages no camera or mic.
+    const insecure = await chromium.launch({ executablePath: CHROMIUM, headless: true,
+      args: [...LAUNCH_ARGS, ...devArgs, '--host-resolver-rules=MAP chat.insecure.test 127.0.0.1'] });
+    server.extraCleanup = () => insecure.close();
+    const ctx = await newContext(insecure, { viewport: { width: 1200, height: 700 } });
+    const page = await ctx.newPage();
+    pages.push({ name: 'insecure', page, context: ctx, logs: [] });
+    await page.goto(`http://chat.insecure.test:${server.port}/`);
+    await page.fill('#name', 'june');
+    await page.click('#connect');
+    await page.waitForFunction(() => window.relaychat && window.relaychat.connected, null, { timeout: 10_000 });
+    const note = await visibleText(page, '#secure-note');
+    const disabled = await page.evaluate(() => [document.getElementById('join-audio').disabled, document.getElementById('join-video').disabled]);
+    check('http on a real host name: "calls need HTTPS; ask the operator to enable TLS" before Join, mic/camera joins disabled',
+      !!note && /Calls need HTTPS; ask the operator to enable TLS/.test(note) && disabled.every(Boolean), `${note} ${disabled}`);
+  } catch (err) {
+    check('scenario 9 (insecure origin) ran to the end', false, err.stack || String(err));
+  }
+  return server;
+}
+
 // ---- main ------------------------------------------------------------------------------------
 async function main() {
   await mkdir(OUT_DIR, { recursive: true });
-  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: LAUNCH_ARGS });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...LAUNCH_ARGS, ...devArgs] });
   console.log(`chromium ${browser.version()}; server ${BIN}`);
   const scenarios = [
     [1, 'scenario 1: force_relay on, three pages with audio+video', scenario1],
@@ -863,6 +1264,9 @@ async function main() {
     [4, 'scenario 4: authentication mode, phone-sized page, chat only', scenario4],
     [5, 'scenario 5: 8 s TURN credentials, pushed refresh, ICE restart after expiry', scenario5],
     [6, 'scenario 6: Firefox and Chromium in a relay-only call (E2E_FIREFOX=1)', scenario6],
+    [7, 'scenario 7: server restart mid-call: reconnect, rejoin, ICE restart; offline controls', scenario7],
+    [8, 'scenario 8: lobby, taken name, listen-only with denied permissions, call UI, awareness, axe', scenario8],
+    [9, 'scenario 9: relay unreachable message; insecure origin', scenario9],
   ];
   for (const [n, title, run] of scenarios) {
     if (!ONLY.includes(n)) continue;
@@ -883,6 +1287,7 @@ async function main() {
   }
   await browser.close();
 
+  if (axeScans.length) console.log(`\naxe-core: ${axeScans.length} states scanned, serious/critical violations: ${axeScans.reduce((n, a) => n + a.bad, 0)}`);
   const failed = results.filter((r) => !r.ok);
   console.log(`\ne2e: ${results.length - failed.length} passed, ${failed.length} failed`);
   for (const f of failed) console.log(`  FAILED ${f.scenario}: ${f.name}${f.detail ? ' — ' + f.detail : ''}`);
