@@ -56,8 +56,9 @@ fn check_ice_servers(servers: &Value, host: &str, port: u16, name: &str, ttl: u6
         json!([format!("turn:{host}:{port}?transport=udp"), format!("turn:{host}:{port}?transport=tcp")])
     );
     let username = server["username"].as_str().expect("username");
-    let (expiry, user) = username.split_once(':').expect("<expiry>:<name>");
-    assert_eq!(user, name);
+    let (expiry, user) = username.split_once(':').expect("<expiry>:<name>:<session tag>");
+    let tag = user.strip_prefix(&format!("{name}:")).expect("<expiry>:<name>:<session tag>");
+    assert!(tag.len() == 8 && tag.bytes().all(|b| b.is_ascii_hexdigit()), "{username}");
     let expiry: u64 = expiry.parse().expect("expiry is unix seconds");
     let now = unix_now();
     assert!(expiry + 5 >= now + ttl && expiry <= now + ttl + 1, "expiry {expiry}, now {now}, ttl {ttl}");
@@ -1368,7 +1369,7 @@ secret = "second-secret"
         assert_eq!(entry["urls"], urls);
         let username = entry["username"].as_str().unwrap();
         let (expiry, user) = username.split_once(':').unwrap();
-        assert_eq!(user, "Alice");
+        assert!(user.starts_with("Alice:"), "{username}");
         let expiry: u64 = expiry.parse().unwrap();
         assert!(expiry.abs_diff(unix_now() + 600) <= 5, "{username}");
         assert_eq!(entry["credential"].as_str().unwrap(), turn_credential(secret, username));

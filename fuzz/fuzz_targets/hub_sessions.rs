@@ -39,10 +39,16 @@ fuzz_target!(|data: &[u8]| {
     settings.chat.authentication = data.first().is_some_and(|b| b & 1 == 1);
     let history_limit = settings.chat.history_limit;
     let ice = IceServerIssuer {
-        endpoints: TurnEndpoints::Integrated { secret: b"s".to_vec(), public_host: None, port: 3478, tls_port: None },
+        endpoints: TurnEndpoints::Integrated {
+            secret: b"s".to_vec(),
+            public_host: None,
+            port: 3478,
+            tls_port: None,
+        },
         ttl_s: 600,
     };
-    let mut hub = Hub::new(Arc::new(settings), ice, Vec::new(), HashSet::new(), rand::rngs::StdRng::seed_from_u64(1));
+    let mut hub =
+        Hub::new(Arc::new(settings), ice, Vec::new(), HashSet::new(), rand::rngs::StdRng::seed_from_u64(1));
     let mut now = Now::current();
     let mut connected = [false; 6];
     let mut frames: Vec<String> = Vec::new();
@@ -84,7 +90,8 @@ fuzz_target!(|data: &[u8]| {
                 if !connected[(conn - 1) as usize] {
                     continue;
                 }
-                let mut frame: serde_json::Value = serde_json::from_str(FRAMES[op as usize % FRAMES.len()]).unwrap();
+                let mut frame: serde_json::Value =
+                    serde_json::from_str(FRAMES[op as usize % FRAMES.len()]).unwrap();
                 frame["token"] = serde_json::Value::String(format!("{conn:064}"));
                 hub.message(conn, parse_inbound(&frame.to_string()), now)
             }

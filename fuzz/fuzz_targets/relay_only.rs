@@ -5,7 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use relaychat::hub::relay_only::audit::names_only_these_addresses;
-use relaychat::hub::relay_only::{candidate_line, candidate_object, description_object, PrivacyTally, RelayAddresses};
+use relaychat::hub::relay_only::{
+    candidate_line, candidate_object, description_object, PrivacyTally, RelayAddresses,
+};
 use relaychat::protocol::{parse_inbound, ClientMessage, Inbound};
 
 const RELAY: &str = "203.0.113.10";
@@ -29,23 +31,33 @@ fuzz_target!(|data: &[u8]| {
             let sdp = out["sdp"].as_str().unwrap();
             names_only_these_addresses(sdp, &[RELAY]).unwrap();
             let again = serde_json::json!({"type": "webrtc-offer", "targetUsername": "b", "offer": out});
-            if let Inbound::Message { message: ClientMessage::WebrtcOffer { description: Some(d2), .. }, .. } =
-                parse_inbound(&again.to_string())
+            if let Inbound::Message {
+                message: ClientMessage::WebrtcOffer { description: Some(d2), .. },
+                ..
+            } = parse_inbound(&again.to_string())
             {
                 assert_eq!(description_object(&d2, &relays, &mut tally).unwrap(), out);
             }
         }
     }
     // Raw bytes as a whole candidate frame (object keys and values of any shape).
-    if let Inbound::Message { message: ClientMessage::WebrtcIceCandidate { candidate: Some(c), .. }, .. } =
-        parse_inbound(text)
+    if let Inbound::Message {
+        message: ClientMessage::WebrtcIceCandidate { candidate: Some(c), .. }, ..
+    } = parse_inbound(text)
     {
         if let Ok(out) = candidate_object(&c, &relays, &mut tally) {
             for key in out.as_object().unwrap().keys() {
-                assert!(matches!(key.as_str(), "candidate" | "sdpMid" | "sdpMLineIndex" | "usernameFragment"));
+                assert!(matches!(
+                    key.as_str(),
+                    "candidate" | "sdpMid" | "sdpMLineIndex" | "usernameFragment"
+                ));
             }
-            let values: Vec<String> =
-                out.as_object().unwrap().values().map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string())).collect();
+            let values: Vec<String> = out
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string()))
+                .collect();
             names_only_these_addresses(&values.join("\n"), &[RELAY]).unwrap();
         }
     }

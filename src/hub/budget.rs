@@ -70,26 +70,30 @@ pub struct MessageBudgetSettings {
     pub other: Rate,
     /// Over-budget messages within 10 s that close the connection (1008); 0 never closes.
     pub disconnect_after_drops: u32,
-    /// A user's voice join/leave notices are persisted at most once per this many seconds (they
-    /// are always shown live): a user who flaps does not fill the history.
+    /// A user's voice join/leave notices are persisted at most `voice_notices_persisted` times
+    /// per this many seconds (they are always shown live): a user who flaps does not fill the
+    /// history, and the history gets the final state once the interval is over.
     pub voice_notice_persist_interval_s: u64,
+    pub voice_notices_persisted: u32,
 }
 
 impl Default for MessageBudgetSettings {
     fn default() -> Self {
         let rate = |per_second, burst| Rate { per_second, burst };
         Self {
-            // The built-in client sends typing at most every 2 s, pings every 25 s; 8 peers
-            // renegotiating and trickling at once stay far below the signaling budgets.
+            // Far above real use: the built-in client sends typing at most every 2 s and pings
+            // every 25 s, test harnesses and bots use pings as barriers, and 8 peers
+            // renegotiating and trickling at once stay well inside the signaling budgets.
             typing: rate(5.0, 20.0),
-            ping: rate(2.0, 10.0),
-            voice_membership: rate(0.5, 6.0),
-            description: rate(10.0, 40.0),
-            candidate: rate(100.0, 400.0),
-            media_change: rate(5.0, 20.0),
-            other: rate(5.0, 20.0),
+            ping: rate(20.0, 200.0),
+            voice_membership: rate(1.0, 10.0),
+            description: rate(20.0, 100.0),
+            candidate: rate(200.0, 1000.0),
+            media_change: rate(10.0, 50.0),
+            other: rate(20.0, 100.0),
             disconnect_after_drops: 200,
             voice_notice_persist_interval_s: 60,
+            voice_notices_persisted: 4,
         }
     }
 }
@@ -208,13 +212,13 @@ mod tests {
         let settings = MessageBudgetSettings::default();
         let mut budget = MessageBudget::new();
         let mut now = Instant::now();
-        for _ in 0..6 {
+        for _ in 0..10 {
             budget.admit(MessageClass::VoiceMembership, &settings, now);
         }
-        // One drop every 11 s, for an hour: each window holds one.
+        // A few drops every 11 s, for an hour: each window holds only those.
         for _ in 0..330 {
             now += Duration::from_secs(11);
-            for _ in 0..7 {
+            for _ in 0..15 {
                 assert_ne!(
                     budget.admit(MessageClass::VoiceMembership, &settings, now),
                     Admission::Disconnect

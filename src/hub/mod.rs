@@ -88,11 +88,13 @@ pub enum Effect {
         name: String,
         banned: bool,
     },
+    /// Someone joined voice: the relay may admit `turn_user` (`<name>:<session tag>`).
     VoiceJoined {
-        name: String,
+        turn_user: String,
     },
+    /// Someone left voice (for any reason): the relay deletes what `turn_user` holds.
     VoiceLeft {
-        name: String,
+        turn_user: String,
     },
 }
 
@@ -149,12 +151,21 @@ pub struct Hub {
     relays: RelayAddresses,
     /// What force_relay removed, by reason.
     privacy: PrivacyTally,
-    /// Each user's last persisted voice notice: when, and whether it said "joined". Flapping
-    /// within the interval is shown live but not persisted; once the interval has passed, the
-    /// history is brought up to the user's real state (one notice) and the entry dropped.
-    voice_notice_persisted: HashMap<String, (Instant, bool)>,
+    /// Voice notices persisted per user in the current interval: when the interval started, how
+    /// many, and whether the last one said "joined". Past the allowance, notices are shown live
+    /// only; once the interval has passed, the history is brought up to the user's real state
+    /// (one notice) and the entry dropped.
+    voice_notice_persisted: HashMap<String, VoiceNotices>,
     rng: StdRng,
     last_prune: Option<Instant>,
+}
+
+/// One user's persisted voice notices in the current interval.
+#[derive(Debug, Clone, Copy)]
+struct VoiceNotices {
+    since: Instant,
+    persisted: u32,
+    last_joined: bool,
 }
 
 /// "<name> joined voice chat" / "<name> left voice chat" (the original's texts).
@@ -313,8 +324,8 @@ impl Hub {
         for name in self.arrival_order.clone() {
             self.announce(&mut out, &format!("{name} has left. (Server Shutdown)"), now);
         }
-        for name in std::mem::take(&mut self.voice).names() {
-            out.push(Effect::VoiceLeft { name });
+        for turn_user in std::mem::take(&mut self.voice).turn_users() {
+            out.push(Effect::VoiceLeft { turn_user });
         }
         let mut ids: Vec<ConnId> = self.connections.keys().copied().collect();
         ids.sort_unstable();
@@ -328,30 +339,37 @@ impl Hub {
     }
 
     /// Broadcasts a system notice to every welcomed user and persists it.
-    /// A voice join/leave notice: shown live always, persisted at most once per
-    /// `voice_notice_persist_interval_s` per user (see `settle_voice_notices`).
+    /// A voice join/leave notice: shown live always, persisted up to the allowance per
+    /// interval per user (see `settle_voice_notices`).
     fn announce_voice(&mut self, out: &mut Out, name: &str, joined: bool, now: Now) {
         let text = voice_notice(name, joined);
-        if self.voice_notice_persisted.contains_key(name) {
+        let allowance = self.settings.message_budgets.voice_notices_persisted;
+        let notices = self.voice_notice_persisted.entry(name.to_string()).or_insert(VoiceNotices {
+            since: now.mono,
+            persisted: 0,
+            last_joined: joined,
+        });
+        if notices.persisted < allowance {
+            notices.persisted += 1;
+            notices.last_joined = joined;
+            self.announce(out, &text, now);
+        } else {
             let frame = ServerMessage::System { text: &text }.frame();
             for conn in self.welcomed_connections() {
                 out.send_frame(conn, &frame);
             }
-        } else {
-            self.voice_notice_persisted.insert(name.to_string(), (now.mono, joined));
-            self.announce(out, &text, now);
         }
     }
 
     /// After the interval, persists one notice for a user whose real voice state differs from
-    /// the last persisted one (the flapping ended somewhere else than it started).
+    /// the last persisted one (the flapping ended somewhere else than the history says).
     fn settle_voice_notices(&mut self, out: &mut Out, now: Now) {
         let interval = Duration::from_secs(self.settings.message_budgets.voice_notice_persist_interval_s);
         let settled: Vec<(String, bool)> = self
             .voice_notice_persisted
             .iter()
-            .filter(|(_, (at, _))| now.mono.duration_since(*at) >= interval)
-            .map(|(name, (_, joined))| (name.clone(), *joined))
+            .filter(|(_, notices)| now.mono.duration_since(notices.since) >= interval)
+            .map(|(name, notices)| (name.clone(), notices.last_joined))
             .collect();
         for (name, persisted_joined) in settled {
             self.voice_notice_persisted.remove(&name);

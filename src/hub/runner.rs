@@ -210,8 +210,8 @@ impl Runner {
                         tracing::error!("could not persist a ban change: {e}");
                     }
                 }
-                Effect::VoiceJoined { name } => self.presence.joined(&name),
-                Effect::VoiceLeft { name } => self.presence.left(&name),
+                Effect::VoiceJoined { turn_user } => self.presence.joined(&turn_user),
+                Effect::VoiceLeft { turn_user } => self.presence.left(&turn_user),
             }
         }
     }

@@ -106,6 +106,16 @@ impl Harness {
     }
 }
 
+/// Did the last call tell the relay that `name` (any session of it) joined / left voice?
+fn told_relay(h: &Harness, joined: bool, name: &str) -> bool {
+    let of_name = |user: &str| user.strip_prefix(name).is_some_and(|tag| tag.starts_with(':'));
+    h.effects.iter().any(|e| match e {
+        Effect::VoiceJoined { turn_user } if joined => of_name(turn_user),
+        Effect::VoiceLeft { turn_user } if !joined => of_name(turn_user),
+        _ => false,
+    })
+}
+
 #[test]
 fn open_mode_welcome_sequence_in_order() {
     let mut h = Harness::new(|_| {});
@@ -192,7 +202,7 @@ fn voice_join_hands_out_verifiable_relay_credentials() {
     let mut h = Harness::new(|_| {});
     let alice = h.connect(Some("Alice"));
     let frames = join_voice(&mut h, alice, &["audio", "video", "screen", "audio"]);
-    assert!(h.effects.contains(&Effect::VoiceJoined { name: "Alice".into() }));
+    assert!(told_relay(&h, true, "Alice"));
     let joined = &frames[0];
     assert_eq!(joined["participants"], json!([{"username": "Alice", "mediaTypes": ["audio", "video"]}]));
     let config = &joined["config"];
@@ -205,7 +215,10 @@ fn voice_join_hands_out_verifiable_relay_credentials() {
         json!(["turn:chat.example.org:3478?transport=udp", "turn:chat.example.org:3478?transport=tcp"])
     );
     let username = server["username"].as_str().unwrap();
-    assert_eq!(username, format!("{}:Alice", h.now.unix() + 600));
+    let (expiry, turn_user) = username.split_once(':').unwrap();
+    assert_eq!(expiry, (h.now.unix() + 600).to_string());
+    let tag = turn_user.strip_prefix("Alice:").expect("<expiry>:<name>:<session tag>");
+    assert!(tag.len() == 8 && tag.bytes().all(|b| b.is_ascii_hexdigit()), "{username}");
     assert_eq!(server["credential"], credential_for(b"secret", username));
     assert_eq!(frames[1]["text"], "Alice joined voice chat");
 }
@@ -223,7 +236,10 @@ fn credentials_are_pushed_again_at_80_percent_of_the_ttl() {
     let push = &h.frames_to(alice)[0];
     assert_eq!(push["type"], "webrtc-credentials");
     assert_eq!(push["credentialTtl"], 100);
-    assert_eq!(push["iceServers"][0]["username"], format!("{}:Alice", h.now.unix() + 100));
+    assert!(push["iceServers"][0]["username"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{}:Alice:", h.now.unix() + 100)));
 }
 
 #[test]
@@ -329,7 +345,7 @@ fn disconnect_leaves_voice_and_tells_the_relay() {
     join_voice(&mut h, alice, &["audio"]);
     join_voice(&mut h, bob, &["audio"]);
     h.effects = h.hub.disconnect(bob, h.now);
-    assert!(h.effects.contains(&Effect::VoiceLeft { name: "Bob".into() }));
+    assert!(told_relay(&h, false, "Bob"));
     let frames = h.frames_to(alice);
     assert_eq!(frames[0], json!({"type": "webrtc-peer-left", "username": "Bob"}));
     assert_eq!(frames[1]["text"], "Bob left voice chat");
@@ -353,7 +369,7 @@ fn a_banned_admin_target_leaves_voice_and_is_closed() {
     join_voice(&mut h, admin, &["audio"]);
     h.chat(admin, "/ban Mallory");
     assert!(h.effects.contains(&Effect::SaveBan { name: "Mallory".into(), banned: true }));
-    assert!(h.effects.contains(&Effect::VoiceLeft { name: "Mallory".into() }));
+    assert!(told_relay(&h, false, "Mallory"));
     assert_eq!(h.closed(mallory), Some(CLOSE_POLICY));
     assert_eq!(
         h.texts_to(admin),
@@ -378,7 +394,7 @@ fn shutdown_announces_everyone_to_everyone() {
         );
         assert_eq!(h.closed(conn), Some(CLOSE_GOING_AWAY));
     }
-    assert!(h.effects.contains(&Effect::VoiceLeft { name: "Bob".into() }));
+    assert!(told_relay(&h, false, "Bob"));
     assert_eq!(h.hub.stats(), Stats::default());
 }
 
@@ -678,12 +694,27 @@ fn join_leave_flapping_is_refused_past_its_budget_and_persisted_once() {
             _ => None,
         }));
     }
-    assert_eq!(refusals, 40 - 6, "6 at once, then refused");
-    assert_eq!(persisted, ["Alice joined voice chat"], "flapping persists one notice");
-    // Alice ends up out of voice (6 = join, leave, ...): once the interval passes, the history
-    // gets her real state, without a live broadcast.
+    let budget = MessageBudgetSettings::default();
+    let admitted = budget.voice_membership.burst as usize;
+    assert_eq!(refusals, 40 - admitted, "a burst at once, then refused");
+    assert_eq!(
+        persisted,
+        [
+            "Alice joined voice chat",
+            "Alice left voice chat",
+            "Alice joined voice chat",
+            "Alice left voice chat"
+        ],
+        "flapping persists only the allowance"
+    );
+    // The 10 admitted requests end with Alice out of voice, as the history says: nothing to
+    // settle. Make her end up in voice, still within the interval: shown live, not persisted.
+    h.advance(Duration::from_secs(2));
+    h.send(alice, json!({"type": "webrtc-join", "mediaTypes": ["audio"]}));
+    assert!(!h.effects.iter().any(|e| matches!(e, Effect::Persist(_))));
+    assert_eq!(h.texts_to(bob), ["Alice joined voice chat"]);
+    // Once the interval passes, the history gets her real state, without a second broadcast.
     h.advance(Duration::from_secs(61));
-    h.send(bob, json!({"type": "ping"}));
     h.tick();
     let settled: Vec<&HistoryEntry> = h
         .effects
@@ -694,6 +725,28 @@ fn join_leave_flapping_is_refused_past_its_budget_and_persisted_once() {
         })
         .collect();
     assert_eq!(settled.len(), 1);
-    assert_eq!(settled[0].text, "Alice left voice chat");
+    assert_eq!(settled[0].text, "Alice joined voice chat");
     assert!(h.frames_to(bob).is_empty());
+}
+
+#[test]
+fn turn_credentials_are_bound_to_the_voice_session_not_the_name() {
+    let mut h = Harness::new(|_| {});
+    let alice = h.connect(Some("Alice"));
+    let user_of = |h: &Harness, conn| -> String {
+        let joined = h.frames_to(conn).into_iter().find(|f| f["type"] == "webrtc-joined").unwrap();
+        let username = joined["config"]["iceServers"][0]["username"].as_str().unwrap().to_string();
+        username.split_once(':').unwrap().1.to_string()
+    };
+    h.send(alice, json!({"type": "webrtc-join"}));
+    let first = user_of(&h, alice);
+    assert!(h.effects.contains(&Effect::VoiceJoined { turn_user: first.clone() }));
+    // Alice goes; someone else takes the name and joins: another TURN user, and the relay is
+    // told the first one left, so the first credential is not live again.
+    h.effects = h.hub.disconnect(alice, h.now);
+    assert!(h.effects.contains(&Effect::VoiceLeft { turn_user: first.clone() }));
+    let mallory = h.connect(Some("Alice"));
+    h.send(mallory, json!({"type": "webrtc-join"}));
+    let second = user_of(&h, mallory);
+    assert!(second.starts_with("Alice:") && second != first, "{first} / {second}");
 }

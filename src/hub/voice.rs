@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use serde_json::Value;
 
 use super::relay_only;
@@ -22,6 +23,10 @@ pub const MAX_BUFFERED_CANDIDATES: usize = 64;
 #[derive(Debug)]
 struct Seat {
     name: String,
+    /// The TURN user of this seat, `<name>:<session tag>`: credentials name it, the relay
+    /// admits it only while this seat exists. A later holder of the same name gets another
+    /// tag, so an earlier holder's unexpired credential never becomes valid again.
+    turn_user: String,
     conn: ConnId,
     media_types: Vec<String>,
     credentials_refresh_at: Instant,
@@ -52,16 +57,17 @@ impl VoiceRoom {
         self.seats.len()
     }
 
-    pub fn names(&self) -> Vec<String> {
-        self.seats.iter().map(|s| s.name.clone()).collect()
-    }
-
     pub fn contains(&self, name: &str) -> bool {
         self.seats.iter().any(|s| s.name == name)
     }
 
     fn seat_mut(&mut self, name: &str) -> Option<&mut Seat> {
         self.seats.iter_mut().find(|s| s.name == name)
+    }
+
+    /// The TURN users of every seat (to tell the relay everyone left, at shutdown).
+    pub fn turn_users(&self) -> Vec<String> {
+        self.seats.iter().map(|s| s.turn_user.clone()).collect()
     }
 
     fn conn_of(&self, name: &str) -> Option<ConnId> {
@@ -150,14 +156,14 @@ impl Hub {
         allowed
     }
 
-    fn voice_config(&self, conn: ConnId, name: &str, now: Now) -> VoiceConfig {
+    fn voice_config(&self, conn: ConnId, turn_user: &str, now: Now) -> VoiceConfig {
         let webrtc = &self.settings.webrtc;
         let host = self.connections.get(&conn).map(|c| c.host.as_str()).unwrap_or("localhost");
         VoiceConfig {
             allow_video: webrtc.allow_video,
             allow_screen_share: webrtc.allow_screen_share,
             force_relay: webrtc.force_relay,
-            ice_servers: self.ice.ice_servers(host, name, now.unix()),
+            ice_servers: self.ice.ice_servers(host, turn_user, now.unix()),
             ice_transport_policy: if webrtc.force_relay { "relay" } else { "all" },
             credential_ttl: self.ice.ttl_s,
         }
@@ -199,15 +205,17 @@ impl Hub {
         }
         let others: Vec<ConnId> = self.voice.seats.iter().map(|s| s.conn).collect();
         let credentials_refresh_at = self.credentials_refresh_at(now);
+        let turn_user = format!("{name}:{:08x}", self.rng.random::<u32>());
         self.voice.seats.push(Seat {
             name: name.clone(),
+            turn_user: turn_user.clone(),
             conn,
             media_types: media_types.clone(),
             credentials_refresh_at,
         });
         // The relay must know before the client can possibly try to allocate.
-        out.push(Effect::VoiceJoined { name: name.clone() });
-        let config = self.voice_config(conn, &name, now);
+        out.push(Effect::VoiceJoined { turn_user: turn_user.clone() });
+        let config = self.voice_config(conn, &turn_user, now);
         let participants = self.voice.participants();
         out.send(conn, &ServerMessage::WebrtcJoined { participants: &participants, config: &config });
         let frame = ServerMessage::WebrtcPeerJoined { username: &name, media_types: &media_types }.frame();
@@ -220,10 +228,10 @@ impl Hub {
     /// Takes `name` out of the room (leave, disconnect, kick, ban). False if not in it.
     pub(super) fn leave_voice(&mut self, out: &mut Out, name: &str, now: Now) -> bool {
         let Some(index) = self.voice.seats.iter().position(|s| s.name == name) else { return false };
-        self.voice.seats.remove(index);
+        let seat = self.voice.seats.remove(index);
         self.voice.buffered.retain(|(from, to), _| from != name && to != name);
         self.voice.answered.retain(|(a, b)| a != name && b != name);
-        out.push(Effect::VoiceLeft { name: name.to_string() });
+        out.push(Effect::VoiceLeft { turn_user: seat.turn_user });
         let frame = ServerMessage::WebrtcPeerLeft { username: name }.frame();
         for seat in &self.voice.seats {
             out.send_frame(seat.conn, &frame);
@@ -393,11 +401,11 @@ impl Hub {
             .filter(|s| s.credentials_refresh_at <= now.mono)
             .map(|s| {
                 s.credentials_refresh_at = next;
-                (s.conn, s.name.clone())
+                (s.conn, s.turn_user.clone())
             })
             .collect();
-        for (conn, name) in due {
-            let config = self.voice_config(conn, &name, now);
+        for (conn, turn_user) in due {
+            let config = self.voice_config(conn, &turn_user, now);
             out.send(
                 conn,
                 &ServerMessage::WebrtcCredentials {

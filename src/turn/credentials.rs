@@ -1,6 +1,7 @@
 //! TURN REST credentials (the convention of coturn's `use-auth-secret`, PROTOCOL.md section 7).
 //!
-//! `username = "<unix expiry seconds>:<chat username>"`, `credential =
+//! `username = "<unix expiry seconds>:<user>"` (the hub's user is `<chat name>:<session tag>`,
+//! see `hub::voice`), `credential =
 //! base64(HMAC-SHA1(secret, username))`. Pure functions: the signaling side issues them, the
 //! relay's auth handler verifies them, and both sides agree because they share only the secret.
 
