@@ -147,3 +147,29 @@ async fn kick_and_ban_delete_allocations_at_once() {
     // The admin's own allocation is untouched.
     admin.refresh(Duration::from_secs(600)).await.unwrap();
 }
+
+/// A credential belongs to one stay in voice: once its holder leaves, neither a rejoin of the
+/// same user nor another person under the same name makes it valid again.
+#[tokio::test]
+async fn an_earlier_holders_credential_stays_dead_when_the_name_is_back_in_voice() {
+    let server = Server::start("");
+    let mut first = server.join("alice").await;
+    let (old_user, old_pass, port) = join_voice(&mut first).await;
+    let turn_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // The first alice goes; a second person takes the name and joins the call.
+    drop(first);
+    for _ in 0..50 {
+        let (info, _) = server.get_json("/server-info").await;
+        if info["currentStats"]["connectedUsers"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut second = server.join("alice").await;
+    let (new_user, new_pass, _) = join_voice(&mut second).await;
+    assert_ne!(old_user, new_user);
+    let mut stale = TurnClient::udp(turn_addr, &old_user, &old_pass).await;
+    assert_eq!(stale.allocate().await.unwrap_err().reason, "Not in voice chat");
+    let mut current = TurnClient::udp(turn_addr, &new_user, &new_pass).await;
+    current.allocate().await.expect("the current holder's credential works");
+}
