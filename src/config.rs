@@ -204,6 +204,28 @@ impl ServerSettings {
     }
 }
 
+/// Dotted names of the keys whose values differ between `a` and `b` (values are not shown:
+/// some are secrets).
+pub fn changed_keys(a: &Settings, b: &Settings) -> Vec<String> {
+    fn walk(prefix: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for key in keys {
+                    let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    walk(&name, a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), out);
+                }
+            }
+            (a, b) if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let as_json = |s: &Settings| serde_json::to_value(s).unwrap_or(Value::Null);
+    walk("", &as_json(a), &as_json(b), &mut out);
+    out
+}
+
 /// Parses an IP or a CIDR ("10.0.0.1", "10.0.0.0/8", "::1").
 pub fn parse_net(text: &str) -> Option<IpNet> {
     let text = text.trim();

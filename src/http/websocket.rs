@@ -228,43 +228,42 @@ pub async fn run_session<S>(
             frame = queued.recv() => match frame {
                 Some(frame) => {
                     // Race the write against the hub dropping us: a reader that stopped
-                    // draining its socket must not keep this task (and its socket) alive.
-                    tokio::select! {
-                        biased;
-                        request = &mut close_requested => {
-                            writable = false;
-                            if let Ok((code, reason)) = &request {
-                                tracing::debug!(conn, code, reason, "dropped by the hub during a write");
+                    // draining its socket must not keep this task (and its socket) alive. A
+                    // close request that arrives mid-write gives the write a short grace, so
+                    // a healthy client still gets its last frames ("You are banned.").
+                    let mut closing = None;
+                    let written = {
+                        let write = tokio::time::timeout(timeouts.write, send_text(&mut sink, frame));
+                        let mut write = std::pin::pin!(write);
+                        tokio::select! {
+                            biased;
+                            written = &mut write => Some(written),
+                            request = &mut close_requested => {
+                                closing = Some(request.ok());
+                                tokio::time::timeout(CLOSE_GRACE.min(timeouts.write), &mut write).await.ok()
                             }
+                        }
+                    };
+                    match written {
+                        Some(Ok(Ok(()))) => {}
+                        Some(Ok(Err(_))) => break None,
+                        Some(Err(_)) | None => {
+                            tracing::debug!(conn, "write timed out: disconnecting a client that does not read");
+                            writable = false;
                             break None;
                         }
-                        written = tokio::time::timeout(timeouts.write, send_text(&mut sink, frame)) => match written {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => break None,
-                            Err(_) => {
-                                tracing::debug!(conn, "write timed out: disconnecting a client that does not read");
-                                writable = false;
-                                break None;
-                            }
-                        },
+                    }
+                    if let Some(request) = closing {
+                        flush_before_close(&mut sink, &mut queued, &mut writable).await;
+                        break request;
                     }
                 }
                 // The hub let go of us; a close request may be waiting.
                 None => break (&mut close_requested).await.ok(),
             },
             request = &mut close_requested => {
-                // Frames queued before the close request go out first ("You are banned."),
-                // within one write deadline for all of them.
-                let flushed = tokio::time::timeout(timeouts.write, async {
-                    while let Ok(frame) = queued.try_recv() {
-                        send_text(&mut sink, frame).await?;
-                    }
-                    Ok::<(), WsError>(())
-                })
-                .await;
-                if !matches!(flushed, Ok(Ok(()))) {
-                    writable = false;
-                }
+                // Frames queued before the close request go out first ("You are banned.").
+                flush_before_close(&mut sink, &mut queued, &mut writable).await;
                 break request.ok();
             },
             () = &mut first_message, if !heard_from_client => {
@@ -293,8 +292,8 @@ pub async fn run_session<S>(
         }
     };
     if writable {
-        // The close handshake gets one write deadline too; a peer that does not read misses it.
-        let _ = tokio::time::timeout(timeouts.write, async {
+        // The close handshake gets a deadline too; a peer that does not read misses it.
+        let _ = tokio::time::timeout(CLOSE_GRACE.min(timeouts.write), async {
             if let Some((code, reason)) = close_with {
                 let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
                 let _ = sink.send(Message::Close(Some(frame))).await;
@@ -305,6 +304,27 @@ pub async fn run_session<S>(
     }
     drop((sink, stream)); // the socket closes here, before the hub hears of it
     hub.send(HubEvent::Disconnected { conn }).await;
+}
+
+/// How long frames queued before a close request may take to go out.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Sends what was queued before a close request, within `CLOSE_GRACE` for all of it; a client
+/// that does not read by then gets nothing more (`writable` false: maybe half a frame sent).
+async fn flush_before_close<K>(sink: &mut K, queued: &mut mpsc::Receiver<Frame>, writable: &mut bool)
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let flushed = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Ok(frame) = queued.try_recv() {
+            send_text(sink, frame).await?;
+        }
+        Ok::<(), WsError>(())
+    })
+    .await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        *writable = false;
+    }
 }
 
 /// Sends one text message; long ones (the history) as fragments of at most `FRAGMENT_BYTES`
