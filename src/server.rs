@@ -35,9 +35,12 @@ pub struct RunningServer {
 /// Starts every part; returns once all listeners are bound.
 pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     let settings = Arc::new(settings);
-    let (store, store_thread, loaded) =
-        Store::open(&settings.server.data_dir, settings.chat.history_limit)
-            .with_context(|| format!("cannot open the store in {}", settings.server.data_dir.display()))?;
+    let (store, store_thread, loaded) = Store::open_with_retention(
+        &settings.server.data_dir,
+        settings.chat.history_limit,
+        crate::store::Retention::from_settings(&settings.history),
+    )
+    .with_context(|| format!("cannot open the store in {}", settings.server.data_dir.display()))?;
     let tls = if settings.server.tls.is_enabled() {
         let tls = TlsConfigSource::load(
             settings.server.tls.cert_file.as_ref(),
