@@ -15,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod password_gate;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -77,7 +77,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     let relay = relay.map(|(handle, _)| handle);
 
     let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rand::rngs::StdRng::from_os_rng());
-    let (hub_handle, hub_task) = runner::spawn(hub, store.clone(), presence.clone());
+    let (hub_handle, hub_task) = runner::spawn_with_gate(
+        hub,
+        store.clone(),
+        presence.clone(),
+        crate::password_gate::PasswordGate::from_settings(&settings),
+    );
 
     let bind_addr =
         SocketAddr::new(settings.server.host.parse().context("server.host")?, settings.server.port);
