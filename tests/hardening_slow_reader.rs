@@ -94,3 +94,32 @@ async fn a_reader_that_never_drains_is_disconnected_by_the_write_timeout() {
     other.chat("hello").await;
     assert_eq!(other.recv_type("chat").await["text"], "hello");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_hub_drops_loses_its_socket_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    seed_history(dir.path(), 4000);
+    // A long write timeout: only the hub dropping the session can end it within the test.
+    let server = Server::start_in(
+        dir.path(),
+        "[chat]\nhistory_limit = 4000\nmax_messages_per_second = 1000\n[timeouts]\nwrite_ms = 120000\n",
+    );
+    let mut talker = server.join("talker").await;
+    let stalled = stalled_reader(&server, "sloth").await;
+    let port = stalled.get_ref().local_addr().unwrap().port();
+    talker.expect_system("sloth has joined.").await;
+    // Every chat message is a frame for the stalled reader's queue (512 frames).
+    let started = Instant::now();
+    for i in 0..600 {
+        talker.chat(&format!("message {i}")).await;
+        talker.recv_type("chat").await;
+        if server.log_text().contains("outbound queue full") {
+            break;
+        }
+    }
+    let overflowed_after = started.elapsed();
+    assert!(server.log_text().contains("outbound queue full"), "the hub did not drop the slow reader");
+    let released = wait_until_released(&server, port, Duration::from_secs(10)).await;
+    eprintln!("hub drop: queue overflowed after {overflowed_after:?}; socket released {released:?} later");
+    assert!(released.is_some(), "the dropped session still holds its socket 10 s later");
+}
