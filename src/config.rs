@@ -485,6 +485,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn changed_keys_names_every_differing_leaf() {
+        let a = Settings::defaults();
+        let mut b = a.clone();
+        assert!(changed_keys(&a, &b).is_empty());
+        b.server.motd = "hello".into();
+        b.limits.ipv6_prefix_len = 56;
+        b.network.allowed_origins.push("https://x.example".into());
+        assert_eq!(
+            changed_keys(&a, &b),
+            ["limits.ipv6_prefix_len", "network.allowed_origins", "server.motd"]
+        );
+    }
+
+    #[test]
     fn embedded_defaults_are_valid_and_match_the_documented_values() {
         let s = Settings::defaults();
         s.validate().unwrap();
