@@ -54,6 +54,16 @@ async fn a_register_login_storm_keeps_memory_bounded_and_chat_responsive() {
 [chat]
 authentication = true
 max_messages_per_second = 100
+# Storm clients wait silently for their turn; big storms take minutes.
+heartbeat_interval_ms = 300000
+heartbeat_timeout_ms = 600000
+
+[timeouts]
+first_message_ms = 600000
+
+[limits]
+total_max_connections = 1000
+max_connections_per_ip = 1000
 
 [network]
 max_pending_per_ip = 1000
