@@ -43,6 +43,38 @@ pub struct Settings {
     pub message_budgets: crate::hub::budget::MessageBudgetSettings,
     pub webrtc: WebrtcSettings,
     pub turn: TurnSettings,
+    pub timeouts: TimeoutSettings,
+    pub network: NetworkSettings,
+    pub history: HistorySettings,
+}
+
+/// How long a peer may stall us at each step before its connection is closed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TimeoutSettings {
+    pub header_read_ms: u64,
+    pub tls_handshake_ms: u64,
+    pub websocket_upgrade_ms: u64,
+    pub first_message_ms: u64,
+    pub write_ms: u64,
+}
+
+/// Caps applied when a TCP connection is accepted, before any byte is parsed, and the
+/// WebSocket Origin allow-list.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct NetworkSettings {
+    pub max_pending_per_ip: usize,
+    pub max_pending_total: usize,
+    pub allowed_origins: Vec<String>,
+    pub password_hash_concurrency: usize,
+    pub password_attempts_per_minute_per_ip: u32,
+}
+
+/// How much chat history the database keeps.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HistorySettings {
+    pub retention_max_messages: u64,
+    pub retention_max_days: u64,
+    pub prune_interval_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -86,6 +118,8 @@ pub struct LimitSettings {
     pub max_connections_per_window: usize,
     pub connection_window_ms: u64,
     pub churn_guard: ChurnGuardSettings,
+    /// IPv6 addresses sharing this many leading bits count as one address for per-IP limits.
+    pub ipv6_prefix_len: u8,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -178,6 +212,28 @@ impl ServerSettings {
     }
 }
 
+/// Dotted names of the keys whose values differ between `a` and `b` (values are not shown:
+/// some are secrets).
+pub fn changed_keys(a: &Settings, b: &Settings) -> Vec<String> {
+    fn walk(prefix: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for key in keys {
+                    let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    walk(&name, a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), out);
+                }
+            }
+            (a, b) if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let as_json = |s: &Settings| serde_json::to_value(s).unwrap_or(Value::Null);
+    walk("", &as_json(a), &as_json(b), &mut out);
+    out
+}
+
 /// Parses an IP or a CIDR ("10.0.0.1", "10.0.0.0/8", "::1").
 pub fn parse_net(text: &str) -> Option<IpNet> {
     let text = text.trim();
@@ -268,6 +324,21 @@ impl Settings {
             positive("limits.churn_guard.window_ms", self.limits.churn_guard.window_ms)?;
             positive("limits.churn_guard.max_cycles", self.limits.churn_guard.max_cycles as u64)?;
         }
+        if self.limits.ipv6_prefix_len > 128 {
+            return Err(invalid("limits.ipv6_prefix_len", "must be between 0 and 128"));
+        }
+        positive("timeouts.header_read_ms", self.timeouts.header_read_ms)?;
+        positive("timeouts.tls_handshake_ms", self.timeouts.tls_handshake_ms)?;
+        positive("timeouts.websocket_upgrade_ms", self.timeouts.websocket_upgrade_ms)?;
+        positive("timeouts.first_message_ms", self.timeouts.first_message_ms)?;
+        positive("timeouts.write_ms", self.timeouts.write_ms)?;
+        positive("network.max_pending_per_ip", self.network.max_pending_per_ip as u64)?;
+        positive("network.max_pending_total", self.network.max_pending_total as u64)?;
+        positive(
+            "network.password_attempts_per_minute_per_ip",
+            self.network.password_attempts_per_minute_per_ip.into(),
+        )?;
+        positive("history.prune_interval_s", self.history.prune_interval_s)?;
         if !(2..=64).contains(&self.webrtc.max_participants) {
             return Err(invalid("webrtc.max_participants", "must be between 2 and 64"));
         }
@@ -574,6 +645,20 @@ fn wss_overrides(value: &Value, path: &Path, out: &mut Vec<(String, Value)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_keys_names_every_differing_leaf() {
+        let a = Settings::defaults();
+        let mut b = a.clone();
+        assert!(changed_keys(&a, &b).is_empty());
+        b.server.motd = "hello".into();
+        b.limits.ipv6_prefix_len = 56;
+        b.network.allowed_origins.push("https://x.example".into());
+        assert_eq!(
+            changed_keys(&a, &b),
+            ["limits.ipv6_prefix_len", "network.allowed_origins", "server.motd"]
+        );
+    }
 
     #[test]
     fn embedded_defaults_are_valid_and_match_the_documented_values() {

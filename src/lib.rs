@@ -17,6 +17,7 @@ pub mod doctor;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod password_gate;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -54,6 +54,7 @@ enum Command {
 }
 
 fn main() {
+    return_large_allocations_to_the_os();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let settings = match Settings::load(&Sources { config_file: cli.config.clone(), port: cli.port }) {
@@ -67,7 +68,7 @@ fn main() {
         Some(Command::TurnCredentials { user, ttl }) => {
             relaychat::cli::turn_credentials(&settings, &user, ttl)
         }
-        None => serve(settings),
+        None => serve(settings, Sources { config_file: cli.config.clone(), port: cli.port }),
     };
     if let Err(e) = result {
         fail(&format!("{e:#}"));
@@ -79,14 +80,18 @@ fn fail(message: &str) -> ! {
     std::process::exit(1);
 }
 
-fn serve(settings: Settings) -> anyhow::Result<()> {
+fn serve(settings: Settings, sources: Sources) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         // Listen for signals before anything is bound: a SIGTERM that arrives right after the
-        // "listening" line must still mean a graceful shutdown.
-        let signals = ShutdownSignals::install()?;
+        // "listening" line must still mean a graceful shutdown, and a SIGHUP (the systemd
+        // unit's reload) must never take the default action, which is to exit.
+        let mut signals = Signals::install()?;
+        let running = settings.clone();
         let server = relaychat::server::start(settings).await?;
-        signals.wait().await;
+        while let SignalEvent::Reload = signals.next().await {
+            report_config_changes(&sources, &running);
+        }
         tracing::info!("shutting down");
         tokio::time::timeout(Duration::from_secs(4), server.shutdown()).await.ok();
         anyhow::Ok(())
@@ -96,23 +101,70 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT, both meaning "shut down gracefully".
-struct ShutdownSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
+enum SignalEvent {
+    Shutdown,
+    Reload,
 }
 
-impl ShutdownSignals {
+/// SIGTERM and SIGINT mean "shut down gracefully"; SIGHUP means "reload".
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
     fn install() -> anyhow::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 
-    async fn wait(mut self) {
+    async fn next(&mut self) -> SignalEvent {
         tokio::select! {
-            _ = self.term.recv() => {},
-            _ = self.int.recv() => {},
+            _ = self.term.recv() => SignalEvent::Shutdown,
+            _ = self.int.recv() => SignalEvent::Shutdown,
+            _ = self.hup.recv() => SignalEvent::Reload,
         }
+    }
+}
+
+/// SIGHUP: the TLS certificate is reloaded by `tls::reload_on_sighup` (when TLS is on); every
+/// other setting is fixed for the process's life, so re-read the configuration and say which
+/// keys changed and need a restart. Never fatal: a broken file is reported and ignored.
+fn report_config_changes(sources: &Sources, running: &Settings) {
+    let reread = match Settings::load(sources) {
+        Ok(settings) => settings,
+        Err(e) => {
+            tracing::error!("SIGHUP: the configuration does not load, nothing changed: {e}");
+            return;
+        }
+    };
+    let changed = relaychat::config::changed_keys(running, &reread);
+    if changed.is_empty() {
+        tracing::info!("SIGHUP: configuration re-read, no changes");
+    } else {
+        tracing::warn!(
+            "SIGHUP: configuration keys changed that take effect only after a restart: {}",
+            changed.join(", ")
+        );
+    }
+}
+
+/// glibc serves allocations above a *dynamic* threshold with mmap, and raises the threshold
+/// each time such a block is freed, up to 32 MiB. After the first argon2 hash (~19 MiB, freed)
+/// every later one came from the heap arenas instead, and freed arena memory mostly stays in
+/// the process: a register/login storm left RSS hundreds of MiB high for good. Pinning the
+/// threshold at 1 MiB keeps big, short-lived blocks on mmap, so freeing them returns the memory.
+/// Small allocations (everything else the server does) are unaffected.
+fn return_large_allocations_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

@@ -36,9 +36,12 @@ pub struct RunningServer {
 /// Starts every part; returns once all listeners are bound.
 pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     let settings = Arc::new(settings);
-    let (store, store_thread, loaded) =
-        Store::open(&settings.server.data_dir, settings.chat.history_limit)
-            .with_context(|| format!("cannot open the store in {}", settings.server.data_dir.display()))?;
+    let (store, store_thread, loaded) = Store::open_with_retention(
+        &settings.server.data_dir,
+        settings.chat.history_limit,
+        crate::store::Retention::from_settings(&settings.history),
+    )
+    .with_context(|| format!("cannot open the store in {}", settings.server.data_dir.display()))?;
     let tls = if settings.server.tls.is_enabled() {
         let tls = TlsConfigSource::load(
             settings.server.tls.cert_file.as_ref(),
@@ -85,7 +88,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
 
     let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rand::rngs::StdRng::from_os_rng())
         .with_relay_addresses(relays);
-    let (hub_handle, hub_task) = runner::spawn(hub, store.clone(), presence.clone());
+    let (hub_handle, hub_task) = runner::spawn_with_gate(
+        hub,
+        store.clone(),
+        presence.clone(),
+        crate::password_gate::PasswordGate::from_settings(&settings),
+    );
 
     let bind_addr =
         SocketAddr::new(settings.server.host.parse().context("server.host")?, settings.server.port);

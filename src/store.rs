@@ -6,11 +6,19 @@
 //! before the commit returns); on a power loss the last transactions before the loss may roll
 //! back. The hub runner awaits the commit of a history entry before sending it to anyone, so
 //! nothing a user saw acknowledged is lost when relaychat itself dies.
+//!
+//! The database holds private conversations: it and its `-wal`/`-shm` files are created 0600
+//! (SQLite gives the journal files the database file's mode), and files left with wider modes
+//! by an older version are narrowed at start. History retention (`[history]`) deletes the
+//! oldest messages beyond a count and an age, at start and then periodically on the store
+//! thread, in small batches with queued jobs served between them, so nobody waits on it.
 
 use std::collections::HashSet;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -35,6 +43,31 @@ pub struct Loaded {
     pub bans: HashSet<String>,
 }
 
+/// How much history the database keeps (`[history]`); zero disables a bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_messages: u64,
+    pub max_days: u64,
+    pub interval: Duration,
+}
+
+impl Retention {
+    /// Keep everything (tests, tools).
+    pub const NONE: Retention =
+        Retention { max_messages: 0, max_days: 0, interval: Duration::from_secs(3600) };
+
+    pub fn from_settings(history: &crate::config::HistorySettings) -> Self {
+        Retention {
+            max_messages: history.retention_max_messages,
+            max_days: history.retention_max_days,
+            interval: Duration::from_secs(history.prune_interval_s.max(1)),
+        }
+    }
+}
+
+/// Rows deleted per statement while pruning; queued jobs run between batches.
+const PRUNE_BATCH: i64 = 500;
+
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Job {
@@ -57,11 +90,23 @@ pub struct StoreThread {
 }
 
 impl Store {
-    /// Opens (creating if needed) `data_dir/relaychat.db` and loads what the hub needs.
+    /// Opens (creating if needed) `data_dir/relaychat.db` and loads what the hub needs;
+    /// keeps all history.
     pub fn open(data_dir: &Path, history_limit: usize) -> Result<(Store, StoreThread, Loaded), StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
-        let db = Connection::open(data_dir.join("relaychat.db"))?;
+        Self::open_with_retention(data_dir, history_limit, Retention::NONE)
+    }
+
+    /// Like `open`, pruning history to `retention` at start and every `retention.interval`.
+    pub fn open_with_retention(
+        data_dir: &Path,
+        history_limit: usize,
+        retention: Retention,
+    ) -> Result<(Store, StoreThread, Loaded), StoreError> {
+        let dir_error = |source| StoreError::DataDir { path: data_dir.to_path_buf(), source };
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir).map_err(dir_error)?;
+        let path = data_dir.join("relaychat.db");
+        create_private(&path).map_err(dir_error)?;
+        let db = Connection::open(&path)?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -80,11 +125,15 @@ impl Store {
                  username TEXT PRIMARY KEY,
                  created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));",
         )?;
+        for suffix in ["", "-wal", "-shm"] {
+            narrow_mode(&data_dir.join(format!("relaychat.db{suffix}")));
+        }
+        prune(&db, retention, || {})?;
         let loaded = load(&db, history_limit)?;
         let (jobs, receiver) = std_mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("relaychat-store".into())
-            .spawn(move || run(db, receiver))
+            .spawn(move || run(db, receiver, retention))
             .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
         Ok((Store { jobs }, StoreThread { handle: Some(handle) }, loaded))
     }
@@ -153,11 +202,102 @@ fn load(db: &Connection, history_limit: usize) -> Result<Loaded, StoreError> {
     Ok(Loaded { history, bans })
 }
 
-fn run(mut db: Connection, jobs: std_mpsc::Receiver<Job>) {
-    while let Ok(job) = jobs.recv() {
+/// Creates `path` empty with mode 0600 if it does not exist (SQLite would use 0644).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes group and other permissions away from a file an older version created.
+fn narrow_mode(path: &Path) {
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => tracing::info!("{} was mode {mode:o}; now 0600", path.display()),
+            Err(e) => tracing::warn!("cannot make {} private (mode {mode:o}): {e}", path.display()),
+        }
+    }
+}
+
+/// Deletes history beyond `retention`, oldest first, `PRUNE_BATCH` rows at a time, calling
+/// `between` after each batch (the store thread serves queued jobs there). Ids grow with time,
+/// so both bounds become "every id up to a cutoff".
+fn prune(db: &Connection, retention: Retention, mut between: impl FnMut()) -> Result<u64, StoreError> {
+    let mut cutoff: Option<i64> = None;
+    if retention.max_messages > 0 {
+        let by_count: Option<i64> = db
+            .query_row(
+                "SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET ?1",
+                [i64::try_from(retention.max_messages).unwrap_or(i64::MAX)],
+                |row| row.get(0),
+            )
+            .optional()?;
+        cutoff = cutoff.max(by_count);
+    }
+    if retention.max_days > 0 {
+        let oldest_kept = chrono::Utc::now() - chrono::Duration::days(retention.max_days.min(100_000) as i64);
+        let oldest_kept = oldest_kept.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let by_age: Option<i64> =
+            db.query_row("SELECT max(id) FROM messages WHERE timestamp < ?1", [oldest_kept], |row| {
+                row.get(0)
+            })?;
+        cutoff = cutoff.max(by_age);
+    }
+    let Some(cutoff) = cutoff else { return Ok(0) };
+    let mut deleted = 0u64;
+    loop {
+        let n = db.execute(
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ?1 ORDER BY id LIMIT ?2)",
+            params![cutoff, PRUNE_BATCH],
+        )?;
+        deleted += n as u64;
+        if (n as i64) < PRUNE_BATCH {
+            break;
+        }
+        between();
+    }
+    if deleted > 0 {
+        tracing::debug!(deleted, "history pruned");
+    }
+    Ok(deleted)
+}
+
+fn run(db: Connection, jobs: std_mpsc::Receiver<Job>, retention: Retention) {
+    let mut next_prune = Instant::now() + retention.interval;
+    loop {
+        let wait = next_prune.saturating_duration_since(Instant::now());
+        match jobs.recv_timeout(wait) {
+            Ok(job) => handle(&db, job),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                let pruned = prune(&db, retention, || {
+                    // Between batches: answer what queued up (appends must not wait).
+                    while let Ok(job) = jobs.try_recv() {
+                        handle(&db, job);
+                    }
+                });
+                if let Err(e) = pruned {
+                    tracing::warn!("history pruning failed: {e}");
+                }
+                next_prune = Instant::now() + retention.interval;
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Leave a tidy database behind: fold the WAL into the main file.
+    if let Err(e) = db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        tracing::warn!("final WAL checkpoint failed: {e}");
+    }
+}
+
+fn handle(db: &Connection, job: Job) {
+    {
         match job {
             Job::Append(entries, reply) => {
-                let _ = reply.send(append(&mut db, &entries));
+                let _ = reply.send(append(db, &entries));
             }
             Job::CreateAccount { name, password_hash, reply } => {
                 let result = db
@@ -191,14 +331,11 @@ fn run(mut db: Connection, jobs: std_mpsc::Receiver<Job>) {
             }
         }
     }
-    // Leave a tidy database behind: fold the WAL into the main file.
-    if let Err(e) = db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-        tracing::warn!("final WAL checkpoint failed: {e}");
-    }
 }
 
-fn append(db: &mut Connection, entries: &[HistoryEntry]) -> Result<(), StoreError> {
-    let tx = db.transaction()?;
+fn append(db: &Connection, entries: &[HistoryEntry]) -> Result<(), StoreError> {
+    // Unchecked: the store thread is the only user of this connection and never nests these.
+    let tx = db.unchecked_transaction()?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO messages (kind, username, text, timestamp) VALUES (?1, ?2, ?3, ?4)",

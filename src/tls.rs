@@ -28,15 +28,18 @@ pub struct TlsConfigSource {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: Arc<RwLock<Arc<ServerConfig>>>,
+    /// The certificate chain in use, to tell on reload whether the files changed.
+    chain: Arc<RwLock<Vec<CertificateDer<'static>>>>,
 }
 
 impl TlsConfigSource {
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
-        let config = build_config(cert_file, key_file)?;
+        let (config, chain) = build_config(cert_file, key_file)?;
         Ok(Self {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
             current: Arc::new(RwLock::new(config)),
+            chain: Arc::new(RwLock::new(chain)),
         })
     }
 
@@ -45,11 +48,15 @@ impl TlsConfigSource {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Re-reads the files; on failure the old certificate stays in use.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let config = build_config(&self.cert_file, &self.key_file)?;
+    /// Re-reads the files; on failure the old certificate stays in use. Returns whether the
+    /// certificate chain differs from the one it replaced.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let (config, chain) = build_config(&self.cert_file, &self.key_file)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
-        Ok(())
+        let mut current = self.chain.write().unwrap_or_else(|e| e.into_inner());
+        let changed = *current != chain;
+        *current = chain;
+        Ok(changed)
     }
 
     /// An acceptor for the current certificate.
@@ -58,7 +65,9 @@ impl TlsConfigSource {
     }
 }
 
-fn build_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+type Loaded = (Arc<ServerConfig>, Vec<CertificateDer<'static>>);
+
+fn build_config(cert_file: &Path, key_file: &Path) -> Result<Loaded, TlsError> {
     let cert_error = |reason: String| TlsError::Certificate { path: cert_file.to_path_buf(), reason };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .map_err(|e| cert_error(e.to_string()))?
@@ -73,9 +82,9 @@ fn build_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, 
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert(certs.clone(), key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), certs))
 }
 
 /// Reloads `source` on every SIGHUP until the process ends.
@@ -87,7 +96,8 @@ pub fn reload_on_sighup(source: TlsConfigSource) {
         };
         while hangups.recv().await.is_some() {
             match source.reload() {
-                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded: a new certificate is in use"),
+                Ok(false) => tracing::info!("SIGHUP: TLS certificate reloaded: unchanged"),
                 Err(e) => tracing::error!("TLS certificate reload failed, keeping the old one: {e}"),
             }
         }

@@ -4,18 +4,23 @@
 //! with warp's filter as the service. WebSocket upgrades are taken out before routing and
 //! answered by `websocket::accept`, which gets the TCP peer address the same way for both
 //! transports.
+//!
+//! Nothing a peer does can hold a connection open for free: the accept-time `Admission` caps
+//! connections in total, per IP and pending (not yet upgraded); hyper's header-read timeout
+//! (which needs a timer, hence `TokioTimer`) closes connections that send half a request head,
+//! or nothing, including idle keep-alives; the TLS handshake has its own deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::admission::{Admission, Ticket};
 use super::{websocket, HttpState};
 use crate::tls::TlsConfigSource;
 
@@ -31,7 +36,13 @@ pub async fn serve(
     tls: Option<TlsConfigSource>,
     stop: oneshot::Receiver<()>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Graceful shutdown, mini-redis style: `stopping` tells every connection to finish its
+    // request and close; each task holds a clone of `alive`, so `all_done` resolves when the
+    // last one ends. (hyper-util's GracefulShutdown only takes its own auto connections.)
+    let (stopping_tx, stopping) = watch::channel(false);
+    let (alive, mut all_done) = mpsc::channel::<()>(1);
+    let admission = Admission::new(&state.settings, state.trusted_proxies.clone());
+    let handshake_timeout = Duration::from_millis(state.settings.timeouts.tls_handshake_ms);
     let mut stop = std::pin::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -40,24 +51,34 @@ pub async fn serve(
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = &mut stop => break,
         };
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                // Closed before a byte is read: no timer, no task, no buffer for this peer.
+                tracing::debug!(?refused, "connection refused at accept");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let filter = filter.clone();
         let state = state.clone();
-        let watcher = graceful.watcher();
+        let watcher = Watcher { stopping: stopping.clone(), _alive: alive.clone() };
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, peer, filter, state, watcher).await,
+                None => serve_connection(stream, peer, filter, state, watcher, ticket).await,
                 Some(tls) => {
                     let handshake = tls.acceptor().accept(stream);
-                    match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, filter, state, watcher).await,
+                    match tokio::time::timeout(handshake_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, filter, state, watcher, ticket).await
+                        }
                         Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -67,7 +88,9 @@ pub async fn serve(
     }
     drop(listener);
     // Plain HTTP requests finish; WebSockets were closed by the hub already.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), graceful.shutdown()).await;
+    let _ = stopping_tx.send(true);
+    drop(alive);
+    let _ = tokio::time::timeout(Duration::from_secs(1), all_done.recv()).await;
 }
 
 async fn serve_connection<S>(
@@ -75,24 +98,47 @@ async fn serve_connection<S>(
     peer: SocketAddr,
     filter: Routes,
     state: Arc<HttpState>,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut watcher: Watcher,
+    ticket: Ticket,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    let header_read_timeout = Duration::from_millis(state.settings.timeouts.header_read_ms);
     let service = warp::service(filter);
+    let session_ticket = ticket.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let mut service = service.clone();
         let state = state.clone();
+        let ticket = session_ticket.clone();
         async move {
             if websocket::is_upgrade_request(&request) {
-                return Ok(websocket::accept(request, peer, &state));
+                return Ok(websocket::accept(request, peer, &state, ticket));
             }
             tower_service::Service::call(&mut service, request).await
         }
     });
-    let builder = Builder::new(TokioExecutor::new()).http1_only();
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
+    // hyper's own HTTP/1 builder, not hyper-util's auto one: the auto builder first waits for
+    // bytes to sniff the protocol version, and a peer that sends nothing would wait there
+    // forever, before the header-read timer ever starts.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = async { let _ = watcher.stopping.wait_for(|stopping| *stopping).await; } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!("http connection ended with an error: {e}");
     }
+    drop(ticket); // the WebSocket session, if any, holds its own clone
+}
+
+/// What a connection task holds to take part in the graceful shutdown.
+struct Watcher {
+    stopping: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
 }

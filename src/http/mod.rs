@@ -1,6 +1,7 @@
 //! HTTP: the WebSocket upgrade (on any path, handled in `listener` before routing),
 //! `/server-info` and `/info` (GET and HEAD), `/healthz`, `/readyz`, `/metrics`, and the built-in client.
 
+pub mod admission;
 pub mod listener;
 pub mod server_info;
 pub mod static_files;

@@ -6,9 +6,15 @@
 //! tungstenite's default 128 KiB read buffer is zero-filled on the first read, which made every
 //! idle session cost ~144 KiB of RSS. Chat frames are small; 4 KiB reads keep 10,000 idle
 //! sessions in tens of megabytes.
+//!
+//! Every step a peer could stall has a deadline (`[timeouts]`): the upgrade, the first message,
+//! and every write, so a client that stops reading is disconnected instead of pinning a task,
+//! a socket and its buffers. When the hub drops a session (its queue overflowed) the task ends
+//! at once, even in the middle of a write to a full socket.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -26,6 +32,7 @@ use tokio_tungstenite::WebSocketStream;
 use warp::http::{Request, StatusCode};
 use warp::reply::Response;
 
+use super::admission::Ticket;
 use super::HttpState;
 use crate::hub::runner::{ConnLink, HubEvent, HubHandle, OUTBOUND_QUEUE_FRAMES};
 use crate::hub::{ConnId, ConnectInfo};
@@ -63,8 +70,50 @@ pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
         && request.headers().contains_key(SEC_WEBSOCKET_KEY)
 }
 
+/// Deadlines of a running session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionTimeouts {
+    /// Until the first frame (any frame, pings included) arrives.
+    pub first_message: Duration,
+    /// For each write, and for the close handshake.
+    pub write: Duration,
+}
+
+impl SessionTimeouts {
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            first_message: Duration::from_millis(settings.timeouts.first_message_ms),
+            write: Duration::from_millis(settings.timeouts.write_ms),
+        }
+    }
+}
+
+/// Is a browser page from `origin` allowed to open a WebSocket? An empty list allows every
+/// origin; a request without an Origin header is not from a browser page and always allowed.
+pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
+    match origin {
+        _ if allowed.is_empty() => true,
+        None => true,
+        Some(origin) => allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin)),
+    }
+}
+
 /// Answers the upgrade with 101 and starts the session once hyper hands over the connection.
-pub fn accept<B>(mut request: Request<B>, peer: SocketAddr, state: &Arc<HttpState>) -> Response {
+/// `ticket` is the connection's admission slot: it stops counting as pending once upgraded
+/// and is released when the session ends.
+pub fn accept<B>(
+    mut request: Request<B>,
+    peer: SocketAddr,
+    state: &Arc<HttpState>,
+    ticket: Ticket,
+) -> Response {
+    let origin = request.headers().get("origin").map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if !origin_allowed(origin, &state.settings.network.allowed_origins) {
+        tracing::debug!(?origin, "websocket refused: origin not allowed");
+        let mut response = Response::new("Origin not allowed".into());
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return response;
+    }
     let version_ok = request.headers().get("sec-websocket-version").is_some_and(|v| v == "13");
     let Some(key) = request.headers().get(SEC_WEBSOCKET_KEY).filter(|_| version_ok).cloned() else {
         let mut response = Response::new("WebSocket version 13 required".into());
@@ -88,16 +137,21 @@ pub fn accept<B>(mut request: Request<B>, peer: SocketAddr, state: &Arc<HttpStat
     };
     let hub = state.hub.clone();
     let upgrade = hyper::upgrade::on(&mut request);
+    let upgrade_timeout = Duration::from_millis(state.settings.timeouts.websocket_upgrade_ms);
+    let timeouts = SessionTimeouts::from_settings(&state.settings);
     tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
+        match tokio::time::timeout(upgrade_timeout, upgrade).await {
+            Ok(Ok(upgraded)) => {
+                ticket.upgraded();
                 let io = TokioIo::new(upgraded);
                 let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(socket_config())).await;
                 let conn = hub.next_conn_id();
-                run_session(socket, conn, info, hub).await;
+                run_session(socket, conn, info, hub, timeouts).await;
             }
-            Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
+            Ok(Err(e)) => tracing::debug!("websocket upgrade failed: {e}"),
+            Err(_) => tracing::debug!("websocket upgrade timed out"),
         }
+        drop(ticket);
     });
     let mut response = Response::new(Default::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -110,18 +164,26 @@ pub fn accept<B>(mut request: Request<B>, peer: SocketAddr, state: &Arc<HttpStat
     response
 }
 
-/// The client's address: the socket peer, or the first X-Forwarded-For entry when the peer is
-/// a trusted proxy (anyone else could write any address into that header).
+/// The client's address: the socket peer, or, when the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` hop that is not itself a trusted proxy. Each proxy appends the address it
+/// received the request from, so only the entries our own proxies wrote can be believed; the
+/// leftmost entry is whatever the client chose to send. An unparseable hop stops the walk at
+/// the last address a trusted proxy vouched for.
 pub fn client_ip(peer: Option<SocketAddr>, forwarded_for: Option<&str>, trusted: &[IpNet]) -> IpAddr {
     let peer_ip = peer.map(|p| canonical(p.ip())).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    if !trusted.iter().any(|net| net.contains(&peer_ip)) {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer_ip) {
         return peer_ip;
     }
-    forwarded_for
-        .and_then(|header| header.split(',').next())
-        .and_then(|first| first.trim().parse::<IpAddr>().ok())
-        .map(canonical)
-        .unwrap_or(peer_ip)
+    let mut client = peer_ip;
+    for hop in forwarded_for.unwrap_or("").rsplit(',') {
+        let Ok(ip) = hop.trim().parse::<IpAddr>().map(canonical) else { break };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// `::ffff:1.2.3.4` is the IPv4 client 1.2.3.4 (dual-stack sockets report it that way).
@@ -139,8 +201,13 @@ pub fn new_session_token() -> String {
 }
 
 /// Runs until either side closes. Always reports `Disconnected` to the hub at the end.
-pub async fn run_session<S>(ws: WebSocketStream<S>, conn: ConnId, info: ConnectInfo, hub: HubHandle)
-where
+pub async fn run_session<S>(
+    ws: WebSocketStream<S>,
+    conn: ConnId,
+    info: ConnectInfo,
+    hub: HubHandle,
+    timeouts: SessionTimeouts,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (frames, mut queued) = mpsc::channel(OUTBOUND_QUEUE_FRAMES);
@@ -149,13 +216,46 @@ where
         return;
     }
     let (mut sink, mut stream) = ws.split();
+    let first_message = tokio::time::sleep(timeouts.first_message);
+    let mut first_message = std::pin::pin!(first_message);
+    let mut heard_from_client = false;
+    // Once a write is abandoned half-way (timeout, or the hub dropped us) the stream may hold
+    // part of a frame: nothing more may be written, not even a close frame.
+    let mut writable = true;
     let close_with: Option<(u16, String)> = loop {
         tokio::select! {
             biased;
             frame = queued.recv() => match frame {
                 Some(frame) => {
-                    if send_text(&mut sink, frame).await.is_err() {
-                        break None;
+                    // Race the write against the hub dropping us: a reader that stopped
+                    // draining its socket must not keep this task (and its socket) alive. A
+                    // close request that arrives mid-write gives the write a short grace, so
+                    // a healthy client still gets its last frames ("You are banned.").
+                    let mut closing = None;
+                    let written = {
+                        let write = tokio::time::timeout(timeouts.write, send_text(&mut sink, frame));
+                        let mut write = std::pin::pin!(write);
+                        tokio::select! {
+                            biased;
+                            written = &mut write => Some(written),
+                            request = &mut close_requested => {
+                                closing = Some(request.ok());
+                                tokio::time::timeout(CLOSE_GRACE.min(timeouts.write), &mut write).await.ok()
+                            }
+                        }
+                    };
+                    match written {
+                        Some(Ok(Ok(()))) => {}
+                        Some(Ok(Err(_))) => break None,
+                        Some(Err(_)) | None => {
+                            tracing::debug!(conn, "write timed out: disconnecting a client that does not read");
+                            writable = false;
+                            break None;
+                        }
+                    }
+                    if let Some(request) = closing {
+                        flush_before_close(&mut sink, &mut queued, &mut writable).await;
+                        break request;
                     }
                 }
                 // The hub let go of us; a close request may be waiting.
@@ -163,37 +263,68 @@ where
             },
             request = &mut close_requested => {
                 // Frames queued before the close request go out first ("You are banned.").
-                while let Ok(frame) = queued.try_recv() {
-                    if send_text(&mut sink, frame).await.is_err() {
-                        break;
-                    }
-                }
+                flush_before_close(&mut sink, &mut queued, &mut writable).await;
                 break request.ok();
             },
-            incoming = stream.next() => match incoming {
-                Some(Ok(message)) => {
-                    let inbound = match message {
-                        Message::Text(text) => parse_inbound(&text),
-                        Message::Binary(_) => Inbound::Malformed,
-                        Message::Close(_) => break None,
-                        // Ping/pong are answered by the WebSocket layer.
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-                    };
-                    if !hub.send(HubEvent::Message { conn, inbound }).await {
-                        break Some((1001, "Server shutdown".into()));
+            () = &mut first_message, if !heard_from_client => {
+                tracing::debug!(conn, "no message within the first-message timeout");
+                break Some((1008, "No message received in time".into()));
+            }
+            incoming = stream.next() => {
+                heard_from_client = true;
+                match incoming {
+                    Some(Ok(message)) => {
+                        let inbound = match message {
+                            Message::Text(text) => parse_inbound(&text),
+                            Message::Binary(_) => Inbound::Malformed,
+                            Message::Close(_) => break None,
+                            // Ping/pong are answered by the WebSocket layer.
+                            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                        };
+                        if !hub.send(HubEvent::Message { conn, inbound }).await {
+                            break Some((1001, "Server shutdown".into()));
+                        }
                     }
+                    Some(Err(error)) => break close_for_error(&error),
+                    None => break None,
                 }
-                Some(Err(error)) => break close_for_error(&error),
-                None => break None,
             },
         }
     };
-    if let Some((code, reason)) = close_with {
-        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-        let _ = sink.send(Message::Close(Some(frame))).await;
+    if writable {
+        // The close handshake gets a deadline too; a peer that does not read misses it.
+        let _ = tokio::time::timeout(CLOSE_GRACE.min(timeouts.write), async {
+            if let Some((code, reason)) = close_with {
+                let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+            }
+            let _ = sink.close().await;
+        })
+        .await;
     }
-    let _ = sink.close().await;
+    drop((sink, stream)); // the socket closes here, before the hub hears of it
     hub.send(HubEvent::Disconnected { conn }).await;
+}
+
+/// How long frames queued before a close request may take to go out.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Sends what was queued before a close request, within `CLOSE_GRACE` for all of it; a client
+/// that does not read by then gets nothing more (`writable` false: maybe half a frame sent).
+async fn flush_before_close<K>(sink: &mut K, queued: &mut mpsc::Receiver<Frame>, writable: &mut bool)
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let flushed = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Ok(frame) = queued.try_recv() {
+            send_text(sink, frame).await?;
+        }
+        Ok::<(), WsError>(())
+    })
+    .await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        *writable = false;
+    }
 }
 
 /// Sends one text message; long ones (the history) as fragments of at most `FRAGMENT_BYTES`
@@ -246,10 +377,30 @@ mod tests {
         let stranger: SocketAddr = "203.0.113.9:5000".parse().unwrap();
         let header = Some("198.51.100.7, 10.1.2.3");
         assert_eq!(client_ip(Some(proxy), header, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        // A spoofed leftmost entry is ignored: the hop our proxy appended wins.
+        let spoofed = Some("1.1.1.1, 198.51.100.7, 10.9.9.9");
+        assert_eq!(client_ip(Some(proxy), spoofed, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        let garbage_left = Some("not-an-ip, 198.51.100.7");
+        assert_eq!(client_ip(Some(proxy), garbage_left, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        // Only proxies in the chain: the leftmost of them is the client.
+        assert_eq!(
+            client_ip(Some(proxy), Some("10.0.0.5, 10.0.0.6"), &trusted),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(client_ip(Some(stranger), header, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
         assert_eq!(client_ip(Some(proxy), Some("garbage"), &trusted), "10.1.2.3".parse::<IpAddr>().unwrap());
         let mapped: SocketAddr = "[::ffff:10.1.2.3]:1".parse().unwrap();
         assert_eq!(client_ip(Some(mapped), header, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn origin_allow_list() {
+        let allowed = vec!["https://chat.example.org".to_string()];
+        assert!(origin_allowed(Some("https://evil.example"), &[]));
+        assert!(origin_allowed(None, &allowed));
+        assert!(origin_allowed(Some("https://chat.example.org"), &allowed));
+        assert!(!origin_allowed(Some("https://evil.example"), &allowed));
+        assert!(!origin_allowed(Some("null"), &allowed));
     }
 
     #[test]

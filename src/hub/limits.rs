@@ -63,6 +63,7 @@ impl ConnectionLimiter {
 
     /// Admits a connection (and counts it) or says why not.
     pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let ip = ip_key(ip, self.settings.ipv6_prefix_len);
         let window = Duration::from_millis(self.settings.connection_window_ms);
         let record = self.by_ip.entry(ip).or_default();
         if let Some(until) = record.blocked_until {
@@ -95,6 +96,7 @@ impl ConnectionLimiter {
     /// Counts an admitted connection's end; a burst of them trips the churn guard.
     pub fn release(&mut self, ip: IpAddr, now: Instant) {
         self.total_open = self.total_open.saturating_sub(1);
+        let ip = ip_key(ip, self.settings.ipv6_prefix_len);
         let guard = &self.settings.churn_guard;
         let Some(record) = self.by_ip.get_mut(&ip) else { return };
         record.open = record.open.saturating_sub(1);
@@ -139,6 +141,24 @@ pub fn js_seconds(ms: u64) -> String {
     }
     let digits = format!("{fraction:03}");
     format!("{whole}.{}", digits.trim_end_matches('0'))
+}
+
+/// The address per-IP limits count by: IPv4 as is, IPv6 cut to its first `v6_prefix_len` bits
+/// (a host usually holds a whole /64, so counting each address alone would not limit it).
+/// IPv4-mapped IPv6 addresses are IPv4.
+pub fn ip_key(ip: IpAddr, v6_prefix_len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6);
+                let len = u32::from(v6_prefix_len.min(128));
+                let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+                IpAddr::V6((bits & mask).into())
+            }
+        },
+        v4 => v4,
+    }
 }
 
 fn drop_older_than(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
@@ -259,6 +279,26 @@ mod tests {
         assert_eq!(l.admit(OTHER, now), Err(Refusal::ServerFull));
         l.release(IP, now);
         assert_eq!(l.admit(IP, now), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_prefix_share_a_limit() {
+        let now = Instant::now();
+        let mut l = limiter(|s| {
+            s.max_connections_per_ip = 1;
+            s.ipv6_prefix_len = 64;
+        });
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(l.admit(a, now), Ok(()));
+        assert_eq!(l.admit(b, now), Err(Refusal::TooManyConcurrent { limit: 1 }));
+        assert_eq!(l.admit(c, now), Ok(()));
+        l.release(b, now); // any address of the prefix frees its slot
+        assert_eq!(l.admit(b, now), Ok(()));
+        assert_eq!(ip_key(a, 128), a);
+        assert_eq!(ip_key(a, 0), "::".parse::<IpAddr>().unwrap());
+        assert_eq!(ip_key("::ffff:10.0.0.1".parse().unwrap(), 64), IP);
     }
 
     #[test]

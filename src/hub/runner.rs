@@ -4,9 +4,10 @@
 //! queue with `try_send`: a reader too slow to keep up is disconnected instead of slowing anyone
 //! else down. History entries are committed to the store before the frames that follow them are
 //! sent, so a message someone saw is a message on disk. Password hashing runs on the blocking
-//! pool, never on this task.
+//! pool, never on this task, behind the `PasswordGate` (global concurrency, per-IP pacing).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::relay_only::PrivacyTally;
 use super::{ConnId, ConnectInfo, Effect, Hub, Now, Stats};
+use crate::password_gate::PasswordGate;
 use crate::protocol::{Frame, Inbound};
 use crate::store::Store;
 use crate::turn::presence::VoicePresence;
@@ -97,18 +99,40 @@ struct Runner {
     presence: Arc<VoicePresence>,
     events: mpsc::Sender<HubEvent>,
     stats: Arc<SharedStats>,
+    passwords: PasswordGate,
+    /// Each connection's address, for the password gate's per-IP pacing.
+    ips: HashMap<ConnId, IpAddr>,
 }
 
-/// Starts the runner task. It ends after a `Shutdown` event has been handled.
+/// Starts the runner task with a default password gate (one hash per core, 20 per minute
+/// per address). It ends after a `Shutdown` event has been handled.
 pub fn spawn(
     hub: Hub,
     store: Store,
     presence: Arc<VoicePresence>,
 ) -> (HubHandle, tokio::task::JoinHandle<()>) {
+    spawn_with_gate(hub, store, presence, PasswordGate::new(0, 20, 64))
+}
+
+/// Like `spawn`, with the password gate from the settings.
+pub fn spawn_with_gate(
+    hub: Hub,
+    store: Store,
+    presence: Arc<VoicePresence>,
+    passwords: PasswordGate,
+) -> (HubHandle, tokio::task::JoinHandle<()>) {
     let (events, receiver) = mpsc::channel(8192);
     let stats = Arc::new(SharedStats::default());
-    let runner =
-        Runner { hub, links: HashMap::new(), store, presence, events: events.clone(), stats: stats.clone() };
+    let runner = Runner {
+        hub,
+        links: HashMap::new(),
+        store,
+        presence,
+        events: events.clone(),
+        stats: stats.clone(),
+        passwords,
+        ips: HashMap::new(),
+    };
     let task = tokio::spawn(runner.run(receiver));
     (HubHandle { events, next_conn: Arc::new(AtomicU64::new(1)), stats }, task)
 }
@@ -155,6 +179,7 @@ impl Runner {
         match event {
             HubEvent::Connected { conn, info, link } => {
                 self.links.insert(conn, link);
+                self.ips.insert(conn, info.ip);
                 self.hub.connect(conn, info, now)
             }
             HubEvent::Message { conn, inbound } => {
@@ -163,6 +188,7 @@ impl Runner {
             }
             HubEvent::Disconnected { conn } => {
                 self.links.remove(&conn);
+                self.ips.remove(&conn);
                 self.hub.disconnect(conn, now)
             }
             HubEvent::AccountCreated { conn, result } => self.hub.account_created(conn, result, now),
@@ -216,21 +242,27 @@ impl Runner {
         }
     }
 
+    fn conn_ip(&self, conn: ConnId) -> IpAddr {
+        self.ips.get(&conn).copied().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
     fn create_account(&self, conn: ConnId, name: String, password: String) {
-        let (store, events) = (self.store.clone(), self.events.clone());
+        let (store, events, gate, ip) =
+            (self.store.clone(), self.events.clone(), self.passwords.clone(), self.conn_ip(conn));
         tokio::spawn(async move {
-            let hashed = tokio::task::spawn_blocking(move || hash_password(&password)).await;
+            let hashed = gate.run(ip, move || hash_password(&password)).await;
             let result = match hashed {
-                Ok(Ok(hash)) => store.create_account(name, hash).await.map_err(|e| e.to_string()),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(e.to_string()),
+                Some(Ok(hash)) => store.create_account(name, hash).await.map_err(|e| e.to_string()),
+                Some(Err(e)) => Err(e),
+                None => Err("password hashing failed".to_string()),
             };
             events.send(HubEvent::AccountCreated { conn, result }).await.ok();
         });
     }
 
     fn check_login(&self, conn: ConnId, name: String, password: String) {
-        let (store, events) = (self.store.clone(), self.events.clone());
+        let (store, events, gate, ip) =
+            (self.store.clone(), self.events.clone(), self.passwords.clone(), self.conn_ip(conn));
         tokio::spawn(async move {
             let stored = match store.password_hash(name.clone()).await {
                 Ok(stored) => stored,
@@ -239,9 +271,8 @@ impl Runner {
                     None
                 }
             };
-            let ok = tokio::task::spawn_blocking(move || verify_password(&password, stored.as_deref()))
-                .await
-                .unwrap_or(false);
+            let ok =
+                gate.run(ip, move || verify_password(&password, stored.as_deref())).await.unwrap_or(false);
             events.send(HubEvent::LoginChecked { conn, name, ok }).await.ok();
         });
     }
