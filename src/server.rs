@@ -76,6 +76,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         None => ice_server_issuer(&settings, Vec::new(), None),
     };
     let relay = relay.map(|(handle, _)| handle);
+    log_handed_out_urls(&ice);
     let relays = relay_addresses(&settings, relay.as_ref()).await;
     if settings.webrtc.force_relay {
         let list: Vec<String> = relays.iter().map(ToString::to_string).collect();
@@ -153,6 +154,29 @@ fn ice_server_issuer(
         TurnEndpoints::None
     };
     IceServerIssuer { endpoints, ttl_s: turn.credential_ttl_s }
+}
+
+/// Says at start-up exactly which TURN URLs clients will be given: the first thing to compare
+/// when calls work locally but not from outside.
+fn log_handed_out_urls(ice: &IceServerIssuer) {
+    match &ice.endpoints {
+        TurnEndpoints::Integrated { public_host, port, tls_port, .. } => {
+            let host =
+                public_host.clone().unwrap_or_else(|| "<the host name each client connected to>".into());
+            let tls = tls_port.map(|p| format!(", turns:{host}:{p}?transport=tcp")).unwrap_or_default();
+            tracing::info!(
+                "TURN URLs handed out: turn:{host}:{port}?transport=udp, turn:{host}:{port}?transport=tcp{tls}"
+            );
+        }
+        TurnEndpoints::External(servers) => {
+            let urls: Vec<&str> =
+                servers.iter().flat_map(|(urls, _)| urls.iter().map(String::as_str)).collect();
+            tracing::info!("TURN URLs handed out (external servers): {}", urls.join(", "));
+        }
+        TurnEndpoints::None => {
+            tracing::info!("no TURN server is handed out (turn disabled, no external servers)")
+        }
+    }
 }
 
 /// The addresses a relay candidate may name under force_relay: the integrated relay's relay and
