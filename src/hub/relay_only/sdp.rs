@@ -45,6 +45,13 @@ fn rebuild_line(
     relays: &RelayAddresses,
     tally: &mut PrivacyTally,
 ) -> Result<Option<String>, UnusableSdp> {
+    // SDP text never holds control characters inside a line (RFC 8866); a bare CR in the middle
+    // would make this line two lines to a parser that also breaks on CR, with the second one
+    // never examined here. Found by the relay_only fuzz target.
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        tally.sanitize(SanitizedField::SdpLine);
+        return Ok(None);
+    }
     if let Some(origin) = line.strip_prefix("o=") {
         let rebuilt = origin_line(origin).ok_or(UnusableSdp)?;
         if rebuilt != line {
@@ -203,6 +210,14 @@ mod tests {
                 Err(UnusableSdp)
             );
         }
+    }
+
+    #[test]
+    fn a_line_with_a_control_character_inside_is_dropped_whole() {
+        // Regression (fuzzing): a bare CR hid a second "line" from the rebuild.
+        let sdp = "v=0\r\nx=1\ra=candidate:1 1 udp 1 abc.local 5 typ host\r\na=mid:0\u{0}\r\na=mid:1\r\n";
+        let out = rebuild(sdp, &relays(), &mut PrivacyTally::default()).unwrap();
+        assert_eq!(out, "v=0\r\na=mid:1\r\n");
     }
 
     #[test]
