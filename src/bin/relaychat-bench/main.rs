@@ -9,35 +9,21 @@
 //! - `quick`: every part for a second or two, for CI smoke.
 //!
 //! `scripts/bench` runs the whole comparison and writes bench/results.json and BENCHMARKS.md.
-//! Modules live in `src/bin/relaychat_bench/`, one concept per file.
+//! One concept per module file in this directory.
 
-#[path = "relaychat_bench/alloc_rate.rs"]
 mod alloc_rate;
-#[path = "relaychat_bench/credentials.rs"]
 mod credentials;
-#[path = "relaychat_bench/echo.rs"]
 mod echo;
-#[path = "relaychat_bench/histogram.rs"]
 mod histogram;
-#[path = "relaychat_bench/load.rs"]
 mod load;
-#[path = "relaychat_bench/procfs.rs"]
 mod procfs;
-#[path = "relaychat_bench/quick.rs"]
 mod quick;
-#[path = "relaychat_bench/signaling.rs"]
 mod signaling;
-#[path = "relaychat_bench/sockbuf.rs"]
 mod sockbuf;
-#[path = "relaychat_bench/step.rs"]
 mod step;
-#[path = "relaychat_bench/turn_bench.rs"]
 mod turn_bench;
-#[path = "relaychat_bench/turn_client.rs"]
 mod turn_client;
-#[path = "relaychat_bench/wire.rs"]
 mod wire;
-#[path = "relaychat_bench/ws_session.rs"]
 mod ws_session;
 
 use std::net::SocketAddr;
