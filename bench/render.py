@@ -265,6 +265,15 @@ if os.path.exists(method):
         w(f.read().rstrip())
     w("")
 
+# The soak section (scripts/soak) comes from another run: keep it as it is.
+if os.path.exists(md_path):
+    with open(md_path) as f:
+        previous = f.read()
+    start, end = previous.find("<!-- soak:start -->"), previous.find("<!-- soak:end -->")
+    if 0 <= start < end:
+        w(previous[start:end + len("<!-- soak:end -->")])
+        w("")
+
 with open(md_path, "w") as f:
     f.write("\n".join(lines))
 print(f"wrote {results_path} and {md_path}", file=sys.stderr)

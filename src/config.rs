@@ -339,8 +339,8 @@ impl Settings {
             self.network.password_attempts_per_minute_per_ip.into(),
         )?;
         positive("history.prune_interval_s", self.history.prune_interval_s)?;
-        if !(2..=64).contains(&self.webrtc.max_participants) {
-            return Err(invalid("webrtc.max_participants", "must be between 2 and 64"));
+        if !(2..=128).contains(&self.webrtc.max_participants) {
+            return Err(invalid("webrtc.max_participants", "must be between 2 and 128"));
         }
         let turn = &self.turn;
         if turn.listen.parse::<SocketAddr>().is_err() {

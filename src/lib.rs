@@ -7,6 +7,7 @@
 //! - `store`: SQLite history, accounts and bans, written from one dedicated thread.
 //! - `http`: warp routes (WebSocket sessions, /server-info, the built-in client).
 //! - `turn`: the TURN relay, REST credentials, and the presence view the relay checks.
+//! - `memory`: freed memory handed back to the OS (glibc tuning, periodic trim), heap in use.
 //! - `metrics`: Prometheus text from the live counters; `tls`: certificates, reloaded on SIGHUP.
 //! - `server`: wires everything together and runs until shutdown.
 //! - `doctor`: `relaychat doctor`, a configuration checked from the server's side.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod doctor;
 pub mod http;
 pub mod hub;
+pub mod memory;
 pub mod metrics;
 pub mod password_gate;
 pub mod protocol;

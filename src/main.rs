@@ -54,7 +54,7 @@ enum Command {
 }
 
 fn main() {
-    return_large_allocations_to_the_os();
+    relaychat::memory::return_large_allocations_to_the_os();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let settings = match Settings::load(&Sources { config_file: cli.config.clone(), port: cli.port }) {
@@ -151,20 +151,6 @@ fn report_config_changes(sources: &Sources, running: &Settings) {
             "SIGHUP: configuration keys changed that take effect only after a restart: {}",
             changed.join(", ")
         );
-    }
-}
-
-/// glibc serves allocations above a *dynamic* threshold with mmap, and raises the threshold
-/// each time such a block is freed, up to 32 MiB. After the first argon2 hash (~19 MiB, freed)
-/// every later one came from the heap arenas instead, and freed arena memory mostly stays in
-/// the process: a register/login storm left RSS hundreds of MiB high for good. Pinning the
-/// threshold at 1 MiB keeps big, short-lived blocks on mmap, so freeing them returns the memory.
-/// Small allocations (everything else the server does) are unaffected.
-fn return_large_allocations_to_the_os() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

@@ -72,6 +72,27 @@ impl Collector for LiveCollector {
         gauge(&mut encoder, "relaychat_connections", "Open WebSocket connections.", &hub.open_sockets)?;
         gauge(&mut encoder, "relaychat_users", "Users online (named or logged in).", &hub.connected_users)?;
         gauge(&mut encoder, "relaychat_voice_participants", "Users in voice chat.", &hub.voice_participants)?;
+        // Scrapes run on the server's runtime; a task that outlives its connection shows here.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = ConstGauge::new(runtime.metrics().num_alive_tasks() as i64);
+            let help = "Tasks alive on the server's async runtime (sessions, relay loops, timers).";
+            tasks.encode(encoder.encode_descriptor(
+                "relaychat_runtime_tasks",
+                help,
+                None,
+                tasks.metric_type(),
+            )?)?;
+        }
+        if let Some(bytes) = crate::memory::heap_in_use_bytes() {
+            let heap = ConstGauge::new(bytes as i64);
+            let help = "Heap bytes the allocator has handed out and not yet had back (leak watch).";
+            heap.encode(encoder.encode_descriptor(
+                "relaychat_heap_in_use_bytes",
+                help,
+                None,
+                heap.metric_type(),
+            )?)?;
+        }
         counter(
             &mut encoder,
             "relaychat_messages_in",

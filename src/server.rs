@@ -30,6 +30,7 @@ pub struct RunningServer {
     hub_task: tokio::task::JoinHandle<()>,
     http_task: tokio::task::JoinHandle<()>,
     stop_http: oneshot::Sender<()>,
+    memory_trim: tokio::task::JoinHandle<()>,
     store_thread: StoreThread,
 }
 
@@ -132,6 +133,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         hub_task,
         http_task,
         stop_http,
+        memory_trim: crate::memory::spawn_periodic_trim(),
         store_thread,
     })
 }
@@ -225,6 +227,7 @@ impl RunningServer {
         let _ = self.stop_http.send(());
         // Sessions end once their sockets are closed; don't wait on a stuck peer forever.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.http_task).await;
+        self.memory_trim.abort();
         if let Some(relay) = self.relay {
             relay.close().await;
         }

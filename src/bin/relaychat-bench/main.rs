@@ -6,6 +6,8 @@
 //! - `echo` / `udp-echo`: the generator's own ceiling against a trivial UDP echo server.
 //! - `signaling`: idle WebSocket sessions, memory per session, chat fan-out, offer/answer latency,
 //!   time to `webrtc-joined` against relaychat (or js-chat-server).
+//! - `soak`: minutes of churn, relayed calls, floods and slow readers, sampling the server's
+//!   memory, descriptors, tasks and allocations for leaks (`scripts/soak`).
 //! - `quick`: every part for a second or two, for CI smoke.
 //!
 //! `scripts/bench` runs the whole comparison and writes bench/results.json and BENCHMARKS.md.
@@ -19,6 +21,10 @@ mod load;
 mod procfs;
 mod quick;
 mod signaling;
+mod soak;
+mod soak_abuse;
+mod soak_call;
+mod soak_sample;
 mod sockbuf;
 mod step;
 mod turn_bench;
@@ -59,6 +65,8 @@ enum Cmd {
     Signaling(signaling::SignalingCli),
     /// Every part for a second or two (CI smoke). Starts its own UDP echo.
     Quick(quick::QuickCli),
+    /// Minutes of churn, calls, floods and slow readers, sampling the server for leaks.
+    Soak(soak::SoakCli),
 }
 
 /// Load-step options shared by `turn` and `echo`.
@@ -255,6 +263,10 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::UdpEcho(u) => echo::serve(u.listen, u.socket_buffer).await,
         Cmd::Signaling(s) => {
             let r = signaling::run(s).await?;
+            emit(cli.json, &r)
+        }
+        Cmd::Soak(s) => {
+            let r = soak::run(s).await?;
             emit(cli.json, &r)
         }
         Cmd::Quick(q) => {

@@ -503,7 +503,7 @@ async fn join_times(
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 while let Some(e) = ev.recv().await {
                     match e {
-                        Event::Joined { at } => {
+                        Event::Joined { at, .. } => {
                             joined.record(at.saturating_sub(t0));
                             ok = true;
                             break;

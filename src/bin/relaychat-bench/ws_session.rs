@@ -47,8 +47,10 @@ pub enum Event {
         seq: u64,
         at: u64,
     },
+    /// `webrtc-joined`, with the `config.iceServers` it handed out (TURN URLs and credentials).
     Joined {
         at: u64,
+        ice_servers: Value,
     },
     Error {
         text: String,
@@ -273,7 +275,10 @@ impl SessionTask {
             "webrtc-answer" => {
                 Event::Answer { seq: v.get("answer").and_then(seq_of).unwrap_or(u64::MAX), at }
             }
-            "webrtc-joined" => Event::Joined { at },
+            "webrtc-joined" => Event::Joined {
+                at,
+                ice_servers: v.pointer("/config/iceServers").cloned().unwrap_or(Value::Null),
+            },
             _ => Event::Error { text: v.get("error").and_then(Value::as_str).unwrap_or("").to_string() },
         };
         if let Some(tx) = &self.ev_tx {
