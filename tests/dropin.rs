@@ -1,7 +1,8 @@
 //! Drop-in for js-chat-server, against the real binary: an operator's `settings.json` written in
 //! the original's own shape reaches the running server (reported by `/server-info` and visible in
 //! behaviour), unknown slash commands go out as chat so bots can answer them, the reply texts are
-//! the original's, and `HEAD /server-info` answers like `GET`.
+//! the original's, `HEAD /server-info` answers like `GET`, and the original's
+//! Python quickstart client works unchanged.
 
 mod common;
 
@@ -394,4 +395,45 @@ async fn wss_in_settings_json_serves_tls_with_the_files_next_to_it() {
     let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_string(&mut response)).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"serverName\":\"Over TLS\""), "{response}");
+}
+
+#[tokio::test]
+async fn js_chat_server_settings_json_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("settings.json");
+    std::fs::write(
+        &settings,
+        json!({"port": 3000, "host": "127.0.0.1", "serverName": "Migrated", "motd": "old motd",
+               "dataDir": dir.path().join("data"), "maxMessagesPerSecond": 7,
+               "webrtc": {"enabled": true, "maxParticipants": 4}})
+        .to_string(),
+    )
+    .unwrap();
+    let server =
+        Server::start_with_args(dir.path(), &["--config", settings.to_str().unwrap(), "--port", "0"]);
+    let (info, _) = server.get_json("/server-info").await;
+    assert_eq!(info["serverName"], "Migrated");
+    assert_eq!(info["maxMessagesPerSecond"], 7);
+    assert_eq!(info["webrtc"]["maxParticipants"], 4);
+    let mut alice = Client::connect(&server.url(Some("Alice"))).await;
+    alice.expect_system("MOTD: old motd").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_python_quickstart_client_works_unchanged() {
+    let server = Server::start("");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/quickstart.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(server.url(Some("PyBot")))
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "quickstart failed (pip install websockets?)\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("pong"), "{stdout}");
+    assert!(stdout.contains("hello from python"), "{stdout}");
 }

@@ -1,5 +1,5 @@
 """The js-chat-server quickstart, as an existing bot would write it: connect, keep the token,
-ping, chat. Used by tests/chat.rs to show such clients work against relaychat unchanged."""
+ping, chat. Used by tests/dropin.rs to show such clients work against relaychat unchanged."""
 import asyncio, json, sys
 import websockets
 

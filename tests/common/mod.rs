@@ -1,6 +1,13 @@
 //! Black-box test harness: starts the real `relaychat` binary on ephemeral ports with a config
 //! written to a temporary directory, and talks to it with real WebSocket clients.
+//!
+//! Submodules, for the voice tests: `ice` (TURN credentials checked independently), `voice`
+//! (frame helpers for the room and its signaling), `sdp` (SDP and candidate fixtures).
 #![allow(dead_code)]
+
+pub mod ice;
+pub mod sdp;
+pub mod voice;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -346,4 +353,29 @@ pub fn is_iso_timestamp(value: &Value) -> bool {
     value
         .as_str()
         .is_some_and(|s| s.len() == 24 && s.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(s).is_ok())
+}
+
+/// Sends a ping; the very next frame must be the pong. Proves the connection is up and that the
+/// server had nothing else queued for this client: a barrier instead of a sleep, since the hub
+/// handles messages one at a time and each connection's frames go out in order, so everything
+/// the server was going to send this client before the pong is already in front of it.
+pub async fn expect_only_pong(client: &mut Client) {
+    client.send("ping", json!({})).await;
+    let message = client.recv().await;
+    assert_eq!(message["type"], "pong", "expected nothing before the pong, got {message}");
+}
+
+/// Registers and logs in `name` (auth mode); returns the welcomed client.
+pub async fn login(server: &Server, name: &str) -> Client {
+    let mut client = Client::connect(&server.url(None)).await;
+    client
+        .expect_system(
+            "Authentication required. Use /register <username> <password> or /login <username> <password> in message content.",
+        )
+        .await;
+    client.chat(&format!("/register {name} password123")).await;
+    client.next_system("Registered. Please /login.").await;
+    client.chat(&format!("/login {name} password123")).await;
+    client.expect_system(&format!("{name} has joined.")).await;
+    client
 }
