@@ -108,8 +108,8 @@ w(f"`scripts/soak`: {settings['baseline_s']} s idle, {settings['load_s']} s of l
   f"{settings['calls'] * settings['call_members']}, each group relaying {settings['call_payload']}-byte ChannelData "
   f"at {settings['call_packets_per_s']:g} packets/s from every member to every other through allocations made "
   f"with the credentials the server handed out, leaving and rejoining every {settings['call_hold_s']} s), "
-  f"{settings['chatters']} chatters (one {settings['chat_size']}-character message per second each, fanned out "
-  f"to everyone), {settings['flooders']} flooders (2000 frames/s each, reconnecting when closed) and "
+  f"{settings['chatters']} chatters (one {settings['chat_size']}-character message every "
+  f"{settings.get('chat_every_s', 1)} s each, fanned out to everyone), {settings['flooders']} flooders (2000 frames/s each, reconnecting when closed) and "
   f"{settings['slow_readers']} slow readers (4 KiB receive buffer, never read, reconnecting when dropped). "
   f"Production defaults, except the per-address caps (every client is 127.0.0.1) and the room size.")
 w("")
@@ -122,7 +122,9 @@ for title, unit, baseline, peak, end, end2, held, ok in rows:
     second = f"{end2:.1f}{u}" if end2 is not None else "–"
     w(f"| {title} | {baseline:.1f}{u} | {peak:.1f}{u} | {end:.1f}{u} | {second} | {held * 100:.1f} % | {'yes' if ok else '**no**'} |")
 w("")
-w(f"Both rounds, seen by the clients: {load_end['churn_opened']} churn sessions opened "
+w(f"Both rounds, seen by the clients: {load_end.get('held_reopened', 0)} held sessions closed by the server "
+  f"(too slow to read their share of the fan-out on this shared machine) and opened again, "
+  f"{load_end['churn_opened']} churn sessions opened "
   f"({load_end['churn_failed']} failed), {load_end['call_cycles']} call cycles completed "
   f"({load_end['call_failed_cycles']} failed), media {received} of {sent} relayed packets received "
   f"({(1 - received / sent) * 100 if sent else 0:.2f} % lost, including packets in flight at each leave), "

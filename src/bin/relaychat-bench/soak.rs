@@ -64,10 +64,12 @@ pub struct SoakCli {
     /// Seconds a group stays in voice before leaving and joining again.
     #[arg(long, default_value_t = 60)]
     call_hold_s: u64,
-    /// Sessions that each send one chat message per second (fanned out to everybody).
+    /// Sessions that each send a chat message every `chat_every_s` (fanned out to everybody).
     #[arg(long, default_value_t = 10)]
     chatters: usize,
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 5)]
+    chat_every_s: u64,
+    #[arg(long, default_value_t = 200)]
     chat_size: usize,
     #[arg(long, default_value_t = 5)]
     flooders: usize,
@@ -87,6 +89,8 @@ pub struct Sample {
 #[derive(Clone, Default, Serialize)]
 pub struct ClientSample {
     pub held_sessions: usize,
+    /// Held sessions the server closed and the soak opened again.
+    pub held_reopened: u64,
     pub churn_opened: u64,
     pub churn_failed: u64,
     pub call_cycles: u64,
@@ -113,6 +117,7 @@ struct Shared {
     churn_opened: AtomicU64,
     churn_failed: AtomicU64,
     held: std::sync::atomic::AtomicUsize,
+    held_reopened: AtomicU64,
 }
 
 impl Shared {
@@ -120,6 +125,7 @@ impl Shared {
         let f = &self.frames;
         ClientSample {
             held_sessions: self.held.load(Ordering::Relaxed),
+            held_reopened: self.held_reopened.load(Ordering::Relaxed),
             churn_opened: self.churn_opened.load(Ordering::Relaxed),
             churn_failed: self.churn_failed.load(Ordering::Relaxed),
             call_cycles: self.calls.cycles.load(Ordering::Relaxed),
@@ -145,6 +151,7 @@ pub async fn run(c: SoakCli) -> anyhow::Result<SoakReport> {
         churn_opened: AtomicU64::new(0),
         churn_failed: AtomicU64::new(0),
         held: Default::default(),
+        held_reopened: AtomicU64::new(0),
     });
     let t0 = Instant::now();
     let mut samples = Vec::new();
@@ -171,7 +178,7 @@ pub async fn run(c: SoakCli) -> anyhow::Result<SoakReport> {
         "baseline_s": c.baseline_s, "load_s": c.load_s, "second_load_s": c.second_load_s, "cooldown_s": c.cooldown_s,
         "sample_every_s": c.sample_every_s, "sessions": c.sessions, "churn_per_s": c.churn_per_s,
         "calls": c.calls, "call_members": c.call_members, "call_packets_per_s": c.call_packets_per_s,
-        "call_payload": c.call_payload, "call_hold_s": c.call_hold_s, "chatters": c.chatters,
+        "call_payload": c.call_payload, "call_hold_s": c.call_hold_s, "chatters": c.chatters, "chat_every_s": c.chat_every_s,
         "chat_size": c.chat_size, "flooders": c.flooders, "slow_readers": c.slow_readers,
     });
     Ok(SoakReport { settings, samples, last_call_error })
@@ -213,7 +220,7 @@ async fn load_round(
         });
     }
     for i in 0..c.chatters {
-        let (name, every) = (format!("chatter{i:02}"), Duration::from_secs(1));
+        let (name, every) = (format!("chatter{i:02}"), Duration::from_secs(c.chat_every_s.max(1)));
         let (frames, abuse) = (shared.frames.clone(), shared.abuse.clone());
         tasks.spawn(soak_abuse::chatter(
             url.clone(),
@@ -268,7 +275,7 @@ async fn sample_for(
         let server = soak_sample::take(c.server_pid, c.http).await;
         let client = shared.client_sample();
         eprintln!(
-            "soak {:>6.0}s {phase:<8} rss {:>7} KiB fds {:>5} tasks {:>6} conns {:>5} allocs {:>4} | held {:>5} churn {:>6} calls {:>4}/{} media {}/{} floods {} slow {}",
+            "soak {:>6.0}s {phase:<9} rss {:>7} KiB fds {:>5} tasks {:>6} conns {:>5} allocs {:>4} | held {:>5} (+{}) churn {:>6} calls {:>4}/{} media {}/{} floods {} slow {}",
             t0.elapsed().as_secs_f64(),
             server.rss_kib,
             server.open_fds,
@@ -276,6 +283,7 @@ async fn sample_for(
             server.metrics.get("relaychat_connections").copied().unwrap_or(-1.0),
             server.metrics.get("relaychat_turn_allocations_active").copied().unwrap_or(-1.0),
             client.held_sessions,
+            client.held_reopened,
             client.churn_opened,
             client.call_cycles,
             client.call_failed_cycles,
@@ -294,29 +302,32 @@ async fn sample_for(
     }
 }
 
-/// Open `count` sessions (64 at a time) and keep them until the stop signal.
+/// Open `count` sessions (64 at a time) and keep them open until the stop signal: a session the
+/// server closes (a client too slow to read its share of the fan-out is dropped, by design) is
+/// opened again under its name, so the server keeps holding `count`.
 async fn hold_sessions(url: String, count: usize, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
-    let opened: Vec<Option<Session>> = stream::iter(0..count)
-        .map(|i| {
-            let (url, frames, stop, shared) =
-                (url.clone(), shared.frames.clone(), stop.clone(), shared.clone());
-            async move {
-                let session =
-                    ws_session::open(&url, &format!("idle{i:05}"), Behaviour::default(), frames, stop)
-                        .await
-                        .ok();
-                if session.is_some() {
-                    shared.held.fetch_add(1, Ordering::Relaxed);
-                }
-                session
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let mut stop = stop;
-    let _ = stop.changed().await;
-    drop(opened);
+    let mut stopped = stop.clone();
+    let open_slot = |i: usize| {
+        let (url, frames, stop) = (url.clone(), shared.frames.clone(), stop.clone());
+        async move { ws_session::open(&url, &format!("idle{i:05}"), Behaviour::default(), frames, stop).await.ok() }
+    };
+    let mut slots: Vec<Option<Session>> = stream::iter(0..count).map(open_slot).buffered(64).collect().await;
+    loop {
+        let open = slots.iter().filter(|s| s.as_ref().is_some_and(Session::is_open)).count();
+        shared.held.store(open, Ordering::Relaxed);
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let closed: Vec<usize> =
+            (0..count).filter(|i| !slots[*i].as_ref().is_some_and(Session::is_open)).take(64).collect();
+        shared.held_reopened.fetch_add(closed.len() as u64, Ordering::Relaxed);
+        let reopened: Vec<(usize, Option<Session>)> =
+            stream::iter(closed).map(|i| async move { (i, open_slot(i).await) }).buffer_unordered(64).collect().await;
+        for (i, session) in reopened {
+            slots[i] = session;
+        }
+    }
 }
 
 /// Every 1/rate s open a session, and close the oldest once more than a second's worth are

@@ -70,11 +70,24 @@ pub async fn run_group(
         }
     }
     while !*stop.borrow() {
-        match one_cycle(&mut members, &shape, &calls, &mut stop).await {
-            Ok(()) => calls.cycles.fetch_add(1, Ordering::Relaxed),
+        // A member the server dropped (e.g. as a slow reader) comes back, like a reloaded page.
+        for (m, member) in members.iter_mut().enumerate() {
+            if !member.is_open() {
+                let name = format!("call{group:02}m{m}");
+                if let Ok(session) = ws_session::open(&shape.url, &name, behaviour, frames.clone(), stop.clone()).await {
+                    *member = session;
+                }
+            }
+        }
+        let pause = match one_cycle(&mut members, &shape, &calls, &mut stop).await {
+            Ok(()) => {
+                calls.cycles.fetch_add(1, Ordering::Relaxed);
+                Duration::from_secs(2)
+            }
             Err(e) => {
                 calls.failed(&e);
-                0
+                // Back off, as a person would before trying again.
+                Duration::from_secs(5)
             }
         };
         for m in &members {
@@ -82,7 +95,7 @@ pub async fn run_group(
         }
         // A moment outside voice, as people between calls; also lets the teardown happen.
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => {}
         }
     }

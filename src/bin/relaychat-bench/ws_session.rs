@@ -76,6 +76,11 @@ impl Session {
     pub fn send(&self, v: &Value) -> bool {
         self.tx.send(v.to_string()).is_ok()
     }
+
+    /// False once the session task has ended (the server closed the connection, or it failed).
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed()
+    }
 }
 
 /// SDP carrying a sequence number in the origin line, so the receiver can match it.
