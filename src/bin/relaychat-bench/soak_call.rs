@@ -110,6 +110,11 @@ async fn one_cycle(
 ) -> anyhow::Result<()> {
     let mut clients = Vec::new();
     for m in members.iter_mut() {
+        // Whatever arrived since the last join (answers, "not in voice chat" errors for offers
+        // that crossed a leave) belongs to the last stay in voice, not to this one.
+        if let Some(events) = m.events.as_mut() {
+            while events.try_recv().is_ok() {}
+        }
         m.send(&json!({"type": "webrtc-join", "token": m.token, "mediaTypes": ["audio"]}));
         let (server, credential) = wait_for_credentials(m).await?;
         let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
@@ -156,7 +161,12 @@ async fn wait_for_credentials(member: &mut Session) -> anyhow::Result<(SocketAdd
         while let Some(event) = events.recv().await {
             match event {
                 Event::Joined { ice_servers, .. } => return turn_credential(&ice_servers),
-                Event::Error { text } => bail!("webrtc-error: {text}"),
+                // Only an error about this join ends the wait (full room, budget, already in).
+                Event::Error { text }
+                    if ["Too many voice", "Already in voice", "Voice chat is full"].iter().any(|t| text.starts_with(t)) =>
+                {
+                    bail!("webrtc-error: {text}")
+                }
                 _ => {}
             }
         }
