@@ -108,7 +108,21 @@ pub struct ChatSettings {
     pub history_limit: usize,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_timeout_ms: u64,
+    /// Names reserved for operator-created accounts (see `accounts`).
     pub admins: Vec<String>,
+    pub registration: Registration,
+    pub invite_only: bool,
+}
+
+/// Who may `/register` in authentication mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    Open,
+    /// Only sessions admitted with an invite or a member pass.
+    Invite,
+    /// Only the operator creates accounts (`relaychat user add`).
+    Closed,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

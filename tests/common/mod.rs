@@ -379,3 +379,21 @@ pub async fn login(server: &Server, name: &str) -> Client {
     client.expect_system(&format!("{name} has joined.")).await;
     client
 }
+
+/// Runs an operator subcommand (`relaychat --config <the server's config> ARGS`) with `stdin`
+/// piped in, as the operator would beside the running server.
+pub fn run_cli(server: &Server, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let config = server.dir.join("relaychat.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relaychat"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn relaychat");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("relaychat exits")
+}
