@@ -67,6 +67,8 @@ pub struct NetworkSettings {
     pub allowed_origins: Vec<String>,
     pub password_hash_concurrency: usize,
     pub password_attempts_per_minute_per_ip: u32,
+    pub register_attempts_per_ip: usize,
+    pub register_window_s: u64,
 }
 
 /// How much chat history the database keeps.
@@ -352,6 +354,8 @@ impl Settings {
             "network.password_attempts_per_minute_per_ip",
             self.network.password_attempts_per_minute_per_ip.into(),
         )?;
+        positive("network.register_attempts_per_ip", self.network.register_attempts_per_ip as u64)?;
+        positive("network.register_window_s", self.network.register_window_s)?;
         positive("history.prune_interval_s", self.history.prune_interval_s)?;
         if !(2..=128).contains(&self.webrtc.max_participants) {
             return Err(invalid("webrtc.max_participants", "must be between 2 and 128"));

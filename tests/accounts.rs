@@ -83,3 +83,64 @@ async fn an_account_flagged_admin_on_the_command_line_is_admin() {
     let missing = run_cli(&server, &["user", "set-admin", "nobody", "on"], "");
     assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("no account"));
 }
+
+#[tokio::test]
+async fn registration_attempts_per_address_are_bounded() {
+    let server = Server::start(
+        "[chat]\nauthentication = true\nadmins = [\"alice\"]\nmax_messages_per_second = 50\n\
+         [network]\nregister_attempts_per_ip = 3\nregister_window_s = 600\n",
+    );
+    let mut client = Client::connect(&server.url(None)).await;
+    client.recv_type("heartbeat-config").await;
+    client.chat("/register first password123").await;
+    client.expect_system("Registered. Please /login.").await;
+    client.chat("/register first password123").await;
+    client.expect_system("Username exists.").await;
+    client.chat("/register alice password123").await;
+    client.expect_system("Username exists.").await;
+    // The fourth attempt from this address is refused before any lookup, whatever the name.
+    client.chat("/register second password123").await;
+    client.expect_system("Too many registration attempts from this IP. Limit is 3 per 600 seconds.").await;
+    // Another connection from the same address shares the allowance; logins are not affected.
+    let mut other = Client::connect(&server.url(None)).await;
+    other.recv_type("heartbeat-config").await;
+    other.chat("/register third password123").await;
+    other.expect_system("Too many registration attempts from this IP. Limit is 3 per 600 seconds.").await;
+    other.chat("/login first password123").await;
+    other.expect_system("first has joined.").await;
+}
+
+async fn timed_register(client: &mut Client, name: &str, expected: &str) -> Duration {
+    let started = std::time::Instant::now();
+    client.chat(&format!("/register {name} password123")).await;
+    client.expect_system(expected).await;
+    started.elapsed()
+}
+
+/// A taken or reserved name is answered after the same argon2 hash as a new one: the reply time
+/// does not say which names exist.
+#[tokio::test]
+async fn a_taken_name_costs_the_same_hash_as_a_new_one() {
+    let server = Server::start(
+        "[chat]\nauthentication = true\nadmins = [\"alice\"]\nmax_messages_per_second = 50\n\
+         [network]\nregister_attempts_per_ip = 100\n",
+    );
+    let mut client = Client::connect(&server.url(None)).await;
+    client.recv_type("heartbeat-config").await;
+    client.chat("/register taken password123").await;
+    client.expect_system("Registered. Please /login.").await;
+    let (mut new, mut taken, mut reserved) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..5 {
+        new.push(timed_register(&mut client, &format!("fresh{i}"), "Registered. Please /login.").await);
+        taken.push(timed_register(&mut client, "taken", "Username exists.").await);
+        reserved.push(timed_register(&mut client, "alice", "Username exists.").await);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (new, taken, reserved) = (median(&mut new), median(&mut taken), median(&mut reserved));
+    eprintln!("median /register reply: new {new:?}, taken {taken:?}, reserved {reserved:?}");
+    // Without the hash a taken name would answer in well under a millisecond.
+    assert!(taken * 2 > new && reserved * 2 > new, "new {new:?}, taken {taken:?}, reserved {reserved:?}");
+}

@@ -289,6 +289,10 @@ impl Hub {
                     return;
                 }
             }
+            if !self.register_limiter.try_attempt(connection.ip, now.mono) {
+                out.system(conn, &self.register_limiter.refusal());
+                return;
+            }
             connection.login_in_progress = true;
             let reserved = self.reserved_names.contains(&name);
             out.push(Effect::CreateAccount { conn, name, password, reserved });

@@ -31,7 +31,7 @@ use crate::config::Settings;
 use crate::protocol::{iso_timestamp, Frame, HistoryEntry, HistoryKind, Inbound, ServerMessage};
 use crate::turn::credentials::IceServerIssuer;
 
-use limits::{ConnectionLimiter, LoginLimiter, SlidingWindow};
+use limits::{ConnectionLimiter, LoginLimiter, RegisterLimiter, SlidingWindow};
 use relay_only::{PrivacyTally, RelayAddresses};
 use voice::VoiceRoom;
 
@@ -156,6 +156,7 @@ pub struct Hub {
     reserved_names: HashSet<String>,
     connection_limiter: ConnectionLimiter,
     login_limiter: LoginLimiter,
+    register_limiter: RegisterLimiter,
     voice: VoiceRoom,
     /// The addresses a relayed candidate may carry under force_relay.
     relays: RelayAddresses,
@@ -232,6 +233,7 @@ impl Hub {
             admins: HashSet::new(),
             reserved_names: settings.chat.admins.iter().cloned().collect(),
             connection_limiter: ConnectionLimiter::new(settings.limits.clone()),
+            register_limiter: RegisterLimiter::from_settings(&settings),
             voice: VoiceRoom::default(),
             settings,
             ice,
@@ -335,6 +337,7 @@ impl Hub {
         if prune_due {
             self.connection_limiter.prune(now.mono);
             self.login_limiter.prune(now.mono);
+            self.register_limiter.prune(now.mono);
             self.last_prune = Some(now.mono);
         }
         out.effects
