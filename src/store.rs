@@ -186,9 +186,11 @@ pub fn open_database(data_dir: &Path) -> Result<Connection, StoreError> {
     create_private(&path).map_err(dir_error)?;
     let db = Connection::open(&path)?;
     db.execute_batch(
-        "PRAGMA journal_mode = WAL;
+        // The busy timeout first: with a server running, the CLI's own statements may have to
+        // wait for the store thread's transaction.
+        "PRAGMA busy_timeout = 5000;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
-         PRAGMA busy_timeout = 5000;
          CREATE TABLE IF NOT EXISTS messages (
              id INTEGER PRIMARY KEY AUTOINCREMENT,
              kind TEXT NOT NULL,
