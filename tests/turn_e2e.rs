@@ -115,13 +115,7 @@ async fn delivered(from: &TurnClient, to: &TurnClient) -> bool {
 #[tokio::test]
 async fn kick_and_ban_delete_allocations_at_once() {
     let server = Server::start("[chat]\nauthentication = true\nadmins = [\"Admin\"]\n");
-    // Admins are made by the operator, not by registering a listed name.
-    let added = common::run_cli(&server, &["user", "add", "Admin", "--admin"], "password123\n");
-    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
-    let mut admin_ws = Client::connect(&server.url(None)).await;
-    admin_ws.recv_type("system").await;
-    admin_ws.chat("/login Admin password123").await;
-    admin_ws.expect_system("Admin has joined.").await;
+    let mut admin_ws = common::login_admin(&server, "Admin").await;
     let mut alice_ws = login(&server, "Alice").await;
     let mut bob_ws = login(&server, "Bob").await;
     let (mut admin, admin_relay) = allocate_from_joined(&mut admin_ws).await;
