@@ -1,8 +1,15 @@
-//! The operator subcommands: `check-config`, `turn-credentials`, `doctor` and `healthcheck`.
+//! The operator subcommands: `check-config`, `turn-credentials`, `doctor`, `healthcheck`,
+//! `user` (accounts and admins) and `invite` (invite links).
+//!
+//! `user` and `invite` write to the server's database directly, also while it runs (SQLite in
+//! WAL mode with a busy timeout serializes the writers).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io::IsTerminal;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use anyhow::{bail, ensure, Context};
 
 use crate::config::Settings;
 use crate::turn::credentials;
@@ -78,9 +85,222 @@ pub fn healthcheck(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `relaychat user add`: creates an account with a password read from stdin (one line) or,
+/// on a terminal, typed twice without echo; never from the command line, which `ps` shows.
+pub fn user_add(settings: &Settings, name: &str, admin: bool) -> anyhow::Result<()> {
+    ensure!(
+        crate::hub::is_valid_username(name),
+        "\"{name}\" is not a valid name: 3-20 letters, digits, _ or -"
+    );
+    let data_dir = &settings.server.data_dir;
+    let db = crate::store::open_database(data_dir)?;
+    ensure!(
+        !crate::accounts::exists(&db, name)?,
+        "an account named {name} already exists (change its admin flag with `relaychat user set-admin {name} on|off`)"
+    );
+    let password = read_new_password()?;
+    let hash = crate::hub::runner::hash_password(&password).map_err(anyhow::Error::msg)?;
+    // A name the configuration reserves for admins is an admin once the operator creates it.
+    let admin = admin || settings.chat.admins.iter().any(|a| a == name);
+    ensure!(crate::accounts::add(&db, name, &hash, admin)?, "an account named {name} already exists");
+    drop(db);
+    hand_back_to_owner(data_dir);
+    println!("created account {name}{}", if admin { " (admin)" } else { "" });
+    if !settings.chat.authentication {
+        eprintln!("note: [chat] authentication is off, so nobody logs in to accounts on this server yet");
+    }
+    Ok(())
+}
+
+/// `relaychat user set-admin NAME on|off`; a running server picks it up within seconds.
+pub fn user_set_admin(settings: &Settings, name: &str, admin: bool) -> anyhow::Result<()> {
+    let data_dir = &settings.server.data_dir;
+    let db = crate::store::open_database(data_dir)?;
+    ensure!(
+        crate::accounts::set_admin(&db, name, admin)?,
+        "no account named {name} (create it with `relaychat user add {name}`)"
+    );
+    drop(db);
+    hand_back_to_owner(data_dir);
+    println!("{name} is {}an admin", if admin { "" } else { "no longer " });
+    Ok(())
+}
+
+/// `relaychat user list`: name, admin flag, creation time.
+pub fn user_list(settings: &Settings) -> anyhow::Result<()> {
+    let data_dir = &settings.server.data_dir;
+    let db = crate::store::open_database(data_dir)?;
+    let accounts = crate::accounts::list(&db)?;
+    drop(db);
+    hand_back_to_owner(data_dir);
+    for account in &accounts {
+        println!(
+            "{:<20}  {:<5}  {}",
+            account.name,
+            if account.admin { "admin" } else { "" },
+            account.created_at
+        );
+    }
+    eprintln!("{} account(s)", accounts.len());
+    Ok(())
+}
+
+/// Rules of /register: 8-32 characters, and no whitespace (/login splits on it).
+fn read_new_password() -> anyhow::Result<String> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password (8-32 characters, no spaces): ")?;
+        let again = rpassword::prompt_password("The same password again: ")?;
+        ensure!(first == again, "the two passwords differ; nothing was changed");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("cannot read the password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    ensure!(
+        (8..=32).contains(&password.chars().count()),
+        "the password must be 8-32 characters (give it on stdin, e.g. `printf '%s\\n' \"$PASSWORD\" | relaychat user add NAME`)"
+    );
+    ensure!(
+        !password.chars().any(char::is_whitespace),
+        "the password must not contain spaces (/login splits on them)"
+    );
+    Ok(password)
+}
+
+/// Files the CLI created in `data_dir` (the database's `-wal`/`-shm`, the invite secret) get
+/// the directory's owner: run as root beside a service user, they would otherwise lock the
+/// server out of its own database. Without the right to chown, nothing changes.
+fn hand_back_to_owner(data_dir: &Path) {
+    let Ok(dir) = std::fs::metadata(data_dir) else { return };
+    for name in ["relaychat.db", "relaychat.db-wal", "relaychat.db-shm", crate::invite::SECRET_FILE] {
+        let path = data_dir.join(name);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.uid() != dir.uid() || meta.gid() != dir.gid() {
+                if let Err(e) = std::os::unix::fs::chown(&path, Some(dir.uid()), Some(dir.gid())) {
+                    eprintln!(
+                        "warning: {} is not owned by {}'s owner ({e}); run relaychat as the server's user",
+                        path.display(),
+                        data_dir.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `relaychat invite`: prints a signed invite link good for `uses` new people until `expires`.
+pub fn invite_create(
+    settings: &Settings,
+    expires: Duration,
+    uses: u32,
+    base_url: Option<&str>,
+) -> anyhow::Result<()> {
+    ensure!(uses >= 1, "--uses must be at least 1");
+    let base = match base_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None if !settings.turn.public_host.is_empty() => format!("https://{}", settings.turn.public_host),
+        None => bail!(
+            "no address for the link: pass --base-url https://chat.example.org (or set [turn] public_host)"
+        ),
+    };
+    let data_dir = &settings.server.data_dir;
+    let key = crate::invite::load_or_create_secret(data_dir)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?.as_secs();
+    let invite = crate::invite::token::Invite {
+        id: crate::invite::token::new_invite_id(),
+        expires: now.saturating_add(expires.as_secs()),
+        uses,
+    };
+    let db = crate::store::open_database(data_dir)?;
+    crate::invite::ledger::record(&db, &invite)?;
+    drop(db);
+    hand_back_to_owner(data_dir);
+    println!("{base}/?invite={}", crate::invite::token::sign_invite(&key, &invite));
+    let until = chrono::DateTime::from_timestamp(invite.expires as i64, 0).unwrap_or_default();
+    eprintln!(
+        "invite {}: {uses} use(s), expires {} (revoke: relaychat invite --revoke {})",
+        invite.id,
+        until.format("%Y-%m-%d %H:%M UTC"),
+        invite.id
+    );
+    if !settings.chat.invite_only && settings.chat.registration != crate::config::Registration::Invite {
+        eprintln!("note: [chat] invite_only is off, so this server lets everyone in without a link");
+    }
+    Ok(())
+}
+
+/// `relaychat invite --revoke ID`: the link and every member pass it led to stop working.
+pub fn invite_revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
+    let data_dir = &settings.server.data_dir;
+    let db = crate::store::open_database(data_dir)?;
+    ensure!(
+        crate::invite::ledger::revoke(&db, id)?,
+        "no invite with id {id} (see `relaychat invite --list`)"
+    );
+    drop(db);
+    hand_back_to_owner(data_dir);
+    println!("invite {id} revoked: its link and the browsers that came in with it are refused from now on");
+    Ok(())
+}
+
+/// `relaychat invite --list`.
+pub fn invite_list(settings: &Settings) -> anyhow::Result<()> {
+    let data_dir = &settings.server.data_dir;
+    let db = crate::store::open_database(data_dir)?;
+    let invites = crate::invite::ledger::list(&db)?;
+    drop(db);
+    hand_back_to_owner(data_dir);
+    for i in &invites {
+        let until = chrono::DateTime::from_timestamp(i.expires as i64, 0).unwrap_or_default();
+        println!(
+            "{}  used {}/{}  expires {}{}",
+            i.id,
+            i.used,
+            i.max_uses,
+            until.format("%Y-%m-%d %H:%M UTC"),
+            if i.revoked { "  revoked" } else { "" }
+        );
+    }
+    eprintln!("{} invite(s)", invites.len());
+    Ok(())
+}
+
+/// "90s", "30m", "24h", "7d", "2w" (a bare number is seconds).
+pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("\"{text}\" is not a duration like 24h or 7d"))?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("unknown unit in \"{text}\": use s, m, h, d or w")),
+    };
+    match number.checked_mul(unit_secs) {
+        Some(0) => Err("the duration must be longer than zero".into()),
+        Some(secs) => Ok(Duration::from_secs(secs)),
+        None => Err(format!("\"{text}\" is too long")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lifetimes() {
+        assert_eq!(parse_lifetime("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_lifetime("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_lifetime("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_lifetime("0h").is_err());
+        assert!(parse_lifetime("1y").is_err());
+        assert!(parse_lifetime("h").is_err());
+        assert!(parse_lifetime("99999999999999999999w").is_err());
+    }
 
     #[test]
     fn secrets_are_redacted() {

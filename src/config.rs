@@ -67,6 +67,8 @@ pub struct NetworkSettings {
     pub allowed_origins: Vec<String>,
     pub password_hash_concurrency: usize,
     pub password_attempts_per_minute_per_ip: u32,
+    pub register_attempts_per_ip: usize,
+    pub register_window_s: u64,
 }
 
 /// How much chat history the database keeps.
@@ -108,7 +110,21 @@ pub struct ChatSettings {
     pub history_limit: usize,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_timeout_ms: u64,
+    /// Names reserved for operator-created accounts (see `accounts`).
     pub admins: Vec<String>,
+    pub registration: Registration,
+    pub invite_only: bool,
+}
+
+/// Who may `/register` in authentication mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    Open,
+    /// Only sessions admitted with an invite or a member pass.
+    Invite,
+    /// Only the operator creates accounts (`relaychat user add`).
+    Closed,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -338,6 +354,8 @@ impl Settings {
             "network.password_attempts_per_minute_per_ip",
             self.network.password_attempts_per_minute_per_ip.into(),
         )?;
+        positive("network.register_attempts_per_ip", self.network.register_attempts_per_ip as u64)?;
+        positive("network.register_window_s", self.network.register_window_s)?;
         positive("history.prune_interval_s", self.history.prune_interval_s)?;
         if !(2..=128).contains(&self.webrtc.max_participants) {
             return Err(invalid("webrtc.max_participants", "must be between 2 and 128"));

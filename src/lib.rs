@@ -5,6 +5,8 @@
 //! - `protocol`: the wire types; raw JSON becomes a typed `ClientMessage` at the edge.
 //! - `hub`: the sans-IO state machine of chat and voice (events in, effects out).
 //! - `store`: SQLite history, accounts and bans, written from one dedicated thread.
+//! - `accounts`: operator-managed accounts and admin flags (`relaychat user`).
+//! - `invite`: invite-only mode (signed invite links, member passes, the gate).
 //! - `http`: warp routes (WebSocket sessions, /server-info, the built-in client).
 //! - `turn`: the TURN relay, REST credentials, and the presence view the relay checks.
 //! - `memory`: freed memory handed back to the OS (glibc tuning, periodic trim), heap in use.
@@ -12,11 +14,13 @@
 //! - `server`: wires everything together and runs until shutdown.
 //! - `doctor`: `relaychat doctor`, a configuration checked from the server's side.
 
+pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod http;
 pub mod hub;
+pub mod invite;
 pub mod memory;
 pub mod metrics;
 pub mod password_gate;

@@ -51,6 +51,55 @@ enum Command {
     Doctor,
     /// Exit 0 when the server on this configuration's port answers /healthz (container checks).
     Healthcheck,
+    /// Accounts and admins, in the server's database (works while the server runs).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Print an invite link for invite-only mode, or list / revoke invites.
+    Invite {
+        /// How long the link works: 30m, 24h, 7d, 2w.
+        #[arg(long, default_value = "24h", value_parser = relaychat::cli::parse_lifetime)]
+        expires: Duration,
+        /// How many people (browsers) may come in with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Where the server is reached, e.g. https://chat.example.org (default: https:// and
+        /// [turn] public_host).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Revoke the invite with this id (its link and the member passes it led to).
+        #[arg(long, conflicts_with = "list")]
+        revoke: Option<String>,
+        /// List every invite with its uses.
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create an account; the password is read from stdin (or typed twice at a prompt).
+    Add {
+        name: String,
+        /// Make the account an admin (/kick, /ban, /unban).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Make an account an admin, or no longer one.
+    SetAdmin {
+        name: String,
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+    /// List accounts and which are admins.
+    List,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 fn main() {
@@ -67,6 +116,18 @@ fn main() {
         Some(Command::Healthcheck) => relaychat::cli::healthcheck(&settings),
         Some(Command::TurnCredentials { user, ttl }) => {
             relaychat::cli::turn_credentials(&settings, &user, ttl)
+        }
+        Some(Command::User { action: UserAction::Add { name, admin } }) => {
+            relaychat::cli::user_add(&settings, &name, admin)
+        }
+        Some(Command::User { action: UserAction::SetAdmin { name, state } }) => {
+            relaychat::cli::user_set_admin(&settings, &name, matches!(state, OnOff::On))
+        }
+        Some(Command::User { action: UserAction::List }) => relaychat::cli::user_list(&settings),
+        Some(Command::Invite { list: true, .. }) => relaychat::cli::invite_list(&settings),
+        Some(Command::Invite { revoke: Some(id), .. }) => relaychat::cli::invite_revoke(&settings, &id),
+        Some(Command::Invite { expires, uses, base_url, .. }) => {
+            relaychat::cli::invite_create(&settings, expires, uses, base_url.as_deref())
         }
         None => serve(settings, Sources { config_file: cli.config.clone(), port: cli.port }),
     };

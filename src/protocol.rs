@@ -312,22 +312,70 @@ pub struct VoiceConfig {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase")]
 pub enum ServerMessage<'a> {
-    SessionToken { token: &'a str },
-    HeartbeatConfig { interval: u64, timeout: u64 },
-    History { messages: &'a [HistoryEntry] },
-    System { text: &'a str },
-    Chat { username: &'a str, text: &'a str, timestamp: &'a str },
-    Pong { timestamp: &'a str },
-    Typing { username: &'a str, timestamp: &'a str },
-    WebrtcJoined { participants: &'a [Participant], config: &'a VoiceConfig },
-    WebrtcPeerJoined { username: &'a str, media_types: &'a [String] },
-    WebrtcPeerLeft { username: &'a str },
-    WebrtcOffer { from_username: &'a str, offer: &'a Value },
-    WebrtcAnswer { from_username: &'a str, answer: &'a Value },
-    WebrtcIceCandidate { from_username: &'a str, candidate: &'a Value },
-    WebrtcMediaChanged { username: &'a str, media_types: &'a [String] },
-    WebrtcCredentials { ice_servers: &'a [IceServer], credential_ttl: u64 },
-    WebrtcError { error: &'a str, timestamp: &'a str },
+    SessionToken {
+        token: &'a str,
+    },
+    /// Invite-only mode: what brings this browser back without spending another invite use.
+    MemberPass {
+        pass: &'a str,
+    },
+    HeartbeatConfig {
+        interval: u64,
+        timeout: u64,
+    },
+    History {
+        messages: &'a [HistoryEntry],
+    },
+    System {
+        text: &'a str,
+    },
+    Chat {
+        username: &'a str,
+        text: &'a str,
+        timestamp: &'a str,
+    },
+    Pong {
+        timestamp: &'a str,
+    },
+    Typing {
+        username: &'a str,
+        timestamp: &'a str,
+    },
+    WebrtcJoined {
+        participants: &'a [Participant],
+        config: &'a VoiceConfig,
+    },
+    WebrtcPeerJoined {
+        username: &'a str,
+        media_types: &'a [String],
+    },
+    WebrtcPeerLeft {
+        username: &'a str,
+    },
+    WebrtcOffer {
+        from_username: &'a str,
+        offer: &'a Value,
+    },
+    WebrtcAnswer {
+        from_username: &'a str,
+        answer: &'a Value,
+    },
+    WebrtcIceCandidate {
+        from_username: &'a str,
+        candidate: &'a Value,
+    },
+    WebrtcMediaChanged {
+        username: &'a str,
+        media_types: &'a [String],
+    },
+    WebrtcCredentials {
+        ice_servers: &'a [IceServer],
+        credential_ttl: u64,
+    },
+    WebrtcError {
+        error: &'a str,
+        timestamp: &'a str,
+    },
 }
 
 impl ServerMessage<'_> {

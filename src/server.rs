@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use tokio::sync::oneshot;
 use warp::{Filter, Reply};
 
-use crate::config::Settings;
+use crate::config::{Registration, Settings};
 use crate::http::{listener, routes, HttpState};
 use crate::hub::relay_only::RelayAddresses;
 use crate::hub::runner::{self, HubHandle};
@@ -89,6 +89,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     }
 
     let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rand::rngs::StdRng::from_os_rng())
+        .with_admins(loaded.admins)
         .with_relay_addresses(relays);
     let (hub_handle, hub_task) = runner::spawn_with_gate(
         hub,
@@ -103,6 +104,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("cannot listen on {bind_addr}"))?;
     let http_addr = listener.local_addr()?;
+    let gate_invites = settings.chat.invite_only || settings.chat.registration == Registration::Invite;
+    let invites = if gate_invites {
+        let key = crate::invite::load_or_create_secret(&settings.server.data_dir)?;
+        if settings.chat.invite_only {
+            tracing::info!("invite-only: sessions need an invite link (relaychat invite) or a member pass");
+        }
+        Some(crate::invite::InviteGate::new(key, store.clone()))
+    } else {
+        None
+    };
     let state = Arc::new(HttpState {
         settings: settings.clone(),
         hub: hub_handle.clone(),
@@ -114,6 +125,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
             relay.as_ref().map(|r| r.counters.clone()),
         ),
         relay_ready: !settings.turn.enabled || relay.is_some(),
+        invites,
     });
     let (stop_http, stopped) = oneshot::channel::<()>();
     let scheme = if tls.is_some() { "https" } else { "http" };

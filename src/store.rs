@@ -41,6 +41,8 @@ pub struct Loaded {
     /// The most recent history entries, oldest first.
     pub history: Vec<HistoryEntry>,
     pub bans: HashSet<String>,
+    /// Accounts the operator flagged as admins (`relaychat user`).
+    pub admins: HashSet<String>,
 }
 
 /// How much history the database keeps (`[history]`); zero disables a bound.
@@ -75,6 +77,9 @@ enum Job {
     CreateAccount { name: String, password_hash: String, reply: Reply<bool> },
     PasswordHash { name: String, reply: Reply<Option<String>> },
     SetBan { name: String, banned: bool, reply: Reply<()> },
+    AdminNames(Reply<HashSet<String>>),
+    UseInvite { invite: crate::invite::token::Invite, reply: Reply<crate::invite::ledger::InviteUse> },
+    InviteRevoked { id: String, reply: Reply<bool> },
     Ping(Reply<()>),
 }
 
@@ -102,32 +107,7 @@ impl Store {
         history_limit: usize,
         retention: Retention,
     ) -> Result<(Store, StoreThread, Loaded), StoreError> {
-        let dir_error = |source| StoreError::DataDir { path: data_dir.to_path_buf(), source };
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir).map_err(dir_error)?;
-        let path = data_dir.join("relaychat.db");
-        create_private(&path).map_err(dir_error)?;
-        let db = Connection::open(&path)?;
-        db.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS messages (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 kind TEXT NOT NULL,
-                 username TEXT,
-                 text TEXT NOT NULL,
-                 timestamp TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS accounts (
-                 username TEXT PRIMARY KEY,
-                 password_hash TEXT NOT NULL,
-                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));
-             CREATE TABLE IF NOT EXISTS bans (
-                 username TEXT PRIMARY KEY,
-                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));",
-        )?;
-        for suffix in ["", "-wal", "-shm"] {
-            narrow_mode(&data_dir.join(format!("relaychat.db{suffix}")));
-        }
+        let db = open_database(data_dir)?;
         prune(&db, retention, || {})?;
         let loaded = load(&db, history_limit)?;
         let (jobs, receiver) = std_mpsc::channel();
@@ -162,6 +142,24 @@ impl Store {
         self.ask(|reply| Job::SetBan { name, banned, reply }).await
     }
 
+    /// The accounts flagged admin now (the operator may change them while the server runs).
+    pub async fn admin_names(&self) -> Result<HashSet<String>, StoreError> {
+        self.ask(Job::AdminNames).await
+    }
+
+    /// Counts one use of a verified invite, unless it is used up or revoked.
+    pub async fn use_invite(
+        &self,
+        invite: crate::invite::token::Invite,
+    ) -> Result<crate::invite::ledger::InviteUse, StoreError> {
+        self.ask(|reply| Job::UseInvite { invite, reply }).await
+    }
+
+    /// Has the operator revoked the invite `id` (and with it the member passes it led to)?
+    pub async fn invite_revoked(&self, id: String) -> Result<bool, StoreError> {
+        self.ask(|reply| Job::InviteRevoked { id, reply }).await
+    }
+
     /// Round trip through the store thread (readiness check: the thread runs and answers).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.ask(Job::Ping).await
@@ -176,6 +174,43 @@ impl StoreThread {
             let _ = handle.join();
         }
     }
+}
+
+/// Opens (creating if needed) `data_dir/relaychat.db` with the current schema, private (0600)
+/// and in WAL mode with a busy timeout, so that the operator's commands (`relaychat user`,
+/// `relaychat invite`) can write to it while the server runs.
+pub fn open_database(data_dir: &Path) -> Result<Connection, StoreError> {
+    let dir_error = |source| StoreError::DataDir { path: data_dir.to_path_buf(), source };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir).map_err(dir_error)?;
+    let path = data_dir.join("relaychat.db");
+    create_private(&path).map_err(dir_error)?;
+    let db = Connection::open(&path)?;
+    db.execute_batch(
+        // The busy timeout first: with a server running, the CLI's own statements may have to
+        // wait for the store thread's transaction.
+        "PRAGMA busy_timeout = 5000;
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         CREATE TABLE IF NOT EXISTS messages (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             kind TEXT NOT NULL,
+             username TEXT,
+             text TEXT NOT NULL,
+             timestamp TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS accounts (
+             username TEXT PRIMARY KEY,
+             password_hash TEXT NOT NULL,
+             created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));
+         CREATE TABLE IF NOT EXISTS bans (
+             username TEXT PRIMARY KEY,
+             created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));",
+    )?;
+    crate::accounts::migrate(&db)?;
+    crate::invite::ledger::migrate(&db)?;
+    for suffix in ["", "-wal", "-shm"] {
+        narrow_mode(&data_dir.join(format!("relaychat.db{suffix}")));
+    }
+    Ok(db)
 }
 
 fn load(db: &Connection, history_limit: usize) -> Result<Loaded, StoreError> {
@@ -199,7 +234,8 @@ fn load(db: &Connection, history_limit: usize) -> Result<Loaded, StoreError> {
         .prepare("SELECT username FROM bans")?
         .query_map([], |row| row.get(0))?
         .collect::<Result<HashSet<String>, _>>()?;
-    Ok(Loaded { history, bans })
+    let admins = crate::accounts::admin_names(db)?;
+    Ok(Loaded { history, bans, admins })
 }
 
 /// Creates `path` empty with mode 0600 if it does not exist (SQLite would use 0644).
@@ -325,6 +361,15 @@ fn handle(db: &Connection, job: Job) {
                     "DELETE FROM bans WHERE username = ?1"
                 };
                 let _ = reply.send(db.execute(sql, [name]).map(|_| ()).map_err(StoreError::from));
+            }
+            Job::AdminNames(reply) => {
+                let _ = reply.send(crate::accounts::admin_names(db));
+            }
+            Job::UseInvite { invite, reply } => {
+                let _ = reply.send(crate::invite::ledger::use_invite(db, &invite));
+            }
+            Job::InviteRevoked { id, reply } => {
+                let _ = reply.send(crate::invite::ledger::is_revoked(db, &id));
             }
             Job::Ping(reply) => {
                 let _ = reply.send(db.query_row("SELECT 1", [], |_| Ok(())).map_err(StoreError::from));

@@ -113,10 +113,12 @@ async fn authentication_mode() {
     // (Five failures for one ip+name block it: hub::tests::session, with the clock in hand.)
 
     // Admins kick, ban and unban.
+    // A listed name cannot be registered; the operator creates the account, which makes it admin.
     let mut admin = Client::connect(&server.url(None)).await;
     admin.recv_type("system").await;
     admin.chat("/register Admin adminpass1").await;
-    admin.next_system("Registered. Please /login.").await;
+    admin.next_system("Username exists.").await;
+    assert!(common::run_cli(&server, &["user", "add", "Admin"], "adminpass1\n").status.success());
     admin.chat("/login Admin adminpass1").await;
     admin.expect_system("Admin has joined.").await;
     a.expect_system("Admin has joined.").await;

@@ -36,8 +36,7 @@ async fn history_and_bans_survive_a_restart() {
     let mut server = Server::start_in(dir.path(), config);
     let mut admin = Client::connect(&server.url(None)).await;
     admin.recv_type("system").await;
-    admin.chat("/register Admin adminpass1").await;
-    admin.next_system("Registered. Please /login.").await;
+    assert!(common::run_cli(&server, &["user", "add", "Admin"], "adminpass1\n").status.success());
     admin.chat("/login Admin adminpass1").await;
     admin.expect_system("Admin has joined.").await;
     for i in 0..6 {

@@ -70,6 +70,7 @@ max_pending_per_ip = 1000
 max_pending_total = 1000
 password_hash_concurrency = 2
 password_attempts_per_minute_per_ip = 100000
+register_attempts_per_ip = 100000
 "#,
     );
     let pid = server.pid();

@@ -115,7 +115,7 @@ async fn delivered(from: &TurnClient, to: &TurnClient) -> bool {
 #[tokio::test]
 async fn kick_and_ban_delete_allocations_at_once() {
     let server = Server::start("[chat]\nauthentication = true\nadmins = [\"Admin\"]\n");
-    let mut admin_ws = login(&server, "Admin").await;
+    let mut admin_ws = common::login_admin(&server, "Admin").await;
     let mut alice_ws = login(&server, "Alice").await;
     let mut bob_ws = login(&server, "Bob").await;
     let (mut admin, admin_relay) = allocate_from_joined(&mut admin_ws).await;

@@ -130,7 +130,7 @@ async fn auth_mode_only_logged_in_users_join_and_kick_or_ban_leaves_voice() {
     stranger.next_system(before_login).await;
     expect_only_pong(&mut stranger).await;
 
-    let mut admin = login(&server, "Admin").await;
+    let mut admin = common::login_admin(&server, "Admin").await;
     let mut alice = login(&server, "Alice").await;
     admin.next_system("Alice has joined.").await;
     let mut bob = login(&server, "Bob").await;

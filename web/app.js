@@ -20,6 +20,31 @@
   const params = new URLSearchParams(location.search);
   const forcePolicy = ['all', 'relay'].includes(params.get('forcePolicy')) ? params.get('forcePolicy') : null;
 
+  // Invite-only servers: an invite link (/?invite=TOKEN) is kept in this browser and taken out
+  // of the address bar (it should not end up in bookmarks, shared screenshots or history). It is
+  // sent on connect until the server hands back a member pass, which replaces it and is sent on
+  // every later connect and reconnect, so one invite use is one browser.
+  const access = {
+    get invite() { return store.get('relaychat.invite'); },
+    get pass() { return store.get('relaychat.pass'); },
+    query() {
+      let q = '';
+      if (this.pass) q += '&pass=' + encodeURIComponent(this.pass);
+      if (this.invite) q += '&invite=' + encodeURIComponent(this.invite);
+      return q;
+    },
+  };
+  const store = {
+    get(key) { try { return localStorage.getItem(key) || ''; } catch { return ''; } },
+    set(key, value) { try { if (value) localStorage.setItem(key, value); else localStorage.removeItem(key); } catch { /* private mode */ } },
+  };
+  if (params.get('invite')) {
+    store.set('relaychat.invite', params.get('invite'));
+    params.delete('invite');
+    const rest = params.toString();
+    history.replaceState(history.state, '', location.pathname + (rest ? '?' + rest : '') + location.hash);
+  }
+
   const $ = (id) => document.getElementById(id);
   const ui = {
     status: $('status'), disconnect: $('disconnect'), serverName: $('server-name'),
@@ -229,6 +254,9 @@
     'Requirement: 3-20 characters alphanumeric.': 'Names are 3-20 letters, digits, _ or -.',
     'You are banned.': 'This name is banned on this server.',
   };
+  // The server's invite refusals are already plain language: shown at the name field as sent.
+  // A refused pass or invite is forgotten, so the next invite link opened starts clean.
+  const INVITE_REFUSAL = /^(This server is invite-only|This invite|Your access to this server|The server cannot check invites)/;
 
   function onSystem(text) {
     lastSystem = text;
@@ -244,7 +272,7 @@
       renderPeople();
       return;
     }
-    if (NAME_REFUSALS[text] && !session) return;   // shown at the name field when the socket closes
+    if ((NAME_REFUSALS[text] || INVITE_REFUSAL.test(text)) && !session) return;   // shown at the name field when the socket closes
     addMessage('system', null, text);
     trackPresence(text, true);
     if (text.startsWith('Authentication required.')) {
@@ -348,7 +376,7 @@
     const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
     let sock;
     try {
-      sock = new WebSocket(scheme + location.host + '/?username=' + encodeURIComponent(name));
+      sock = new WebSocket(scheme + location.host + '/?username=' + encodeURIComponent(name) + access.query());
     } catch (err) {
       console.warn('WebSocket', err);
       scheduleReconnect();
@@ -391,6 +419,15 @@
     // A name problem on the first try belongs at the name field; later (a reconnect after a blip)
     // "taken" most likely means our own old connection is not timed out yet: keep retrying.
     const ghost = session && (why === 'Username taken.' || why === 'Username in use.');
+    if (INVITE_REFUSAL.test(why)) {
+      if (!/cannot check invites/.test(why)) { store.set('relaychat.pass', ''); store.set('relaychat.invite', ''); }
+      session = false;
+      leaveCall();
+      setStatus('offline', 'offline');
+      showLanding(why);
+      updateControls();
+      return;
+    }
     if (NAME_REFUSALS[why] && !ghost) {
       session = false;
       leaveCall();
@@ -500,6 +537,10 @@
       case 'session-token':
         token = msg.token;
         setStatus('connecting', `connected as ${me}`);
+        break;
+      case 'member-pass':
+        // In: the pass brings this browser back from now on; the invite is spent.
+        if (typeof msg.pass === 'string') { store.set('relaychat.pass', msg.pass); store.set('relaychat.invite', ''); }
         break;
       case 'heartbeat-config':
         clearInterval(heartbeat);

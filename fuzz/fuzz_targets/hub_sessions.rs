@@ -64,6 +64,7 @@ fuzz_target!(|data: &[u8]| {
                     requested_name: Some(format!("u{}", conn - 1)),
                     host: "chat.example.org".into(),
                     token: format!("{conn:064}"),
+                    member_pass: None,
                 };
                 hub.connect(conn, info, now)
             }

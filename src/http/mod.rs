@@ -29,6 +29,8 @@ pub struct HttpState {
     pub metrics: Registry,
     /// False when `[turn] enabled` but the relay is not running.
     pub relay_ready: bool,
+    /// Checks invites when `[chat] invite_only` or `registration = "invite"`.
+    pub invites: Option<crate::invite::InviteGate>,
 }
 
 pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {

@@ -134,7 +134,11 @@ pub fn accept<B>(
         requested_name,
         host: header(HOST.as_str()).unwrap_or("localhost").to_string(),
         token: new_session_token(),
+        member_pass: None,
     };
+    let presented = crate::invite::Presented::from_query(request.uri().query());
+    let invites = state.invites.clone();
+    let invite_only = state.settings.chat.invite_only;
     let hub = state.hub.clone();
     let upgrade = hyper::upgrade::on(&mut request);
     let upgrade_timeout = Duration::from_millis(state.settings.timeouts.websocket_upgrade_ms);
@@ -144,7 +148,23 @@ pub fn accept<B>(
             Ok(Ok(upgraded)) => {
                 ticket.upgraded();
                 let io = TokioIo::new(upgraded);
-                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(socket_config())).await;
+                let mut socket =
+                    WebSocketStream::from_raw_socket(io, Role::Server, Some(socket_config())).await;
+                let mut info = info;
+                if let Some(invites) = invites.filter(|_| invite_only || !presented.is_empty()) {
+                    match invites.admit(&presented, unix_now()).await {
+                        Ok(pass) => info.member_pass = Some(pass),
+                        Err(refusal) if invite_only => {
+                            tracing::debug!(?refusal, "websocket refused: invite-only");
+                            refuse_before_joining(&mut socket, refusal.text(), timeouts.write).await;
+                            drop(ticket);
+                            return;
+                        }
+                        // Registration by invite only: without a valid one the client may still
+                        // log in to an account it has; /register will tell it what is missing.
+                        Err(refusal) => tracing::debug!(?refusal, "invite not accepted"),
+                    }
+                }
                 let conn = hub.next_conn_id();
                 run_session(socket, conn, info, hub, timeouts).await;
             }
@@ -162,6 +182,28 @@ pub fn accept<B>(
         headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Tells a client why it may not in (a `system` frame, the web client shows it at the name
+/// field) and closes with 1008 and the same text, before it reaches the hub.
+async fn refuse_before_joining<S>(socket: &mut WebSocketStream<S>, text: &str, write_timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = crate::protocol::ServerMessage::System { text }.frame();
+    let _ = tokio::time::timeout(write_timeout.min(CLOSE_GRACE), async {
+        socket.send(Message::Text(frame)).await?;
+        let close = CloseFrame { code: CloseCode::Policy, reason: text.into() };
+        socket.send(Message::Close(Some(close))).await?;
+        // Wait for the client's close so that our close frame is not lost to a reset.
+        while let Some(Ok(_)) = socket.next().await {}
+        Ok::<(), WsError>(())
+    })
+    .await;
 }
 
 /// The client's address: the socket peer, or, when the peer is a trusted proxy, the rightmost

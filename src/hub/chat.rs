@@ -7,11 +7,16 @@ use rand::Rng;
 
 use super::budget::{Admission, MessageClass};
 use super::{is_valid_username, ConnId, ConnectInfo, Connection, Effect, Hub, Now, Out, CLOSE_POLICY};
+use crate::config::Registration;
 use crate::protocol::{iso_timestamp, ClientMessage, HistoryKind, Inbound, ServerMessage};
 
 pub const MAX_CHAT_CHARS: usize = 2000;
 pub const MAX_CHAT_BYTES: usize = 5120;
 const USERNAME_MAX_CHARS: usize = 20;
+pub const REGISTRATION_CLOSED: &str =
+    "Registration is closed on this server: ask its operator for an account.";
+pub const REGISTRATION_NEEDS_INVITE: &str =
+    "Registration on this server needs an invite: open the invite link you were given.";
 
 impl Hub {
     pub(super) fn on_connect(&mut self, out: &mut Out, conn: ConnId, info: ConnectInfo, now: Now) {
@@ -21,6 +26,9 @@ impl Hub {
             return;
         }
         out.send(conn, &ServerMessage::SessionToken { token: &info.token });
+        if let Some(pass) = &info.member_pass {
+            out.send(conn, &ServerMessage::MemberPass { pass });
+        }
         let chat = &self.settings.chat;
         out.send(
             conn,
@@ -41,6 +49,7 @@ impl Hub {
                 last_nick_change: None,
                 blocked: Default::default(),
                 login_in_progress: false,
+                invited: info.member_pass.is_some(),
                 budget: Default::default(),
             },
         );
@@ -268,8 +277,25 @@ impl Hub {
         }
         let (name, password) = (name.to_string(), password.to_string());
         if command == "/register" {
+            match self.settings.chat.registration {
+                Registration::Open => {}
+                Registration::Invite if connection.invited => {}
+                Registration::Invite => {
+                    out.system(conn, REGISTRATION_NEEDS_INVITE);
+                    return;
+                }
+                Registration::Closed => {
+                    out.system(conn, REGISTRATION_CLOSED);
+                    return;
+                }
+            }
+            if !self.register_limiter.try_attempt(connection.ip, now.mono) {
+                out.system(conn, &self.register_limiter.refusal());
+                return;
+            }
             connection.login_in_progress = true;
-            out.push(Effect::CreateAccount { conn, name, password });
+            let reserved = self.reserved_names.contains(&name);
+            out.push(Effect::CreateAccount { conn, name, password, reserved });
             return;
         }
         let ip = connection.ip;

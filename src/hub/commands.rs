@@ -182,6 +182,7 @@ impl Hub {
         verb: &str,
         rest: &str,
     ) -> Option<String> {
+        // Admin is an operator-set flag on the account, never the config list alone.
         if !self.settings.chat.authentication || !self.admins.contains(admin) {
             out.system(conn, &format!("You do not have permission to use /{verb}."));
             return None;

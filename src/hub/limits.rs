@@ -4,6 +4,7 @@
 //!   window, and the churn guard that blocks reconnect loops.
 //! - `SlidingWindow`: the per-user "N messages in any one second" chat limit.
 //! - `LoginLimiter`: 5 failed logins per (IP, name) block that pair for an hour.
+//! - `RegisterLimiter`: registration attempts per IP per window (default 10 per 10 minutes).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -186,6 +187,55 @@ impl SlidingWindow {
     }
 }
 
+/// Registration attempts per IP (IPv6: per prefix). "Username exists." is part of the protocol,
+/// so /register tells whether a name is taken; this bounds how fast one address can ask (ten
+/// names per ten minutes by default), whatever the answers were.
+#[derive(Debug)]
+pub struct RegisterLimiter {
+    attempts: HashMap<IpAddr, SlidingWindow>,
+    limit: usize,
+    window: Duration,
+    v6_prefix_len: u8,
+}
+
+impl RegisterLimiter {
+    pub fn new(limit: usize, window: Duration, v6_prefix_len: u8) -> Self {
+        Self { attempts: HashMap::new(), limit, window, v6_prefix_len }
+    }
+
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self::new(
+            settings.network.register_attempts_per_ip,
+            Duration::from_secs(settings.network.register_window_s),
+            settings.limits.ipv6_prefix_len,
+        )
+    }
+
+    /// Counts an attempt; false (not counted) when this address has used its allowance.
+    pub fn try_attempt(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let key = ip_key(ip, self.v6_prefix_len);
+        self.attempts.entry(key).or_default().try_record(now, self.limit, self.window)
+    }
+
+    /// "Too many registration attempts from this IP. Limit is 10 per 600 seconds." (the
+    /// original's style for connection limits).
+    pub fn refusal(&self) -> String {
+        format!(
+            "Too many registration attempts from this IP. Limit is {} per {} seconds.",
+            self.limit,
+            self.window.as_secs()
+        )
+    }
+
+    pub fn prune(&mut self, now: Instant) {
+        let window = self.window;
+        self.attempts.retain(|_, attempts| {
+            drop_older_than(&mut attempts.times, now, window);
+            !attempts.times.is_empty()
+        });
+    }
+}
+
 pub const LOGIN_MAX_FAILURES: u32 = 5;
 pub const LOGIN_BLOCK: Duration = Duration::from_secs(3600);
 
@@ -254,6 +304,27 @@ impl LoginFailures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registration_attempts_are_bounded_per_address_and_window() {
+        let mut limiter = RegisterLimiter::new(3, Duration::from_secs(600), 64);
+        let t0 = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("2001:db8::1".parse().unwrap(), "2001:db8:0:1::1".parse().unwrap());
+        for _ in 0..3 {
+            assert!(limiter.try_attempt(a, t0));
+        }
+        assert!(!limiter.try_attempt(a, t0 + Duration::from_secs(599)));
+        // Same /64: same allowance. Another /64: its own.
+        assert!(!limiter.try_attempt("2001:db8::2".parse().unwrap(), t0));
+        assert!(limiter.try_attempt(b, t0));
+        assert!(limiter.try_attempt(a, t0 + Duration::from_secs(600)), "the window slides");
+        assert_eq!(
+            limiter.refusal(),
+            "Too many registration attempts from this IP. Limit is 3 per 600 seconds."
+        );
+        limiter.prune(t0 + Duration::from_secs(2000));
+        assert!(limiter.attempts.is_empty());
+    }
     use crate::config::Settings;
 
     fn limiter(edit: impl FnOnce(&mut LimitSettings)) -> ConnectionLimiter {

@@ -31,7 +31,7 @@ use crate::config::Settings;
 use crate::protocol::{iso_timestamp, Frame, HistoryEntry, HistoryKind, Inbound, ServerMessage};
 use crate::turn::credentials::IceServerIssuer;
 
-use limits::{ConnectionLimiter, LoginLimiter, SlidingWindow};
+use limits::{ConnectionLimiter, LoginLimiter, RegisterLimiter, SlidingWindow};
 use relay_only::{PrivacyTally, RelayAddresses};
 use voice::VoiceRoom;
 
@@ -74,10 +74,13 @@ pub enum Effect {
     },
     /// Append to the persisted history; must be durable before the following sends go out.
     Persist(HistoryEntry),
+    /// Hash the password, then create the account unless `reserved` (a name kept for the
+    /// operator): the hash runs either way, so the answer time does not tell which it was.
     CreateAccount {
         conn: ConnId,
         name: String,
         password: String,
+        reserved: bool,
     },
     CheckLogin {
         conn: ConnId,
@@ -108,6 +111,8 @@ pub struct ConnectInfo {
     pub host: String,
     /// 64 hex chars from a CSPRNG, made by the caller.
     pub token: String,
+    /// Admitted by the invite gate: the fresh member pass to hand the client.
+    pub member_pass: Option<String>,
 }
 
 #[derive(Debug)]
@@ -123,6 +128,8 @@ struct Connection {
     /// Names whose chat this user does not want to see, until when.
     blocked: HashMap<String, Instant>,
     login_in_progress: bool,
+    /// Came in with an invite or a member pass (may /register when registration = "invite").
+    invited: bool,
     /// What this connection may still send, per message type.
     budget: budget::MessageBudget,
 }
@@ -143,9 +150,13 @@ pub struct Hub {
     arrival_order: Vec<String>,
     history: VecDeque<HistoryEntry>,
     bans: HashSet<String>,
+    /// Accounts the operator flagged admin (refreshed from the store while running).
     admins: HashSet<String>,
+    /// `[chat] admins`: names /register may not take.
+    reserved_names: HashSet<String>,
     connection_limiter: ConnectionLimiter,
     login_limiter: LoginLimiter,
+    register_limiter: RegisterLimiter,
     voice: VoiceRoom,
     /// The addresses a relayed candidate may carry under force_relay.
     relays: RelayAddresses,
@@ -219,8 +230,10 @@ impl Hub {
             history.pop_front();
         }
         Self {
-            admins: settings.chat.admins.iter().cloned().collect(),
+            admins: HashSet::new(),
+            reserved_names: settings.chat.admins.iter().cloned().collect(),
             connection_limiter: ConnectionLimiter::new(settings.limits.clone()),
+            register_limiter: RegisterLimiter::from_settings(&settings),
             voice: VoiceRoom::default(),
             settings,
             ice,
@@ -243,6 +256,18 @@ impl Hub {
     pub fn with_relay_addresses(mut self, relays: RelayAddresses) -> Self {
         self.relays = relays;
         self
+    }
+
+    /// The accounts flagged admin at start.
+    pub fn with_admins(mut self, admins: HashSet<String>) -> Self {
+        self.admins = admins;
+        self
+    }
+
+    /// The operator changed who is admin (read again from the store): takes effect at once,
+    /// also for admins already logged in.
+    pub fn set_admins(&mut self, admins: HashSet<String>) {
+        self.admins = admins;
     }
 
     pub fn stats(&self) -> Stats {
@@ -312,6 +337,7 @@ impl Hub {
         if prune_due {
             self.connection_limiter.prune(now.mono);
             self.login_limiter.prune(now.mono);
+            self.register_limiter.prune(now.mono);
             self.last_prune = Some(now.mono);
         }
         out.effects

@@ -26,6 +26,9 @@ use crate::turn::presence::VoicePresence;
 /// Frames queued per connection before it counts as a slow reader.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 512;
 const TICK: Duration = Duration::from_millis(250);
+/// How often the admin flags are read again from the store: `relaychat user set-admin` (another
+/// process) takes effect within this, also for someone already logged in.
+const ADMIN_REFRESH: Duration = Duration::from_secs(3);
 
 /// How a session receives what the hub sends it.
 pub struct ConnLink {
@@ -40,6 +43,7 @@ pub enum HubEvent {
     Disconnected { conn: ConnId },
     AccountCreated { conn: ConnId, result: Result<bool, String> },
     LoginChecked { conn: ConnId, name: String, ok: bool },
+    AdminsLoaded { admins: std::collections::HashSet<String> },
     Shutdown { done: oneshot::Sender<()> },
 }
 
@@ -141,6 +145,8 @@ impl Runner {
     async fn run(mut self, mut receiver: mpsc::Receiver<HubEvent>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut admin_refresh = tokio::time::interval(ADMIN_REFRESH);
+        admin_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let effects = tokio::select! {
                 event = receiver.recv() => match event {
@@ -154,6 +160,10 @@ impl Runner {
                     None => return,
                 },
                 _ = tick.tick() => self.hub.tick(Now::current()),
+                _ = admin_refresh.tick() => {
+                    self.refresh_admins();
+                    Vec::new()
+                }
             };
             // Publish the new state before the effects go out, so that anyone who saw a reply
             // (say, webrtc-joined) also sees it counted in /metrics and /server-info.
@@ -193,6 +203,10 @@ impl Runner {
             }
             HubEvent::AccountCreated { conn, result } => self.hub.account_created(conn, result, now),
             HubEvent::LoginChecked { conn, name, ok } => self.hub.login_checked(conn, name, ok, now),
+            HubEvent::AdminsLoaded { admins } => {
+                self.hub.set_admins(admins);
+                Vec::new()
+            }
             HubEvent::Shutdown { .. } => Vec::new(),
         }
     }
@@ -229,7 +243,9 @@ impl Runner {
                         tracing::error!("could not persist a history entry: {e}");
                     }
                 }
-                Effect::CreateAccount { conn, name, password } => self.create_account(conn, name, password),
+                Effect::CreateAccount { conn, name, password, reserved } => {
+                    self.create_account(conn, name, password, reserved)
+                }
                 Effect::CheckLogin { conn, name, password } => self.check_login(conn, name, password),
                 Effect::SaveBan { name, banned } => {
                     if let Err(e) = self.store.set_ban(name, banned).await {
@@ -246,12 +262,28 @@ impl Runner {
         self.ips.get(&conn).copied().unwrap_or(IpAddr::from([0, 0, 0, 0]))
     }
 
-    fn create_account(&self, conn: ConnId, name: String, password: String) {
+    /// Reads the admin flags off the store thread and hands them to the hub.
+    fn refresh_admins(&self) {
+        let (store, events) = (self.store.clone(), self.events.clone());
+        tokio::spawn(async move {
+            match store.admin_names().await {
+                Ok(admins) => {
+                    events.send(HubEvent::AdminsLoaded { admins }).await.ok();
+                }
+                Err(e) => tracing::warn!("could not read the admin flags: {e}"),
+            }
+        });
+    }
+
+    /// Hashes first, whatever the name: a taken or reserved name costs the same time as a new
+    /// one, so the answer's timing does not tell which names exist.
+    fn create_account(&self, conn: ConnId, name: String, password: String, reserved: bool) {
         let (store, events, gate, ip) =
             (self.store.clone(), self.events.clone(), self.passwords.clone(), self.conn_ip(conn));
         tokio::spawn(async move {
             let hashed = gate.run(ip, move || hash_password(&password)).await;
             let result = match hashed {
+                Some(Ok(_)) if reserved => Ok(false),
                 Some(Ok(hash)) => store.create_account(name, hash).await.map_err(|e| e.to_string()),
                 Some(Err(e)) => Err(e),
                 None => Err("password hashing failed".to_string()),
@@ -273,6 +305,13 @@ impl Runner {
             };
             let ok =
                 gate.run(ip, move || verify_password(&password, stored.as_deref())).await.unwrap_or(false);
+            if ok {
+                // An account the operator just created or flagged is admin from its first login,
+                // not only after the next periodic refresh.
+                if let Ok(admins) = store.admin_names().await {
+                    events.send(HubEvent::AdminsLoaded { admins }).await.ok();
+                }
+            }
             events.send(HubEvent::LoginChecked { conn, name, ok }).await.ok();
         });
     }

@@ -379,3 +379,34 @@ pub async fn login(server: &Server, name: &str) -> Client {
     client.expect_system(&format!("{name} has joined.")).await;
     client
 }
+
+/// Creates `name` as an admin the way an operator does (`relaychat user add NAME --admin`, the
+/// password on stdin), logs in with `password123` and returns the welcomed client. Registering
+/// a name, even one listed in `[chat] admins`, never makes an admin.
+pub async fn login_admin(server: &Server, name: &str) -> Client {
+    let added = run_cli(server, &["user", "add", name, "--admin"], "password123\n");
+    assert!(added.status.success(), "relaychat user add: {}", String::from_utf8_lossy(&added.stderr));
+    let mut client = Client::connect(&server.url(None)).await;
+    client.recv_type("heartbeat-config").await;
+    client.chat(&format!("/login {name} password123")).await;
+    client.expect_system(&format!("{name} has joined.")).await;
+    client
+}
+
+/// Runs an operator subcommand (`relaychat --config <the server's config> ARGS`) with `stdin`
+/// piped in, as the operator would beside the running server.
+pub fn run_cli(server: &Server, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let config = server.dir.join("relaychat.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relaychat"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn relaychat");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("relaychat exits")
+}

@@ -12,6 +12,8 @@
 // denied; the relay-unreachable message on the tile; the HTTPS note on an insecure origin; the
 // call UI (speaking, 1:1 layout, pin, shortcuts, screen share); awareness (people, unread count,
 // /nick); and an axe-core scan of every state (0 serious/critical violations).
+// Scenario 10: invite-only mode (link opened -> in, address bar cleaned; a fresh browser without it
+// or with the spent link -> told why at the name field; a reload gets back in on the member pass).
 // tests/e2e/capture-fixtures.mjs imports the helpers exported here.
 //
 // Run through scripts/e2e (installs Chromium, builds the server). Directly:
@@ -23,7 +25,7 @@
 // E2E_WEB_FROM_DISK=1 (serve web/ from the work tree instead of the binary: client work without
 // a release build; E2E_DOCS_SCREENSHOT=1 then also refreshes docs/screenshot-*.png).
 import { chromium, firefox } from 'playwright-core';
-import { spawn } from 'node:child_process';
+import { spawn, execFile } from 'node:child_process';
 import { isIP, createServer as createNetServer } from 'node:net';
 import { mkdtemp, mkdir, writeFile, copyFile, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -35,7 +37,7 @@ const BIN = path.resolve(process.env.RELAYCHAT_BIN || path.join(ROOT, 'target/re
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const OUT_DIR = path.join(ROOT, 'target/e2e');
 const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number)
-  : [1, 2, 3, 4, 5, 7, 8, 9, ...(process.env.E2E_FIREFOX === '1' ? [6] : [])];
+  : [1, 2, 3, 4, 5, 7, 8, 9, 10, ...(process.env.E2E_FIREFOX === '1' ? [6] : [])];
 
 const CONNECT_WITHIN_MS = 30_000;
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -78,7 +80,7 @@ for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(1));
 // on 127.0.0.1, so a client's own address as the relay sees it (127.0.0.1, what Chromium puts in
 // a relay candidate's raddr) differs from the relay's: a leak cannot pass for the relay address.
 export async function startServer({ forceRelay, authentication = false, credentialTtl = 600, relayIp = '127.0.0.1',
-  port = 0, publicHost = '', serverName = '', allowScreenShare = false } = {}) {
+  port = 0, publicHost = '', serverName = '', allowScreenShare = false, inviteOnly = false } = {}) {
   const dir = await mkdtemp(path.join(tmpdir(), 'relaychat-e2e-'));
   const cfg = path.join(dir, 'relaychat.toml');
   await writeFile(cfg, `[server]
@@ -89,6 +91,7 @@ ${serverName ? `server_name = "${serverName}"` : ''}
 
 [chat]
 authentication = ${authentication}
+invite_only = ${inviteOnly}
 
 [webrtc]
 enabled = true
@@ -149,6 +152,11 @@ credential_ttl_s = ${credentialTtl}
       return parseMetrics(await res.text());
     },
     kill,
+    // An operator subcommand on this server's config (e.g. ['invite', '--uses', '1']); its stdout.
+    cli(args) {
+      return new Promise((resolve, reject) => execFile(BIN, ['--config', cfg, ...args], { timeout: 20_000 },
+        (err, stdout, stderr) => (err ? reject(new Error(`relaychat ${args.join(' ')}: ${stderr || err.message}`)) : resolve(stdout.trim()))));
+    },
     async restart() {
       await kill();
       const err = await launch();
@@ -1252,6 +1260,49 @@ async function scenario9(browser) {
   return server;
 }
 
+// ---- scenario 10: invite-only ------------------------------------------------------------------
+// An invite link opened in a browser gets it in (and out of the address bar); a fresh browser
+// without it, or with the spent link, is told why at the name field; a reload of the first page
+// gets back in with its member pass, spending no second use.
+async function scenario10(browser) {
+  const server = await startServer({ forceRelay: true, inviteOnly: true });
+  try {
+    const link = await server.cli(['invite', '--base-url', server.base, '--expires', '1h', '--uses', '1']);
+    const query = link.slice(server.base.length + 1);   // "?invite=..."
+    check('relaychat invite prints a link to this server', /^\?invite=i\.[0-9a-f]{16}\./.test(query), link);
+    const kim = await openClient(browser, server, 'kim', query, { join: false });
+    const stored = await kim.page.evaluate(() => ({ url: location.href, pass: localStorage.getItem('relaychat.pass') || '' }));
+    check('the invite link gets kim in, and leaves the address bar', !stored.url.includes('invite='), stored.url);
+    check('kim\'s browser keeps a member pass', stored.pass.startsWith('m.'), stored.pass.slice(0, 20));
+
+    const refusedAt = async (q, name) => {
+      const context = await newContext(browser, { viewport: { width: 1200, height: 700 } });
+      const page = await context.newPage();
+      pages.push({ name, page, context, logs: [] });
+      await page.goto(`${server.base}/${q}`);
+      await page.fill('#name', name);
+      await page.click('#connect');
+      const shown = await waitFor(async () => (await visibleText(page, '#name-error')) || 'no error shown yet', 10_000);
+      return shown.ok ? await visibleText(page, '#name-error') : shown.reason;
+    };
+    const plain = await refusedAt('', 'lee');
+    check('a fresh browser without the link is told at the name field', plain === 'This server is invite-only: open the invite link you were given.', plain);
+    const spent = await refusedAt(query, 'max');
+    check('a fresh browser with the spent link is told it was used', /already been used/.test(spent), spent);
+
+    await kim.page.reload();
+    await kim.page.fill('#name', 'kim');
+    await kim.page.click('#connect');
+    const back = await kim.page.locator('#messages li', { hasText: 'kim has joined.' }).first().waitFor({ timeout: 10_000 }).then(() => true, (e) => e.message);
+    check('kim reloads and is still let in (member pass)', back === true, String(back));
+    const list = await server.cli(['invite', '--list']);
+    check('the reload spent no second use', /used 1\/1/.test(list), list);
+  } catch (err) {
+    check('scenario 10 ran to the end', false, err.stack || String(err));
+  }
+  return server;
+}
+
 // ---- main ------------------------------------------------------------------------------------
 async function main() {
   await mkdir(OUT_DIR, { recursive: true });
@@ -1267,6 +1318,7 @@ async function main() {
     [7, 'scenario 7: server restart mid-call: reconnect, rejoin, ICE restart; offline controls', scenario7],
     [8, 'scenario 8: lobby, taken name, listen-only with denied permissions, call UI, awareness, axe', scenario8],
     [9, 'scenario 9: relay unreachable message; insecure origin', scenario9],
+    [10, 'scenario 10: invite-only: link opened, refused without it, reload keeps the member pass', scenario10],
   ];
   for (const [n, title, run] of scenarios) {
     if (!ONLY.includes(n)) continue;

@@ -21,6 +21,7 @@ use super::*;
 use crate::protocol::parse_inbound;
 use crate::turn::credentials::TurnEndpoints;
 
+mod accounts;
 mod address_privacy;
 mod budgets;
 mod commands;
@@ -56,7 +57,10 @@ impl Harness {
             },
             ttl_s: settings.turn.credential_ttl_s,
         };
+        // The names in `[chat] admins` stand for accounts the operator flagged admin.
+        let admins = settings.chat.admins.iter().cloned().collect();
         let hub = Hub::new(settings, ice, Vec::new(), HashSet::new(), rand::rngs::StdRng::seed_from_u64(7))
+            .with_admins(admins)
             .with_relay_addresses(RelayAddresses::new(["127.0.0.1".parse().unwrap()]));
         Harness { hub, now: Now::current(), next_conn: 1, effects: Vec::new(), tokens: Default::default() }
     }
@@ -67,6 +71,15 @@ impl Harness {
     }
 
     fn connect(&mut self, name: Option<&str>) -> ConnId {
+        self.connect_as(name, None)
+    }
+
+    /// A connection the invite gate admitted, handing it `pass`.
+    fn connect_with_pass(&mut self, pass: &str) -> ConnId {
+        self.connect_as(None, Some(pass.to_string()))
+    }
+
+    fn connect_as(&mut self, name: Option<&str>, member_pass: Option<String>) -> ConnId {
         let conn = self.next_conn;
         self.next_conn += 1;
         let token = format!("{conn:064}");
@@ -76,6 +89,7 @@ impl Harness {
             requested_name: name.map(str::to_string),
             host: "chat.example.org:3000".into(),
             token,
+            member_pass,
         };
         self.effects = self.hub.connect(conn, info, self.now);
         conn
