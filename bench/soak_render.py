@@ -131,7 +131,11 @@ w(f"Both rounds, seen by the clients: {load_end.get('held_reopened', 0)} held se
   f"{load_end['chat_sent']} chat messages sent, {load_end['flooders_closed']} flooding sessions closed by the "
   f"server, {load_end['slow_readers_dropped']} slow readers dropped by the server. Server log: "
   f"{log.get('panics', '?')} panics, {log.get('error_lines', '?')} ERROR lines.")
-if report.get("last_call_error"):
+if report.get("call_errors"):
+    w("")
+    w("Failed call cycles by cause (N: digits): "
+      + "; ".join(f"{n}× `{kind}`" for kind, n in sorted(report["call_errors"].items(), key=lambda kv: -kv[1])) + ".")
+elif report.get("last_call_error"):
     w("")
     w(f"Last call error: `{report['last_call_error']}`.")
 w("")

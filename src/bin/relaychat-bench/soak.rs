@@ -108,6 +108,8 @@ pub struct SoakReport {
     pub settings: serde_json::Value,
     pub samples: Vec<Sample>,
     pub last_call_error: Option<String>,
+    /// Failed call cycles by cause.
+    pub call_errors: std::collections::BTreeMap<String, u64>,
 }
 
 struct Shared {
@@ -181,7 +183,8 @@ pub async fn run(c: SoakCli) -> anyhow::Result<SoakReport> {
         "call_payload": c.call_payload, "call_hold_s": c.call_hold_s, "chatters": c.chatters, "chat_every_s": c.chat_every_s,
         "chat_size": c.chat_size, "flooders": c.flooders, "slow_readers": c.slow_readers,
     });
-    Ok(SoakReport { settings, samples, last_call_error })
+    let call_errors = shared.calls.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    Ok(SoakReport { settings, samples, last_call_error, call_errors })
 }
 
 /// One round of load: every kind of client for `length`, sampled, then every client stopped.
@@ -309,7 +312,9 @@ async fn hold_sessions(url: String, count: usize, shared: Arc<Shared>, stop: wat
     let mut stopped = stop.clone();
     let open_slot = |i: usize| {
         let (url, frames, stop) = (url.clone(), shared.frames.clone(), stop.clone());
-        async move { ws_session::open(&url, &format!("idle{i:05}"), Behaviour::default(), frames, stop).await.ok() }
+        async move {
+            ws_session::open(&url, &format!("idle{i:05}"), Behaviour::default(), frames, stop).await.ok()
+        }
     };
     let mut slots: Vec<Option<Session>> = stream::iter(0..count).map(open_slot).buffered(64).collect().await;
     loop {
@@ -322,8 +327,11 @@ async fn hold_sessions(url: String, count: usize, shared: Arc<Shared>, stop: wat
         let closed: Vec<usize> =
             (0..count).filter(|i| !slots[*i].as_ref().is_some_and(Session::is_open)).take(64).collect();
         shared.held_reopened.fetch_add(closed.len() as u64, Ordering::Relaxed);
-        let reopened: Vec<(usize, Option<Session>)> =
-            stream::iter(closed).map(|i| async move { (i, open_slot(i).await) }).buffer_unordered(64).collect().await;
+        let reopened: Vec<(usize, Option<Session>)> = stream::iter(closed)
+            .map(|i| async move { (i, open_slot(i).await) })
+            .buffer_unordered(64)
+            .collect()
+            .await;
         for (i, session) in reopened {
             slots[i] = session;
         }

@@ -28,15 +28,37 @@ pub struct CallCounters {
     pub packets_sent: AtomicU64,
     pub packets_received: AtomicU64,
     pub last_error: std::sync::Mutex<Option<String>>,
+    /// Failed cycles by cause (the error text with its digits and names blurred).
+    pub errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl CallCounters {
     fn failed(&self, error: &anyhow::Error) {
         self.failed_cycles.fetch_add(1, Ordering::Relaxed);
+        let text = format!("{error:#}");
+        if let Ok(mut errors) = self.errors.lock() {
+            *errors.entry(error_kind(&text)).or_insert(0) += 1;
+        }
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(format!("{error:#}"));
+            *last = Some(text);
         }
     }
+}
+
+/// "call03m1 allocating on 127.0.0.1:3478: Allocate ..." -> "callNNmN allocating on N.N.N.N:N: ...":
+/// the same cause in different groups counts once.
+fn error_kind(text: &str) -> String {
+    let mut kind = String::new();
+    for c in text.chars().take(160) {
+        if c.is_ascii_digit() {
+            if !kind.ends_with('N') {
+                kind.push('N');
+            }
+        } else {
+            kind.push(c);
+        }
+    }
+    kind
 }
 
 #[derive(Clone, Debug)]
@@ -74,7 +96,9 @@ pub async fn run_group(
         for (m, member) in members.iter_mut().enumerate() {
             if !member.is_open() {
                 let name = format!("call{group:02}m{m}");
-                if let Ok(session) = ws_session::open(&shape.url, &name, behaviour, frames.clone(), stop.clone()).await {
+                if let Ok(session) =
+                    ws_session::open(&shape.url, &name, behaviour, frames.clone(), stop.clone()).await
+                {
                     *member = session;
                 }
             }
@@ -163,7 +187,9 @@ async fn wait_for_credentials(member: &mut Session) -> anyhow::Result<(SocketAdd
                 Event::Joined { ice_servers, .. } => return turn_credential(&ice_servers),
                 // Only an error about this join ends the wait (full room, budget, already in).
                 Event::Error { text }
-                    if ["Too many voice", "Already in voice", "Voice chat is full"].iter().any(|t| text.starts_with(t)) =>
+                    if ["Too many voice", "Already in voice", "Voice chat is full"]
+                        .iter()
+                        .any(|t| text.starts_with(t)) =>
                 {
                     bail!("webrtc-error: {text}")
                 }
