@@ -10,7 +10,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket}
 
 use super::report::Finding;
 use crate::config::Settings;
-use crate::turn::policy::is_unspecified;
 
 /// Where the relay binds and what it tells clients, derived like `turn::start_relay` does.
 #[derive(Debug, Clone)]
@@ -28,16 +27,14 @@ impl RelayAddresses {
         if !turn.enabled {
             return None;
         }
-        let listen: SocketAddr = turn.listen.parse().ok()?;
-        let relay_ip = match turn.relay_ip.trim() {
-            "" if !is_unspecified(listen.ip()) => listen.ip(),
-            "" => primary_address(listen.ip().is_ipv6())?,
-            text => text.parse().ok().filter(|ip| !is_unspecified(*ip))?,
+        let config = settings.turn_config().ok()?;
+        let listen = config.listen;
+        let relay_ip = match config.relay_ip {
+            Some(ip) => ip,
+            None if !listen.ip().is_unspecified() => listen.ip(),
+            None => primary_address(listen.ip().is_ipv6())?,
         };
-        let advertised_ip = match turn.external_ip.trim() {
-            "" => relay_ip,
-            text => text.parse().ok()?,
-        };
+        let advertised_ip = config.external_ip.unwrap_or(relay_ip);
         Some(Self { listen, relay_ip, advertised_ip })
     }
 }
