@@ -260,7 +260,6 @@ async fn serve<S>(
     // The client's connection is gone: so is its allocation (RFC 8656 section 2.1).
     dispatcher.client_gone(&link).await;
     conn.shut();
-    drop(link);
     drop(dyn_conn);
     drop(conn);
     // The writer ends once every sender is gone (a deleted allocation may still hold one for a
