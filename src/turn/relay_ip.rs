@@ -11,19 +11,7 @@ pub fn resolve_relay_ip(configured: Option<IpAddr>, listen_ip: IpAddr) -> IpAddr
     if !listen_ip.is_unspecified() {
         return listen_ip;
     }
-    // Connecting a UDP socket sends nothing; it only asks the kernel which source address a
-    // packet to that (documentation-only, TEST-NET / 2001:db8::) destination would use.
-    let probe = |bind: SocketAddr, to: SocketAddr| -> io::Result<IpAddr> {
-        let socket = UdpSocket::bind(bind)?;
-        socket.connect(to)?;
-        Ok(socket.local_addr()?.ip())
-    };
-    let v4 = || probe((Ipv4Addr::UNSPECIFIED, 0).into(), (Ipv4Addr::new(192, 0, 2, 1), 9).into());
-    let v6 = || {
-        probe((Ipv6Addr::UNSPECIFIED, 0).into(), (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into())
-    };
-    let found = if listen_ip.is_ipv6() { v6().or_else(|_| v4()) } else { v4() };
-    match found {
+    match detect_primary_ip(listen_ip.is_ipv6()) {
         Ok(ip) => ip,
         // No route at all (an offline machine): still start, so `cargo run` works anywhere, but
         // say loudly that only local clients can use such a relay.
@@ -34,6 +22,27 @@ pub fn resolve_relay_ip(configured: Option<IpAddr>, listen_ip: IpAddr) -> IpAddr
             );
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         }
+    }
+}
+
+/// The source address the kernel would use towards the Internet (IPv6 first when asked, then
+/// IPv4). Connecting a UDP socket sends nothing; it only asks the kernel which source address a
+/// packet to that (documentation-only, TEST-NET / 2001:db8::) destination would use. The doctor
+/// uses the same probe to predict what the relay will pick.
+pub fn detect_primary_ip(prefer_ipv6: bool) -> io::Result<IpAddr> {
+    let probe = |bind: SocketAddr, to: SocketAddr| -> io::Result<IpAddr> {
+        let socket = UdpSocket::bind(bind)?;
+        socket.connect(to)?;
+        Ok(socket.local_addr()?.ip())
+    };
+    let v4 = || probe((Ipv4Addr::UNSPECIFIED, 0).into(), (Ipv4Addr::new(192, 0, 2, 1), 9).into());
+    let v6 = || {
+        probe((Ipv6Addr::UNSPECIFIED, 0).into(), (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into())
+    };
+    if prefer_ipv6 {
+        v6().or_else(|_| v4())
+    } else {
+        v4()
     }
 }
 
