@@ -309,9 +309,7 @@ async fn hold_sessions(url: String, count: usize, shared: Arc<Shared>, stop: wat
     let mut stopped = stop.clone();
     let open_slot = |i: usize| {
         let (url, frames, stop) = (url.clone(), shared.frames.clone(), stop.clone());
-        async move {
-            ws_session::open(&url, &format!("idle{i:05}"), Behaviour::default(), frames, stop).await.ok()
-        }
+        async move { ws_session::open(&url, &format!("idle{i:05}"), Behaviour::default(), frames, stop).await.ok() }
     };
     let mut slots: Vec<Option<Session>> = stream::iter(0..count).map(open_slot).buffered(64).collect().await;
     loop {
@@ -324,11 +322,8 @@ async fn hold_sessions(url: String, count: usize, shared: Arc<Shared>, stop: wat
         let closed: Vec<usize> =
             (0..count).filter(|i| !slots[*i].as_ref().is_some_and(Session::is_open)).take(64).collect();
         shared.held_reopened.fetch_add(closed.len() as u64, Ordering::Relaxed);
-        let reopened: Vec<(usize, Option<Session>)> = stream::iter(closed)
-            .map(|i| async move { (i, open_slot(i).await) })
-            .buffer_unordered(64)
-            .collect()
-            .await;
+        let reopened: Vec<(usize, Option<Session>)> =
+            stream::iter(closed).map(|i| async move { (i, open_slot(i).await) }).buffer_unordered(64).collect().await;
         for (i, session) in reopened {
             slots[i] = session;
         }

@@ -74,9 +74,7 @@ pub async fn run_group(
         for (m, member) in members.iter_mut().enumerate() {
             if !member.is_open() {
                 let name = format!("call{group:02}m{m}");
-                if let Ok(session) =
-                    ws_session::open(&shape.url, &name, behaviour, frames.clone(), stop.clone()).await
-                {
+                if let Ok(session) = ws_session::open(&shape.url, &name, behaviour, frames.clone(), stop.clone()).await {
                     *member = session;
                 }
             }
@@ -165,9 +163,7 @@ async fn wait_for_credentials(member: &mut Session) -> anyhow::Result<(SocketAdd
                 Event::Joined { ice_servers, .. } => return turn_credential(&ice_servers),
                 // Only an error about this join ends the wait (full room, budget, already in).
                 Event::Error { text }
-                    if ["Too many voice", "Already in voice", "Voice chat is full"]
-                        .iter()
-                        .any(|t| text.starts_with(t)) =>
+                    if ["Too many voice", "Already in voice", "Voice chat is full"].iter().any(|t| text.starts_with(t)) =>
                 {
                     bail!("webrtc-error: {text}")
                 }
