@@ -7,7 +7,7 @@
 use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 
@@ -46,7 +46,7 @@ pub fn effective_config(settings: &Settings) -> anyhow::Result<String> {
 /// Prints a credential pair valid for `ttl` seconds, and how to try it with coturn's client.
 pub fn turn_credentials(settings: &Settings, user: &str, ttl: Option<u64>) -> anyhow::Result<()> {
     let secret = crate::turn::load_or_create_secret(settings)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?.as_secs();
+    let now = crate::time::unix_now();
     let ttl = ttl.unwrap_or(settings.turn.credential_ttl_s);
     let pair = credentials::issue(&secret, user, now + ttl);
     println!("username: {}", pair.username);
@@ -206,7 +206,7 @@ pub fn invite_create(
     };
     let data_dir = &settings.server.data_dir;
     let key = crate::invite::load_or_create_secret(data_dir)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?.as_secs();
+    let now = crate::time::unix_now();
     let invite = crate::invite::token::Invite {
         id: crate::invite::token::new_invite_id(),
         expires: now.saturating_add(expires.as_secs()),

@@ -5,13 +5,17 @@
 //! fallbacks so operators can migrate by pointing at the old file) < `RELAYCHAT__SECTION__KEY` environment variables < command-line flags. A bad value
 //! stops the start with a message naming the key: failing closed beats running half-configured.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+mod turn;
+
+pub use turn::{ExternalTurnServer, PeerPolicyKind, TurnConfig, TurnContext, TurnSettings};
 
 /// The defaults, embedded so that `relaychat` runs with no file at all.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -155,72 +159,6 @@ pub struct WebrtcSettings {
     pub force_relay: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct TurnSettings {
-    pub enabled: bool,
-    pub listen: String,
-    pub tls_listen: String,
-    pub realm: String,
-    pub secret: String,
-    pub public_host: String,
-    pub relay_ip: String,
-    pub external_ip: String,
-    pub min_port: u16,
-    pub max_port: u16,
-    pub credential_ttl_s: u64,
-    pub require_live_session: bool,
-    pub peer_policy: String,
-    pub allowed_peer_cidrs: Vec<String>,
-    pub denied_peer_cidrs: Vec<String>,
-    pub max_allocations_per_user: usize,
-    pub max_allocations_total: usize,
-    pub allocation_bandwidth_bytes_per_s: u64,
-    #[serde(default)]
-    pub external_servers: Vec<ExternalTurnServer>,
-}
-
-/// A TURN server run by someone else (typically an existing coturn with `use-auth-secret`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ExternalTurnServer {
-    pub urls: Vec<String>,
-    pub secret: String,
-    /// The addresses this server puts in its relay candidates (coturn's `relay-ip` /
-    /// `external-ip`), when they differ from what the URLs' host names resolve to. Under
-    /// force_relay, a relay candidate naming any other address is dropped.
-    #[serde(default)]
-    pub relay_addresses: Vec<String>,
-}
-
-/// Which peer addresses the relay may exchange data with (see `turn::policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum PeerPolicyKind {
-    OwnRelays,
-    Public,
-    Any,
-}
-
-impl TurnSettings {
-    /// The effective peer policy: explicit, or derived from force_relay.
-    pub fn peer_policy_kind(&self, force_relay: bool) -> PeerPolicyKind {
-        match self.peer_policy.as_str() {
-            "own-relays" => PeerPolicyKind::OwnRelays,
-            "public" => PeerPolicyKind::Public,
-            "any" => PeerPolicyKind::Any,
-            _ if force_relay => PeerPolicyKind::OwnRelays,
-            _ => PeerPolicyKind::Public,
-        }
-    }
-
-    /// The effective per-user allocation limit.
-    pub fn allocations_per_user(&self, max_participants: usize) -> usize {
-        if self.max_allocations_per_user > 0 {
-            self.max_allocations_per_user
-        } else {
-            2 * max_participants.saturating_sub(1).max(1)
-        }
-    }
-}
-
 impl ServerSettings {
     /// `trusted_proxies` parsed; validation guarantees every entry parses.
     pub fn trusted_proxy_nets(&self) -> Vec<IpNet> {
@@ -303,6 +241,20 @@ impl Settings {
             .expect("embedded default.toml is valid")
     }
 
+    /// What `[turn]` needs from the other sections.
+    pub fn turn_context(&self) -> TurnContext {
+        TurnContext {
+            force_relay: self.webrtc.force_relay,
+            max_participants: self.webrtc.max_participants,
+            ipv6_prefix_len: self.limits.ipv6_prefix_len,
+        }
+    }
+
+    /// `[turn]`, typed (see `config::turn`).
+    pub fn turn_config(&self) -> Result<TurnConfig, ConfigError> {
+        self.turn.parse(self.turn_context())
+    }
+
     /// Checks every value that serde's types cannot; one message per bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = |key, value: u64| {
@@ -360,60 +312,7 @@ impl Settings {
         if !(2..=128).contains(&self.webrtc.max_participants) {
             return Err(invalid("webrtc.max_participants", "must be between 2 and 128"));
         }
-        let turn = &self.turn;
-        if turn.listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "turn.listen",
-                format!("{:?} is not an address like 0.0.0.0:3478", turn.listen),
-            ));
-        }
-        if turn.tls_listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "turn.tls_listen",
-                format!("{:?} is not an address like 0.0.0.0:5349", turn.tls_listen),
-            ));
-        }
-        for (key, value) in [("turn.relay_ip", &turn.relay_ip), ("turn.external_ip", &turn.external_ip)] {
-            if !value.is_empty() && value.parse::<IpAddr>().is_err() {
-                return Err(invalid(key, format!("{value:?} is not an IP address")));
-            }
-        }
-        if turn.min_port == 0 || turn.min_port > turn.max_port {
-            return Err(invalid("turn.min_port", "must be between 1 and turn.max_port"));
-        }
-        if turn.realm.is_empty() {
-            return Err(invalid("turn.realm", "must not be empty"));
-        }
-        positive("turn.credential_ttl_s", turn.credential_ttl_s)?;
-        if !["", "own-relays", "public", "any"].contains(&turn.peer_policy.as_str()) {
-            return Err(invalid(
-                "turn.peer_policy",
-                format!("{:?} is not one of own-relays, public, any", turn.peer_policy),
-            ));
-        }
-        for (key, list) in [
-            ("turn.allowed_peer_cidrs", &turn.allowed_peer_cidrs),
-            ("turn.denied_peer_cidrs", &turn.denied_peer_cidrs),
-        ] {
-            for entry in list {
-                if parse_net(entry).is_none() {
-                    return Err(invalid(key, format!("{entry:?} is not an IP or CIDR")));
-                }
-            }
-        }
-        positive("turn.max_allocations_total", turn.max_allocations_total as u64)?;
-        for server in &turn.external_servers {
-            if server.urls.is_empty() || server.secret.is_empty() {
-                return Err(invalid("turn.external_servers", "every entry needs urls and a secret"));
-            }
-            if let Some(bad) = server.relay_addresses.iter().find(|a| a.parse::<std::net::IpAddr>().is_err())
-            {
-                return Err(invalid(
-                    "turn.external_servers.relay_addresses",
-                    format!("{bad:?} is not an IP address"),
-                ));
-            }
-        }
+        self.turn_config()?;
         Ok(())
     }
 }
@@ -688,8 +587,9 @@ mod tests {
         assert_eq!(s.chat.max_messages_per_second, 3);
         assert_eq!(s.turn.credential_ttl_s, 600);
         assert_eq!(s.turn.allocations_per_user(s.webrtc.max_participants), 14);
-        assert_eq!(s.turn.peer_policy_kind(true), PeerPolicyKind::OwnRelays);
-        assert_eq!(s.turn.peer_policy_kind(false), PeerPolicyKind::Public);
+        // force_relay is on by default, and with it the policy is own-relays.
+        assert!(s.webrtc.force_relay);
+        assert_eq!(s.turn_config().unwrap().peer_policy, PeerPolicyKind::OwnRelays);
     }
 
     #[test]

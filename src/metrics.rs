@@ -182,6 +182,24 @@ impl Collector for LiveCollector {
         )?;
         counter(
             &mut encoder,
+            "relaychat_turn_permission_cap_refusals",
+            "CreatePermission/ChannelBind refused: the allocation holds turn.max_permissions_per_allocation peers.",
+            &relay.permission_cap_refusals,
+        )?;
+        counter(
+            &mut encoder,
+            "relaychat_turn_channel_cap_refusals",
+            "ChannelBind refused: the allocation holds turn.max_channels_per_allocation channels.",
+            &relay.channel_cap_refusals,
+        )?;
+        counter(
+            &mut encoder,
+            "relaychat_turn_tcp_per_ip_refusals",
+            "TURN TCP/TLS connections closed at accept: their IP holds turn.max_tcp_connections_per_ip.",
+            &relay.tcp_per_ip_refusals,
+        )?;
+        counter(
+            &mut encoder,
             "relaychat_turn_oversize_drops",
             "Peer datagrams dropped for being larger than the relay's 1500-byte packet buffer.",
             &relay.oversize_drops,

@@ -12,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::turn::credentials::IceServer;
+use crate::ice_servers::IceServer;
 
 /// The largest SDP relayed in an offer or answer.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;

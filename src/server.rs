@@ -14,10 +14,10 @@ use crate::http::{listener, routes, HttpState};
 use crate::hub::relay_only::RelayAddresses;
 use crate::hub::runner::{self, HubHandle};
 use crate::hub::Hub;
+use crate::ice_servers::{IceServerIssuer, TurnEndpoints};
+use crate::presence::VoicePresence;
 use crate::store::{Store, StoreThread};
 use crate::tls::TlsConfigSource;
-use crate::turn::credentials::{IceServerIssuer, TurnEndpoints};
-use crate::turn::presence::VoicePresence;
 use crate::turn::{load_or_create_secret, start_relay, RelayHandle};
 
 /// A started server. Drop order matters, so use `shutdown`.
@@ -60,7 +60,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         tracing::info!("turn listening on udp {} and tcp {}", relay.udp_addr, relay.tcp_addr);
         // TURN over TLS (turns:) with the same certificate, reloaded with it on SIGHUP.
         if let Some(tls) = tls.clone() {
-            let listen = settings.turn.tls_listen.parse().context("turn.tls_listen")?;
+            let listen = settings.turn_config()?.tls_listen;
             let addr = relay.start_tls(listen, move || tls.current()).await?;
             tracing::info!("turn over tls listening on {addr}");
         }
@@ -158,7 +158,7 @@ fn ice_server_issuer(
 ) -> IceServerIssuer {
     let turn = &settings.turn;
     let endpoints = if let Some((port, tls_port)) = relay_ports {
-        let public_host = Some(turn.public_host.clone()).filter(|h| !h.is_empty());
+        let public_host = Some(turn.public_host.trim().to_string()).filter(|h| !h.is_empty());
         TurnEndpoints::Integrated { secret, public_host, port, tls_port }
     } else if !turn.external_servers.is_empty() {
         TurnEndpoints::External(

@@ -108,6 +108,44 @@ fn check_config_accepts_good_files_and_names_the_bad_key() {
 }
 
 #[test]
+fn check_config_parses_every_turn_value_and_names_the_bad_key() {
+    let check = |env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_relaychat"))
+            .arg("check-config")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    // The new caps are ordinary keys, settable from the environment.
+    let output = check(&[
+        ("RELAYCHAT__TURN__MAX_TCP_CONNECTIONS_PER_IP", "4"),
+        ("RELAYCHAT__TURN__MAX_PERMISSIONS_PER_ALLOCATION", "10"),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("max_tcp_connections_per_ip = 4"), "{stdout}");
+    assert!(stdout.contains("max_permissions_per_allocation = 10"), "{stdout}");
+    // Each bad value stops the check with its key, including the ones the relay used to find
+    // only when it started (an unspecified relay_ip, mixed address families).
+    for (env, key) in [
+        (vec![("RELAYCHAT__TURN__RELAY_IP", "0.0.0.0")], "turn.relay_ip"),
+        (
+            vec![("RELAYCHAT__TURN__RELAY_IP", "127.0.0.1"), ("RELAYCHAT__TURN__EXTERNAL_IP", "::1")],
+            "turn.external_ip",
+        ),
+        (vec![("RELAYCHAT__TURN__LISTEN", "3478")], "turn.listen"),
+        (vec![("RELAYCHAT__TURN__DENIED_PEER_CIDRS", "10.0.0.0/8,nope")], "turn.denied_peer_cidrs"),
+        (vec![("RELAYCHAT__TURN__MAX_CHANNELS_PER_ALLOCATION", "0")], "turn.max_channels_per_allocation"),
+        (vec![("RELAYCHAT__TURN__MAX_TCP_CONNECTIONS_PER_IP", "0")], "turn.max_tcp_connections_per_ip"),
+    ] {
+        let output = check(&env);
+        assert!(!output.status.success(), "{env:?} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{env:?}: {stderr}");
+    }
+}
+
+#[test]
 fn turn_credentials_prints_a_pair_that_verifies() {
     use base64::Engine as _;
     use hmac::{Hmac, Mac};

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use relaychat::config::Settings;
 use relaychat::hub::{ConnectInfo, Effect, Hub, Now};
 use relaychat::protocol::parse_inbound;
-use relaychat::turn::credentials::{IceServerIssuer, TurnEndpoints};
+use relaychat::ice_servers::{IceServerIssuer, TurnEndpoints};
 
 const FRAMES: &[&str] = &[
     r#"{"type":"chat","content":"hello"}"#,

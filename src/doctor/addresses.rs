@@ -10,7 +10,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket}
 
 use super::report::Finding;
 use crate::config::Settings;
-use crate::turn::policy::is_unspecified;
 
 /// Where the relay binds and what it tells clients, derived like `turn::start_relay` does.
 #[derive(Debug, Clone)]
@@ -28,36 +27,25 @@ impl RelayAddresses {
         if !turn.enabled {
             return None;
         }
-        let listen: SocketAddr = turn.listen.parse().ok()?;
-        let relay_ip = match turn.relay_ip.trim() {
-            "" if !is_unspecified(listen.ip()) => listen.ip(),
-            "" => primary_address(listen.ip().is_ipv6())?,
-            text => text.parse().ok().filter(|ip| !is_unspecified(*ip))?,
+        let config = settings.turn_config().ok()?;
+        let listen = config.listen;
+        let relay_ip = match config.relay_ip {
+            Some(ip) => ip,
+            None if !listen.ip().is_unspecified() => listen.ip(),
+            None => primary_address(listen.ip().is_ipv6())?,
         };
-        let advertised_ip = match turn.external_ip.trim() {
-            "" => relay_ip,
-            text => text.parse().ok()?,
-        };
+        let advertised_ip = config.external_ip.unwrap_or(relay_ip);
         Some(Self { listen, relay_ip, advertised_ip })
     }
 }
 
-/// The source address the kernel would use towards a documentation-only destination (connecting
-/// a UDP socket sends nothing), the same probe the relay uses when `relay_ip` is empty.
+/// What the relay would detect (`turn::relay_ip`); an IPv4 relay without a route falls back to
+/// loopback like the relay does, an IPv6 one has no such fallback (reported by `check`).
 fn primary_address(ipv6: bool) -> Option<IpAddr> {
-    let probe = |bind: SocketAddr, to: SocketAddr| -> Option<IpAddr> {
-        let socket = UdpSocket::bind(bind).ok()?;
-        socket.connect(to).ok()?;
-        Some(socket.local_addr().ok()?.ip())
-    };
-    let v4 = || probe((Ipv4Addr::UNSPECIFIED, 0).into(), (Ipv4Addr::new(192, 0, 2, 1), 9).into());
-    let v6 = || {
-        probe((Ipv6Addr::UNSPECIFIED, 0).into(), (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into())
-    };
-    if ipv6 {
-        v6().or_else(v4)
-    } else {
-        v4().or(Some(IpAddr::V4(Ipv4Addr::LOCALHOST)))
+    match crate::turn::relay_ip::detect_primary_ip(ipv6) {
+        Ok(ip) => Some(ip),
+        Err(_) if !ipv6 => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        Err(_) => None,
     }
 }
 

@@ -9,7 +9,6 @@ pub use super::healthz::{answers_healthz, answers_healthz_tls};
 
 use super::report::Finding;
 use crate::config::Settings;
-use crate::turn::policy::is_unspecified;
 
 /// What the port checks found, for the self-test.
 #[derive(Debug, Clone, Default)]
@@ -74,15 +73,16 @@ pub fn check_listeners(settings: &Settings) -> Occupancy {
     if !turn.enabled {
         return out;
     }
-    let Ok(listen) = turn.listen.parse::<SocketAddr>() else {
-        out.findings.push(Finding::fail("turn port", "[turn] listen is not an address"));
-        return out;
-    };
-    let mut listeners = vec![("turn port", "TURN port", listen, "[turn] listen")];
-    if settings.server.tls.is_enabled() {
-        if let Ok(tls) = turn.tls_listen.parse::<SocketAddr>() {
-            listeners.push(("turn tls port", "TURN-over-TLS port", tls, "[turn] tls_listen"));
+    let config = match settings.turn_config() {
+        Ok(config) => config,
+        Err(e) => {
+            out.findings.push(Finding::fail("turn port", e.to_string()));
+            return out;
         }
+    };
+    let mut listeners = vec![("turn port", "TURN port", config.listen, "[turn] listen")];
+    if settings.server.tls.is_enabled() {
+        listeners.push(("turn tls port", "TURN-over-TLS port", config.tls_listen, "[turn] tls_listen"));
     }
     for (index, (check, what, addr, key)) in listeners.into_iter().enumerate() {
         let udp = if index == 0 { UdpSocket::bind(addr).map(drop) } else { Ok(()) };
@@ -115,7 +115,7 @@ pub fn check_relay_range(settings: &Settings, relay_ip: IpAddr) -> Finding {
     let check = "relay ports";
     let turn = &settings.turn;
     let size = usize::from(turn.max_port - turn.min_port) + 1;
-    if is_unspecified(relay_ip) {
+    if relay_ip.is_unspecified() {
         return Finding::fail(check, "relay_ip is unspecified");
     }
     let mut taken = 0usize;

@@ -23,8 +23,8 @@ use super::addresses::{is_local, RelayAddresses};
 use super::ports::{connect_addr, Occupancy};
 use super::report::Finding;
 use crate::config::Settings;
+use crate::presence::VoicePresence;
 use crate::turn::credentials::issue;
-use crate::turn::presence::VoicePresence;
 
 /// The user doctor's credentials name.
 pub const DOCTOR_USER: &str = "relaychat-doctor";
@@ -107,7 +107,7 @@ fn target(relay: &RelayAddresses, port: u16) -> (SocketAddr, Option<String>) {
 async fn client(server: SocketAddr, secret: &[u8], realm: &str) -> anyhow::Result<turn::client::Client> {
     let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
     let conn = Arc::new(UdpSocket::bind(bind).await?);
-    let credential = issue(secret, DOCTOR_USER, crate::turn::unix_now() + 600);
+    let credential = issue(secret, DOCTOR_USER, crate::time::unix_now() + 600);
     let client = turn::client::Client::new(turn::client::ClientConfig {
         stun_serv_addr: server.to_string(),
         turn_serv_addr: server.to_string(),
@@ -185,8 +185,9 @@ async fn tls_self_test(
     let Ok(source) = crate::tls::TlsConfigSource::load(tls.cert_file.as_ref(), tls.key_file.as_ref()) else {
         return Finding::fail(TLS_CHECK, "skipped: the TLS files do not load (see above)");
     };
-    let Ok(listen) = settings.turn.tls_listen.parse::<SocketAddr>() else {
-        return Finding::fail(TLS_CHECK, "[turn] tls_listen is not an address");
+    let listen = match settings.turn_config() {
+        Ok(config) => config.tls_listen,
+        Err(e) => return Finding::fail(TLS_CHECK, e.to_string()),
     };
     let port = match handle.start_tls(listen, move || source.current()).await {
         Ok(addr) => addr.port(),

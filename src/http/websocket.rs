@@ -152,7 +152,7 @@ pub fn accept<B>(
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(socket_config())).await;
                 let mut info = info;
                 if let Some(invites) = invites.filter(|_| invite_only || !presented.is_empty()) {
-                    match invites.admit(&presented, unix_now()).await {
+                    match invites.admit(&presented, crate::time::unix_now()).await {
                         Ok(pass) => info.member_pass = Some(pass),
                         Err(refusal) if invite_only => {
                             tracing::debug!(?refusal, "websocket refused: invite-only");
@@ -182,10 +182,6 @@ pub fn accept<B>(
         headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Tells a client why it may not in (a `system` frame, the web client shows it at the name
@@ -230,10 +226,7 @@ pub fn client_ip(peer: Option<SocketAddr>, forwarded_for: Option<&str>, trusted:
 
 /// `::ffff:1.2.3.4` is the IPv4 client 1.2.3.4 (dual-stack sockets report it that way).
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
+    ip.to_canonical()
 }
 
 /// 32 random bytes from a CSPRNG, hex-encoded.

@@ -144,23 +144,8 @@ pub fn js_seconds(ms: u64) -> String {
     format!("{whole}.{}", digits.trim_end_matches('0'))
 }
 
-/// The address per-IP limits count by: IPv4 as is, IPv6 cut to its first `v6_prefix_len` bits
-/// (a host usually holds a whole /64, so counting each address alone would not limit it).
-/// IPv4-mapped IPv6 addresses are IPv4.
-pub fn ip_key(ip: IpAddr, v6_prefix_len: u8) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6);
-                let len = u32::from(v6_prefix_len.min(128));
-                let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
-                IpAddr::V6((bits & mask).into())
-            }
-        },
-        v4 => v4,
-    }
-}
+/// The address per-IP limits count by (see `crate::addr`).
+pub use crate::addr::ip_key;
 
 fn drop_older_than(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
     while times.front().is_some_and(|&t| now.duration_since(t) >= window) {

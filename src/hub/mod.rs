@@ -28,8 +28,8 @@ use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 
 use crate::config::Settings;
+use crate::ice_servers::IceServerIssuer;
 use crate::protocol::{iso_timestamp, Frame, HistoryEntry, HistoryKind, Inbound, ServerMessage};
-use crate::turn::credentials::IceServerIssuer;
 
 use limits::{ConnectionLimiter, LoginLimiter, RegisterLimiter, SlidingWindow};
 use relay_only::{PrivacyTally, RelayAddresses};

@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::relay_only::PrivacyTally;
 use super::{ConnId, ConnectInfo, Effect, Hub, Now, Stats};
 use crate::password_gate::PasswordGate;
+use crate::presence::VoicePresence;
 use crate::protocol::{Frame, Inbound};
 use crate::store::Store;
-use crate::turn::presence::VoicePresence;
 
 /// Frames queued per connection before it counts as a slow reader.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 512;

@@ -17,10 +17,8 @@
 //! allocations are deleted anyway.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use crate::turn::credentials::{credential_for, parse_username};
-use crate::turn::presence::VoicePresence;
 
 /// Why a credential was refused; each has its own counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,23 +49,19 @@ pub struct Admission<'a> {
     pub is_allocate: bool,
     /// The full REST username the request's 5-tuple allocated with, if it holds an allocation.
     pub allocation_username: Option<&'a str>,
+    /// Whether the user the username names is in voice chat right now.
+    pub in_voice: bool,
 }
 
 pub struct Authenticator {
     secret: Vec<u8>,
     realm: String,
     require_live_session: bool,
-    presence: Arc<VoicePresence>,
 }
 
 impl Authenticator {
-    pub fn new(
-        secret: Vec<u8>,
-        realm: String,
-        require_live_session: bool,
-        presence: Arc<VoicePresence>,
-    ) -> Self {
-        Authenticator { secret, realm, require_live_session, presence }
+    pub fn new(secret: Vec<u8>, realm: String, require_live_session: bool) -> Self {
+        Authenticator { secret, realm, require_live_session }
     }
 
     pub fn realm(&self) -> &str {
@@ -89,7 +83,7 @@ impl Authenticator {
     /// Step 2, after MESSAGE-INTEGRITY verified with [`Self::key`]: may this credential be used now?
     pub fn admit(&self, username: &str, request: Admission<'_>) -> Result<(), AuthFailure> {
         let parsed = parse_username(username).ok_or(AuthFailure::Malformed)?;
-        let in_voice = self.presence.is_in_voice(parsed.user);
+        let in_voice = request.in_voice;
         if parsed.expires_at_unix <= request.now_unix {
             let same_live_allocation =
                 !request.is_allocate && request.allocation_username == Some(username) && in_voice;
@@ -101,18 +95,6 @@ impl Authenticator {
             return Err(AuthFailure::NotInVoice);
         }
         Ok(())
-    }
-}
-
-/// The crate's synchronous hook, for completeness (our read loop calls `key` and `admit` itself,
-/// with the context the hook does not get: the method and the 5-tuple's allocation).
-impl turn::auth::AuthHandler for Authenticator {
-    fn auth_handle(&self, username: &str, realm: &str, _src: SocketAddr) -> Result<Vec<u8>, turn::Error> {
-        let key = self.key(username, realm).map_err(|f| turn::Error::Other(f.reason().to_string()))?;
-        let now_unix = crate::turn::unix_now();
-        self.admit(username, Admission { now_unix, is_allocate: true, allocation_username: None })
-            .map_err(|f| turn::Error::Other(f.reason().to_string()))?;
-        Ok(key)
     }
 }
 
@@ -131,28 +113,19 @@ mod tests {
     use super::*;
     use crate::turn::credentials::issue;
 
-    fn auth(require_live_session: bool) -> (Authenticator, Arc<VoicePresence>) {
-        let presence = Arc::new(VoicePresence::new());
-        (
-            Authenticator::new(
-                b"s3cret".to_vec(),
-                "relaychat".into(),
-                require_live_session,
-                presence.clone(),
-            ),
-            presence,
-        )
+    fn auth(require_live_session: bool) -> Authenticator {
+        Authenticator::new(b"s3cret".to_vec(), "relaychat".into(), require_live_session)
     }
 
     const NOW: u64 = 1_800_000_000;
 
-    fn allocate() -> Admission<'static> {
-        Admission { now_unix: NOW, is_allocate: true, allocation_username: None }
+    fn allocate(in_voice: bool) -> Admission<'static> {
+        Admission { now_unix: NOW, is_allocate: true, allocation_username: None, in_voice }
     }
 
     #[test]
     fn key_matches_what_a_client_derives_from_the_issued_credential() {
-        let (a, _) = auth(true);
+        let a = auth(true);
         let c = issue(b"s3cret", "alice", NOW + 600);
         let expected = turn::auth::generate_auth_key(&c.username, "relaychat", &c.credential);
         assert_eq!(a.key(&c.username, "relaychat"), Ok(expected));
@@ -163,21 +136,24 @@ mod tests {
 
     #[test]
     fn admission_needs_voice_and_an_unexpired_credential() {
-        let (a, presence) = auth(true);
+        let a = auth(true);
         let name = format!("{}:alice", NOW + 600);
-        assert_eq!(a.admit(&name, allocate()), Err(AuthFailure::NotInVoice));
-        presence.joined("alice");
-        assert_eq!(a.admit(&name, allocate()), Ok(()));
+        assert_eq!(a.admit(&name, allocate(false)), Err(AuthFailure::NotInVoice));
+        assert_eq!(a.admit(&name, allocate(true)), Ok(()));
         let expired = format!("{}:alice", NOW);
-        assert_eq!(a.admit(&expired, allocate()), Err(AuthFailure::Expired));
+        assert_eq!(a.admit(&expired, allocate(true)), Err(AuthFailure::Expired));
     }
 
     #[test]
     fn expired_credentials_keep_refreshing_their_own_allocation_while_in_voice() {
-        let (a, presence) = auth(true);
-        presence.joined("alice");
+        let a = auth(true);
         let expired = format!("{}:alice", NOW - 10);
-        let refresh = Admission { now_unix: NOW, is_allocate: false, allocation_username: Some(&expired) };
+        let refresh = Admission {
+            now_unix: NOW,
+            is_allocate: false,
+            allocation_username: Some(&expired),
+            in_voice: true,
+        };
         assert_eq!(a.admit(&expired, refresh), Ok(()));
         // Not for an allocation made with another credential, nor for a new Allocate.
         let other = format!("{}:alice", NOW - 20);
@@ -185,19 +161,17 @@ mod tests {
         assert_eq!(a.admit(&expired, other_alloc), Err(AuthFailure::Expired));
         assert_eq!(a.admit(&expired, Admission { is_allocate: true, ..refresh }), Err(AuthFailure::Expired));
         // Not once the user left.
-        presence.left("alice");
-        assert_eq!(a.admit(&expired, refresh), Err(AuthFailure::Expired));
+        assert_eq!(a.admit(&expired, Admission { in_voice: false, ..refresh }), Err(AuthFailure::Expired));
     }
 
     #[test]
     fn no_live_session_rule_still_checks_expiry() {
-        let (a, _) = auth(false);
-        assert_eq!(a.admit(&format!("{}:bench", NOW + 1), allocate()), Ok(()));
-        assert_eq!(a.admit(&format!("{}:bench", NOW), allocate()), Err(AuthFailure::Expired));
+        let a = auth(false);
+        assert_eq!(a.admit(&format!("{}:bench", NOW + 1), allocate(false)), Ok(()));
+        assert_eq!(a.admit(&format!("{}:bench", NOW), allocate(false)), Err(AuthFailure::Expired));
         // And the HMAC: the key is derived from the secret, whatever the live-session rule.
-        let (b, _) = auth(false);
         let wrong = issue(b"not-the-secret", "bench", NOW + 600);
-        let key = b.key(&wrong.username, "relaychat").unwrap();
+        let key = a.key(&wrong.username, "relaychat").unwrap();
         assert_ne!(key, turn::auth::generate_auth_key(&wrong.username, "relaychat", &wrong.credential));
     }
 }

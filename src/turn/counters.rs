@@ -31,6 +31,12 @@ pub struct RelayCounters {
     pub tcp_send_drops: AtomicU64,
     /// Peer datagrams dropped because they were larger than a relayed packet may be.
     pub oversize_drops: AtomicU64,
+    /// CreatePermission / ChannelBind refused: the allocation holds `max_permissions_per_allocation`.
+    pub permission_cap_refusals: AtomicU64,
+    /// ChannelBind refused: the allocation holds `max_channels_per_allocation` channels.
+    pub channel_cap_refusals: AtomicU64,
+    /// TCP/TLS connections closed at accept: their IP holds `max_tcp_connections_per_ip`.
+    pub tcp_per_ip_refusals: AtomicU64,
 }
 
 impl RelayCounters {

@@ -1,112 +1,149 @@
-//! The integrated TURN relay and the pieces the signaling side shares with it.
+//! The integrated TURN relay (RFC 8656 over UDP, TCP and TLS), in front of the `turn` crate.
 //!
-//! - `credentials`: REST credentials (issue and verify), `iceServers` for `webrtc-joined`.
-//! - `presence`: who is in voice right now; the relay's auth asks it, teardown listens to it.
-//! - `server`: listeners (UDP and TCP on one port), our read loop in front of the `turn` crate,
-//!   teardown when a user leaves voice.
-//! - `auth`: REST credential + live-session admission; `nonce`: stateless nonces.
-//! - `policy`: which peers the relay may talk to (pure function); `relay`: relay sockets that
-//!   enforce it; `quota`: per-user and total allocation limits; `tcp`: RFC 8656 TCP framing.
+//! Module map (each file says what it owns; no module here imports one that imports it back,
+//! see the test at the bottom):
+//! - start and stop: `handle` (`start_relay`, `RelayHandle`), `error`, `secret`;
+//! - listeners and their read loops: `sockets` (binding), `relay_ip` (which address to relay
+//!   on), `udp`, `tcp` (streams, idle rules), `framing` (RFC 8656 TCP framing), `per_ip` (TCP
+//!   connections per client IP), `packet` (STUN vs ChannelData);
+//! - one packet's way: `link` (where answers for a client go), `dispatch` (asks the gate,
+//!   carries the decision out, hands packets to the crate), `gate` (every admission rule, pure),
+//!   `reply` (the wire encoding of our answers);
+//! - what clients hold: `allocations` (the table by 5-tuple), `quota` (per-user and total
+//!   limits), `grants` (permissions and channels per allocation, capped), `teardown` (ending
+//!   allocations);
+//! - who may do what: `auth` (REST credential + live session), `credentials` (the REST
+//!   convention), `nonce` (stateless nonces), `policy` (which peers), `relay_socket` (the relay
+//!   sockets that enforce the policy on every datagram);
 //! - `counters`: atomics for the metrics endpoint.
+//!
+//! docs/TURN.md, "Relay internals", follows one relayed packet and one Allocate through these.
 
+pub mod allocations;
 pub mod auth;
 pub mod counters;
 pub mod credentials;
+pub mod dispatch;
+pub mod error;
+pub mod framing;
+pub mod gate;
+pub mod grants;
+pub mod handle;
+pub mod link;
 pub mod nonce;
+pub mod packet;
+pub mod per_ip;
 pub mod policy;
-pub mod presence;
 pub mod quota;
-pub mod relay;
-pub mod server;
+pub mod relay_ip;
+pub mod relay_socket;
+pub mod reply;
+pub mod secret;
+pub mod sockets;
 pub mod tcp;
+pub mod teardown;
+pub mod udp;
 
-use std::io::Write as _;
-use std::path::Path;
+/// Who is in voice: kept beside the hub (which writes it), re-exported for the relay's users.
+pub use crate::presence;
 
 pub use counters::RelayCounters;
-pub use server::{start_relay, RelayError, RelayHandle};
-
-pub(crate) use server::unix_now;
-
-/// File under `server.data_dir` holding the generated secret.
-pub const SECRET_FILE: &str = "turn_secret";
-
-/// The REST shared secret: `[turn] secret`, else `data_dir/turn_secret`, created at first start
-/// with 32 random bytes in hex and mode 0600. The secret is the text itself (as coturn's
-/// `static-auth-secret`), so `turnutils_uclient -W "$(cat turn_secret)"` works.
-pub fn load_or_create_secret(settings: &crate::config::Settings) -> Result<Vec<u8>, RelayError> {
-    let configured = settings.turn.secret.trim();
-    if !configured.is_empty() {
-        return Ok(configured.as_bytes().to_vec());
-    }
-    let path = settings.server.data_dir.join(SECRET_FILE);
-    let secret_error = |source| RelayError::Secret { path: path.clone(), source };
-    if let Some(secret) = read_secret(&path).map_err(secret_error)? {
-        return Ok(secret);
-    }
-    std::fs::create_dir_all(&settings.server.data_dir).map_err(secret_error)?;
-    let secret = hex::encode(rand::random::<[u8; 32]>());
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(&path) {
-        Ok(mut file) => {
-            file.write_all(secret.as_bytes()).and_then(|_| file.sync_all()).map_err(secret_error)?;
-            tracing::info!(path = %path.display(), "generated a new TURN secret");
-            Ok(secret.into_bytes())
-        }
-        // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            read_secret(&path).map_err(secret_error)?.ok_or_else(|| {
-                secret_error(std::io::Error::new(std::io::ErrorKind::InvalidData, "the secret file is empty"))
-            })
-        }
-        Err(e) => Err(secret_error(e)),
-    }
-}
-
-fn read_secret(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let text = text.trim();
-            if text.is_empty() {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the secret file is empty"));
-            }
-            #[cfg(unix)]
-            if let Ok(meta) = std::fs::metadata(path) {
-                use std::os::unix::fs::PermissionsExt;
-                if meta.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(path = %path.display(), "the TURN secret file is readable by others; chmod 600 it");
-                }
-            }
-            Ok(Some(text.as_bytes().to_vec()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
+pub use error::RelayError;
+pub use handle::{start_relay, RelayHandle};
+pub use secret::{load_or_create_secret, SECRET_FILE};
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// `turn::X` -> the `turn::Y` it imports, read from the sources.
+    fn imports() -> BTreeMap<String, BTreeSet<String>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/turn");
+        let mut graph = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let name = path.file_stem().unwrap().to_string_lossy().to_string();
+            if name == "mod" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Only the module's own code (its tests may use anything), without comments.
+            let code: String = text
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap_or("")
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let mut uses = BTreeSet::new();
+            for part in code.split("crate::turn::").skip(1) {
+                let module: String = part.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if !module.is_empty() && module != name {
+                    uses.insert(module);
+                }
+            }
+            // `use crate::turn::{a, b}` names several at once.
+            for part in code.split("crate::turn::{").skip(1) {
+                let list = part.split('}').next().unwrap_or("");
+                for item in list.split(',') {
+                    let module: String =
+                        item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    if !module.is_empty() && module != name {
+                        uses.insert(module);
+                    }
+                }
+            }
+            uses.retain(|m| m != "{");
+            graph.insert(name, uses);
+        }
+        graph
+    }
 
     #[test]
-    fn the_secret_is_generated_once_with_mode_0600() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut settings = crate::config::Settings::defaults();
-        settings.server.data_dir = dir.path().join("data");
-        let first = load_or_create_secret(&settings).unwrap();
-        assert_eq!(first.len(), 64);
-        assert_eq!(load_or_create_secret(&settings).unwrap(), first);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode =
-                std::fs::metadata(settings.server.data_dir.join(SECRET_FILE)).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
+    fn no_module_of_the_relay_imports_one_that_imports_it_back() {
+        let graph = imports();
+        assert!(
+            graph.contains_key("gate") && graph["dispatch"].contains("gate"),
+            "the scan reads imports: {graph:?}"
+        );
+        // Depth-first search for a cycle, reporting its path.
+        fn visit(
+            node: &str,
+            graph: &BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<String>,
+            done: &mut BTreeSet<String>,
+        ) {
+            if done.contains(node) {
+                return;
+            }
+            if let Some(at) = path.iter().position(|n| n == node) {
+                panic!("module cycle in src/turn: {} -> {node}", path[at..].join(" -> "));
+            }
+            path.push(node.to_string());
+            for next in graph.get(node).into_iter().flatten() {
+                visit(next, graph, path, done);
+            }
+            path.pop();
+            done.insert(node.to_string());
         }
-        settings.turn.secret = "configured".into();
-        assert_eq!(load_or_create_secret(&settings).unwrap(), b"configured".to_vec());
+        let mut done = BTreeSet::new();
+        for node in graph.keys() {
+            visit(node, &graph, &mut Vec::new(), &mut done);
+        }
+    }
+
+    #[test]
+    fn the_gate_does_no_io_and_reads_no_clock() {
+        let gate = include_str!("gate.rs");
+        let code = gate.split("#[cfg(test)]").next().unwrap_or("");
+        for forbidden in
+            ["tokio", "async", "SystemTime", "Instant", "unix_now", "std::net::UdpSocket", "Mutex"]
+        {
+            assert!(!code.contains(forbidden), "gate.rs mentions {forbidden}");
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! is stored, so a flood costs CPU for the answer and no memory at all.
 
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -36,21 +36,15 @@ impl NonceMinter {
         NonceMinter { key: rand::random() }
     }
 
-    pub fn mint(&self, client_ip: IpAddr) -> String {
-        self.mint_at(client_ip, unix_now())
-    }
-
-    fn mint_at(&self, client_ip: IpAddr, unix_secs: u64) -> String {
+    /// A nonce for `client_ip`, minted at `unix_secs` (the caller reads the clock).
+    pub fn mint_at(&self, client_ip: IpAddr, unix_secs: u64) -> String {
         let mut out = format!("{unix_secs:016x}");
         out.push_str(&self.mac_hex(client_ip, unix_secs));
         out
     }
 
-    pub fn verify(&self, nonce: &str, client_ip: IpAddr) -> Result<(), NonceError> {
-        self.verify_at(nonce, client_ip, unix_now())
-    }
-
-    fn verify_at(&self, nonce: &str, client_ip: IpAddr, now: u64) -> Result<(), NonceError> {
+    /// Checks a presented nonce at time `now` (Unix seconds); pure, so the gate can call it.
+    pub fn verify_at(&self, nonce: &str, client_ip: IpAddr, now: u64) -> Result<(), NonceError> {
         if nonce.len() != TIME_HEX + MAC_HEX || !nonce.is_ascii() {
             return Err(NonceError::Invalid);
         }
@@ -70,7 +64,7 @@ impl NonceMinter {
     fn mac_hex(&self, client_ip: IpAddr, unix_secs: u64) -> String {
         let mut mac = Hmac::<Sha1>::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(&unix_secs.to_be_bytes());
-        match crate::turn::policy::canonical_ip(client_ip) {
+        match client_ip.to_canonical() {
             IpAddr::V4(v4) => mac.update(&v4.octets()),
             IpAddr::V6(v6) => mac.update(&v6.octets()),
         }
@@ -85,13 +79,11 @@ impl Default for NonceMinter {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NOW: u64 = 1_800_000_000;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -100,12 +92,12 @@ mod tests {
     #[test]
     fn a_minted_nonce_verifies_for_the_same_ip_only() {
         let m = NonceMinter::new();
-        let n = m.mint(ip("192.0.2.1"));
+        let n = m.mint_at(ip("192.0.2.1"), NOW);
         assert_eq!(n.len(), 48);
-        assert_eq!(m.verify(&n, ip("192.0.2.1")), Ok(()));
-        assert_eq!(m.verify(&n, ip("::ffff:192.0.2.1")), Ok(()));
-        assert_eq!(m.verify(&n, ip("192.0.2.2")), Err(NonceError::Invalid));
-        assert_eq!(NonceMinter::new().verify(&n, ip("192.0.2.1")), Err(NonceError::Invalid));
+        assert_eq!(m.verify_at(&n, ip("192.0.2.1"), NOW), Ok(()));
+        assert_eq!(m.verify_at(&n, ip("::ffff:192.0.2.1"), NOW), Ok(()));
+        assert_eq!(m.verify_at(&n, ip("192.0.2.2"), NOW), Err(NonceError::Invalid));
+        assert_eq!(NonceMinter::new().verify_at(&n, ip("192.0.2.1"), NOW), Err(NonceError::Invalid));
     }
 
     #[test]
@@ -117,7 +109,7 @@ mod tests {
         let mut forged = format!("{:016x}", 2_000_000u64);
         forged.push_str(&n[16..]);
         assert_eq!(m.verify_at(&forged, ip("10.0.0.1"), 2_000_000), Err(NonceError::Invalid));
-        assert_eq!(m.verify("short", ip("10.0.0.1")), Err(NonceError::Invalid));
-        assert_eq!(m.verify(&"é".repeat(24), ip("10.0.0.1")), Err(NonceError::Invalid));
+        assert_eq!(m.verify_at("short", ip("10.0.0.1"), NOW), Err(NonceError::Invalid));
+        assert_eq!(m.verify_at(&"é".repeat(24), ip("10.0.0.1"), NOW), Err(NonceError::Invalid));
     }
 }

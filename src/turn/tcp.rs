@@ -10,34 +10,34 @@
 //! client `Conn` when the allocation ends: per stream that closes exactly that client's
 //! connection, which is what RFC 8656 wants, instead of the whole listener.
 //!
-//! Framing: STUN messages are delimited by their length field (20-byte header + length);
-//! ChannelData by its length field, padded to a multiple of 4 bytes over TCP.
+//! Framing is in `framing`. Connections per client IP are capped at accept (`per_ip`).
 //! Idle timeouts: a connection that holds no allocation is closed after
 //! [`UNALLOCATED_IDLE`] without a frame (and [`HANDSHAKE_DEADLINE`] after accept in any case);
 //! one that holds an allocation lives as long as the allocation (its expiry closes the stream).
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
-use turn::allocation::five_tuple::FiveTuple;
-use turn::proto::PROTO_UDP;
 use webrtc_util::Conn;
 
+use crate::turn::allocations::Transport;
 use crate::turn::counters::RelayCounters;
-use crate::turn::quota::Transport;
-use crate::turn::server::Relay;
+use crate::turn::dispatch::Dispatcher;
+pub use crate::turn::framing::{frame_for_tcp, read_frame};
+use crate::turn::link::{ClientLink, SharedConn};
+use crate::turn::packet::is_relayed_data;
+use crate::turn::per_ip::ConnectionsPerIp;
 
 /// Frames queued towards one client before new ones are dropped.
 pub const SEND_QUEUE_FRAMES: usize = 512;
-/// Concurrent TCP connections accepted; beyond this new ones are closed at once.
+/// Concurrent TCP connections accepted (all IPs); beyond this new ones are closed at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// A connection without an allocation may stay silent this long.
 pub const UNALLOCATED_IDLE: Duration = Duration::from_secs(10);
@@ -50,49 +50,6 @@ pub const ALLOCATED_IDLE: Duration = Duration::from_secs(3700);
 const ANSWER_QUEUE_WAIT: Duration = Duration::from_secs(5);
 /// After the allocation closed, answers still queued get this long to leave.
 const CLOSE_GRACE: Duration = Duration::from_millis(300);
-
-/// Reads one STUN message or ChannelData frame (padding stripped). `Ok(None)` at a clean EOF.
-pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Option<Vec<u8>>> {
-    let mut head = [0u8; 4];
-    match reader.read_exact(&mut head[..1]).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    reader.read_exact(&mut head[1..]).await?;
-    let length = u16::from_be_bytes([head[2], head[3]]) as usize;
-    let (total, keep) = match head[0] >> 6 {
-        0b00 => (20 + length, 20 + length),
-        0b01 => (4 + length.div_ceil(4) * 4, 4 + length),
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "neither STUN nor ChannelData")),
-    };
-    let mut frame = vec![0u8; total];
-    frame[..4].copy_from_slice(&head);
-    reader.read_exact(&mut frame[4..]).await?;
-    frame.truncate(keep);
-    Ok(Some(frame))
-}
-
-/// True for ChannelData and Data indications (relayed media), false for answers to requests.
-fn is_relayed_data(buf: &[u8]) -> bool {
-    match buf.first() {
-        Some(b) if b >> 6 == 0b01 => true,
-        Some(_) if buf.len() >= 2 => {
-            // STUN message type 0x0017: a Data indication.
-            u16::from_be_bytes([buf[0], buf[1]]) == 0x0017
-        }
-        _ => false,
-    }
-}
-
-/// Pads a ChannelData frame to a multiple of 4 bytes (STUN messages always are).
-pub fn frame_for_tcp(buf: &[u8]) -> Vec<u8> {
-    let mut frame = buf.to_vec();
-    if buf.first().is_some_and(|b| b >> 6 == 0b01) {
-        frame.resize(buf.len().div_ceil(4) * 4, 0);
-    }
-    frame
-}
 
 /// One accepted TCP stream as the packet `Conn` the crate expects.
 pub struct TcpStreamConn {
@@ -184,7 +141,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepts TURN-over-TCP connections, or TURN-over-TLS ones when `tls` is given.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    relay: Arc<Relay>,
+    dispatcher: Arc<Dispatcher>,
+    per_ip: Arc<ConnectionsPerIp>,
     tls: Option<TlsConfigFn>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -206,14 +164,19 @@ pub(crate) async fn accept_loop(
             tracing::debug!("turn tcp connection refused: too many connections");
             continue;
         };
+        let Some(ip_slot) = per_ip.try_acquire(remote.ip()) else {
+            RelayCounters::bump(&dispatcher.counters().tcp_per_ip_refusals);
+            tracing::debug!(client = %remote, "turn tcp connection refused: too many from this address");
+            continue;
+        };
         let Ok(local) = stream.local_addr() else { continue };
         let _ = stream.set_nodelay(true);
-        let relay = relay.clone();
+        let dispatcher = dispatcher.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve(stream, Transport::Tcp, local, remote, relay, shutdown).await,
+                None => serve(stream, Transport::Tcp, local, remote, dispatcher, shutdown).await,
                 Some(config) => {
                     let mut config = (*config()).clone();
                     // No ALPN: HTTP's "http/1.1" would make rustls refuse clients that offer
@@ -222,13 +185,14 @@ pub(crate) async fn accept_loop(
                     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            serve(tls_stream, Transport::Tls, local, remote, relay, shutdown).await
+                            serve(tls_stream, Transport::Tls, local, remote, dispatcher, shutdown).await
                         }
                         Ok(Err(err)) => tracing::debug!(%err, "turn tls handshake failed"),
                         Err(_) => tracing::debug!("turn tls handshake timed out"),
                     }
                 }
             }
+            drop(ip_slot);
             drop(slot);
         });
     }
@@ -239,7 +203,7 @@ async fn serve<S>(
     transport: Transport,
     local: SocketAddr,
     remote: SocketAddr,
-    relay: Arc<Relay>,
+    dispatcher: Arc<Dispatcher>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -250,7 +214,7 @@ async fn serve<S>(
         local,
         remote,
         queue,
-        counters: relay.counters().clone(),
+        counters: dispatcher.counters().clone(),
         closed: AtomicBool::new(false),
         close_signal: Notify::new(),
     });
@@ -263,11 +227,12 @@ async fn serve<S>(
         let _ = write_half.shutdown().await;
     });
 
-    let dyn_conn: Arc<dyn Conn + Send + Sync> = conn.clone();
+    let dyn_conn: SharedConn = conn.clone();
+    let link = ClientLink { transport, client: remote, conn: &dyn_conn };
     let mut reader = BufReader::with_capacity(16 * 1024, read_half);
     let accepted = Instant::now();
     loop {
-        let allocated = relay.has_allocation(transport, remote);
+        let allocated = dispatcher.has_allocation(transport, remote);
         if !allocated && accepted.elapsed() > HANDSHAKE_DEADLINE {
             break;
         }
@@ -290,10 +255,10 @@ async fn serve<S>(
             }
             _ = shutdown.changed() => break,
         };
-        relay.dispatch(transport, &dyn_conn, remote, frame).await;
+        dispatcher.dispatch(&link, frame).await;
     }
     // The client's connection is gone: so is its allocation (RFC 8656 section 2.1).
-    relay.client_gone(transport, FiveTuple { protocol: PROTO_UDP, src_addr: remote, dst_addr: local }).await;
+    dispatcher.client_gone(&link).await;
     conn.shut();
     drop(dyn_conn);
     drop(conn);
@@ -302,38 +267,5 @@ async fn serve<S>(
     let mut writer = writer;
     if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
         writer.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn frames_are_split_by_their_length_fields() {
-        // A STUN header with 4 bytes of attributes, then ChannelData of 5 bytes padded to 8.
-        let mut bytes = vec![0x00, 0x01, 0x00, 0x04];
-        bytes.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
-        bytes.extend_from_slice(&[7u8; 12]);
-        bytes.extend_from_slice(&[1, 2, 3, 4]);
-        bytes.extend_from_slice(&[0x40, 0x00, 0x00, 0x05, 9, 9, 9, 9, 9, 0, 0, 0]);
-        let mut reader = &bytes[..];
-        let stun = read_frame(&mut reader).await.unwrap().unwrap();
-        assert_eq!(stun.len(), 24);
-        let data = read_frame(&mut reader).await.unwrap().unwrap();
-        assert_eq!(data, vec![0x40, 0x00, 0x00, 0x05, 9, 9, 9, 9, 9]);
-        assert!(read_frame(&mut reader).await.unwrap().is_none());
-        let mut garbage: &[u8] = &[0xff, 0, 0, 0];
-        assert!(read_frame(&mut garbage).await.is_err());
-        assert_eq!(frame_for_tcp(&[0x40, 0, 0, 1, 5]).len(), 8);
-    }
-
-    #[test]
-    fn relayed_data_is_told_from_answers() {
-        assert!(is_relayed_data(&[0x40, 0x00, 0x00, 0x01, 9]));
-        assert!(is_relayed_data(&[0x00, 0x17, 0x00, 0x00]));
-        assert!(!is_relayed_data(&[0x01, 0x03, 0x00, 0x00]), "Allocate success");
-        assert!(!is_relayed_data(&[0x01, 0x13, 0x00, 0x00]), "Allocate error");
-        assert!(!is_relayed_data(&[]));
     }
 }

@@ -18,8 +18,8 @@ use rand::SeedableRng;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::ice_servers::TurnEndpoints;
 use crate::protocol::parse_inbound;
-use crate::turn::credentials::TurnEndpoints;
 
 mod accounts;
 mod address_privacy;

@@ -23,8 +23,9 @@ use tokio::sync::Notify;
 use turn::relay::RelayAddressGenerator;
 use webrtc_util::Conn;
 
+use crate::addr::canonical_addr;
 use crate::turn::counters::RelayCounters;
-use crate::turn::policy::{canonical_addr, PeerPolicy};
+use crate::turn::policy::PeerPolicy;
 
 /// Socket buffers of each relay socket: a few hundred milliseconds of a video call's bitrate.
 const RELAY_SOCKET_BUFFER: usize = 512 * 1024;
@@ -74,8 +75,9 @@ impl OwnRelays {
     }
 }
 
-/// What every relay socket shares.
-pub struct RelayContext {
+/// What every relay socket shares: the peer policy with the live set of our own relayed
+/// addresses, the counters, and the bandwidth cap.
+pub struct PeerGuard {
     pub policy: PeerPolicy,
     pub own: Arc<OwnRelays>,
     pub counters: Arc<RelayCounters>,
@@ -83,7 +85,7 @@ pub struct RelayContext {
     pub bandwidth_bytes_per_s: u64,
 }
 
-impl RelayContext {
+impl PeerGuard {
     fn allows(&self, peer: SocketAddr) -> bool {
         let verdict = self.policy.check(peer, |a| self.own.contains(a));
         if !verdict.is_allowed() {
@@ -125,22 +127,22 @@ pub struct RelaySocket {
     socket: UdpSocket,
     local: SocketAddr,
     advertised: SocketAddr,
-    ctx: Arc<RelayContext>,
+    guard: Arc<PeerGuard>,
     bucket: Option<Mutex<Bucket>>,
     closed: AtomicBool,
     close_signal: Notify,
 }
 
 impl RelaySocket {
-    fn new(socket: UdpSocket, local: SocketAddr, advertised: SocketAddr, ctx: Arc<RelayContext>) -> Self {
-        let rate = ctx.bandwidth_bytes_per_s as f64;
+    fn new(socket: UdpSocket, local: SocketAddr, advertised: SocketAddr, guard: Arc<PeerGuard>) -> Self {
+        let rate = guard.bandwidth_bytes_per_s as f64;
         let bucket = (rate > 0.0).then(|| Mutex::new(Bucket { rate, tokens: rate, last: Instant::now() }));
-        ctx.own.insert(advertised, local);
+        guard.own.insert(advertised, local);
         RelaySocket {
             socket,
             local,
             advertised,
-            ctx,
+            guard,
             bucket,
             closed: AtomicBool::new(false),
             close_signal: Notify::new(),
@@ -151,7 +153,7 @@ impl RelaySocket {
         let Some(bucket) = &self.bucket else { return true };
         let ok = bucket.lock().unwrap_or_else(|e| e.into_inner()).take(n);
         if !ok {
-            RelayCounters::bump(&self.ctx.counters.bandwidth_drops);
+            RelayCounters::bump(&self.guard.counters.bandwidth_drops);
         }
         ok
     }
@@ -162,7 +164,7 @@ impl RelaySocket {
 
     fn shut(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
-            self.ctx.own.remove(self.advertised, self.local);
+            self.guard.own.remove(self.advertised, self.local);
             self.close_signal.notify_waiters();
         }
     }
@@ -198,7 +200,7 @@ impl Conn for RelaySocket {
                     // Larger than the crate's buffer (its relay MTU, 1500 bytes): dropped and
                     // counted rather than handed on cut short, which would corrupt the media.
                     Ok(None) => {
-                        RelayCounters::bump(&self.ctx.counters.oversize_drops);
+                        RelayCounters::bump(&self.guard.counters.oversize_drops);
                         continue;
                     }
                     // ICMP errors and the like must not end the allocation (the crate would
@@ -211,12 +213,12 @@ impl Conn for RelaySocket {
                 _ = &mut closed => return Err(Self::closed_error()),
             };
             let from = canonical_addr(from);
-            let from = self.ctx.own.advertised_for(from).unwrap_or(from);
-            if !self.ctx.allows(from) || !self.within_bandwidth(n) {
+            let from = self.guard.own.advertised_for(from).unwrap_or(from);
+            if !self.guard.allows(from) || !self.within_bandwidth(n) {
                 continue;
             }
-            RelayCounters::bump(&self.ctx.counters.relayed_packets_in);
-            RelayCounters::add(&self.ctx.counters.relayed_bytes_in, n as u64);
+            RelayCounters::bump(&self.guard.counters.relayed_packets_in);
+            RelayCounters::add(&self.guard.counters.relayed_bytes_in, n as u64);
             return Ok((n, from));
         }
     }
@@ -232,13 +234,13 @@ impl Conn for RelaySocket {
         let target = canonical_addr(target);
         // Denied or over the cap: dropped like a lost datagram (the crate treats a short write
         // as an error, so report the full length).
-        if !self.ctx.allows(target) || !self.within_bandwidth(buf.len()) {
+        if !self.guard.allows(target) || !self.within_bandwidth(buf.len()) {
             return Ok(buf.len());
         }
-        let destination = self.ctx.own.local_for(target).unwrap_or(target);
+        let destination = self.guard.own.local_for(target).unwrap_or(target);
         let n = self.socket.send_to(buf, destination).await?;
-        RelayCounters::bump(&self.ctx.counters.relayed_packets_out);
-        RelayCounters::add(&self.ctx.counters.relayed_bytes_out, n as u64);
+        RelayCounters::bump(&self.guard.counters.relayed_packets_out);
+        RelayCounters::add(&self.guard.counters.relayed_bytes_out, n as u64);
         Ok(n)
     }
 
@@ -267,7 +269,7 @@ pub struct RelayAllocator {
     pub advertised_ip: IpAddr,
     pub min_port: u16,
     pub max_port: u16,
-    pub ctx: Arc<RelayContext>,
+    pub guard: Arc<PeerGuard>,
 }
 
 impl RelayAllocator {
@@ -324,7 +326,7 @@ impl RelayAddressGenerator for RelayAllocator {
                 .map_err(|e| turn::Error::Other(e.to_string()))?;
         let local = socket.local_addr().map_err(|e| turn::Error::Other(e.to_string()))?;
         let advertised = SocketAddr::new(self.advertised_ip, local.port());
-        let relay = RelaySocket::new(socket, local, advertised, self.ctx.clone());
+        let relay = RelaySocket::new(socket, local, advertised, self.guard.clone());
         Ok((Arc::new(relay), advertised))
     }
 }
