@@ -111,6 +111,12 @@ impl Collector for LiveCollector {
             "Clients disconnected because their outbound queue was full.",
             &hub.outbound_queue_drops,
         )?;
+        counter(
+            &mut encoder,
+            "relaychat_ingress_drops",
+            "Client frames dropped on arrival over the ingress budget (floods; never reached the hub).",
+            &hub.ingress_drops,
+        )?;
         let privacy = hub.privacy.lock().map(|t| *t).unwrap_or_default();
         labeled_values(
             &mut encoder,

@@ -117,7 +117,11 @@ async fn a_slow_reader_is_disconnected_without_slowing_others() {
     use tokio_tungstenite::tungstenite::Message;
     const TOTAL: usize = 6000;
     const BATCH: usize = 100;
-    let server = Server::start("[chat]\nmax_messages_per_second = 100000\n");
+    // The sender floods on purpose (as fast as the fast reader reads): no limit may stop it.
+    let server = Server::start(
+        "[chat]\nmax_messages_per_second = 100000\n\
+         [message_budgets]\ningress = { per_second = 1000000.0, burst = 1000000.0 }\n",
+    );
     let mut fast = server.join("Fast").await;
     let slow = server.join("Slow").await; // never reads again
     fast.expect_system("Slow has joined.").await;
@@ -155,4 +159,51 @@ async fn a_slow_reader_is_disconnected_without_slowing_others() {
     let _sink = sending.await.unwrap();
     drop(slow);
     drain.abort();
+}
+
+/// A flood is cut off where it arrives, before the hub: of 20,000 frames sent without pause,
+/// the hub sees at most the ingress burst plus its rate for the time the flood lasted, and the
+/// flooder is closed; meanwhile another user's messages are still answered. (Pings, with their
+/// own class budget lifted, so that only the ingress budget can stop them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_cut_off_where_it_arrives() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(
+        "[message_budgets]\ningress = { per_second = 200.0, burst = 1200.0 }\n\
+         ping = { per_second = 1000000.0, burst = 1000000.0 }\n",
+    );
+    let mut bystander = server.join("Bystander").await;
+    let mut flooder = server.join("Flooder").await;
+    bystander.expect_system("Flooder has joined.").await;
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (_, before) = common::http_get(server.http, "/metrics").await;
+    let started = std::time::Instant::now();
+    let ping = json!({"type": "ping", "token": flooder.token}).to_string();
+    for _ in 0..20_000 {
+        if flooder.ws.send(Message::Text(ping.clone().into())).await.is_err() {
+            break; // closed under us: the point of the test
+        }
+    }
+    let flood_s = started.elapsed().as_secs_f64();
+    let close = flooder.expect_close().await.expect("a close frame");
+    assert_eq!((u16::from(close.code), close.reason.as_str()), (1008, "Too many messages"));
+    // The bystander is served: a ping is answered.
+    bystander.send("ping", json!({})).await;
+    bystander.recv_type("pong").await;
+    let (_, after) = common::http_get(server.http, "/metrics").await;
+    let reached_hub =
+        metric(&after, "relaychat_messages_in_total") - metric(&before, "relaychat_messages_in_total");
+    let dropped = metric(&after, "relaychat_ingress_drops_total");
+    assert!(dropped > 200.0, "ingress drops: {dropped}");
+    let allowed = 1200.0 + 200.0 * (flood_s + 1.0) + 10.0;
+    assert!(
+        reached_hub <= allowed,
+        "{reached_hub} frames reached the hub (allowed {allowed:.0}) in {flood_s:.2} s"
+    );
 }

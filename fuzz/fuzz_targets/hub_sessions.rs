@@ -34,9 +34,23 @@ const FRAMES: &[&str] = &[
     r#"{"type":"webrtc-media-change","mediaTypes":[]}"#,
 ];
 
+/// The default settings in open and in authentication mode, parsed once: parsing the embedded
+/// defaults on every run cost most of each execution.
+fn settings(authentication: bool) -> Arc<Settings> {
+    static BOTH: std::sync::OnceLock<[Arc<Settings>; 2]> = std::sync::OnceLock::new();
+    let both = BOTH.get_or_init(|| {
+        let mode = |authentication| {
+            let mut settings = Settings::defaults();
+            settings.chat.authentication = authentication;
+            Arc::new(settings)
+        };
+        [mode(false), mode(true)]
+    });
+    both[usize::from(authentication)].clone()
+}
+
 fuzz_target!(|data: &[u8]| {
-    let mut settings = Settings::defaults();
-    settings.chat.authentication = data.first().is_some_and(|b| b & 1 == 1);
+    let settings = settings(data.first().is_some_and(|b| b & 1 == 1));
     let history_limit = settings.chat.history_limit;
     let ice = IceServerIssuer {
         endpoints: TurnEndpoints::Integrated {
@@ -48,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
         ttl_s: 600,
     };
     let mut hub =
-        Hub::new(Arc::new(settings), ice, Vec::new(), HashSet::new(), rand::rngs::StdRng::seed_from_u64(1));
+        Hub::new(settings, ice, Vec::new(), HashSet::new(), rand::rngs::StdRng::seed_from_u64(1));
     let mut now = Now::current();
     let mut connected = [false; 6];
     let mut frames: Vec<String> = Vec::new();

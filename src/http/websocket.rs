@@ -13,8 +13,9 @@
 //! at once, even in the middle of a write to a full socket.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -34,6 +35,7 @@ use warp::reply::Response;
 
 use super::admission::Ticket;
 use super::HttpState;
+use crate::hub::budget::{Admission, IngressBudget, MessageBudgetSettings};
 use crate::hub::runner::{ConnLink, HubEvent, HubHandle, OUTBOUND_QUEUE_FRAMES};
 use crate::hub::{ConnId, ConnectInfo};
 use crate::protocol::{parse_inbound, Frame, Inbound};
@@ -71,12 +73,14 @@ pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
 }
 
 /// Deadlines of a running session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SessionTimeouts {
     /// Until the first frame (any frame, pings included) arrives.
     pub first_message: Duration,
     /// For each write, and for the close handshake.
     pub write: Duration,
+    /// The ingress rate of every frame together (`[message_budgets] ingress`).
+    pub budgets: Arc<MessageBudgetSettings>,
 }
 
 impl SessionTimeouts {
@@ -84,6 +88,7 @@ impl SessionTimeouts {
         Self {
             first_message: Duration::from_millis(settings.timeouts.first_message_ms),
             write: Duration::from_millis(settings.timeouts.write_ms),
+            budgets: Arc::new(settings.message_budgets.clone()),
         }
     }
 }
@@ -254,6 +259,7 @@ pub async fn run_session<S>(
     let first_message = tokio::time::sleep(timeouts.first_message);
     let mut first_message = std::pin::pin!(first_message);
     let mut heard_from_client = false;
+    let mut ingress = IngressBudget::default();
     // Once a write is abandoned half-way (timeout, or the hub dropped us) the stream may hold
     // part of a frame: nothing more may be written, not even a close frame.
     let mut writable = true;
@@ -309,6 +315,19 @@ pub async fn run_session<S>(
                 heard_from_client = true;
                 match incoming {
                     Some(Ok(message)) => {
+                        // A flood stops here, before it is parsed or queued for the hub.
+                        match ingress.admit(&timeouts.budgets, Instant::now()) {
+                            Admission::Allowed => {}
+                            Admission::Dropped => {
+                                hub.stats.ingress_drops.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            Admission::Disconnect => {
+                                hub.stats.ingress_drops.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(conn, "ingress flood: disconnecting");
+                                break Some((1008, "Too many messages".into()));
+                            }
+                        }
                         let inbound = match message {
                             Message::Text(text) => parse_inbound(&text),
                             Message::Binary(_) => Inbound::Malformed,

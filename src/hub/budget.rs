@@ -68,6 +68,10 @@ pub struct MessageBudgetSettings {
     pub candidate: Rate,
     pub media_change: Rate,
     pub other: Rate,
+    /// Every frame of a connection together, counted where it arrives (the session task), so
+    /// a flood is cut off before it reaches the hub and queues in front of everyone else's
+    /// messages. Above every class's own rate: only a flood meets it.
+    pub ingress: Rate,
     /// Over-budget messages within 10 s that close the connection (1008); 0 never closes.
     pub disconnect_after_drops: u32,
     /// A user's voice join/leave notices are persisted at most `voice_notices_persisted` times
@@ -91,6 +95,7 @@ impl Default for MessageBudgetSettings {
             candidate: rate(200.0, 1000.0),
             media_change: rate(10.0, 50.0),
             other: rate(20.0, 100.0),
+            ingress: rate(200.0, 1200.0),
             disconnect_after_drops: 200,
             voice_notice_persist_interval_s: 60,
             voice_notices_persisted: 4,
@@ -118,6 +123,64 @@ struct Bucket {
     refilled_at: Instant,
 }
 
+impl Bucket {
+    /// Refills for the time passed, then spends one token if there is one.
+    fn take(slot: &mut Option<Bucket>, rate: Rate, now: Instant) -> bool {
+        let bucket = slot.get_or_insert(Bucket { tokens: rate.burst, refilled_at: now });
+        let elapsed = now.saturating_duration_since(bucket.refilled_at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst);
+        bucket.refilled_at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Drops counted in `DROP_WINDOW`s: too many in one window means the client is not a client.
+#[derive(Debug, Clone, Copy, Default)]
+struct DropCount {
+    in_window: u32,
+    window_started: Option<Instant>,
+}
+
+impl DropCount {
+    fn dropped(&mut self, disconnect_after: u32, now: Instant) -> Admission {
+        let window_open =
+            self.window_started.is_some_and(|at| now.saturating_duration_since(at) < DROP_WINDOW);
+        if !window_open {
+            self.window_started = Some(now);
+            self.in_window = 0;
+        }
+        self.in_window += 1;
+        if disconnect_after > 0 && self.in_window > disconnect_after {
+            Admission::Disconnect
+        } else {
+            Admission::Dropped
+        }
+    }
+}
+
+/// The ingress budget of one connection: every frame, whatever its type, before it is parsed
+/// further or sent to the hub.
+#[derive(Debug, Clone, Default)]
+pub struct IngressBudget {
+    bucket: Option<Bucket>,
+    drops: DropCount,
+}
+
+impl IngressBudget {
+    pub fn admit(&mut self, settings: &MessageBudgetSettings, now: Instant) -> Admission {
+        if Bucket::take(&mut self.bucket, settings.ingress, now) {
+            Admission::Allowed
+        } else {
+            self.drops.dropped(settings.disconnect_after_drops, now)
+        }
+    }
+}
+
 /// What to do with one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -132,13 +195,12 @@ pub enum Admission {
 #[derive(Debug, Clone)]
 pub struct MessageBudget {
     buckets: [Option<Bucket>; MessageClass::COUNT],
-    drops_in_window: u32,
-    window_started: Option<Instant>,
+    drops: DropCount,
 }
 
 impl MessageBudget {
     pub fn new() -> Self {
-        Self { buckets: [None; MessageClass::COUNT], drops_in_window: 0, window_started: None }
+        Self { buckets: [None; MessageClass::COUNT], drops: DropCount::default() }
     }
 
     /// Spends one token of `class`, if there is one.
@@ -148,27 +210,10 @@ impl MessageBudget {
         settings: &MessageBudgetSettings,
         now: Instant,
     ) -> Admission {
-        let rate = settings.rate(class);
-        let bucket =
-            self.buckets[class as usize].get_or_insert(Bucket { tokens: rate.burst, refilled_at: now });
-        let elapsed = now.saturating_duration_since(bucket.refilled_at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst);
-        bucket.refilled_at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Admission::Allowed;
-        }
-        let window_open =
-            self.window_started.is_some_and(|at| now.saturating_duration_since(at) < DROP_WINDOW);
-        if !window_open {
-            self.window_started = Some(now);
-            self.drops_in_window = 0;
-        }
-        self.drops_in_window += 1;
-        if settings.disconnect_after_drops > 0 && self.drops_in_window > settings.disconnect_after_drops {
-            Admission::Disconnect
+        if Bucket::take(&mut self.buckets[class as usize], settings.rate(class), now) {
+            Admission::Allowed
         } else {
-            Admission::Dropped
+            self.drops.dropped(settings.disconnect_after_drops, now)
         }
     }
 }
@@ -203,6 +248,27 @@ mod tests {
         let mut last = Admission::Dropped;
         for _ in 0..settings.disconnect_after_drops {
             last = budget.admit(MessageClass::Typing, &settings, later);
+        }
+        assert_eq!(last, Admission::Disconnect);
+    }
+
+    #[test]
+    fn ingress_admits_its_burst_and_rate_then_a_flood_disconnects() {
+        let settings = MessageBudgetSettings::default();
+        let mut ingress = IngressBudget::default();
+        let start = Instant::now();
+        let burst = settings.ingress.burst as usize;
+        for _ in 0..burst {
+            assert_eq!(ingress.admit(&settings, start), Admission::Allowed);
+        }
+        assert_eq!(ingress.admit(&settings, start), Admission::Dropped);
+        let later = start + Duration::from_millis(100);
+        for _ in 0..(settings.ingress.per_second / 10.0) as usize {
+            assert_eq!(ingress.admit(&settings, later), Admission::Allowed);
+        }
+        let mut last = Admission::Allowed;
+        for _ in 0..settings.disconnect_after_drops {
+            last = ingress.admit(&settings, later);
         }
         assert_eq!(last, Admission::Disconnect);
     }

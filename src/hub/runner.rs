@@ -56,6 +56,8 @@ pub struct SharedStats {
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub outbound_queue_drops: AtomicU64,
+    /// Frames the session tasks dropped over the ingress budget (never reached the hub).
+    pub ingress_drops: AtomicU64,
     /// force_relay's work: candidates dropped by reason, fields sanitized by kind.
     pub privacy: std::sync::Mutex<PrivacyTally>,
 }
