@@ -29,6 +29,7 @@ CURVES = [
     # The blocking pool keeps an idle thread for 10 s after its last job (argon2, trim).
     ("threads", "", lambda s: s["threads"], 2),
     ("WebSocket connections", "", metric("relaychat_connections"), 0),
+    ("hub queue (events waiting)", "", metric("relaychat_hub_queue_depth"), 0),
     ("TURN allocations", "", metric("relaychat_turn_allocations_active"), 0),
 ]
 
@@ -131,6 +132,13 @@ w(f"Both rounds, seen by the clients: {load_end.get('held_reopened', 0)} held se
   f"{load_end['chat_sent']} chat messages sent, {load_end['flooders_closed']} flooding sessions closed by the "
   f"server, {load_end['slow_readers_dropped']} slow readers dropped by the server. Server log: "
   f"{log.get('panics', '?')} panics, {log.get('error_lines', '?')} ERROR lines.")
+joins = report.get("join_latency_ms") or {}
+if joins.get("count"):
+    queue = [v for v in values(metric("relaychat_hub_queue_depth"), load + load2)]
+    w("")
+    w(f"Call setup under this load: webrtc-join → webrtc-joined p50 {joins['p50']:.1f} ms, p99 {joins['p99']:.1f} ms, "
+      f"max {joins['max']:.1f} ms over {joins['count']} joins; the hub's inbound queue held at most "
+      f"{max(queue) if queue else 0:.0f} events at a sample.")
 if report.get("call_errors"):
     w("")
     w("Failed call cycles by cause (N: digits): "

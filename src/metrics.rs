@@ -72,6 +72,12 @@ impl Collector for LiveCollector {
         gauge(&mut encoder, "relaychat_connections", "Open WebSocket connections.", &hub.open_sockets)?;
         gauge(&mut encoder, "relaychat_users", "Users online (named or logged in).", &hub.connected_users)?;
         gauge(&mut encoder, "relaychat_voice_participants", "Users in voice chat.", &hub.voice_participants)?;
+        gauge(
+            &mut encoder,
+            "relaychat_hub_queue_depth",
+            "Events waiting for the hub when it took its last one (how far it is behind).",
+            &hub.queue_depth,
+        )?;
         // Scrapes run on the server's runtime; a task that outlives its connection shows here.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let tasks = ConstGauge::new(runtime.metrics().num_alive_tasks() as i64);

@@ -56,6 +56,8 @@ pub struct SharedStats {
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub outbound_queue_drops: AtomicU64,
+    /// Events waiting in the hub's inbound queue when it took the last one.
+    pub queue_depth: AtomicUsize,
     /// Frames the session tasks dropped over the ingress budget (never reached the hub).
     pub ingress_drops: AtomicU64,
     /// force_relay's work: candidates dropped by reason, fields sanitized by kind.
@@ -158,7 +160,11 @@ impl Runner {
                         let _ = done.send(());
                         return;
                     }
-                    Some(event) => self.handle(event),
+                    Some(event) => {
+                        // Events waiting behind this one: how far the hub is behind its sessions.
+                        self.stats.queue_depth.store(receiver.len(), Ordering::Relaxed);
+                        self.handle(event)
+                    }
                     None => return,
                 },
                 _ = tick.tick() => self.hub.tick(Now::current()),

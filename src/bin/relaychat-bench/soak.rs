@@ -110,6 +110,8 @@ pub struct SoakReport {
     pub last_call_error: Option<String>,
     /// Failed call cycles by cause.
     pub call_errors: std::collections::BTreeMap<String, u64>,
+    /// webrtc-join → webrtc-joined over the whole run: p50, p99, max in ms, and the count.
+    pub join_latency_ms: serde_json::Value,
 }
 
 struct Shared {
@@ -184,7 +186,13 @@ pub async fn run(c: SoakCli) -> anyhow::Result<SoakReport> {
         "chat_size": c.chat_size, "flooders": c.flooders, "slow_readers": c.slow_readers,
     });
     let call_errors = shared.calls.errors.lock().map(|e| e.clone()).unwrap_or_default();
-    Ok(SoakReport { settings, samples, last_call_error, call_errors })
+    let mut joins = shared.calls.join_latency_us.lock().map(|l| l.clone()).unwrap_or_default();
+    joins.sort_unstable();
+    let at =
+        |q: f64| joins.get(((joins.len() as f64 - 1.0) * q).round() as usize).map(|us| *us as f64 / 1000.0);
+    let join_latency_ms =
+        serde_json::json!({"count": joins.len(), "p50": at(0.5), "p99": at(0.99), "max": at(1.0)});
+    Ok(SoakReport { settings, samples, last_call_error, call_errors, join_latency_ms })
 }
 
 /// One round of load: every kind of client for `length`, sampled, then every client stopped.

@@ -28,6 +28,8 @@ pub struct CallCounters {
     pub packets_sent: AtomicU64,
     pub packets_received: AtomicU64,
     pub last_error: std::sync::Mutex<Option<String>>,
+    /// webrtc-join → webrtc-joined, microseconds, every join of the run.
+    pub join_latency_us: std::sync::Mutex<Vec<u64>>,
     /// Failed cycles by cause (the error text with its digits and names blurred).
     pub errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -139,8 +141,12 @@ async fn one_cycle(
         if let Some(events) = m.events.as_mut() {
             while events.try_recv().is_ok() {}
         }
+        let asked = std::time::Instant::now();
         m.send(&json!({"type": "webrtc-join", "token": m.token, "mediaTypes": ["audio"]}));
         let (server, credential) = wait_for_credentials(m).await?;
+        if let Ok(mut latencies) = calls.join_latency_us.lock() {
+            latencies.push(asked.elapsed().as_micros() as u64);
+        }
         let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let client = TurnClient::allocate(sock, server, &credential)
             .await

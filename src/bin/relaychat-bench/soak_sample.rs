@@ -15,8 +15,9 @@ use tokio::net::TcpStream;
 use super::procfs;
 
 /// The `/metrics` gauges and counters a soak watches, by their exposition names.
-const WATCHED: [&str; 8] = [
+const WATCHED: [&str; 9] = [
     "relaychat_connections",
+    "relaychat_hub_queue_depth",
     "relaychat_users",
     "relaychat_voice_participants",
     "relaychat_runtime_tasks",
