@@ -227,8 +227,9 @@ fn ice_candidate(value: Option<Value>) -> Option<Box<IceCandidate>> {
     let sdp_m_line_index = field("sdpMLineIndex", |v| v.as_u64().is_some_and(|i| i <= u64::from(u16::MAX)))
         .and_then(|v| v.as_u64())
         .map(|i| i as u16);
-    let username_fragment = field("usernameFragment", |v| v.as_str().is_some_and(is_ice_chars))
-        .and_then(|v| v.as_str().map(str::to_string));
+    let username_fragment =
+        field("usernameFragment", |v| v.as_str().is_some_and(|t| is_ice_chars(t, MAX_UFRAG_BYTES)))
+            .and_then(|v| v.as_str().map(str::to_string));
     discarded_keys += raw
         .keys()
         .filter(|k| !matches!(k.as_str(), "candidate" | "sdpMid" | "sdpMLineIndex" | "usernameFragment"))
@@ -251,10 +252,11 @@ fn is_token(text: &str) -> bool {
         && text.bytes().all(|b| b.is_ascii_alphanumeric() || SYMBOLS.contains(&b))
 }
 
-/// RFC 8839 ice-chars (ALPHA / DIGIT / "+" / "/"), at most `MAX_UFRAG_BYTES`.
-fn is_ice_chars(text: &str) -> bool {
+/// `1*max ice-char`, ice-char = ALPHA / DIGIT / "+" / "/" (RFC 8839): ufrags and foundations,
+/// here and in the relay-only rebuild.
+pub fn is_ice_chars(text: &str, max: usize) -> bool {
     !text.is_empty()
-        && text.len() <= MAX_UFRAG_BYTES
+        && text.len() <= max
         && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 

@@ -13,6 +13,8 @@
 
 use std::net::IpAddr;
 
+use crate::protocol::is_ice_chars;
+
 use super::ip_literal::contains_ip_literal;
 use super::tally::{DropReason, PrivacyTally, SanitizedField};
 use super::RelayAddresses;
@@ -32,13 +34,6 @@ fn allowed_extension_value(name: &str, value: &str) -> bool {
 /// `1*max DIGIT`.
 fn is_number(text: &str, max: usize) -> bool {
     !text.is_empty() && text.len() <= max && text.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// `1*max ice-char`, ice-char = ALPHA / DIGIT / "+" / "/" (RFC 8839).
-pub(super) fn is_ice_chars(text: &str, max: usize) -> bool {
-    !text.is_empty()
-        && text.len() <= max
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 /// Rebuilds `line` (`candidate:...` or `a=candidate:...`, the prefix is kept) as a relay
