@@ -21,6 +21,7 @@ import { createWriteStream } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { scanText, scanJson, scanFrame, judge as judgeWith } from './addresses.mjs';
+import { sleep, waitFor } from './run.mjs';
 
 function need(name) {
   const v = process.env[name];
@@ -51,7 +52,6 @@ const HOSTS = {
 for (const [name, h] of Object.entries(HOSTS)) h.query = MISCONFIGURED.includes(name) ? '?forcePolicy=all' : '';
 const HTTP_PORT = 8080;   // scripts/nat-test sets it; the server is alone in its namespace
 const CONNECT_WITHIN_MS = 45_000;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---- results ---------------------------------------------------------------------------------
 const results = [];
@@ -62,21 +62,6 @@ function check(name, ok, detail = '') {
 }
 const note = (text) => console.log(`  note ${text}`);
 
-async function waitFor(fn, timeoutMs, intervalMs = 250) {
-  const deadline = Date.now() + timeoutMs;
-  let last = 'not evaluated';
-  for (;;) {
-    try {
-      const r = await fn();
-      if (r === true) return { ok: true, reason: '' };
-      last = r || 'not ready';
-    } catch (err) {
-      last = 'error: ' + err.message;
-    }
-    if (Date.now() >= deadline) return { ok: false, reason: last };
-    await sleep(intervalMs);
-  }
-}
 
 // ---- processes in namespaces -----------------------------------------------------------------
 const children = new Set();

@@ -35,6 +35,28 @@ async fn pause_or_stop(stop: &mut watch::Receiver<bool>, pause: Duration) -> boo
     }
 }
 
+/// Open a session as `name`, retrying each second after a failure; `None` once stopped.
+async fn connect(
+    url: &str,
+    name: &str,
+    frames: &Arc<Counters>,
+    abuse: &AbuseCounters,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<ws_session::Session> {
+    while !*stop.borrow() {
+        match ws_session::open(url, name, Behaviour::default(), frames.clone(), stop.clone()).await {
+            Ok(session) => return Some(session),
+            Err(_) => {
+                abuse.connect_failures.fetch_add(1, Ordering::Relaxed);
+                if !pause_or_stop(stop, Duration::from_secs(1)).await {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
 /// One chat message of `size` characters every `every`, broadcast to every other session.
 pub async fn chatter(
     url: String,
@@ -46,16 +68,7 @@ pub async fn chatter(
     mut stop: watch::Receiver<bool>,
 ) {
     let text: String = "chat soak ".chars().cycle().take(size).collect();
-    while !*stop.borrow() {
-        let Ok(session) =
-            ws_session::open(&url, &name, Behaviour::default(), frames.clone(), stop.clone()).await
-        else {
-            abuse.connect_failures.fetch_add(1, Ordering::Relaxed);
-            if !pause_or_stop(&mut stop, Duration::from_secs(1)).await {
-                return;
-            }
-            continue;
-        };
+    while let Some(session) = connect(&url, &name, &frames, &abuse, &mut stop).await {
         // Spread the chatters over the interval so the fan-out is steady, not bursty.
         let jitter = rand::rng().random_range(0..every.as_millis().max(1) as u64);
         if !pause_or_stop(&mut stop, Duration::from_millis(jitter)).await {
@@ -78,16 +91,7 @@ pub async fn flooder(
     abuse: Arc<AbuseCounters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    while !*stop.borrow() {
-        let Ok(session) =
-            ws_session::open(&url, &name, Behaviour::default(), frames.clone(), stop.clone()).await
-        else {
-            abuse.connect_failures.fetch_add(1, Ordering::Relaxed);
-            if !pause_or_stop(&mut stop, Duration::from_secs(1)).await {
-                return;
-            }
-            continue;
-        };
+    while let Some(session) = connect(&url, &name, &frames, &abuse, &mut stop).await {
         let typing = json!({"type": "typing", "token": session.token});
         'flood: loop {
             // 100 frames every 50 ms: 2000 frames/s, far past any budget a real client needs.
