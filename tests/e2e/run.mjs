@@ -817,6 +817,21 @@ async function scenario3(browser) {
     const collisions = await Promise.all([alice, bob].map((e) => e.page.evaluate(() => window.relaychat.offerCollisions)));
     check('simultaneous offers (glare) settle: both stable, connected, same 4 transceivers', glare.ok && collisions.some((n) => n > 0),
       `${glare.reason || 'settled'}; collisions seen by alice/bob: ${collisions.join('/')}`);
+
+    // Bob on a fresh page (a new certificate): alice's tile must show the new link's code, not
+    // the old one, and it must match what bob's new page shows.
+    const codeFor = (e, peer) => e.page.evaluate((p) => {
+      const el = document.querySelector(`[data-peer="${CSS.escape('peer:' + p)}"] .verify`);
+      return el && !el.hidden ? el.dataset.code : '';
+    }, peer);
+    const oldCode = await codeFor(alice, 'bob');
+    await bob.context.close();
+    const bob2 = await openClient(browser, server, 'bob');
+    const renewed = await waitFor(async () => {
+      const [a, b] = [await codeFor(alice, 'bob'), await codeFor(bob2, 'alice')];
+      return (a && a !== oldCode && a === b) || `alice shows "${a}" (was "${oldCode}"), bob's new page "${b}"`;
+    }, 15_000);
+    check('a new page for bob (new certificate) gives a new verification code on both ends', oldCode && renewed.ok, renewed.reason);
   } catch (err) {
     check('scenario 3 ran to the end', false, err.stack || String(err));
   }
