@@ -1168,6 +1168,10 @@
       if (video.srcObject !== stream) video.srcObject = stream;
       video.play().catch(() => {});   // autoplay may need the click that joined; ignore otherwise
       if (track.kind === 'audio') watchLevel('peer:' + name, stream);
+      renderVerification(name);
+    };
+    pc.onsignalingstatechange = () => {
+      if (pc.signalingState === 'stable') updateVerification(name, peer).catch((err) => console.warn('verification code', err));
     };
     const onState = () => {
       const tile = tileFor(name);
@@ -1247,6 +1251,56 @@
   }
 
   const fingerprint = (sdp) => (/^a=fingerprint:(.+)$/m.exec(String(sdp || '')) || [])[1]?.trim() || '';
+
+  // ---- call verification codes --------------------------------------------------------------
+  // The media is DTLS-encrypted end to end, but the keys' fingerprints travel through the
+  // server, which could swap them and sit in the middle. Both ends derive a short code from the
+  // two fingerprints they actually use; if the people compare it over another channel and it
+  // matches, no one swapped anything. Scheme (docs/PROTOCOL.md, "Call verification codes"):
+  // each side's first a=fingerprint line as "<hash lower-case> <HEX:UPPER>", the two sorted and
+  // joined with "\n", SHA-256, first 4 bytes big-endian mod 10^6, six digits as "ddd ddd".
+  const normalFingerprint = (fp) => {
+    const [hash, hex] = String(fp || '').trim().split(/\s+/);
+    return hash && hex ? `${hash.toLowerCase()} ${hex.toUpperCase()}` : '';
+  };
+
+  async function verificationCode(fpA, fpB) {
+    const a = normalFingerprint(fpA);
+    const b = normalFingerprint(fpB);
+    if (!a || !b || !crypto.subtle) return '';   // crypto.subtle: secure contexts only
+    const joined = [a, b].sort().join('\n');
+    const digest = new DataView(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(joined)));
+    const digits = String(digest.getUint32(0) % 1_000_000).padStart(6, '0');
+    return `${digits.slice(0, 3)} ${digits.slice(3)}`;
+  }
+  window.relaychat.verificationCode = verificationCode;
+
+  // Recomputed whenever a negotiation settles: an ICE restart or a renegotiation may come with
+  // a new description, and a reloaded peer always comes with a new certificate.
+  async function updateVerification(name, peer) {
+    const { pc } = peer;
+    const local = fingerprint(pc.currentLocalDescription?.sdp);
+    const remote = fingerprint(pc.currentRemoteDescription?.sdp);
+    const code = await verificationCode(local, remote);
+    // A later negotiation may have finished first; only the current descriptions' code counts.
+    if (peers.get(name) !== peer || local !== fingerprint(pc.currentLocalDescription?.sdp)
+        || remote !== fingerprint(pc.currentRemoteDescription?.sdp)) return;
+    peer.verification = code;
+    renderVerification(name);
+  }
+
+  function renderVerification(name) {
+    const el = tileFor(name)?.querySelector('.verify');
+    if (!el) return;
+    const code = peers.get(name)?.verification || '';
+    el.hidden = !code;
+    el.textContent = code ? `code ${code}` : '';
+    el.dataset.code = code;
+    const tip = `Compare this code with ${name} over another channel (phone, in person). `
+      + 'If it matches, nobody — not even this server — is listening in.';
+    el.dataset.tip = tip;
+    el.setAttribute('aria-label', code ? `Verification code ${code}. ${tip}` : '');
+  }
 
   async function onDescription(from, description) {
     if (!inVoice || !from || from === me) return;

@@ -29,6 +29,7 @@ import { spawn, execFile } from 'node:child_process';
 import { isIP, createServer as createNetServer } from 'node:net';
 import { mkdtemp, mkdir, writeFile, copyFile, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -627,6 +628,9 @@ async function scenario2(browser) {
       return pc.signalingState === 'stable' && pc.getTransceivers().length === 3 && pc.connectionState === 'connected';
     }, e.name === 'bob' ? 'carol' : 'bob'))).then((v) => v.every(Boolean) || 'renegotiating'), 10_000);
     check('carol renegotiates with bob mid-call (bob\'s answer SDP carries his candidates)', reneg2.ok, reneg2.reason);
+    // The descriptions went through the server's relay-only rebuild: the fingerprints must have
+    // survived it, or the two ends of a link would show different verification codes.
+    await checkVerificationCodes(all);
 
     // And a deliberately leaky candidate straight from bob's signaling channel.
     await bob.page.evaluate(() => window.relaychat.send({
@@ -690,6 +694,79 @@ async function scenario2(browser) {
   return server;
 }
 
+// docs/PROTOCOL.md's worked example of a call verification code, computed with python3 hashlib.
+export const VERIFY_EXAMPLE = {
+  a: 'sha-256 5E:1A:5F:69:0C:6B:8F:91:E4:3A:52:70:3B:2D:1F:4E:7B:99:A6:1D:0C:33:D1:8B:4E:07:43:DD:AC:F9:48:3B',
+  b: 'sha-256 0B:9C:27:4F:E1:83:6A:D0:55:12:C8:3E:9F:A4:71:06:BD:2E:44:F8:19:7C:E3:60:8A:D5:21:3B:96:0F:CE:77',
+  code: '315 961',
+};
+
+// The scheme again, in Node, so the pages' codes are checked against an implementation that
+// is not the page's own.
+function verificationCodeInNode(fpA, fpB) {
+  const norm = (fp) => { const [h, x] = fp.trim().split(/\s+/); return `${h.toLowerCase()} ${x.toUpperCase()}`; };
+  const digest = createHash('sha256').update([norm(fpA), norm(fpB)].sort().join('\n')).digest();
+  const digits = String(digest.readUInt32BE(0) % 1_000_000).padStart(6, '0');
+  return `${digits.slice(0, 3)} ${digits.slice(3)}`;
+}
+
+// Call verification codes: each link's two tiles show the same code, and it is the one the
+// documented scheme gives for the fingerprints the two pcs really use; a forged fingerprint
+// (what a server in the middle would have to send) gives another code.
+async function checkVerificationCodes(all) {
+  const shown = async (e) => e.page.evaluate(() => {
+    const out = {};
+    for (const [name, pc] of window.relaychat.pcs) {
+      const fp = (d) => (/^a=fingerprint:(.+)$/m.exec(d ? d.sdp : '') || [])[1]?.trim() || '';
+      const el = document.querySelector(`[data-peer="${CSS.escape('peer:' + name)}"] .verify`);
+      out[name] = { code: el && !el.hidden ? el.dataset.code : '', label: el ? el.getAttribute('aria-label') : '',
+        local: fp(pc.currentLocalDescription), remote: fp(pc.currentRemoteDescription) };
+    }
+    return out;
+  });
+  let views;
+  const ready = await waitFor(async () => {
+    views = await Promise.all(all.map(shown));
+    const missing = all.flatMap((e, i) => Object.entries(views[i]).filter(([, v]) => !v.code).map(([n]) => `${e.name}->${n}`));
+    return missing.length === 0 || `no code yet: ${missing.join(', ')}`;
+  }, 10_000);
+  check('every tile shows a verification code', ready.ok, ready.reason);
+  const codes = [];
+  for (let i = 0; i < all.length; i++) {
+    for (let j = i + 1; j < all.length; j++) {
+      const [a, b] = [all[i], all[j]];
+      const ab = views[i][b.name], ba = views[j][a.name];
+      if (!ab || !ba) { check(`${a.name} and ${b.name} see each other`, false); continue; }
+      check(`${a.name} and ${b.name} show the same code for each other`, ab.code && ab.code === ba.code, `${ab.code} / ${ba.code}`);
+      check(`${a.name}'s fingerprint for ${b.name} arrived unchanged (through the SDP rebuild)`,
+        ab.remote && ab.remote === ba.local && ba.remote === ab.local);
+      check(`${a.name}-${b.name} code follows the documented scheme`, ab.code === verificationCodeInNode(ab.local, ab.remote),
+        `${ab.code} vs ${verificationCodeInNode(ab.local, ab.remote)}`);
+      check(`${a.name}'s code for ${b.name} is explained to screen readers`,
+        ab.label.includes(ab.code) && ab.label.includes(`with ${b.name} over another channel`), ab.label);
+      codes.push(ab.code);
+    }
+  }
+  check('each link has its own code', new Set(codes).size === codes.length, codes.join(', '));
+  const [a, b] = [all[0], all[1]];
+  const { local, remote } = views[0][b.name];
+  // One hex digit of the remote fingerprint changed, as a forged description would have it.
+  const forged = remote.replace(/[0-9A-F](?=:[0-9A-F]{2}$)/, (d) => (d === '0' ? '1' : '0'));
+  const page = await a.page.evaluate(async ({ local, remote, forged, ex }) => ({
+    real: await window.relaychat.verificationCode(local, remote),
+    swapped: await window.relaychat.verificationCode(remote, local),
+    lower: await window.relaychat.verificationCode(local, remote.toLowerCase()),
+    forged: await window.relaychat.verificationCode(local, forged),
+    example: await window.relaychat.verificationCode(ex.a, ex.b),
+  }), { local, remote, forged, ex: VERIFY_EXAMPLE });
+  check('the code does not depend on which side computes it (order, hex case)',
+    page.real === views[0][b.name].code && page.swapped === page.real && page.lower === page.real, JSON.stringify(page));
+  check('a forged fingerprint gives another code', forged !== remote && page.forged && page.forged !== page.real,
+    `${page.real} -> ${page.forged}`);
+  check('the page computes docs/PROTOCOL.md\'s worked example', page.example === VERIFY_EXAMPLE.code
+    && verificationCodeInNode(VERIFY_EXAMPLE.a, VERIFY_EXAMPLE.b) === VERIFY_EXAMPLE.code, page.example);
+}
+
 async function scenario3(browser) {
   const server = await startServer({ forceRelay: false });
   try {
@@ -740,6 +817,21 @@ async function scenario3(browser) {
     const collisions = await Promise.all([alice, bob].map((e) => e.page.evaluate(() => window.relaychat.offerCollisions)));
     check('simultaneous offers (glare) settle: both stable, connected, same 4 transceivers', glare.ok && collisions.some((n) => n > 0),
       `${glare.reason || 'settled'}; collisions seen by alice/bob: ${collisions.join('/')}`);
+
+    // Bob on a fresh page (a new certificate): alice's tile must show the new link's code, not
+    // the old one, and it must match what bob's new page shows.
+    const codeFor = (e, peer) => e.page.evaluate((p) => {
+      const el = document.querySelector(`[data-peer="${CSS.escape('peer:' + p)}"] .verify`);
+      return el && !el.hidden ? el.dataset.code : '';
+    }, peer);
+    const oldCode = await codeFor(alice, 'bob');
+    await bob.context.close();
+    const bob2 = await openClient(browser, server, 'bob');
+    const renewed = await waitFor(async () => {
+      const [a, b] = [await codeFor(alice, 'bob'), await codeFor(bob2, 'alice')];
+      return (a && a !== oldCode && a === b) || `alice shows "${a}" (was "${oldCode}"), bob's new page "${b}"`;
+    }, 15_000);
+    check('a new page for bob (new certificate) gives a new verification code on both ends', oldCode && renewed.ok, renewed.reason);
   } catch (err) {
     check('scenario 3 ran to the end', false, err.stack || String(err));
   }
