@@ -1258,7 +1258,9 @@
   // two fingerprints they actually use; if the people compare it over another channel and it
   // matches, no one swapped anything. Scheme (docs/PROTOCOL.md, "Call verification codes"):
   // each side's first a=fingerprint line as "<hash lower-case> <HEX:UPPER>", the two sorted and
-  // joined with "\n", SHA-256, first 4 bytes big-endian mod 10^6, six digits as "ddd ddd".
+  // joined with "\n", SHA-256, first 8 bytes big-endian mod 10^12, twelve digits as
+  // "ddd ddd ddd ddd" (about 40 bits: a middleman cannot grind certificates to match it while a
+  // call is being set up, as it could for six digits).
   const normalFingerprint = (fp) => {
     const [hash, hex] = String(fp || '').trim().split(/\s+/);
     return hash && hex ? `${hash.toLowerCase()} ${hex.toUpperCase()}` : '';
@@ -1270,8 +1272,8 @@
     if (!a || !b || !crypto.subtle) return '';   // crypto.subtle: secure contexts only
     const joined = [a, b].sort().join('\n');
     const digest = new DataView(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(joined)));
-    const digits = String(digest.getUint32(0) % 1_000_000).padStart(6, '0');
-    return `${digits.slice(0, 3)} ${digits.slice(3)}`;
+    const digits = String(digest.getBigUint64(0) % 1_000_000_000_000n).padStart(12, '0');
+    return digits.match(/.../g).join(' ');
   }
   window.relaychat.verificationCode = verificationCode;
 

@@ -698,7 +698,7 @@ async function scenario2(browser) {
 export const VERIFY_EXAMPLE = {
   a: 'sha-256 5E:1A:5F:69:0C:6B:8F:91:E4:3A:52:70:3B:2D:1F:4E:7B:99:A6:1D:0C:33:D1:8B:4E:07:43:DD:AC:F9:48:3B',
   b: 'sha-256 0B:9C:27:4F:E1:83:6A:D0:55:12:C8:3E:9F:A4:71:06:BD:2E:44:F8:19:7C:E3:60:8A:D5:21:3B:96:0F:CE:77',
-  code: '315 961',
+  code: '343 263 496 287',
 };
 
 // The scheme again, in Node, so the pages' codes are checked against an implementation that
@@ -706,8 +706,8 @@ export const VERIFY_EXAMPLE = {
 function verificationCodeInNode(fpA, fpB) {
   const norm = (fp) => { const [h, x] = fp.trim().split(/\s+/); return `${h.toLowerCase()} ${x.toUpperCase()}`; };
   const digest = createHash('sha256').update([norm(fpA), norm(fpB)].sort().join('\n')).digest();
-  const digits = String(digest.readUInt32BE(0) % 1_000_000).padStart(6, '0');
-  return `${digits.slice(0, 3)} ${digits.slice(3)}`;
+  const digits = String(digest.readBigUInt64BE(0) % 1_000_000_000_000n).padStart(12, '0');
+  return digits.match(/.../g).join(' ');
 }
 
 // Call verification codes: each link's two tiles show the same code, and it is the one the
