@@ -16,6 +16,9 @@ pub const HELP_TEXT: &str = "/nick <name> - Change your nickname (disabled if au
 /help - Show this help message.";
 
 const BLOCK_DURATION: Duration = Duration::from_secs(12 * 3600);
+/// Names one connection may have blocked at once. Every target must be online when blocked, but
+/// over 12 hours a busy server shows many names; at the cap the block closest to expiring goes.
+pub const MAX_BLOCKED: usize = 256;
 
 /// The original cuts names to 20 characters before checking them (`clampUsername`).
 const USERNAME_MAX_CHARS: usize = 20;
@@ -147,7 +150,14 @@ impl Hub {
             return;
         };
         if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.blocked.insert(target.clone(), now.mono + BLOCK_DURATION);
+            let blocked = &mut connection.blocked;
+            blocked.retain(|_, until| *until > now.mono);
+            if blocked.len() >= MAX_BLOCKED && !blocked.contains_key(&target) {
+                if let Some(oldest) = blocked.iter().min_by_key(|(_, until)| **until).map(|(n, _)| n.clone()) {
+                    blocked.remove(&oldest);
+                }
+            }
+            blocked.insert(target.clone(), now.mono + BLOCK_DURATION);
         }
         out.system(conn, &format!("You have blocked {target} for 12 hours."));
     }

@@ -101,6 +101,31 @@ fn block_and_unblock_texts_are_the_originals() {
 }
 
 #[test]
+fn a_block_list_is_bounded_and_forgets_expired_blocks() {
+    use crate::hub::commands::MAX_BLOCKED;
+    let mut h = Harness::new(|s| s.chat.max_messages_per_second = 100_000);
+    let alice = h.connect(Some("Alice"));
+    let others: Vec<_> = (0..MAX_BLOCKED + 10).map(|i| h.connect(Some(&format!("User{i}")))).collect();
+    for i in 0..MAX_BLOCKED + 10 {
+        h.chat(alice, &format!("/block User{i}"));
+        h.now.mono += std::time::Duration::from_millis(10);
+    }
+    h.texts_to(alice);
+    let blocked = |h: &Harness| h.hub.connections[&alice].blocked.len();
+    assert_eq!(blocked(&h), MAX_BLOCKED);
+    // The first blocks (closest to expiring) made room for the last ones.
+    h.chat(alice, "/unblock User0");
+    assert_eq!(h.texts_to(alice), ["user0 was not blocked."]);
+    h.chat(alice, &format!("/unblock User{}", MAX_BLOCKED + 9));
+    assert_eq!(h.texts_to(alice), [format!("You have unblocked User{}.", MAX_BLOCKED + 9)]);
+    // Twelve hours later the next block sweeps every expired one away.
+    h.now.mono += std::time::Duration::from_secs(12 * 3600 + 60);
+    h.chat(alice, "/block User5");
+    assert_eq!(blocked(&h), 1);
+    drop(others);
+}
+
+#[test]
 fn moderation_texts_are_the_originals() {
     let mut h = Harness::new(|s| {
         s.chat.max_messages_per_second = 100;
