@@ -153,7 +153,8 @@ impl Hub {
             let blocked = &mut connection.blocked;
             blocked.retain(|_, until| *until > now.mono);
             if blocked.len() >= MAX_BLOCKED && !blocked.contains_key(&target) {
-                if let Some(oldest) = blocked.iter().min_by_key(|(_, until)| **until).map(|(n, _)| n.clone()) {
+                if let Some(oldest) = blocked.iter().min_by_key(|(_, until)| **until).map(|(n, _)| n.clone())
+                {
                     blocked.remove(&oldest);
                 }
             }
