@@ -16,8 +16,6 @@
 //! Allocate always needs an unexpired credential. When the user leaves voice, (b) fails and the
 //! allocations are deleted anyway.
 
-use std::net::SocketAddr;
-
 use crate::turn::credentials::{credential_for, parse_username};
 
 /// Why a credential was refused; each has its own counter.
@@ -95,16 +93,6 @@ impl Authenticator {
             return Err(AuthFailure::NotInVoice);
         }
         Ok(())
-    }
-}
-
-/// Hands the crate the key our read loop already checked, so the crate's own (second)
-/// MESSAGE-INTEGRITY check agrees with ours without re-deciding anything.
-pub(crate) struct CheckedKey(pub Vec<u8>);
-
-impl turn::auth::AuthHandler for CheckedKey {
-    fn auth_handle(&self, _username: &str, _realm: &str, _src: SocketAddr) -> Result<Vec<u8>, turn::Error> {
-        Ok(self.0.clone())
     }
 }
 

@@ -19,8 +19,11 @@
 //!
 //! docs/TURN.md, "Relay internals", follows one relayed packet and one Allocate through these.
 
+pub mod allocation;
 pub mod allocations;
 pub mod auth;
+pub mod bandwidth;
+pub mod channel_data;
 pub mod counters;
 pub mod credentials;
 pub mod dispatch;
@@ -36,12 +39,15 @@ pub mod per_ip;
 pub mod policy;
 pub mod quota;
 pub mod relay_ip;
+pub mod relay_loop;
 pub mod relay_socket;
 pub mod reply;
+pub mod requests;
 pub mod secret;
 pub mod sockets;
 pub mod tcp;
 pub mod teardown;
+pub mod transport;
 pub mod udp;
 
 /// Who is in voice: kept beside the hub (which writes it), re-exported for the relay's users.
