@@ -189,3 +189,111 @@ async fn binding_requests_are_answered_with_the_mapped_address() {
     mapped.get_from(&answer).unwrap();
     assert_eq!(SocketAddr::new(mapped.ip, mapped.port), client.local_addr().await);
 }
+
+/// Every XOR-RELAYED-ADDRESS of an answer (a dual allocation has two).
+fn all_relayed(m: &Message) -> Vec<SocketAddr> {
+    m.attributes
+        .0
+        .iter()
+        .filter(|a| a.typ == stun::attributes::ATTR_XOR_RELAYED_ADDRESS)
+        .map(|a| {
+            let mut one = Message::new();
+            one.transaction_id = m.transaction_id;
+            one.add(a.typ, &a.value);
+            relayed_of(&one)
+        })
+        .collect()
+}
+
+fn additional_ipv6() -> Box<dyn Setter> {
+    Box::new(Raw(ATTR_ADDITIONAL_ADDRESS_FAMILY, vec![0x02, 0, 0, 0]))
+}
+
+const ATTR_ADDITIONAL_ADDRESS_FAMILY: stun::attributes::AttrType = stun::attributes::AttrType(0x8000);
+const ATTR_ADDRESS_ERROR_CODE: stun::attributes::AttrType = stun::attributes::AttrType(0x8001);
+
+async fn recv_from(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 1500];
+    let (n, from) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf)).await.unwrap().unwrap();
+    (buf[..n].to_vec(), from)
+}
+
+#[tokio::test]
+async fn a_dual_allocation_relays_ipv4_and_ipv6_peers_each_from_its_own_family() {
+    let relay = start(|s| {
+        s.turn.peer_policy = "any".into();
+        s.turn.relay_ip6 = "::1".into();
+    })
+    .await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let answer = alice.request(METHOD_ALLOCATE, || vec![udp(), additional_ipv6()]).await.unwrap();
+    let relayed = all_relayed(&answer);
+    assert_eq!(relayed.len(), 2, "{relayed:?}");
+    assert!(answer.get(ATTR_ADDRESS_ERROR_CODE).is_err(), "both families succeeded");
+    let (relay4, relay6) = (relayed[0], relayed[1]);
+    assert_eq!((relay4.ip().to_string(), relay6.ip().to_string()), ("127.0.0.1".into(), "::1".into()));
+
+    let peer4 = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let peer6 = UdpSocket::bind("[::1]:0").await.unwrap();
+    let (addr4, addr6) = (peer4.local_addr().unwrap(), peer6.local_addr().unwrap());
+    alice.create_permission(&[addr4, addr6]).await.unwrap();
+    peer4.send_to(b"over ipv4", relay4).await.unwrap();
+    assert_eq!(alice.recv_data(WAIT).await.as_deref(), Some(&b"over ipv4"[..]));
+    peer6.send_to(b"over ipv6", relay6).await.unwrap();
+    assert_eq!(alice.recv_data(WAIT).await.as_deref(), Some(&b"over ipv6"[..]));
+    // Each peer is reached from the relayed address of its family.
+    alice.channel_bind(0x4000, addr6).await.unwrap();
+    alice.send_channel_data(0x4000, b"to ipv6").await;
+    assert_eq!(recv_from(&peer6).await, (b"to ipv6".to_vec(), relay6));
+    alice.send_indication(addr4, b"to ipv4").await;
+    assert_eq!(recv_from(&peer4).await, (b"to ipv4".to_vec(), relay4));
+    let summary = &relay.handle.allocations()[0];
+    assert_eq!((summary.to_peers.packets, summary.from_peers.packets), (2, 2));
+    alice.refresh(Duration::ZERO).await.unwrap();
+    assert!(eventually(WAIT, || relay.handle.relay_addresses() == 0).await, "both relayed addresses closed");
+}
+
+#[tokio::test]
+async fn an_ipv6_allocation_takes_ipv6_peers_only() {
+    let relay = start(|s| {
+        s.turn.peer_policy = "any".into();
+        s.turn.relay_ip6 = "::1".into();
+    })
+    .await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let answer = alice
+        .request(METHOD_ALLOCATE, || vec![udp(), Box::new(turn::proto::reqfamily::REQUESTED_FAMILY_IPV6)])
+        .await
+        .unwrap();
+    let relayed = all_relayed(&answer);
+    assert_eq!(relayed.len(), 1);
+    assert!(relayed[0].is_ipv6());
+    let refused = alice.create_permission(&["127.0.0.2:9".parse().unwrap()]).await.unwrap_err();
+    assert_eq!(refused.code, 443);
+    assert_eq!(alice.channel_bind(0x4000, "127.0.0.2:9".parse().unwrap()).await.unwrap_err().code, 443);
+    alice.create_permission(&["[::1]:9".parse().unwrap()]).await.unwrap();
+    let refresh_v4 = alice
+        .request(stun::message::METHOD_REFRESH, || {
+            vec![Box::new(turn::proto::reqfamily::REQUESTED_FAMILY_IPV4)]
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refresh_v4.code, 443, "a Refresh naming the other family");
+}
+
+#[tokio::test]
+async fn a_dual_allocation_without_an_ipv6_relay_gets_ipv4_and_an_address_error() {
+    let relay = start(|_| {}).await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let answer = alice.request(METHOD_ALLOCATE, || vec![udp(), additional_ipv6()]).await.unwrap();
+    let relayed = all_relayed(&answer);
+    assert!(relayed.len() == 1 && relayed[0].is_ipv4(), "{relayed:?}");
+    let error = answer.get(ATTR_ADDRESS_ERROR_CODE).unwrap();
+    assert_eq!(&error[..4], &[0x02, 0, 4, 40], "IPv6: 440");
+    assert_eq!(&error[4..], b"Address Family not Supported");
+    let refused = alice.create_permission(&["[2001:db8::1]:9".parse().unwrap()]).await.unwrap_err();
+    assert_eq!(refused.code, 443);
+}

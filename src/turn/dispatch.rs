@@ -18,7 +18,9 @@ use stun::error_code::{
     ErrorCode, CODE_ADDR_FAMILY_NOT_SUPPORTED, CODE_ALLOC_MISMATCH, CODE_BAD_REQUEST,
     CODE_INSUFFICIENT_CAPACITY, CODE_PEER_ADDR_FAMILY_MISMATCH, CODE_UNAUTHORIZED,
 };
-use stun::message::{Getter, Message, CLASS_INDICATION, CLASS_REQUEST, METHOD_BINDING, METHOD_SEND};
+use stun::message::{
+    Getter, Message, CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_BINDING, METHOD_SEND,
+};
 use turn::proto::data::Data;
 use turn::proto::peeraddr::PeerAddress;
 
@@ -31,7 +33,7 @@ use crate::turn::auth::{AuthFailure, Authenticator};
 use crate::turn::channel_data::parse_channel_data;
 use crate::turn::counters::RelayCounters;
 use crate::turn::credentials::parse_username;
-use crate::turn::gate::{self, Authorized, Decision, GateContext, Refusal, Tally};
+use crate::turn::gate::{self, AddressFamilies, Authorized, Decision, GateContext, Refusal, Tally};
 use crate::turn::grants::{BindRefusal, CapReached};
 use crate::turn::link::{ClientLink, ClientPath, DatagramSenders};
 use crate::turn::nonce::NonceMinter;
@@ -46,7 +48,6 @@ pub struct Dispatcher {
     pub(crate) auth: Authenticator,
     pub(crate) nonces: NonceMinter,
     pub(crate) guard: Arc<PeerGuard>,
-    pub(crate) relay_is_ipv4: bool,
     pub(crate) allocations: AllocationTable,
     pub(crate) counters: Arc<RelayCounters>,
     pub(crate) presence: Arc<VoicePresence>,
@@ -105,7 +106,14 @@ impl Dispatcher {
         }
         let now = unix_now();
         let key = link.key();
-        let allocation_username = self.allocations.allocation_username(key);
+        let allocation = self.allocations.get(key);
+        let allocation_username = allocation.as_ref().map(|a| a.username.clone());
+        // An Allocate is judged by what the relay can offer, the rest by what the 5-tuple holds.
+        let relay_families = match &allocation {
+            Some(held) if m.typ.method != METHOD_ALLOCATE => families_of(held),
+            _ => AddressFamilies { ipv4: self.binder.serves(false), ipv6: self.binder.serves(true) },
+        };
+        drop(allocation);
         let in_voice = |user: &str| self.presence.is_in_voice(user);
         let peer_allowed = |peer: SocketAddr| self.guard.permits(peer);
         let decision = gate::decide(
@@ -118,7 +126,7 @@ impl Dispatcher {
                 in_voice: &in_voice,
                 holds_allocation: allocation_username.is_some(),
                 allocation_username: allocation_username.as_deref(),
-                relay_is_ipv4: self.relay_is_ipv4,
+                relay_families,
                 peer_allowed: &peer_allowed,
             },
         );
@@ -356,6 +364,11 @@ impl Dispatcher {
             tracing::debug!("turn permission refused by the peer policy");
         }
     }
+}
+
+fn families_of(allocation: &Allocation) -> AddressFamilies {
+    let held = |ipv4: bool| allocation.relays.iter().any(|r| r.advertised().is_ipv4() == ipv4);
+    AddressFamilies { ipv4: held(true), ipv6: held(false) }
 }
 
 fn mismatch() -> Refusal {

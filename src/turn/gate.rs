@@ -16,10 +16,13 @@
 //! 4. expiry and the live-session rule (`auth`), with the method and the 5-tuple's allocation in
 //!    view, so refreshes keep working past expiry while the user is in voice: 401;
 //! 5. anything but Allocate from a 5-tuple without an allocation: 437;
-//! 6. Allocate for an address family we do not relay: 440 (the crate answers 508);
-//! 7. CreatePermission / ChannelBind: XOR-PEER-ADDRESS missing or malformed: 400, of the other
-//!    family: 443, denied by the peer policy: 403; a ChannelBind needs one peer and a valid
-//!    channel number: 400. Every peer is canonical (IPv4-mapped IPv6 unmapped) from here on.
+//! 6. Allocate for an address family we do not relay (REQUESTED-ADDRESS-FAMILY, IPv4 without
+//!    it): 440; a dual allocation (ADDITIONAL-ADDRESS-FAMILY) is judged family by family when it
+//!    is carried out (one family may fail, RFC 8656 section 7.2);
+//! 7. CreatePermission / ChannelBind: XOR-PEER-ADDRESS missing or malformed: 400, of a family
+//!    the allocation holds no relayed address of: 443, denied by the peer policy: 403; a
+//!    ChannelBind needs one peer and a valid channel number: 400. Every peer is canonical
+//!    (IPv4-mapped IPv6 unmapped) from here on.
 //!
 //! Quotas and the per-allocation caps are applied by the allocation table when the decision is
 //! carried out (they need its lock); [`quota_refusal`] and [`cap_refusal`] say how they answer.
@@ -50,6 +53,7 @@ use crate::turn::credentials::parse_username;
 use crate::turn::grants::CapReached;
 use crate::turn::nonce::NonceMinter;
 use crate::turn::quota::QuotaRefusal;
+use crate::turn::requests::ATTR_ADDITIONAL_ADDRESS_FAMILY;
 
 /// What the read loop knows about the request's surroundings, looked up before deciding.
 pub struct GateContext<'a> {
@@ -65,9 +69,29 @@ pub struct GateContext<'a> {
     pub holds_allocation: bool,
     /// The full REST username that allocation was made with (our table's record).
     pub allocation_username: Option<&'a str>,
-    pub relay_is_ipv4: bool,
+    /// For an Allocate, the families the relay has addresses of; for the other requests, the
+    /// families of the relayed addresses the 5-tuple's allocation holds.
+    pub relay_families: AddressFamilies,
     /// The peer policy (with our own relayed addresses) for one canonical peer address.
     pub peer_allowed: &'a dyn Fn(SocketAddr) -> bool,
+}
+
+/// Which IP address families are relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressFamilies {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+impl AddressFamilies {
+    /// True if addresses of the family of `ipv4` (true: IPv4, false: IPv6) are relayed.
+    pub fn has(&self, ipv4: bool) -> bool {
+        if ipv4 {
+            self.ipv4
+        } else {
+            self.ipv6
+        }
+    }
 }
 
 /// A request whose MESSAGE-INTEGRITY verified and whose credential is admitted now.
@@ -195,7 +219,7 @@ pub fn decide(m: &Message, cx: &GateContext<'_>) -> Decision {
         // Without REQUESTED-ADDRESS-FAMILY a client asks for IPv4 (RFC 6156 section 4.2).
         let mut family = RequestedAddressFamily::default();
         let wants_ipv4 = family.get_from(m).map(|_| family == REQUESTED_FAMILY_IPV4).unwrap_or(true);
-        if wants_ipv4 != cx.relay_is_ipv4 {
+        if !m.contains(ATTR_ADDITIONAL_ADDRESS_FAMILY) && !cx.relay_families.has(wants_ipv4) {
             return refuse_signed(
                 &auth,
                 CODE_ADDR_FAMILY_NOT_SUPPORTED,
@@ -215,7 +239,7 @@ pub fn decide(m: &Message, cx: &GateContext<'_>) -> Decision {
     if peers.is_empty() {
         return refuse_signed(&auth, CODE_BAD_REQUEST, "Missing XOR-PEER-ADDRESS", None);
     }
-    if peers.iter().any(|p| p.is_ipv4() != cx.relay_is_ipv4) {
+    if peers.iter().any(|p| !cx.relay_families.has(p.is_ipv4())) {
         return refuse_signed(&auth, CODE_PEER_ADDR_FAMILY_MISMATCH, "Peer Address Family Mismatch", None);
     }
     if peers.iter().any(|p| !(cx.peer_allowed)(*p)) {

@@ -139,6 +139,7 @@ pub async fn start_relay(
     // The UDP listener is the one socket of ours a relayed (UDP) datagram could reach: on every
     // address it answers on.
     let mut listener_ips = vec![relay_ip, advertised_ip, listen.ip()];
+    listener_ips.extend(turn.relay_ip6.map(IpAddr::V6));
     if listen.ip().is_unspecified() {
         listener_ips.extend([IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]);
     }
@@ -155,7 +156,11 @@ pub async fn start_relay(
     let family = |bind: IpAddr, advertised: IpAddr| Some(RelayAddress { bind, advertised });
     let binder = RelayBinder {
         ipv4: if relay_ip.is_ipv4() { family(relay_ip, advertised_ip) } else { None },
-        ipv6: if relay_ip.is_ipv6() { family(relay_ip, advertised_ip) } else { None },
+        ipv6: if relay_ip.is_ipv6() {
+            family(relay_ip, advertised_ip)
+        } else {
+            turn.relay_ip6.and_then(|ip6| family(IpAddr::V6(ip6), IpAddr::V6(ip6)))
+        },
         min_port: *turn.relay_ports.start(),
         max_port: *turn.relay_ports.end(),
         guard: guard.clone(),
@@ -176,7 +181,6 @@ pub async fn start_relay(
         auth: Authenticator::new(secret, turn.realm.clone(), turn.require_live_session),
         nonces: NonceMinter::new(),
         guard,
-        relay_is_ipv4: relay_ip.is_ipv4(),
         allocations: AllocationTable::new(
             QuotaLimits { per_user: turn.allocations_per_user, total: turn.max_allocations_total },
             GrantCaps {
@@ -216,7 +220,8 @@ pub async fn start_relay(
     ]);
     // Said once at info: the first thing to compare when calls connect locally but not remotely.
     tracing::info!(
-        "turn relay sockets on {relay_ip}, advertised to clients as {advertised_ip}, ports {}-{}",
+        "turn relay sockets on {relay_ip}{}, advertised to clients as {advertised_ip}, ports {}-{}",
+        turn.relay_ip6.map(|ip6| format!(" and {ip6}")).unwrap_or_default(),
         turn.relay_ports.start(),
         turn.relay_ports.end()
     );
