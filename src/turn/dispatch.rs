@@ -137,7 +137,14 @@ impl Dispatcher {
     async fn channel_data(&self, link: &ClientLink<'_>, packet: &[u8]) {
         let Some((number, payload)) = parse_channel_data(packet) else { return };
         let Some(allocation) = self.allocations.get(link.key()) else { return };
-        let Some(peer) = allocation.grants().channel_peer(number, unix_now()) else { return };
+        let peer = {
+            // A binding outlives its permission unless the client refreshes either (RFC 8656
+            // section 9: data to a peer needs a live permission for its IP).
+            let now = unix_now();
+            let grants = allocation.grants();
+            grants.channel_peer(number, now).filter(|peer| grants.permits(peer.ip(), now))
+        };
+        let Some(peer) = peer else { return };
         allocation.send_to_peer(payload, peer, &self.counters).await;
     }
 

@@ -199,6 +199,10 @@ mod tests {
         assert_eq!(g.channel_to(peer(1), NOW), Some(0x4000));
         assert_eq!(g.channel_to(SocketAddr::new(peer(1).ip(), 1), NOW), None, "exact address only");
         assert!(g.permits(peer(1).ip(), NOW), "a binding installs its permission");
+        // The permission a binding installs lasts 5 minutes, the binding 10: data needs both.
+        let permission_gone = NOW + PERMISSION_LIFETIME.as_secs();
+        assert!(!g.permits(peer(1).ip(), permission_gone));
+        assert_eq!(g.channel_peer(0x4000, permission_gone), Some(peer(1)));
         let gone = NOW + CHANNEL_BIND_LIFETIME.as_secs();
         assert_eq!(g.channel_peer(0x4000, gone - 1), Some(peer(1)));
         assert_eq!(g.channel_peer(0x4000, gone), None);
