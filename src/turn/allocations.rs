@@ -17,6 +17,14 @@ use crate::turn::grants::GrantCaps;
 use crate::turn::quota::{QuotaLimits, QuotaRefusal};
 pub use crate::turn::transport::{ClientKey, Transport};
 
+/// Why [`AllocationTable::insert`] refused an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertRefusal {
+    Quota(QuotaRefusal),
+    /// The 5-tuple holds an allocation already (437).
+    Occupied,
+}
+
 #[derive(Default)]
 struct State {
     by_client: HashMap<ClientKey, Arc<Allocation>>,
@@ -52,19 +60,16 @@ impl AllocationTable {
         self.limits.check(state.by_client.len(), state.per_user.get(user).copied().unwrap_or(0))
     }
 
-    /// Adds a new allocation, within the quotas. Its 5-tuple must hold none (the caller looked).
-    pub fn insert(&self, allocation: Arc<Allocation>) -> Result<(), QuotaRefusal> {
+    /// Adds a new allocation, within the quotas, on a 5-tuple that holds none.
+    pub fn insert(&self, allocation: Arc<Allocation>) -> Result<(), InsertRefusal> {
         let mut state = self.write();
-        let held = state.per_user.get(&allocation.user).copied().unwrap_or(0);
-        self.limits.check(state.by_client.len(), held)?;
-        *state.per_user.entry(allocation.user.clone()).or_default() += 1;
-        if let Some(replaced) = state.by_client.insert(allocation.key, allocation) {
-            // Never happens (one read loop per client path); keep the counts right regardless.
-            if let Some(n) = state.per_user.get_mut(&replaced.user) {
-                *n -= 1;
-            }
-            replaced.close();
+        if state.by_client.contains_key(&allocation.key) {
+            return Err(InsertRefusal::Occupied);
         }
+        let held = state.per_user.get(&allocation.user).copied().unwrap_or(0);
+        self.limits.check(state.by_client.len(), held).map_err(InsertRefusal::Quota)?;
+        *state.per_user.entry(allocation.user.clone()).or_default() += 1;
+        state.by_client.insert(allocation.key, allocation);
         Ok(())
     }
 
@@ -157,7 +162,13 @@ mod tests {
         t.insert(allocation(key(2), "10:alice", NOW).await).unwrap();
         assert_eq!(t.admits("alice"), Err(QuotaRefusal::PerUser));
         let third = allocation(key(3), "9:alice", NOW).await;
-        assert_eq!(t.insert(third), Err(QuotaRefusal::PerUser), "checked again under the lock");
+        assert_eq!(
+            t.insert(third),
+            Err(InsertRefusal::Quota(QuotaRefusal::PerUser)),
+            "checked under the lock"
+        );
+        let same_tuple = allocation(key(1), "9:dave", NOW).await;
+        assert_eq!(t.insert(same_tuple), Err(InsertRefusal::Occupied));
         t.insert(allocation(key(4), "9:bob", NOW).await).unwrap();
         assert_eq!(t.admits("carol"), Err(QuotaRefusal::Total));
         assert_eq!(t.allocation_username(key(1)).as_deref(), Some("9:alice"));

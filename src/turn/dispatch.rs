@@ -28,7 +28,7 @@ use crate::addr::canonical_addr;
 use crate::presence::VoicePresence;
 use crate::time::unix_now;
 use crate::turn::allocation::{Allocation, AllocationParts};
-use crate::turn::allocations::{AllocationTable, Transport};
+use crate::turn::allocations::{AllocationTable, InsertRefusal, Transport};
 use crate::turn::auth::{AuthFailure, Authenticator};
 use crate::turn::channel_data::parse_channel_data;
 use crate::turn::counters::RelayCounters;
@@ -278,8 +278,12 @@ impl Dispatcher {
             bandwidth_bytes_per_s: self.bandwidth_bytes_per_s,
             expires_at: now.saturating_add(request.lifetime.as_secs()),
         });
-        if let Err(quota) = self.allocations.insert(allocation.clone()) {
-            return self.refuse(link, m, gate::quota_refusal(quota), Some(&auth.key)).await;
+        match self.allocations.insert(allocation.clone()) {
+            Ok(()) => {}
+            Err(InsertRefusal::Quota(quota)) => {
+                return self.refuse(link, m, gate::quota_refusal(quota), Some(&auth.key)).await
+            }
+            Err(InsertRefusal::Occupied) => return self.refuse(link, m, mismatch(), Some(&auth.key)).await,
         }
         RelayCounters::bump(&self.counters.allocations_total);
         RelayCounters::bump(&self.counters.allocations_active);
