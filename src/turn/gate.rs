@@ -169,14 +169,12 @@ pub fn decide(m: &Message, cx: &GateContext<'_>) -> Decision {
     if cx.nonces.verify_at(&nonce.text, cx.client.ip(), cx.now_unix).is_err() {
         return challenge(CODE_STALE_NONCE, "Stale Nonce", None);
     }
-    let key = match cx.auth.key(&username.text, &realm.text) {
+    // The current secret's key, or the previous secret's during a rotation's grace period.
+    let verifies = |key: &[u8]| MessageIntegrity(key.to_vec()).check(&mut m.clone()).is_ok();
+    let key = match cx.auth.verified_key(&username.text, &realm.text, cx.now_unix, verifies) {
         Ok(key) => key,
         Err(failure) => return challenge(CODE_UNAUTHORIZED, failure.reason(), Some(failure)),
     };
-    if MessageIntegrity(key.clone()).check(&mut m.clone()).is_err() {
-        let failure = AuthFailure::BadCredential;
-        return challenge(CODE_UNAUTHORIZED, failure.reason(), Some(failure));
-    }
     let admission = Admission {
         now_unix: cx.now_unix,
         is_allocate: method == METHOD_ALLOCATE,

@@ -105,6 +105,22 @@ impl RelayHandle {
     pub fn tcp_connections_from(&self, ip: IpAddr) -> usize {
         self.per_ip.open_from(ip)
     }
+
+    /// The operator revoked `chat_user`'s TURN access: every credential issued to them so far
+    /// is refused from now on, and every allocation they hold (any session) is deleted at once.
+    /// Returns how many allocations were deleted.
+    pub async fn revoke_turn_access(&self, chat_user: &str) -> usize {
+        self.dispatcher.auth.revoke(chat_user, crate::time::unix_now());
+        teardown::delete_allocations_of_chat_user(&self.dispatcher, chat_user).await
+    }
+
+    /// Verifies with `secret` from now on, and with the current one for `grace_s` more seconds.
+    /// Returns the unix second the previous secret stops working.
+    pub fn rotate_secret(&self, secret: Vec<u8>, grace_s: u64) -> u64 {
+        let now = crate::time::unix_now();
+        self.dispatcher.auth.rotate_secret(secret, now, grace_s);
+        now.saturating_add(grace_s)
+    }
 }
 
 /// Starts the UDP and TCP listeners on `[turn] listen` (one port number for both).
@@ -168,7 +184,8 @@ pub async fn start_relay(
         Managers { udp: manager(udp_closed_tx), tcp: manager(tcp_closed_tx), tls: manager(tls_closed_tx) };
 
     let dispatcher = Arc::new(Dispatcher {
-        auth: Authenticator::new(secret, turn.realm.clone(), turn.require_live_session),
+        auth: Authenticator::new(secret, turn.realm.clone(), turn.require_live_session)
+            .with_credential_ttl(settings.turn.credential_ttl_s),
         nonces: NonceMinter::new(),
         guard,
         relay_is_ipv4: relay_ip.is_ipv4(),
