@@ -40,6 +40,9 @@ pub fn effective_config(settings: &Settings) -> anyhow::Result<String> {
     for server in &mut shown.turn.external_servers {
         server.secret = REDACTED.into();
     }
+    if !shown.admin.token.is_empty() {
+        shown.admin.token = REDACTED.into();
+    }
     toml::to_string_pretty(&shown).context("cannot print the configuration")
 }
 
@@ -311,8 +314,10 @@ mod tests {
             secret: "s3cr3t".into(),
             relay_addresses: Vec::new(),
         }];
+        settings.admin.token = "admin-token-0123456789".into();
         let text = effective_config(&settings).unwrap();
         assert!(!text.contains("hunter2hunter2") && !text.contains("s3cr3t"), "{text}");
+        assert!(!text.contains("admin-token-0123456789"), "{text}");
         assert!(text.contains(REDACTED));
         assert!(text.contains("max_participants = 8"));
     }

@@ -52,6 +52,89 @@ pub struct Settings {
     pub timeouts: TimeoutSettings,
     pub network: NetworkSettings,
     pub history: HistorySettings,
+    /// The operator API (`[admin]`, docs/ADMIN.md); off unless `listen` is set.
+    #[serde(default)]
+    pub admin: AdminSettings,
+}
+
+/// `[admin]`: the admin HTTP API's own listener and its bearer token.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AdminSettings {
+    /// "127.0.0.1:3001"; empty: the admin API is off.
+    pub listen: String,
+    /// The bearer token (or `RELAYCHAT__ADMIN__TOKEN`); required unless `listen` is loopback.
+    pub token: String,
+    /// A file holding the token (systemd `LoadCredential=`: a relative path is looked up in
+    /// `$CREDENTIALS_DIRECTORY`). Used when `token` is empty.
+    pub token_file: String,
+    /// How long the previous TURN secret is still accepted after a rotation; 0: the credential
+    /// lifetime (`turn.credential_ttl_s`), so every credential handed out before stays usable.
+    pub turn_secret_grace_s: u64,
+}
+
+/// Admin tokens shorter than this are refused: the token is all that guards the API.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+impl AdminSettings {
+    /// The address to listen on, when the API is on.
+    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        listen.parse().map(Some).map_err(|_| {
+            invalid(
+                "admin.listen",
+                format!("{listen:?} is not an address with a port, e.g. \"127.0.0.1:3001\""),
+            )
+        })
+    }
+
+    /// The token: `token`, else the content of `token_file`; `None` when neither is set.
+    pub fn resolve_token(&self) -> Result<Option<String>, ConfigError> {
+        let token = if !self.token.trim().is_empty() {
+            self.token.trim().to_string()
+        } else if !self.token_file.trim().is_empty() {
+            let mut path = PathBuf::from(self.token_file.trim());
+            if path.is_relative() {
+                if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+                    path = PathBuf::from(dir).join(path);
+                }
+            }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid("admin.token_file", format!("cannot read {}: {e}", path.display())))?;
+            text.trim().to_string()
+        } else {
+            return Ok(None);
+        };
+        if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+            let key = if self.token.trim().is_empty() { "admin.token_file" } else { "admin.token" };
+            return Err(invalid(
+                key,
+                format!("must be at least {MIN_ADMIN_TOKEN_CHARS} characters (try: openssl rand -hex 32)"),
+            ));
+        }
+        Ok(Some(token))
+    }
+
+    /// Off, loopback, or protected by a token: never reachable from outside without one.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let token = self.resolve_token()?;
+        if let Some(addr) = self.listen_addr()? {
+            if !addr.ip().is_loopback() && token.is_none() {
+                return Err(invalid(
+                    "admin.token",
+                    format!(
+                        "must be set when admin.listen ({addr}) is not a loopback address: anyone who \
+                         reaches it could kick, ban and revoke (set [admin] token, token_file or \
+                         RELAYCHAT__ADMIN__TOKEN, or listen on 127.0.0.1)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How long a peer may stall us at each step before its connection is closed.
@@ -315,6 +398,7 @@ impl Settings {
             return Err(invalid("webrtc.max_participants", "must be between 2 and 128"));
         }
         self.turn_config()?;
+        self.admin.validate()?;
         Ok(())
     }
 }
