@@ -106,6 +106,19 @@ impl RelayHandle {
         self.per_ip.open_from(ip)
     }
 
+    /// What the admin API keeps to revoke access and rotate the secret while the relay runs.
+    pub fn control(&self) -> RelayControl {
+        RelayControl { dispatcher: self.dispatcher.clone() }
+    }
+}
+
+/// Operator actions on the running relay (cheap to clone).
+#[derive(Clone)]
+pub struct RelayControl {
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl RelayControl {
     /// The operator revoked `chat_user`'s TURN access: every credential issued to them so far
     /// is refused from now on, and every allocation they hold (any session) is deleted at once.
     /// Returns how many allocations were deleted.
