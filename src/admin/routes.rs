@@ -157,8 +157,11 @@ async fn route(state: &AdminState, method: &Method, segments: &[&str], query: &s
 /// Parses a JSON object body; an empty body is `{}`.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
     let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
-    serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    let invalid = |e: serde_json::Error| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"));
+    match serde_json::from_slice::<Value>(body).map_err(invalid)? {
+        object @ Value::Object(_) => serde_json::from_value(object).map_err(invalid),
+        _ => Err(error(StatusCode::BAD_REQUEST, "the body must be a JSON object")),
+    }
 }
 
 /// The optional `duration_s` of a body (whole seconds, 1 s to ten years).
