@@ -254,6 +254,9 @@ impl Hub {
             out.system(conn, &format!("{target} is not banned."));
             return;
         }
+        // A timed ban from the admin API ends here too (its timer must not outlive it and lift
+        // a later ban).
+        self.timed_bans.remove(&target);
         out.push(Effect::SaveBan { name: target.clone(), banned: false });
         out.system(conn, &format!("{target} has been unbanned."));
         self.announce(out, &format!("{target} was unbanned by {admin}."), now);

@@ -211,3 +211,28 @@ fn rotation_without_the_integrated_relay_is_refused() {
         Err(AdminError::Conflict(_))
     ));
 }
+
+#[test]
+fn a_chat_unban_ends_a_timed_ban_so_its_timer_cannot_lift_a_later_ban() {
+    let mut h = Harness::new(|s| {
+        s.chat.authentication = true;
+        s.chat.admins = vec!["Root".into()];
+    });
+    h.admin(AdminRequest::Ban { name: name("Bob"), duration: Some(Duration::from_secs(60)) }).unwrap();
+    let root = h.connect(None);
+    h.chat(root, "/login Root password123");
+    h.effects = h.hub.login_checked(root, name("Root"), true, h.now);
+    h.chat(root, "/unban Bob");
+    assert!(h.texts_to(root).contains(&"Bob has been unbanned.".to_string()), "{:?}", h.texts_to(root));
+    h.chat(root, "/ban Bob");
+    assert!(h.effects.contains(&Effect::SaveBan { name: name("Bob"), banned: true }));
+    h.advance(Duration::from_secs(61));
+    h.tick();
+    assert!(
+        matches!(
+            h.admin(AdminRequest::Ban { name: name("Bob"), duration: None }),
+            Err(AdminError::Conflict(_))
+        ),
+        "the stored ban outlived the old timer"
+    );
+}
