@@ -20,6 +20,14 @@ const REDACTED: &str = "<redacted>";
 /// prints the effective configuration with secrets redacted.
 pub fn check_config(settings: &Settings) -> anyhow::Result<()> {
     settings.validate()?;
+    if settings.admin.token_file_readable_here() {
+        settings.admin.resolve_token()?;
+    } else {
+        eprintln!(
+            "relaychat: note: admin.token_file is relative and $CREDENTIALS_DIRECTORY is not set here: \
+             it is read (and checked) when the service starts"
+        );
+    }
     if settings.server.tls.is_enabled() {
         crate::tls::TlsConfigSource::load(
             settings.server.tls.cert_file.as_ref(),

@@ -118,11 +118,20 @@ impl AdminSettings {
         Ok(Some(token))
     }
 
-    /// Off, loopback, or protected by a token: never reachable from outside without one.
+    /// Off, loopback, or protected by a token: never reachable from outside without one. (The
+    /// token file itself is read at start, where `$CREDENTIALS_DIRECTORY` exists: see
+    /// [`Self::resolve_token`].)
     fn validate(&self) -> Result<(), ConfigError> {
-        let token = self.resolve_token()?;
+        let token = self.token.trim();
+        if !token.is_empty() && token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+            return Err(invalid(
+                "admin.token",
+                format!("must be at least {MIN_ADMIN_TOKEN_CHARS} characters (try: openssl rand -hex 32)"),
+            ));
+        }
+        let has_token = !token.is_empty() || !self.token_file.trim().is_empty();
         if let Some(addr) = self.listen_addr()? {
-            if !addr.ip().is_loopback() && token.is_none() {
+            if !addr.ip().is_loopback() && !has_token {
                 return Err(invalid(
                     "admin.token",
                     format!(
@@ -134,6 +143,15 @@ impl AdminSettings {
             }
         }
         Ok(())
+    }
+
+    /// Whether `token_file` can be read from here: a relative path is looked up in
+    /// `$CREDENTIALS_DIRECTORY`, which only the service has.
+    pub fn token_file_readable_here(&self) -> bool {
+        let file = self.token_file.trim();
+        file.is_empty()
+            || std::path::Path::new(file).is_absolute()
+            || std::env::var_os("CREDENTIALS_DIRECTORY").is_some()
     }
 }
 
@@ -427,6 +445,36 @@ fn nest_dotted(pairs: Vec<(String, Value)>) -> Value {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn the_admin_api_is_loopback_or_token_protected() {
+        let mut s = Settings::defaults();
+        assert!(s.admin.validate().is_ok(), "off by default");
+        s.admin.listen = "0.0.0.0:3001".into();
+        let err = s.admin.validate().unwrap_err().to_string();
+        assert!(err.contains("admin.token") && err.contains("loopback"), "{err}");
+        s.admin.listen = "[::1]:3001".into();
+        assert!(s.admin.validate().is_ok());
+        s.admin.listen = "0.0.0.0:3001".into();
+        s.admin.token = "too-short".into();
+        assert!(s.admin.validate().unwrap_err().to_string().contains("at least 16"));
+        s.admin.token = "a-long-enough-admin-token".into();
+        assert!(s.admin.validate().is_ok());
+        assert_eq!(s.admin.resolve_token().unwrap().as_deref(), Some("a-long-enough-admin-token"));
+        // From a file (what systemd's LoadCredential hands over), trimmed.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin_token");
+        std::fs::write(&file, "file-token-0123456789\n").unwrap();
+        s.admin.token.clear();
+        s.admin.token_file = file.display().to_string();
+        assert!(s.admin.validate().is_ok());
+        assert!(s.admin.token_file_readable_here());
+        assert_eq!(s.admin.resolve_token().unwrap().as_deref(), Some("file-token-0123456789"));
+        s.admin.token_file = dir.path().join("missing").display().to_string();
+        assert!(s.admin.resolve_token().unwrap_err().to_string().contains("admin.token_file"));
+        s.admin.listen = "nonsense".into();
+        assert!(s.admin.validate().unwrap_err().to_string().contains("admin.listen"));
+    }
 
     #[test]
     fn changed_keys_names_every_differing_leaf() {

@@ -133,11 +133,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     });
     let (admin_addr, stop_admin) = match crate::admin::bind(&settings).await? {
         Some((listener, addr)) => {
+            let token = settings.admin.resolve_token()?;
+            let protection = if token.is_some() { "bearer token" } else { "loopback, no token" };
             let admin_state = Arc::new(crate::admin::AdminState {
                 settings: settings.clone(),
                 hub: hub_handle.clone(),
                 relay: relay.as_ref().map(RelayHandle::control),
-                token: settings.admin.resolve_token()?.map(|t| crate::admin::token::BearerToken::new(&t)),
+                token: token.map(|t| crate::admin::token::BearerToken::new(&t)),
             });
             let (stop, stopped) = oneshot::channel::<()>();
             tokio::spawn(crate::admin::serve(listener, admin_state, stopped));

@@ -104,7 +104,9 @@ pub fn run(settings: &Settings, args: AdminArgs) -> anyhow::Result<()> {
                 .trim()
                 .to_string(),
         ),
-        None => settings.admin.resolve_token()?,
+        None => settings.admin.resolve_token().with_context(|| {
+            "cannot read the admin token from the configuration; pass --token-file FILE".to_string()
+        })?,
     };
     let (method, path, body) = request_of(&args.action);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
