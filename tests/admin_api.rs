@@ -191,14 +191,27 @@ async fn revocation_kills_a_live_allocation_within_a_second_and_refuses_its_cred
     let api = AdminApi::of(&server, None);
     let turn = server.turn_udp.expect("turn is on");
     let mut alice = server.join("alice").await;
+    let mut bob = server.join("bob").await;
+    alice.expect_system("bob has joined.").await;
     let joined = join_voice(&mut alice, "alice", None).await;
     let (username, credential) = credential_of(&joined["config"]["iceServers"]);
+    bob.expect_system("alice joined voice chat").await;
+    let bob_joined = join_voice(&mut bob, "bob", None).await;
+    let (bob_user, bob_credential) = credential_of(&bob_joined["config"]["iceServers"]);
+    // A relayed call between them: bob sends to alice's relayed address over a channel.
     let mut client = TurnClient::udp(turn, &username, &credential).await;
-    client.allocate().await.expect("alice allocates while in voice");
+    let alice_relay = client.allocate().await.expect("alice allocates while in voice");
+    let mut peer = TurnClient::udp(turn, &bob_user, &bob_credential).await;
+    let bob_relay = peer.allocate().await.expect("bob allocates while in voice");
+    client.create_permission(&[bob_relay]).await.unwrap();
+    peer.create_permission(&[alice_relay]).await.unwrap();
+    peer.channel_bind(0x4000, alice_relay).await.unwrap();
+    peer.send_channel_data(0x4000, b"before").await;
+    assert_eq!(client.recv_data(Duration::from_secs(2)).await.as_deref(), Some(&b"before"[..]));
     // (The gauge is bumped once the crate has answered: wait for it.)
     let deadline = Instant::now() + Duration::from_secs(2);
-    while metric(&server, "relaychat_turn_allocations_active").await < 1.0 {
-        assert!(Instant::now() < deadline, "the allocation never showed in /metrics");
+    while metric(&server, "relaychat_turn_allocations_active").await < 2.0 {
+        assert!(Instant::now() < deadline, "the allocations never showed in /metrics");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -208,18 +221,25 @@ async fn revocation_kills_a_live_allocation_within_a_second_and_refuses_its_cred
     assert_eq!(reply["removed_from_voice"], true, "{reply}");
     assert_eq!(reply["credentials_revoked"], true, "{reply}");
     assert!(reply["turn_allocations_deleted"].as_u64().unwrap() >= 1, "{reply}");
-    while metric(&server, "relaychat_turn_allocations_active").await > 0.0 {
+    while metric(&server, "relaychat_turn_allocations_active").await > 1.0 {
         assert!(started.elapsed() < Duration::from_secs(1), "the allocation outlived the revocation by 1 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let gone_after = started.elapsed();
+    // Media through the relay stops.
+    for _ in 0..5 {
+        peer.send_channel_data(0x4000, b"after").await;
+    }
+    assert_eq!(client.recv_data(Duration::from_secs(1)).await, None, "relayed data after the revocation");
     // The credential (unexpired) is refused from now on.
     let refused = client.refresh(Duration::from_secs(600)).await.unwrap_err();
     assert_eq!((refused.code, refused.reason.as_str()), (401, "Credential revoked"), "after {gone_after:?}");
     let mut fresh = TurnClient::udp(turn, &username, &credential).await;
     assert_eq!(fresh.allocate().await.unwrap_err().reason, "Credential revoked");
     assert!(metric(&server, "relaychat_turn_auth_failures_total{reason=\"revoked\"}").await >= 2.0);
-    // And the user was told, and cannot rejoin the call for new credentials.
+    // Bob's side of the call is untouched.
+    peer.refresh(Duration::from_secs(600)).await.expect("bob keeps his allocation");
+    // And alice was told, and cannot rejoin the call for new credentials.
     alice.expect_system("alice left voice chat").await;
     alice.send("webrtc-join", json!({})).await;
     let error = alice.recv_type("webrtc-error").await;
