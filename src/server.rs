@@ -143,8 +143,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
             });
             let (stop, stopped) = oneshot::channel::<()>();
             tokio::spawn(crate::admin::serve(listener, admin_state, stopped));
-            let protection =
-                if settings.admin.resolve_token()?.is_some() { "bearer token" } else { "loopback, no token" };
             tracing::info!("admin api listening on {addr} ({protection})");
             (Some(addr), Some(stop))
         }

@@ -201,8 +201,8 @@ fn hub_error(e: AdminError) -> Reply {
     error(status, e.to_string())
 }
 
-/// Credentials refused first (so nothing issued so far works even for a moment longer), then
-/// out of the voice room (no new credentials), then every allocation deleted.
+/// Credentials refused first (so nothing issued so far works even for a moment longer), every
+/// allocation deleted (media stops), then out of the voice room (no new credentials).
 async fn revoke_turn(state: &AdminState, name: &str, duration: Duration) -> Reply {
     if !is_valid_username(name) {
         return hub_error(AdminError::BadRequest(format!(
@@ -211,16 +211,18 @@ async fn revoke_turn(state: &AdminState, name: &str, duration: Duration) -> Repl
     }
     let mut deleted = 0;
     if let Some(relay) = &state.relay {
-        deleted += relay.revoke_turn_access(name).await;
+        relay.revoke_credentials(name);
+        deleted += relay.delete_allocations_of(name).await;
     }
-    let mut reply = match ask_hub(state, AdminRequest::RevokeTurn { name: name.to_string(), duration }).await
-    {
+    let request = AdminRequest::RevokeTurn { name: name.to_string(), duration };
+    let mut reply = match ask_hub(state, request).await {
         Ok(value) => value,
         Err(reply) => return reply,
     };
     if let Some(relay) = &state.relay {
-        // The hub's departure already told the relay; this catches anything allocated meanwhile.
-        deleted += relay.revoke_turn_access(name).await;
+        // Nothing new can have been allocated with a revoked credential; this sweep is for an
+        // allocation that was mid-creation when the first one ran.
+        deleted += relay.delete_allocations_of(name).await;
     }
     reply["credentials_revoked"] = json!(state.relay.is_some());
     reply["turn_allocations_deleted"] = json!(deleted);

@@ -51,7 +51,7 @@ impl Until {
 }
 
 /// One operator request, already parsed and checked for shape by the admin listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum AdminRequest {
     Sessions {
         show_addresses: bool,
@@ -88,6 +88,32 @@ pub enum AdminRequest {
     RotateTurnSecret {
         secret: Vec<u8>,
     },
+}
+
+impl std::fmt::Debug for AdminRequest {
+    /// Like the derived one, without the secret of a rotation.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminRequest::Sessions { show_addresses } => {
+                f.debug_struct("Sessions").field("show_addresses", show_addresses).finish()
+            }
+            AdminRequest::Rooms => f.write_str("Rooms"),
+            AdminRequest::Kick { name } => f.debug_struct("Kick").field("name", name).finish(),
+            AdminRequest::Ban { name, duration } => {
+                f.debug_struct("Ban").field("name", name).field("duration", duration).finish()
+            }
+            AdminRequest::Unban { name } => f.debug_struct("Unban").field("name", name).finish(),
+            AdminRequest::Mute { name, duration } => {
+                f.debug_struct("Mute").field("name", name).field("duration", duration).finish()
+            }
+            AdminRequest::Unmute { name } => f.debug_struct("Unmute").field("name", name).finish(),
+            AdminRequest::Broadcast { text } => f.debug_struct("Broadcast").field("text", text).finish(),
+            AdminRequest::RevokeTurn { name, duration } => {
+                f.debug_struct("RevokeTurn").field("name", name).field("duration", duration).finish()
+            }
+            AdminRequest::RotateTurnSecret { .. } => f.write_str("RotateTurnSecret { secret: <redacted> }"),
+        }
+    }
 }
 
 /// Why a request could not be carried out.

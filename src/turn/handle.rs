@@ -120,10 +120,14 @@ pub struct RelayControl {
 
 impl RelayControl {
     /// The operator revoked `chat_user`'s TURN access: every credential issued to them so far
-    /// is refused from now on, and every allocation they hold (any session) is deleted at once.
-    /// Returns how many allocations were deleted.
-    pub async fn revoke_turn_access(&self, chat_user: &str) -> usize {
+    /// is refused from now on (any session, expired or not).
+    pub fn revoke_credentials(&self, chat_user: &str) {
         self.dispatcher.auth.revoke(chat_user, crate::time::unix_now());
+    }
+
+    /// Deletes every allocation `chat_user` holds (any session, UDP, TCP or TLS) at once;
+    /// returns how many.
+    pub async fn delete_allocations_of(&self, chat_user: &str) -> usize {
         teardown::delete_allocations_of_chat_user(&self.dispatcher, chat_user).await
     }
 

@@ -203,6 +203,13 @@ fn rotating_the_secret_pushes_credentials_signed_with_the_new_one_to_everyone_in
 }
 
 #[test]
+fn a_rotation_request_never_prints_its_secret() {
+    let request = AdminRequest::RotateTurnSecret { secret: b"do-not-print-me".to_vec() };
+    assert!(!format!("{request:?}").contains("do-not-print-me"));
+    assert!(!format!("{request:?}").contains("100, 111"), "nor as bytes");
+}
+
+#[test]
 fn rotation_without_the_integrated_relay_is_refused() {
     let mut h = Harness::new(|_| {});
     h.hub.ice.endpoints = TurnEndpoints::None;
