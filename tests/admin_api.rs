@@ -1,7 +1,7 @@
 //! The admin API and `relaychat admin` against the real binary: the token rule (check-config and
 //! every request), listings, kick / ban / mute as WebSocket clients see them, broadcast, TURN
-//! revocation killing a live allocation, and secret rotation keeping calls up through the grace
-//! period (docs/ADMIN.md).
+//! revocation killing a live allocation, and secret rotation keeping calls up across it
+//! (docs/ADMIN.md).
 
 mod admin_support;
 mod common;
@@ -248,7 +248,7 @@ async fn revocation_kills_a_live_allocation_within_a_second_and_refuses_its_cred
 }
 
 #[tokio::test]
-async fn rotation_keeps_live_allocations_through_the_grace_period_then_retires_the_old_secret() {
+async fn rotation_keeps_calls_up_and_accepts_the_old_secret_for_new_use_only_during_the_grace() {
     let server = Server::start(&format!("{}turn_secret_grace_s = 3\n", admin_config(true)));
     let api = AdminApi::of(&server, Some(TOKEN));
     let turn = server.turn_udp.expect("turn is on");
@@ -274,20 +274,32 @@ async fn rotation_keeps_live_allocations_through_the_grace_period_then_retires_t
     let pushed = alice.recv_type("webrtc-credentials").await;
     let (new_user, new_credential) = credential_of(&pushed["iceServers"]);
     assert_eq!(new_credential, common::ice::turn_credential(new_secret.trim(), &new_user));
-    // During the grace period the live allocation keeps refreshing with the old credential...
+    // During the grace period the old credential works for everything: the live allocation
+    // refreshes, and a client that has not applied the push yet can still allocate.
     live.refresh(Duration::from_secs(600)).await.expect("old credential accepted during the grace period");
-    // ...and the new credential works for a new allocation.
+    let mut late_client = TurnClient::udp(turn, &old_user, &old_credential).await;
+    late_client.allocate().await.expect("old credential allocates during the grace period");
+    // The new credential works.
     let mut renewed = TurnClient::udp(turn, &new_user, &new_credential).await;
     renewed.allocate().await.expect("new credential accepted");
-    // After the grace period only the new secret is accepted.
+    // After the grace period the old secret allocates nothing any more...
     tokio::time::sleep(
         Duration::from_secs(3).saturating_sub(rotated_at.elapsed()) + Duration::from_millis(1200),
     )
     .await;
-    let refused = live.refresh(Duration::from_secs(600)).await.unwrap_err();
-    assert_eq!(refused.code, 401, "{refused:?}");
+    let mut too_late = TurnClient::udp(turn, &old_user, &old_credential).await;
+    let refused = too_late.allocate().await.unwrap_err();
+    assert_eq!(
+        (refused.code, refused.reason.as_str()),
+        (401, "Unauthorized"),
+        "old credential after the grace"
+    );
+    // ...but the calls relayed at the rotation stay up: a browser refreshes its allocation with
+    // the credential it allocated with, whatever it was pushed since.
+    live.refresh(Duration::from_secs(600)).await.expect("the live allocation keeps refreshing");
+    late_client.refresh(Duration::from_secs(600)).await.expect("so does one made during the grace");
     renewed.refresh(Duration::from_secs(600)).await.expect("new credential still accepted");
-    assert_eq!(metric(&server, "relaychat_voice_participants").await, 1.0);
+    assert_eq!(metric(&server, "relaychat_turn_allocations_active").await, 3.0);
 }
 
 #[tokio::test]

@@ -18,8 +18,13 @@
 //!
 //! Two operator actions change what is accepted while the relay runs:
 //! - **secret rotation** ([`Authenticator::rotate_secret`]): the new secret signs from now on,
-//!   the previous one is still accepted until the grace period ends (live calls keep refreshing
-//!   with the credentials they allocated with, clients get fresh ones pushed meanwhile);
+//!   the previous one is accepted for everything until the grace period ends (clients get fresh
+//!   credentials pushed meanwhile), and after it only where the expired-credential rule above
+//!   applies: Refresh, CreatePermission and ChannelBind from the 5-tuple of an allocation made
+//!   with exactly this username. Browsers refresh a live allocation with the credential they
+//!   allocated with whatever `setConfiguration` says, so without this every call relayed at the
+//!   rotation would drop at the end of the grace period. Nothing new is ever allocated with the
+//!   previous secret after the grace period; a second rotation retires it completely;
 //! - **revocation** ([`Authenticator::revoke`]): every credential of a chat user issued up to
 //!   the revocation is refused, expired or not. A credential issued at `t` expires at
 //!   `t + credential_ttl`, so "issued up to `revoked_at`" is "expires at or before
@@ -129,18 +134,24 @@ impl Authenticator {
     }
 
     /// Step 1 with rotation in view: the key under the current secret, or under the previous
-    /// one while its grace period runs, whichever `verifies` (MESSAGE-INTEGRITY) accepts.
+    /// one, whichever `verifies` (MESSAGE-INTEGRITY) accepts. The previous secret counts while
+    /// its grace period runs, and after it for `keeps_own_allocation` requests (not an Allocate,
+    /// from the 5-tuple of an allocation made with exactly this username: a live call).
     pub fn verified_key(
         &self,
         username: &str,
         realm: &str,
         now_unix: u64,
+        keeps_own_allocation: bool,
         verifies: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<u8>, AuthFailure> {
         self.check_name(username, realm)?;
         let secrets = self.secrets();
-        let previous =
-            secrets.previous.as_ref().filter(|(_, until)| now_unix < *until).map(|(secret, _)| secret);
+        let previous = secrets
+            .previous
+            .as_ref()
+            .filter(|(_, until)| now_unix < *until || keeps_own_allocation)
+            .map(|(secret, _)| secret);
         std::iter::once(&secrets.current)
             .chain(previous)
             .map(|secret| long_term_key(secret, username, realm))
@@ -325,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn after_a_rotation_both_secrets_verify_until_the_grace_ends() {
+    fn after_a_rotation_both_secrets_verify_until_the_grace_ends_then_only_for_live_allocations() {
         let a = auth(true);
         let old = issue(b"s3cret", "alice", NOW + 600);
         a.rotate_secret(b"n3w".to_vec(), NOW, 60);
@@ -334,19 +345,26 @@ mod tests {
             let expected = turn::auth::generate_auth_key(&c.username, "relaychat", &c.credential);
             move |key: &[u8]| key == expected.as_slice()
         };
-        let verify = |c: &crate::turn::credentials::RestCredential, now| {
-            a.verified_key(&c.username, "relaychat", now, signed_with(c))
+        let verify = |c: &crate::turn::credentials::RestCredential, now, live| {
+            a.verified_key(&c.username, "relaychat", now, live, signed_with(c))
         };
-        assert!(verify(&new, NOW).is_ok());
-        assert!(verify(&old, NOW).is_ok());
-        assert!(verify(&old, NOW + 59).is_ok());
+        assert!(verify(&new, NOW, false).is_ok());
+        assert!(verify(&old, NOW, false).is_ok());
+        assert!(verify(&old, NOW + 59, false).is_ok());
         assert_eq!(a.previous_secret_until(NOW), Some(NOW + 60));
-        assert_eq!(verify(&old, NOW + 60), Err(AuthFailure::BadCredential));
-        assert!(verify(&new, NOW + 60).is_ok());
+        // After the grace period: nothing new with the old secret...
+        assert_eq!(verify(&old, NOW + 60, false), Err(AuthFailure::BadCredential));
+        // ...but a live allocation made with it keeps refreshing.
+        assert!(verify(&old, NOW + 3600, true).is_ok());
+        assert!(verify(&new, NOW + 60, false).is_ok());
         assert_eq!(a.previous_secret_until(NOW + 60), None);
         // `key` (what signs our answers before the check) is the current secret's.
         let expected = turn::auth::generate_auth_key(&new.username, "relaychat", &new.credential);
         assert_eq!(a.key(&new.username, "relaychat"), Ok(expected));
+        // A second rotation retires the first secret completely.
+        a.rotate_secret(b"n3w3r".to_vec(), NOW + 100, 60);
+        assert_eq!(verify(&old, NOW + 100, true), Err(AuthFailure::BadCredential));
+        assert!(verify(&new, NOW + 100, true).is_ok());
     }
 
     #[test]

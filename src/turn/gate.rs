@@ -169,9 +169,18 @@ pub fn decide(m: &Message, cx: &GateContext<'_>) -> Decision {
     if cx.nonces.verify_at(&nonce.text, cx.client.ip(), cx.now_unix).is_err() {
         return challenge(CODE_STALE_NONCE, "Stale Nonce", None);
     }
-    // The current secret's key, or the previous secret's during a rotation's grace period.
+    // The current secret's key, or the previous secret's during a rotation's grace period (and
+    // after it for the allocation this username made: live calls survive a rotation).
     let verifies = |key: &[u8]| MessageIntegrity(key.to_vec()).check(&mut m.clone()).is_ok();
-    let key = match cx.auth.verified_key(&username.text, &realm.text, cx.now_unix, verifies) {
+    let keeps_own_allocation =
+        method != METHOD_ALLOCATE && cx.allocation_username == Some(username.text.as_str());
+    let key = match cx.auth.verified_key(
+        &username.text,
+        &realm.text,
+        cx.now_unix,
+        keeps_own_allocation,
+        verifies,
+    ) {
         Ok(key) => key,
         Err(failure) => return challenge(CODE_UNAUTHORIZED, failure.reason(), Some(failure)),
     };
