@@ -38,39 +38,21 @@ pub struct ConnLink {
 }
 
 pub enum HubEvent {
-    Connected {
-        conn: ConnId,
-        info: ConnectInfo,
-        link: ConnLink,
-    },
-    Message {
-        conn: ConnId,
-        inbound: Inbound,
-    },
-    Disconnected {
-        conn: ConnId,
-    },
-    AccountCreated {
-        conn: ConnId,
-        result: Result<bool, String>,
-    },
-    LoginChecked {
-        conn: ConnId,
-        name: String,
-        ok: bool,
-    },
-    AdminsLoaded {
-        admins: std::collections::HashSet<String>,
-    },
-    /// An operator request (admin API); answered once its effects are carried out, so a
-    /// "kicked" reply means the socket was already told to close.
-    Admin {
-        request: AdminRequest,
-        reply: oneshot::Sender<AdminReply>,
-    },
-    Shutdown {
-        done: oneshot::Sender<()>,
-    },
+    Connected { conn: ConnId, info: ConnectInfo, link: ConnLink },
+    Message { conn: ConnId, inbound: Inbound },
+    Disconnected { conn: ConnId },
+    AccountCreated { conn: ConnId, result: Result<bool, String> },
+    LoginChecked { conn: ConnId, name: String, ok: bool },
+    AdminsLoaded { admins: std::collections::HashSet<String> },
+    Admin(AdminCall),
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+/// An operator request (admin API) and where its reply goes; answered once its effects are
+/// carried out, so a "kicked" reply means the socket was already told to close.
+pub struct AdminCall {
+    pub request: AdminRequest,
+    pub reply: oneshot::Sender<AdminReply>,
 }
 
 /// Counters readable without asking the hub (for /server-info and metrics).
@@ -120,7 +102,7 @@ impl HubHandle {
     /// Asks the hub to carry out an operator request; `None` if the hub has stopped.
     pub async fn admin(&self, request: AdminRequest) -> Option<AdminReply> {
         let (reply, answer) = oneshot::channel();
-        self.events.send(HubEvent::Admin { request, reply }).await.ok()?;
+        self.events.send(HubEvent::Admin(AdminCall { request, reply })).await.ok()?;
         answer.await.ok()
     }
 
@@ -193,7 +175,7 @@ impl Runner {
                         let _ = done.send(());
                         return;
                     }
-                    Some(HubEvent::Admin { request, reply }) => {
+                    Some(HubEvent::Admin(AdminCall { request, reply })) => {
                         let (effects, answer) = self.hub.admin(request, Now::current());
                         self.publish_stats();
                         self.carry_out(effects).await;
@@ -255,7 +237,7 @@ impl Runner {
                 self.hub.set_admins(admins);
                 Vec::new()
             }
-            HubEvent::Shutdown { .. } | HubEvent::Admin { .. } => Vec::new(),
+            HubEvent::Shutdown { .. } | HubEvent::Admin(_) => Vec::new(),
         }
     }
 

@@ -12,7 +12,8 @@
 //! 1. no MESSAGE-INTEGRITY: 401 with a stateless nonce (nothing is stored per source);
 //! 2. USERNAME, REALM or NONCE missing: 400; a nonce we did not mint for this IP, or too old: 438;
 //! 3. a username we could not have issued, another realm, or a wrong HMAC: 401 (the crate would
-//!    answer 400 to a wrong HMAC);
+//!    answer 400 to a wrong HMAC). After a secret rotation the HMAC may be the previous secret's
+//!    during the grace period, and after it for the 5-tuple's own allocation (`auth`);
 //! 4. expiry and the live-session rule (`auth`), with the method and the 5-tuple's allocation in
 //!    view, so refreshes keep working past expiry while the user is in voice: 401;
 //! 5. anything but Allocate from a 5-tuple without an allocation: 437;
