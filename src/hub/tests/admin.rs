@@ -243,3 +243,19 @@ fn a_chat_unban_ends_a_timed_ban_so_its_timer_cannot_lift_a_later_ban() {
         "the stored ban outlived the old timer"
     );
 }
+
+#[test]
+fn a_muted_or_revoked_user_cannot_shed_it_with_a_new_nick() {
+    let mut h = Harness::new(|s| s.chat.nick_change_cooldown_ms = 0);
+    let bob = h.connect(Some("Bob"));
+    h.admin(AdminRequest::Mute { name: name("Bob"), duration: Some(Duration::from_secs(60)) }).unwrap();
+    h.chat(bob, "/nick Robert");
+    assert_eq!(h.texts_to(bob), ["You cannot change your nickname while restricted by the server operator."]);
+    h.admin(AdminRequest::Unmute { name: name("Bob") }).unwrap();
+    h.admin(AdminRequest::RevokeTurn { name: name("Bob"), duration: Duration::from_secs(60) }).unwrap();
+    h.chat(bob, "/nick Robert");
+    assert_eq!(h.texts_to(bob), ["You cannot change your nickname while restricted by the server operator."]);
+    h.advance(Duration::from_secs(60));
+    h.chat(bob, "/nick Robert");
+    assert_eq!(h.texts_to(bob), ["Bob is now Robert"]);
+}
