@@ -376,7 +376,7 @@ impl Hub {
     }
 }
 
-/// The name as `/kick` reads it (at most 20 characters, then the name rules).
+/// A user name by the name rules (3-20 letters, digits, `_`, `-`), or why not.
 fn checked_name(name: &str) -> Result<String, AdminError> {
     let name = name.trim();
     if is_valid_username(name) {
