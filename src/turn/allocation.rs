@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::turn::auth::chat_user_of;
 use crate::turn::bandwidth::BandwidthCap;
 use crate::turn::counters::RelayCounters;
 use crate::turn::grants::Grants;
@@ -30,7 +31,7 @@ pub struct Usage {
 /// One allocation as the admin API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AllocationSummary {
-    /// The user part of the REST username.
+    /// The chat user it belongs to (the REST username's user part up to its session tag).
     pub user: String,
     pub transport: Transport,
     pub client: SocketAddr,
@@ -192,7 +193,7 @@ impl Allocation {
     pub fn summary(&self, now: u64) -> AllocationSummary {
         let (permissions, channels) = self.grants().counts(now);
         AllocationSummary {
-            user: self.user.clone(),
+            user: chat_user_of(&self.user).to_string(),
             transport: self.key.0,
             client: self.key.1,
             relayed: self.relays.first().map_or(self.key.1, |r| r.advertised()),

@@ -7,12 +7,13 @@
 //! a valid MESSAGE-INTEGRITY. The read loop (`dispatch`) carries the decision out.
 //!
 //! The rules, in order, for Allocate, Refresh, CreatePermission and ChannelBind requests
-//! (everything else, ChannelData, Binding and Send included, passes to the crate unauthenticated:
+//! (everything else, ChannelData, Binding and Send included, is handled without credentials:
 //! Send is policed by the permissions and the relay socket):
 //! 1. no MESSAGE-INTEGRITY: 401 with a stateless nonce (nothing is stored per source);
 //! 2. USERNAME, REALM or NONCE missing: 400; a nonce we did not mint for this IP, or too old: 438;
-//! 3. a username we could not have issued, another realm, or a wrong HMAC: 401 (the crate would
-//!    answer 400 to a wrong HMAC);
+//! 3. a username we could not have issued, another realm, or a wrong HMAC: 401 (not 400, which
+//!    the `turn` crate's server answered and browsers do not retry). After a secret rotation the HMAC may be the previous secret's
+//!    during the grace period, and after it for the 5-tuple's own allocation (`auth`);
 //! 4. expiry and the live-session rule (`auth`), with the method and the 5-tuple's allocation in
 //!    view, so refreshes keep working past expiry while the user is in voice: 401;
 //! 5. anything but Allocate from a 5-tuple without an allocation: 437;
@@ -65,7 +66,7 @@ pub struct GateContext<'a> {
     pub nonces: &'a NonceMinter,
     /// Whether a user (the part of a REST username after the expiry) is in voice right now.
     pub in_voice: &'a dyn Fn(&str) -> bool,
-    /// Whether the 5-tuple holds an allocation in the crate.
+    /// Whether the 5-tuple holds an allocation.
     pub holds_allocation: bool,
     /// The full REST username that allocation was made with (our table's record).
     pub allocation_username: Option<&'a str>,
@@ -99,7 +100,7 @@ impl AddressFamilies {
 pub struct Authorized {
     pub username: String,
     pub nonce: String,
-    /// The long-term key: signs our answers, and is handed to the crate for its own check.
+    /// The long-term key: signs our answers.
     pub key: Vec<u8>,
 }
 
@@ -123,17 +124,17 @@ pub struct Refusal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Not an authenticated request: the crate handles it, without credentials.
+    /// Not an authenticated request: handled without credentials (Binding, Send).
     Pass,
     /// 401 or 438 with our realm and a fresh nonce: the client retries with credentials.
     Challenge(Refusal),
     /// An error answer, signed with `key` once the request authenticated.
     Refuse { refusal: Refusal, key: Option<Vec<u8>> },
-    /// To the crate, after the quota reservation.
+    /// Carried out after the quotas (`requests`, `allocations`).
     Allocate(Authorized),
-    /// To the crate.
+    /// A new lifetime, or 0: the end of the allocation.
     Refresh(Authorized),
-    /// Installed by us (the crate would install only the first peer), after the cap.
+    /// Every peer installed, after the cap.
     CreatePermission { auth: Authorized, peers: Vec<SocketAddr> },
     /// Bound by us (to the canonical peer the policy approved), after the caps.
     ChannelBind { auth: Authorized, number: ChannelNumber, peer: SocketAddr },
@@ -150,7 +151,7 @@ impl Decision {
     }
 }
 
-/// True for the requests the gate judges; everything else passes to the crate.
+/// True for the requests the gate judges; everything else needs no credentials.
 pub fn is_gated(m: &Message) -> bool {
     m.typ.class == CLASS_REQUEST
         && [METHOD_ALLOCATE, METHOD_REFRESH, METHOD_CREATE_PERMISSION, METHOD_CHANNEL_BIND]
@@ -193,14 +194,21 @@ pub fn decide(m: &Message, cx: &GateContext<'_>) -> Decision {
     if cx.nonces.verify_at(&nonce.text, cx.client.ip(), cx.now_unix).is_err() {
         return challenge(CODE_STALE_NONCE, "Stale Nonce", None);
     }
-    let key = match cx.auth.key(&username.text, &realm.text) {
+    // The current secret's key, or the previous secret's during a rotation's grace period (and
+    // after it for the allocation this username made: live calls survive a rotation).
+    let verifies = |key: &[u8]| MessageIntegrity(key.to_vec()).check(&mut m.clone()).is_ok();
+    let keeps_own_allocation =
+        method != METHOD_ALLOCATE && cx.allocation_username == Some(username.text.as_str());
+    let key = match cx.auth.verified_key(
+        &username.text,
+        &realm.text,
+        cx.now_unix,
+        keeps_own_allocation,
+        verifies,
+    ) {
         Ok(key) => key,
         Err(failure) => return challenge(CODE_UNAUTHORIZED, failure.reason(), Some(failure)),
     };
-    if MessageIntegrity(key.clone()).check(&mut m.clone()).is_err() {
-        let failure = AuthFailure::BadCredential;
-        return challenge(CODE_UNAUTHORIZED, failure.reason(), Some(failure));
-    }
     let admission = Admission {
         now_unix: cx.now_unix,
         is_allocate: method == METHOD_ALLOCATE,

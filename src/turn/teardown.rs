@@ -4,7 +4,8 @@
 //! (relay socket closed, table entry and quota slot released, a TCP/TLS client's connection
 //! closed), otherwise its expired permissions and channels are forgotten. When a user leaves
 //! voice (any reason), [`teardown_departed`] ends every allocation made under their name at
-//! once ([`delete_allocations_of`], also what the admin API's "revoke now" relies on).
+//! once ([`delete_allocations_of`]); [`delete_allocations_of_chat_user`] does the same for every
+//! session of a chat user when the operator revokes their TURN access.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::time::unix_now;
+use crate::turn::auth::chat_user_of;
 use crate::turn::dispatch::Dispatcher;
 
 /// How often lifetimes are checked (lifetimes are whole seconds).
@@ -58,8 +60,18 @@ pub async fn teardown_departed(
 
 /// Deletes every allocation whose REST username names `user`; returns how many.
 pub async fn delete_allocations_of(dispatcher: &Dispatcher, user: &str) -> usize {
+    delete_allocations_where(dispatcher, |turn_user| turn_user == user).await
+}
+
+/// Deletes every allocation of a chat user, whatever the session (the operator revoked their
+/// TURN access); returns how many.
+pub async fn delete_allocations_of_chat_user(dispatcher: &Dispatcher, chat_user: &str) -> usize {
+    delete_allocations_where(dispatcher, |turn_user| chat_user_of(turn_user) == chat_user).await
+}
+
+async fn delete_allocations_where(dispatcher: &Dispatcher, names_user: impl Fn(&str) -> bool) -> usize {
     let mut deleted = 0;
-    for allocation in dispatcher.allocations.all().into_iter().filter(|a| a.user == user) {
+    for allocation in dispatcher.allocations.all().into_iter().filter(|a| names_user(&a.user)) {
         if dispatcher.end_allocation(&allocation).await {
             deleted += 1;
         }
