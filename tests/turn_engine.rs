@@ -77,6 +77,7 @@ async fn usage_counts_the_bytes_and_packets_relayed_each_way() {
     assert_eq!((s.from_peers.bytes, s.from_peers.packets), (1010, 2));
     assert_eq!((s.permissions, s.channels), (1, 1));
     assert!(s.age_secs < 60);
+    assert_eq!(relay.handle.control().allocations()[0].to_peers, s.to_peers, "the admin API's view");
     let json = serde_json::to_value(s).unwrap();
     assert_eq!(json["transport"], "udp");
     assert_eq!(json["to_peers"]["bytes"], 650);

@@ -62,8 +62,7 @@ impl RelayHandle {
 
     /// Every allocation alive now, with its traffic (the admin API).
     pub fn allocations(&self) -> Vec<AllocationSummary> {
-        let now = unix_now();
-        self.dispatcher.allocations.all().iter().map(|a| a.summary(now)).collect()
+        summaries(&self.dispatcher)
     }
 
     /// Starts TURN over TLS on `listen` (`[turn] tls_listen`; port 0 picks one). `config` is
@@ -117,6 +116,11 @@ pub struct RelayControl {
 }
 
 impl RelayControl {
+    /// Every allocation alive now, with its traffic (as [`RelayHandle::allocations`]).
+    pub fn allocations(&self) -> Vec<AllocationSummary> {
+        summaries(&self.dispatcher)
+    }
+
     /// The operator revoked `chat_user`'s TURN access: every credential issued to them so far
     /// is refused from now on (any session, expired or not).
     pub fn revoke_credentials(&self, chat_user: &str) {
@@ -267,6 +271,11 @@ pub async fn start_relay(
         shutdown_rx,
         tasks,
     })
+}
+
+fn summaries(dispatcher: &Dispatcher) -> Vec<AllocationSummary> {
+    let now = unix_now();
+    dispatcher.allocations.all().iter().map(|a| a.summary(now)).collect()
 }
 
 /// A second handle on a UDP socket (`dup`: the same socket, so the same address and port).
