@@ -310,3 +310,45 @@ async fn rotation_is_refused_when_the_secret_comes_from_the_configuration() {
     assert_eq!(status, StatusCode::CONFLICT, "{reply}");
     assert!(reply["error"].as_str().unwrap().contains("[turn] secret"), "{reply}");
 }
+
+#[tokio::test]
+async fn sessions_show_each_users_turn_allocations_and_traffic() {
+    let server = Server::start(&admin_config(false));
+    let api = AdminApi::of(&server, None);
+    let turn = server.turn_udp.expect("turn is on");
+    let mut alice = server.join("alice").await;
+    let mut bob = server.join("bob").await;
+    alice.expect_system("bob has joined.").await;
+    let joined = join_voice(&mut alice, "alice", None).await;
+    let (username, credential) = credential_of(&joined["config"]["iceServers"]);
+    bob.expect_system("alice joined voice chat").await;
+    let bob_joined = join_voice(&mut bob, "bob", None).await;
+    let (bob_user, bob_credential) = credential_of(&bob_joined["config"]["iceServers"]);
+    let mut client = TurnClient::udp(turn, &username, &credential).await;
+    let alice_relay = client.allocate().await.expect("alice allocates while in voice");
+    let mut peer = TurnClient::udp(turn, &bob_user, &bob_credential).await;
+    let bob_relay = peer.allocate().await.expect("bob allocates while in voice");
+    client.create_permission(&[bob_relay]).await.unwrap();
+    peer.create_permission(&[alice_relay]).await.unwrap();
+    peer.channel_bind(0x4000, alice_relay).await.unwrap();
+    for _ in 0..3 {
+        peer.send_channel_data(0x4000, b"hello").await;
+        assert_eq!(client.recv_data(Duration::from_secs(2)).await.as_deref(), Some(&b"hello"[..]));
+    }
+
+    let reply = api.ok(Method::GET, "/api/v1/sessions", None).await;
+    let turn_of = |name: &str| {
+        reply["sessions"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()["turn"].clone()
+    };
+    let (alice_turn, bob_turn) = (turn_of("alice"), turn_of("bob"));
+    assert_eq!(alice_turn["allocations"].as_array().unwrap().len(), 1, "{reply}");
+    assert_eq!(alice_turn["allocations"][0]["relayed"], alice_relay.to_string(), "{reply}");
+    assert_eq!(alice_turn["allocations"][0]["transport"], "udp");
+    assert_eq!(alice_turn["from_peers"], json!({"bytes": 15, "packets": 3}), "{reply}");
+    assert_eq!(bob_turn["to_peers"], json!({"bytes": 15, "packets": 3}), "{reply}");
+    assert_eq!(bob_turn["allocations"][0]["channels"], 1, "{reply}");
+    assert!(alice_turn["allocations"][0].get("client").is_none(), "addresses only when asked: {reply}");
+    let reply = api.ok(Method::GET, "/api/v1/sessions?addresses=true", None).await;
+    let client_addr = &reply["sessions"][0]["turn"]["allocations"][0]["client"];
+    assert!(client_addr.as_str().unwrap().starts_with("127.0.0.1:"), "{reply}");
+}

@@ -260,25 +260,42 @@ fn describe_sessions(reply: &Value) -> String {
     let sessions = reply["sessions"].as_array().unwrap_or(&empty);
     let with_address = sessions.iter().any(|s| s.get("address").is_some());
     let mut lines = vec![format!(
-        "{:<20} {:<24} {:<5} {:<24}{}",
+        "{:<20} {:<24} {:<5} {:<24} {:<24}{}",
         "NAME",
         "CONNECTED SINCE",
         "VOICE",
         "MUTED UNTIL",
+        "TURN (ALLOC, OUT/IN)",
         if with_address { " ADDRESS" } else { "" }
     )];
     for s in sessions {
         lines.push(format!(
-            "{:<20} {:<24} {:<5} {:<24}{}",
+            "{:<20} {:<24} {:<5} {:<24} {:<24}{}",
             s["name"].as_str().unwrap_or("?"),
             s["connected_since"].as_str().unwrap_or("?"),
             if s["in_voice"] == true { "yes" } else { "no" },
             s["muted_until"].as_str().unwrap_or("-"),
+            describe_turn(&s["turn"]),
             s["address"].as_str().map(|a| format!(" {a}")).unwrap_or_default(),
         ));
     }
     lines.push(format!("{} online, {} not logged in", sessions.len(), reply["not_logged_in"]));
     lines.join("\n")
+}
+
+/// "2, 1.2 MB/3.4 MB": allocations held, bytes sent to peers / received from them.
+fn describe_turn(turn: &Value) -> String {
+    let Some(allocations) = turn["allocations"].as_array() else { return "-".into() };
+    if allocations.is_empty() {
+        return "-".into();
+    }
+    let megabytes = |v: &Value| v["bytes"].as_u64().unwrap_or(0) as f64 / 1e6;
+    format!(
+        "{}, {:.1} MB/{:.1} MB",
+        allocations.len(),
+        megabytes(&turn["to_peers"]),
+        megabytes(&turn["from_peers"])
+    )
 }
 
 fn describe_rooms(reply: &Value) -> String {

@@ -3,7 +3,8 @@
 //!
 //! - `token`: the bearer token check (constant time);
 //! - `routes`: one request in, one JSON reply out (the endpoints of docs/ADMIN.md);
-//! - `client`: the CLI side (a hyper HTTP/1.1 client, human-readable or raw JSON output).
+//! - `client`: the CLI side (a hyper HTTP/1.1 client, human-readable or raw JSON output);
+//! - `turn_usage`: each session's TURN allocations and traffic, from the relay.
 //!
 //! The listener is built like the public one: the accept-time `Admission` caps connections in
 //! total and per IP, hyper's header-read timeout closes a peer that sends half a request, and
@@ -13,6 +14,7 @@
 pub mod client;
 pub mod routes;
 pub mod token;
+pub mod turn_usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -116,7 +116,11 @@ async fn route(state: &AdminState, method: &Method, segments: &[&str], query: &s
         (["sessions"], &Method::GET) => {
             let show_addresses = form_urlencoded::parse(query.as_bytes())
                 .any(|(key, value)| key == "addresses" && (value == "true" || value == "1"));
-            to_hub(state, AdminRequest::Sessions { show_addresses }).await
+            let mut reply = to_hub(state, AdminRequest::Sessions { show_addresses }).await;
+            if let (StatusCode::OK, Some(relay)) = (reply.0, &state.relay) {
+                super::turn_usage::attach(&mut reply.1, &relay.allocations(), show_addresses);
+            }
+            reply
         }
         (["rooms"], &Method::GET) => to_hub(state, AdminRequest::Rooms).await,
         (["users", name, "kick"], &Method::POST) => {
