@@ -11,6 +11,7 @@ use turn::allocation::allocation_manager::{Manager, ManagerConfig};
 
 use crate::config::Settings;
 use crate::presence::VoicePresence;
+use crate::proxy_protocol::ProxyProtocol;
 use crate::turn::allocations::{AllocationTable, Transport};
 use crate::turn::auth::Authenticator;
 use crate::turn::counters::RelayCounters;
@@ -44,6 +45,8 @@ pub struct RelayHandle {
     pub counters: Arc<RelayCounters>,
     dispatcher: Arc<Dispatcher>,
     per_ip: Arc<ConnectionsPerIp>,
+    /// `[turn] proxy_protocol`, for the TCP and TLS listeners.
+    proxy_protocol: Option<ProxyProtocol>,
     shutdown: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
     /// Sent once the managers closed every allocation: the bookkeeping tasks drain and end.
@@ -85,6 +88,7 @@ impl RelayHandle {
             self.dispatcher.clone(),
             self.per_ip.clone(),
             Some(config),
+            self.proxy_protocol.clone(),
             self.shutdown_rx.clone(),
         )));
         self.tls_addr = Some(addr);
@@ -186,6 +190,7 @@ pub async fn start_relay(
         unauthenticated: Default::default(),
     });
     let per_ip = ConnectionsPerIp::new(turn.max_tcp_connections_per_ip, turn.ipv6_prefix_len);
+    let proxy_protocol = ProxyProtocol::from_trusted(turn.proxy_protocol_from.clone());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (departures_tx, departures_rx) = mpsc::unbounded_channel::<String>();
@@ -206,6 +211,7 @@ pub async fn start_relay(
             dispatcher.clone(),
             per_ip.clone(),
             None,
+            proxy_protocol.clone(),
             shutdown_rx.clone(),
         )),
         tokio::spawn(teardown::teardown_departed(dispatcher.clone(), departures_rx, shutdown_rx.clone())),
@@ -237,6 +243,7 @@ pub async fn start_relay(
         counters,
         dispatcher,
         per_ip,
+        proxy_protocol,
         shutdown,
         shutdown_rx,
         finished,
