@@ -107,6 +107,11 @@ impl TurnClient {
 
     pub async fn tcp(server: SocketAddr, username: &str, password: &str) -> TurnClient {
         let stream = TcpStream::connect(server).await.unwrap();
+        Self::over_tcp(stream, username, password)
+    }
+
+    /// TURN over an already connected stream (e.g. one that sent a PROXY protocol header).
+    pub fn over_tcp(stream: TcpStream, username: &str, password: &str) -> TurnClient {
         stream.set_nodelay(true).unwrap();
         let local = stream.local_addr().unwrap();
         let (r, w) = tokio::io::split(stream);
