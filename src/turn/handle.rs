@@ -25,7 +25,7 @@ use crate::turn::policy::PeerPolicy;
 use crate::turn::quota::QuotaLimits;
 use crate::turn::relay_ip::resolve_relay_ip;
 use crate::turn::relay_socket::{OwnRelays, PeerGuard, RelayAllocator};
-use crate::turn::sockets::{bind_listeners, bind_tcp};
+use crate::turn::sockets::{bind_listeners, bind_tcp_with};
 use crate::turn::{tcp, teardown, udp};
 
 /// At most this many UDP listener sockets (SO_REUSEPORT), one read loop each; one per core.
@@ -42,6 +42,10 @@ pub struct RelayHandle {
     pub tcp_addr: SocketAddr,
     /// TURN over TLS (`turns:`), once [`RelayHandle::start_tls`] was called.
     pub tls_addr: Option<SocketAddr>,
+    /// The IPv6 UDP and TCP listener (one port number), when `[turn] listen6` is set.
+    pub listen6_addr: Option<SocketAddr>,
+    /// TURN over TLS on the IPv6 listener's IP, once `start_tls` was called with `listen6` set.
+    pub tls6_addr: Option<SocketAddr>,
     pub counters: Arc<RelayCounters>,
     dispatcher: Arc<Dispatcher>,
     per_ip: Arc<ConnectionsPerIp>,
@@ -71,18 +75,34 @@ impl RelayHandle {
         }
     }
 
-    /// Starts TURN over TLS on `listen` (`[turn] tls_listen`; port 0 picks one). `config` is
-    /// asked for the current rustls configuration at every handshake, so certificate reloads
-    /// (SIGHUP) apply to new connections; pass `move || tls_source.current()`.
+    /// Starts TURN over TLS on `listen` (`[turn] tls_listen`; port 0 picks one), and on the
+    /// IPv6 listener's IP at the same port when `listen6` is set. `config` is asked for the
+    /// current rustls configuration at every handshake, so certificate reloads (SIGHUP) apply
+    /// to new connections; pass `move || tls_source.current()`.
     pub async fn start_tls(
         &mut self,
         listen: SocketAddr,
         config: impl Fn() -> Arc<rustls::ServerConfig> + Send + Sync + 'static,
     ) -> Result<SocketAddr, RelayError> {
-        let bind_error = |source| RelayError::Bind { addr: listen, transport: "tls", source };
-        let listener = bind_tcp(listen).map_err(bind_error)?;
-        let addr = listener.local_addr().map_err(bind_error)?;
         let config: tcp::TlsConfigFn = Arc::new(config);
+        let addr = self.spawn_tls_listener(listen, false, config.clone())?;
+        self.tls_addr = Some(addr);
+        if let Some(listen6) = self.listen6_addr {
+            let addr6 = SocketAddr::new(listen6.ip(), listen.port());
+            self.tls6_addr = Some(self.spawn_tls_listener(addr6, true, config)?);
+        }
+        Ok(addr)
+    }
+
+    fn spawn_tls_listener(
+        &mut self,
+        listen: SocketAddr,
+        v6_only: bool,
+        config: tcp::TlsConfigFn,
+    ) -> Result<SocketAddr, RelayError> {
+        let bind_error = |source| RelayError::Bind { addr: listen, transport: "tls", source };
+        let listener = bind_tcp_with(listen, v6_only).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
         self.tasks.push(tokio::spawn(tcp::accept_loop(
             listener,
             self.dispatcher.clone(),
@@ -91,8 +111,13 @@ impl RelayHandle {
             self.proxy_protocol.clone(),
             self.shutdown_rx.clone(),
         )));
-        self.tls_addr = Some(addr);
         Ok(addr)
+    }
+
+    /// The addresses relayed candidates of this relay name (advertised and bound), for the
+    /// hub's relay-only check.
+    pub fn relayed_ips(&self) -> Vec<IpAddr> {
+        vec![self.advertised_ip, self.relay_ip]
     }
 
     /// Allocations alive right now (UDP, TCP and TLS).
@@ -129,7 +154,7 @@ pub async fn start_relay(
         });
     }
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_UDP_SHARDS);
-    let (udp_sockets, tcp_listener) = bind_listeners(listen, shards).await?;
+    let (udp_sockets, tcp_listener) = bind_listeners(listen, shards, false).await?;
     let udp_error = |source| RelayError::Bind { addr: listen, transport: "udp", source };
     let udp_addr = udp_sockets[0].local_addr().map_err(udp_error)?;
     let tcp_addr = tcp_listener.local_addr().map_err(|source| RelayError::Bind {
@@ -143,8 +168,29 @@ pub async fn start_relay(
     if listen.ip().is_unspecified() {
         listener_ips.extend([IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]);
     }
+    let mut own_services: Vec<SocketAddr> =
+        listener_ips.into_iter().map(|ip| SocketAddr::new(ip, udp_addr.port())).collect();
+    // The IPv6 listener: same rule, on its own port and addresses.
+    let listeners6 = match turn.listen6 {
+        Some(listen6) => Some(bind_listeners(listen6, shards, true).await?),
+        None => None,
+    };
+    let listen6_addr = match &listeners6 {
+        Some((udp6, _)) => Some(udp6[0].local_addr().map_err(|source| RelayError::Bind {
+            addr: turn.listen6.unwrap_or(listen),
+            transport: "udp",
+            source,
+        })?),
+        None => None,
+    };
+    if let Some(addr6) = listen6_addr {
+        own_services.push(addr6);
+        if addr6.ip().is_unspecified() {
+            own_services.push(SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr6.port()));
+        }
+    }
     let policy = PeerPolicy::new(turn.peer_policy, &turn.allowed_peer_cidrs, &turn.denied_peer_cidrs)
-        .with_own_services(listener_ips.into_iter().map(|ip| SocketAddr::new(ip, udp_addr.port())));
+        .with_own_services(own_services);
 
     let counters = Arc::new(RelayCounters::default());
     let guard = Arc::new(PeerGuard {
@@ -200,22 +246,26 @@ pub async fn start_relay(
 
     let (finished, finished_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    for socket in udp_sockets {
+    let (udp6_sockets, tcp6_listener) = match listeners6 {
+        Some((udp6, tcp6)) => (udp6, Some(tcp6)),
+        None => (Vec::new(), None),
+    };
+    for socket in udp_sockets.into_iter().chain(udp6_sockets) {
         let local = socket.local_addr().map_err(udp_error)?;
         let conn: SharedConn = Arc::new(udp::ListenerConn::new(socket, local));
         tasks.push(tokio::spawn(udp::read_loop(dispatcher.clone(), conn, shutdown_rx.clone())));
     }
-    tasks.extend([
-        tokio::spawn(tcp::accept_loop(
-            tcp_listener,
+    for listener in std::iter::once(tcp_listener).chain(tcp6_listener) {
+        tasks.push(tokio::spawn(tcp::accept_loop(
+            listener,
             dispatcher.clone(),
             per_ip.clone(),
             None,
             proxy_protocol.clone(),
             shutdown_rx.clone(),
-        )),
-        tokio::spawn(teardown::teardown_departed(dispatcher.clone(), departures_rx, shutdown_rx.clone())),
-    ]);
+        )));
+    }
+    tasks.push(tokio::spawn(teardown::teardown_departed(dispatcher.clone(), departures_rx, shutdown_rx.clone())));
     let bookkeeping =
         [(Transport::Udp, udp_closed_rx), (Transport::Tcp, tcp_closed_rx), (Transport::Tls, tls_closed_rx)]
             .into_iter()
@@ -240,6 +290,8 @@ pub async fn start_relay(
         udp_addr,
         tcp_addr,
         tls_addr: None,
+        listen6_addr,
+        tls6_addr: None,
         counters,
         dispatcher,
         per_ip,

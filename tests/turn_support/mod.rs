@@ -101,7 +101,8 @@ pub struct TurnClient {
 
 impl TurnClient {
     pub async fn udp(server: SocketAddr, username: &str, password: &str) -> TurnClient {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let loopback = if server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" };
+        let socket = UdpSocket::bind(loopback).await.unwrap();
         Self::with_wire(Wire::Udp { socket, server }, username, password)
     }
 
