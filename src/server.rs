@@ -158,7 +158,7 @@ fn ice_server_issuer(settings: &Settings, secret: Vec<u8>, relay: Option<&RelayH
     let endpoints = if let Some(relay) = relay {
         let public_host = Some(turn.public_host.trim().to_string()).filter(|h| !h.is_empty());
         let ipv6 = relay.listen6_addr.map(|addr6| Ipv6Listener {
-            ip: public_ipv6(addr6.ip()),
+            ip: crate::turn::relay_ip::public_ipv6(addr6.ip()),
             port: addr6.port(),
             tls_port: relay.tls6_addr.map(|a| a.port()),
         });
@@ -177,18 +177,6 @@ fn ice_server_issuer(settings: &Settings, secret: Vec<u8>, relay: Option<&RelayH
         TurnEndpoints::None
     };
     IceServerIssuer { endpoints, ttl_s: turn.credential_ttl_s }
-}
-
-/// The IPv6 address to put in `turn:[v6]` URLs: the listener's own when it names one, else
-/// the machine's IPv6 source address towards the Internet (none on an IPv4-only host).
-fn public_ipv6(listen6_ip: IpAddr) -> Option<std::net::Ipv6Addr> {
-    match listen6_ip {
-        IpAddr::V6(named) if !named.is_unspecified() => Some(named),
-        _ => match crate::turn::relay_ip::detect_primary_ip(true).ok()? {
-            IpAddr::V6(detected) if !detected.is_loopback() => Some(detected),
-            _ => None, // the probe fell back to IPv4: no IPv6 route
-        },
-    }
 }
 
 /// Says at start-up exactly which TURN URLs clients will be given: the first thing to compare
