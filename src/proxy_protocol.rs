@@ -10,8 +10,9 @@
 //! balancer's own health check) or an address family we cannot use (UNSPEC, UNIX) keeps the
 //! balancer's own address, as the specification says.
 //!
-//! Parsing is the `ppp` crate's; this module decides how many bytes to read, reads them and
-//! turns the result into the client's address ([`client_address`] is the sans-IO part).
+//! Parsing is the `ppp` crate's; this module decides how many bytes to read ([`progress`]),
+//! reads them and turns the header into the client's address ([`client_address`]); both are
+//! sans-IO and fuzzed together (`fuzz/fuzz_targets/proxy_header.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -88,32 +89,60 @@ impl ProxyProtocol {
 
 /// Reads exactly one header, v2 or v1, and not a byte more.
 async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, HeaderError> {
-    // 12 bytes tell the versions apart and never overrun: the shortest v1 line has 15.
-    let mut header = vec![0u8; V2_SIGNATURE.len()];
-    stream.read_exact(&mut header).await?;
-    if header == V2_SIGNATURE {
-        let mut rest = [0u8; 4]; // version/command, family/protocol, length (big endian)
-        stream.read_exact(&mut rest).await?;
-        header.extend_from_slice(&rest);
-        let total = 16 + usize::from(u16::from_be_bytes([rest[2], rest[3]]));
-        if total > MAX_HEADER_BYTES {
-            return Err(HeaderError::TooLong);
+    let mut header = Vec::with_capacity(V1_MAX_BYTES);
+    loop {
+        match progress(&header)? {
+            Progress::Complete => return Ok(header),
+            Progress::Need(more) => {
+                let start = header.len();
+                header.resize(start + more, 0);
+                stream.read_exact(&mut header[start..]).await?;
+            }
         }
-        header.resize(total, 0);
-        stream.read_exact(&mut header[16..]).await?;
-        return Ok(header);
+    }
+}
+
+/// Where reading a header stands, given the bytes read so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Read exactly this many more bytes (never more than the header has left).
+    Need(usize),
+    /// `header` is one whole header.
+    Complete,
+}
+
+/// Sans-IO: how many bytes may be read next without reading past the header, or an error as
+/// soon as the bytes cannot start a valid one.
+pub fn progress(header: &[u8]) -> Result<Progress, HeaderError> {
+    // 12 bytes tell the versions apart and never overrun: the shortest v1 line has 15.
+    if header.len() < V2_SIGNATURE.len() {
+        return Ok(Progress::Need(V2_SIGNATURE.len() - header.len()));
+    }
+    if header.starts_with(&V2_SIGNATURE) {
+        // Then version/command, family/protocol, and the length of the rest (big endian).
+        let Some(length) = header.get(14..16) else {
+            return Ok(Progress::Need(16 - header.len()));
+        };
+        let total = 16 + usize::from(u16::from_be_bytes([length[0], length[1]]));
+        return if total > MAX_HEADER_BYTES {
+            Err(HeaderError::TooLong)
+        } else if header.len() < total {
+            Ok(Progress::Need(total - header.len()))
+        } else {
+            Ok(Progress::Complete)
+        };
     }
     if !header.starts_with(V1_PREFIX) {
         return Err(HeaderError::Missing);
     }
-    // A v1 line ends at CRLF; read it byte by byte (at most 95 more) so nothing after it is taken.
-    while !header.ends_with(b"\r\n") {
-        if header.len() >= V1_MAX_BYTES {
-            return Err(HeaderError::TooLong);
-        }
-        header.push(stream.read_u8().await?);
+    // A v1 line ends at CRLF: byte by byte (at most 95 more), so nothing after it is taken.
+    if header.ends_with(b"\r\n") {
+        Ok(Progress::Complete)
+    } else if header.len() >= V1_MAX_BYTES {
+        Err(HeaderError::TooLong)
+    } else {
+        Ok(Progress::Need(1))
     }
-    Ok(header)
 }
 
 /// The client's address from a complete header (`peer`: the balancer, kept for LOCAL and for
