@@ -175,8 +175,7 @@ pub(crate) async fn accept_loop(
             None => match per_ip.try_acquire(remote.ip()) {
                 Some(ip_slot) => Some(ip_slot),
                 None => {
-                    RelayCounters::bump(&dispatcher.counters().tcp_per_ip_refusals);
-                    tracing::debug!(client = %remote, "turn tcp connection refused: too many from this address");
+                    refused_per_ip(&dispatcher, remote);
                     continue;
                 }
             },
@@ -199,8 +198,7 @@ pub(crate) async fn accept_loop(
                 };
                 ip_slot = per_ip.try_acquire(remote.ip());
                 if ip_slot.is_none() {
-                    RelayCounters::bump(&dispatcher.counters().tcp_per_ip_refusals);
-                    tracing::debug!(client = %remote, "turn tcp connection refused: too many from this address");
+                    refused_per_ip(&dispatcher, remote);
                     return;
                 }
             }
@@ -225,6 +223,12 @@ pub(crate) async fn accept_loop(
             drop(slot);
         });
     }
+}
+
+/// Counts and logs a connection closed for `max_tcp_connections_per_ip`.
+fn refused_per_ip(dispatcher: &Dispatcher, client: SocketAddr) {
+    RelayCounters::bump(&dispatcher.counters().tcp_per_ip_refusals);
+    tracing::debug!(%client, "turn tcp connection refused: too many from this address");
 }
 
 async fn serve<S>(
