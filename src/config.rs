@@ -176,7 +176,8 @@ impl ServerSettings {
     /// The HTTP listener's PROXY protocol setting; `None` when off. Validation guarantees the
     /// entries parse.
     pub fn proxy_protocol(&self) -> Option<crate::proxy_protocol::ProxyProtocol> {
-        let nets = proxy_protocol_nets("server.proxy_protocol_from", self.proxy_protocol, &self.proxy_protocol_from);
+        let nets =
+            proxy_protocol_nets("server.proxy_protocol_from", self.proxy_protocol, &self.proxy_protocol_from);
         crate::proxy_protocol::ProxyProtocol::from_trusted(nets.unwrap_or_default())
     }
 }
@@ -303,7 +304,11 @@ impl Settings {
                 return Err(invalid("server.trusted_proxies", format!("{entry:?} is not an IP or CIDR")));
             }
         }
-        proxy_protocol_nets("server.proxy_protocol_from", self.server.proxy_protocol, &self.server.proxy_protocol_from)?;
+        proxy_protocol_nets(
+            "server.proxy_protocol_from",
+            self.server.proxy_protocol,
+            &self.server.proxy_protocol_from,
+        )?;
         if self.server.tls.cert_file.is_empty() != self.server.tls.key_file.is_empty() {
             return Err(invalid("server.tls", "cert_file and key_file must be set together"));
         }

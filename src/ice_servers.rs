@@ -72,7 +72,10 @@ impl IceServerIssuer {
                     (Some(IpAddr::V6(_)), Some(v6)) => push_urls(&mut urls, &host, v6.port, v6.tls_port),
                     // An IPv4 literal: the IPv4 listener, plus the IPv6 one by its address. (A
                     // host name covers both families through its A and AAAA records.)
-                    (Some(IpAddr::V4(_)), Some(Ipv6Listener { ip: Some(ip), port: port6, tls_port: tls6 })) => {
+                    (
+                        Some(IpAddr::V4(_)),
+                        Some(Ipv6Listener { ip: Some(ip), port: port6, tls_port: tls6 }),
+                    ) => {
                         push_urls(&mut urls, &host, *port, *tls_port);
                         push_urls(&mut urls, &format!("[{ip}]"), *port6, *tls6);
                     }
@@ -176,7 +179,11 @@ mod tests {
                 public_host: public_host.map(String::from),
                 port: 3478,
                 tls_port: Some(5349),
-                ipv6: Some(Ipv6Listener { ip: ip.map(|ip| ip.parse().unwrap()), port: 3479, tls_port: Some(5350) }),
+                ipv6: Some(Ipv6Listener {
+                    ip: ip.map(|ip| ip.parse().unwrap()),
+                    port: 3479,
+                    tls_port: Some(5350),
+                }),
             },
             ttl_s: 600,
         }

@@ -251,7 +251,10 @@ mod tests {
     #[tokio::test]
     async fn anything_else_from_a_balancer_is_refused() {
         assert!(matches!(read(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.0, Err(HeaderError::Missing)));
-        assert!(matches!(read(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x00").await.0, Err(HeaderError::Missing)));
+        assert!(matches!(
+            read(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x00").await.0,
+            Err(HeaderError::Missing)
+        ));
         // Cut short: the stream ends inside the header.
         assert!(matches!(read(&v2(1, 0x11, &v4_addresses(), &[])[..20]).await.0, Err(HeaderError::Io(_))));
         // Length beyond the bound: refused before reading the body.

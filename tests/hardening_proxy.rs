@@ -127,7 +127,8 @@ async fn join_via_balancer(server: &Server, name: &str, client: &str, forwarded_
         request.headers_mut().insert("x-forwarded-for", forwarded_for.parse().unwrap());
     }
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (ws, _) = tokio_tungstenite::client_async(request, stream).await.expect("websocket over the balancer");
+    let (ws, _) =
+        tokio_tungstenite::client_async(request, stream).await.expect("websocket over the balancer");
     let mut client = Client { ws, token: String::new() };
     let first = client.recv().await;
     client.token = match first["type"].as_str() {
@@ -161,7 +162,11 @@ async fn behind_the_balancer_the_per_ip_limit_follows_the_header_source() {
     let a = join_via_balancer(&server, "alpha", "203.0.113.1:40001", None).await;
     assert!(!a.token.starts_with("refused:"), "{}", a.token);
     let again = join_via_balancer(&server, "alpha2", "203.0.113.1:40002", None).await;
-    assert!(refused(&again), "a second session from the header's address escaped the per-IP limit: {}", again.token);
+    assert!(
+        refused(&again),
+        "a second session from the header's address escaped the per-IP limit: {}",
+        again.token
+    );
     // X-Forwarded-For counts only from server.trusted_proxies; this client is not one.
     let spoofed = join_via_balancer(&server, "alpha3", "203.0.113.1:40003", Some("198.51.100.50")).await;
     assert!(refused(&spoofed), "{}", spoofed.token);
@@ -190,7 +195,10 @@ async fn the_header_is_required_from_the_balancer_and_bad_input_from_anyone_else
     assert_eq!(bare, "", "a balancer connection without a header was served");
     // From anyone else a header is not parsed: it is a malformed request.
     let stranger = exchange("127.0.0.1", server.http, &header, get).await;
-    assert!(stranger.starts_with("HTTP/1.1 400"), "a stranger's PROXY header was not a bad request: {stranger}");
+    assert!(
+        stranger.starts_with("HTTP/1.1 400"),
+        "a stranger's PROXY header was not a bad request: {stranger}"
+    );
     let (plain, _) = http_get(server.http, "/server-info").await;
     assert!(plain.contains("200"), "{plain}");
 }
@@ -209,12 +217,14 @@ async fn turn_over_tcp_behind_the_balancer_is_capped_by_the_header_source() {
     assert_eq!(mapped_address(&first).await, Some(a), "the relay saw another address than the header's");
 
     // The cap is 1 per client IP: another connection from A is closed, one from B is served.
-    let mut second = connect_from(BALANCER, turn, &proxy_v2("203.0.113.1:40002".parse().unwrap(), turn)).await;
+    let mut second =
+        connect_from(BALANCER, turn, &proxy_v2("203.0.113.1:40002".parse().unwrap(), turn)).await;
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(2), second.read(&mut byte)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a second connection from the header's IP stayed open");
     let b: SocketAddr = "198.51.100.2:40003".parse().unwrap();
-    let other = TurnClient::over_tcp(connect_from(BALANCER, turn, &proxy_v2(b, turn)).await, "unused", "unused");
+    let other =
+        TurnClient::over_tcp(connect_from(BALANCER, turn, &proxy_v2(b, turn)).await, "unused", "unused");
     assert_eq!(mapped_address(&other).await, Some(b));
 
     // Direct clients are capped by their own address, and a header from them is not honoured.
@@ -238,4 +248,3 @@ async fn mapped_address(client: &TurnClient) -> Option<SocketAddr> {
     mapped.get_from(&answer).ok()?;
     Some(SocketAddr::new(mapped.ip, mapped.port))
 }
-

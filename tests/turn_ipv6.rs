@@ -63,3 +63,39 @@ async fn ice_servers_add_ipv6_urls_when_clients_get_an_ipv4_host() {
         ])
     );
 }
+
+#[tokio::test]
+async fn turn_over_tls_listens_on_the_ipv6_address_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "[server.tls]\ncert_file = \"{0}/cert.pem\"\nkey_file = \"{0}/key.pem\"\n\n",
+        dir.path().display()
+    );
+    let server = Server::start_in(dir.path(), &format!("{tls}{}", config("")));
+    let log = server.log_text();
+    let tls6: SocketAddr = log
+        .lines()
+        .find_map(|line| line.split("turn over tls listening on ipv6 ").nth(1))
+        .unwrap_or_else(|| panic!("no IPv6 TLS listener in the log:\n{log}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(tls6.is_ipv6() && tls6.port() != 0, "{tls6}");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_config));
+    let credential =
+        relaychat::turn::credentials::issue(SECRET.as_bytes(), "alice", turn_support::now_unix() + 600);
+    let mut client = TurnClient::tls(tls6, &connector, &credential.username, &credential.credential).await;
+    client.allocate().await.expect("an allocation over TLS on IPv6");
+}

@@ -126,14 +126,22 @@ impl TurnSettings {
             "" => None,
             text => match text.parse::<SocketAddr>() {
                 Ok(addr) if addr.is_ipv6() => Some(addr),
-                _ => return Err(invalid("turn.listen6", format!("{text:?} is not an address like [::]:3478"))),
+                _ => {
+                    return Err(invalid("turn.listen6", format!("{text:?} is not an address like [::]:3478")))
+                }
             },
         };
         if listen.is_ipv6() && listen6.is_some() {
-            return Err(invalid("turn.listen6", "is for a second, IPv6 listener; turn.listen is IPv6 already"));
+            return Err(invalid(
+                "turn.listen6",
+                "is for a second, IPv6 listener; turn.listen is IPv6 already",
+            ));
         }
-        let proxy_protocol_from =
-            super::proxy_protocol_nets("turn.proxy_protocol_from", self.proxy_protocol, &self.proxy_protocol_from)?;
+        let proxy_protocol_from = super::proxy_protocol_nets(
+            "turn.proxy_protocol_from",
+            self.proxy_protocol,
+            &self.proxy_protocol_from,
+        )?;
         let relay_ip = optional_ip("turn.relay_ip", &self.relay_ip)?;
         if relay_ip.is_some_and(|ip| ip.is_unspecified()) {
             return Err(invalid(
@@ -350,6 +358,9 @@ mod tests {
             t.proxy_protocol_from = vec!["10.0.0.1".into(), "fd00::/8".into()];
         })
         .unwrap();
-        assert_eq!(c.proxy_protocol_from, vec!["10.0.0.1/32".parse::<IpNet>().unwrap(), "fd00::/8".parse().unwrap()]);
+        assert_eq!(
+            c.proxy_protocol_from,
+            vec!["10.0.0.1/32".parse::<IpNet>().unwrap(), "fd00::/8".parse().unwrap()]
+        );
     }
 }

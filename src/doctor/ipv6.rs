@@ -99,7 +99,9 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(is_global_ipv6(ip("2a01:4f8::1")));
         assert!(!is_global_ipv6(ip("2001:db8::1")));
-        assert!(!is_global_ipv6(ip("fd00::1")) && !is_global_ipv6(ip("fe80::1")) && !is_global_ipv6(ip("::1")));
+        assert!(
+            !is_global_ipv6(ip("fd00::1")) && !is_global_ipv6(ip("fe80::1")) && !is_global_ipv6(ip("::1"))
+        );
         assert!(!is_global_ipv6(ip("203.0.113.1")));
     }
 }

@@ -85,10 +85,12 @@ pub async fn serve(
             let mut stream = stream;
             let (peer, ticket) = match entry {
                 Entry::Admitted(ticket) => (peer, ticket),
-                Entry::FromBalancer(proxy) => match admit_proxied(&proxy, &admission, &mut stream, peer).await {
-                    Some(admitted) => admitted,
-                    None => return,
-                },
+                Entry::FromBalancer(proxy) => {
+                    match admit_proxied(&proxy, &admission, &mut stream, peer).await {
+                        Some(admitted) => admitted,
+                        None => return,
+                    }
+                }
             };
             match tls {
                 None => serve_connection(stream, peer, filter, state, watcher, ticket).await,

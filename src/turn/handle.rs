@@ -265,7 +265,11 @@ pub async fn start_relay(
             shutdown_rx.clone(),
         )));
     }
-    tasks.push(tokio::spawn(teardown::teardown_departed(dispatcher.clone(), departures_rx, shutdown_rx.clone())));
+    tasks.push(tokio::spawn(teardown::teardown_departed(
+        dispatcher.clone(),
+        departures_rx,
+        shutdown_rx.clone(),
+    )));
     let bookkeeping =
         [(Transport::Udp, udp_closed_rx), (Transport::Tcp, tcp_closed_rx), (Transport::Tls, tls_closed_rx)]
             .into_iter()
