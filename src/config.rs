@@ -541,6 +541,24 @@ mod tests {
     }
 
     #[test]
+    fn the_http_listeners_proxy_protocol_needs_its_balancers() {
+        let mut s = Settings::defaults();
+        assert!(s.server.proxy_protocol().is_none(), "off by default");
+        s.server.proxy_protocol_from = vec!["10.0.0.0/8".into()];
+        assert!(s.server.proxy_protocol().is_none(), "a list alone does not turn it on");
+        s.server.proxy_protocol = true;
+        s.validate().unwrap();
+        let proxy = s.server.proxy_protocol().expect("on");
+        assert!(proxy.expects_header_from("10.1.2.3".parse().unwrap()));
+        assert!(!proxy.expects_header_from("192.0.2.1".parse().unwrap()));
+        for bad in [vec![], vec!["10.0.0.0/33".to_string()], vec!["lb.example.org".to_string()]] {
+            s.server.proxy_protocol_from = bad;
+            let err = s.validate().unwrap_err();
+            assert!(err.to_string().contains("server.proxy_protocol_from"), "{err}");
+        }
+    }
+
+    #[test]
     fn cli_port_wins_over_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
