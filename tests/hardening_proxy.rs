@@ -234,6 +234,11 @@ async fn turn_over_tcp_behind_the_balancer_is_capped_by_the_header_source() {
         TurnClient::over_tcp(connect_from("127.0.0.3", turn, &proxy_v2(a, turn)).await, "unused", "unused");
     let answer = mapped_address(&stranger).await;
     assert_ne!(answer, Some(a), "a stranger's PROXY header was honoured");
+    let (_, metrics) = http_get(server.http, "/metrics").await;
+    assert!(
+        metrics.lines().any(|line| line == "relaychat_turn_tcp_per_ip_refusals_total 1"),
+        "exactly the second connection from the header's address was refused:\n{metrics}"
+    );
 }
 
 /// XOR-MAPPED-ADDRESS of a Binding request over `client`'s connection: the address the relay
