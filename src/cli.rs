@@ -20,6 +20,14 @@ const REDACTED: &str = "<redacted>";
 /// prints the effective configuration with secrets redacted.
 pub fn check_config(settings: &Settings) -> anyhow::Result<()> {
     settings.validate()?;
+    if settings.admin.token_file_readable_here() {
+        settings.admin.resolve_token()?;
+    } else {
+        eprintln!(
+            "relaychat: note: admin.token_file is relative and $CREDENTIALS_DIRECTORY is not set here: \
+             it is read (and checked) when the service starts"
+        );
+    }
     if settings.server.tls.is_enabled() {
         crate::tls::TlsConfigSource::load(
             settings.server.tls.cert_file.as_ref(),
@@ -39,6 +47,9 @@ pub fn effective_config(settings: &Settings) -> anyhow::Result<String> {
     }
     for server in &mut shown.turn.external_servers {
         server.secret = REDACTED.into();
+    }
+    if !shown.admin.token.is_empty() {
+        shown.admin.token = REDACTED.into();
     }
     toml::to_string_pretty(&shown).context("cannot print the configuration")
 }
@@ -311,8 +322,10 @@ mod tests {
             secret: "s3cr3t".into(),
             relay_addresses: Vec::new(),
         }];
+        settings.admin.token = "admin-token-0123456789".into();
         let text = effective_config(&settings).unwrap();
         assert!(!text.contains("hunter2hunter2") && !text.contains("s3cr3t"), "{text}");
+        assert!(!text.contains("admin-token-0123456789"), "{text}");
         assert!(text.contains(REDACTED));
         assert!(text.contains("max_participants = 8"));
     }

@@ -16,9 +16,11 @@
 //! - `metrics`: Prometheus text from the live counters; `tls`: certificates, reloaded on SIGHUP.
 //! - `server`: wires everything together and runs until shutdown.
 //! - `doctor`: `relaychat doctor`, a configuration checked from the server's side.
+//! - `admin`: the operator's HTTP API on its own listener, and the `relaychat admin` client.
 
 pub mod accounts;
 pub mod addr;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod doctor;

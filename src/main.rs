@@ -51,6 +51,9 @@ enum Command {
     Doctor,
     /// Exit 0 when the server on this configuration's port answers /healthz (container checks).
     Healthcheck,
+    /// Operator actions on a running server through its admin API ([admin] listen):
+    /// sessions, rooms, kick, ban, mute, broadcast, revoke-turn, rotate-turn-secret.
+    Admin(relaychat::admin::client::AdminArgs),
     /// Accounts and admins, in the server's database (works while the server runs).
     User {
         #[command(subcommand)]
@@ -129,6 +132,7 @@ fn main() {
         Some(Command::Invite { expires, uses, base_url, .. }) => {
             relaychat::cli::invite_create(&settings, expires, uses, base_url.as_deref())
         }
+        Some(Command::Admin(args)) => relaychat::admin::client::run(&settings, args),
         None => serve(settings, Sources { config_file: cli.config.clone(), port: cli.port }),
     };
     if let Err(e) = result {

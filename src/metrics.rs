@@ -178,6 +178,7 @@ impl Collector for LiveCollector {
                 ("expired", &relay.auth_failures_expired),
                 ("not_in_voice", &relay.auth_failures_not_in_voice),
                 ("malformed", &relay.auth_failures_malformed),
+                ("revoked", &relay.auth_failures_revoked),
             ],
         )?;
         counter(

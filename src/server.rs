@@ -23,6 +23,8 @@ use crate::turn::{load_or_create_secret, start_relay, RelayHandle};
 /// A started server. Drop order matters, so use `shutdown`.
 pub struct RunningServer {
     pub http_addr: SocketAddr,
+    /// The admin API, when `[admin] listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub hub: HubHandle,
     pub presence: Arc<VoicePresence>,
     /// The integrated TURN relay, when `[turn] enabled`.
@@ -30,6 +32,8 @@ pub struct RunningServer {
     hub_task: tokio::task::JoinHandle<()>,
     http_task: tokio::task::JoinHandle<()>,
     stop_http: oneshot::Sender<()>,
+    /// Stops the admin listener (dropped with the server otherwise).
+    stop_admin: Option<oneshot::Sender<()>>,
     memory_trim: tokio::task::JoinHandle<()>,
     store_thread: StoreThread,
 }
@@ -129,6 +133,23 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         relay_ready: !settings.turn.enabled || relay.is_some(),
         invites,
     });
+    let (admin_addr, stop_admin) = match crate::admin::bind(&settings).await? {
+        Some((listener, addr)) => {
+            let token = settings.admin.resolve_token()?;
+            let protection = if token.is_some() { "bearer token" } else { "loopback, no token" };
+            let admin_state = Arc::new(crate::admin::AdminState {
+                settings: settings.clone(),
+                hub: hub_handle.clone(),
+                relay: relay.as_ref().map(RelayHandle::control),
+                token: token.map(|t| crate::admin::token::BearerToken::new(&t)),
+            });
+            let (stop, stopped) = oneshot::channel::<()>();
+            tokio::spawn(crate::admin::serve(listener, admin_state, stopped));
+            tracing::info!("admin api listening on {addr} ({protection})");
+            (Some(addr), Some(stop))
+        }
+        None => (None, None),
+    };
     let (stop_http, stopped) = oneshot::channel::<()>();
     let scheme = if tls.is_some() { "https" } else { "http" };
     let http_task = tokio::spawn(listener::serve(
@@ -141,6 +162,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     tracing::info!("http listening on {http_addr} ({scheme})");
     Ok(RunningServer {
         http_addr,
+        admin_addr,
+        stop_admin,
         hub: hub_handle,
         presence,
         relay,
@@ -254,6 +277,9 @@ fn turn_url_host(url: &str) -> Option<String> {
 impl RunningServer {
     /// Announces the shutdown to every user, closes every socket, flushes the store.
     pub async fn shutdown(self) {
+        if let Some(stop_admin) = self.stop_admin {
+            let _ = stop_admin.send(());
+        }
         self.hub.shutdown().await;
         let _ = self.hub_task.await;
         let _ = self.stop_http.send(());

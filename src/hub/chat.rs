@@ -41,6 +41,7 @@ impl Hub {
             conn,
             Connection {
                 ip: info.ip,
+                connected_at: now.wall,
                 host: info.host,
                 token: info.token,
                 name: None,
@@ -233,6 +234,16 @@ impl Hub {
             return;
         }
         if text.starts_with('/') && self.on_command(out, conn, &name, text, now) {
+            return;
+        }
+        if let Some(until) = self.muted(&name, now) {
+            let text = match until {
+                Some(until) => {
+                    format!("You are muted by the server operator until {}.", iso_timestamp(until.wall))
+                }
+                None => "You are muted by the server operator.".to_string(),
+            };
+            out.system(conn, &text);
             return;
         }
         self.record(out, HistoryKind::Chat, Some(&name), text, now);

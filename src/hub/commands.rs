@@ -74,6 +74,11 @@ impl Hub {
             out.system(conn, "Usage: /nick <name>");
             return;
         }
+        // A new name would shed a mute or a TURN revocation, which hold for the name.
+        if self.muted(old, now).is_some() || self.voice_revoked_until(old, now).is_some() {
+            out.system(conn, "You cannot change your nickname while restricted by the server operator.");
+            return;
+        }
         let cooldown_ms = self.settings.chat.nick_change_cooldown_ms;
         let cooldown = Duration::from_millis(cooldown_ms);
         let Some(connection) = self.connections.get(&conn) else { return };
@@ -254,6 +259,9 @@ impl Hub {
             out.system(conn, &format!("{target} is not banned."));
             return;
         }
+        // A timed ban from the admin API ends here too (its timer must not outlive it and lift
+        // a later ban).
+        self.timed_bans.remove(&target);
         out.push(Effect::SaveBan { name: target.clone(), banned: false });
         out.system(conn, &format!("{target} has been unbanned."));
         self.announce(out, &format!("{target} was unbanned by {admin}."), now);

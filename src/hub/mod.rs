@@ -10,7 +10,9 @@
 //! - `voice`: the WebRTC room and signaling relay.
 //! - `limits`: pure rate-limit helpers.
 //! - `relay_only`: the privacy boundary (force_relay rebuilds everything a peer receives).
+//! - `admin`: operator requests from the admin API (list, kick, ban, mute, revoke, rotate).
 
+mod admin;
 pub mod budget;
 mod chat;
 mod commands;
@@ -34,6 +36,9 @@ use crate::protocol::{iso_timestamp, Frame, HistoryEntry, HistoryKind, Inbound, 
 use limits::{ConnectionLimiter, LoginLimiter, RegisterLimiter, SlidingWindow};
 use relay_only::{PrivacyTally, RelayAddresses};
 use voice::VoiceRoom;
+
+use admin::Until;
+pub use admin::{AdminError, AdminReply, AdminRequest};
 
 pub type ConnId = u64;
 
@@ -118,6 +123,8 @@ pub struct ConnectInfo {
 #[derive(Debug)]
 struct Connection {
     ip: IpAddr,
+    /// When the socket was accepted (shown to the operator).
+    connected_at: DateTime<Utc>,
     host: String,
     token: String,
     /// Set once the user is welcomed (open mode at once; auth mode after /login).
@@ -150,6 +157,12 @@ pub struct Hub {
     arrival_order: Vec<String>,
     history: VecDeque<HistoryEntry>,
     bans: HashSet<String>,
+    /// Bans the operator gave a duration (also in `bans`; kept in memory only).
+    timed_bans: HashMap<String, Until>,
+    /// Names the operator muted (chat only), until when (`None`: until unmuted).
+    mutes: HashMap<String, Option<Until>>,
+    /// Names whose TURN access the operator revoked: no voice join until then.
+    voice_revoked: HashMap<String, Until>,
     /// Accounts the operator flagged admin (refreshed from the store while running).
     admins: HashSet<String>,
     /// `[chat] admins`: names /register may not take.
@@ -242,6 +255,9 @@ impl Hub {
             arrival_order: Vec::new(),
             history,
             bans,
+            timed_bans: HashMap::new(),
+            mutes: HashMap::new(),
+            voice_revoked: HashMap::new(),
             login_limiter: LoginLimiter::default(),
             relays: RelayAddresses::default(),
             privacy: PrivacyTally::default(),
@@ -333,6 +349,7 @@ impl Hub {
         }
         self.refresh_due_credentials(&mut out, now);
         self.settle_voice_notices(&mut out, now);
+        self.expire_operator_limits(now);
         let prune_due = self.last_prune.is_none_or(|t| now.mono.duration_since(t) >= Duration::from_secs(60));
         if prune_due {
             self.connection_limiter.prune(now.mono);

@@ -17,7 +17,7 @@ use argon2::Argon2;
 use tokio::sync::{mpsc, oneshot};
 
 use super::relay_only::PrivacyTally;
-use super::{ConnId, ConnectInfo, Effect, Hub, Now, Stats};
+use super::{AdminReply, AdminRequest, ConnId, ConnectInfo, Effect, Hub, Now, Stats};
 use crate::password_gate::PasswordGate;
 use crate::presence::VoicePresence;
 use crate::protocol::{Frame, Inbound};
@@ -44,7 +44,15 @@ pub enum HubEvent {
     AccountCreated { conn: ConnId, result: Result<bool, String> },
     LoginChecked { conn: ConnId, name: String, ok: bool },
     AdminsLoaded { admins: std::collections::HashSet<String> },
+    Admin(AdminCall),
     Shutdown { done: oneshot::Sender<()> },
+}
+
+/// An operator request (admin API) and where its reply goes; answered once its effects are
+/// carried out, so a "kicked" reply means the socket was already told to close.
+pub struct AdminCall {
+    pub request: AdminRequest,
+    pub reply: oneshot::Sender<AdminReply>,
 }
 
 /// Counters readable without asking the hub (for /server-info and metrics).
@@ -89,6 +97,13 @@ impl HubHandle {
     /// Sends an event; false if the hub has stopped (server shutting down).
     pub async fn send(&self, event: HubEvent) -> bool {
         self.events.send(event).await.is_ok()
+    }
+
+    /// Asks the hub to carry out an operator request; `None` if the hub has stopped.
+    pub async fn admin(&self, request: AdminRequest) -> Option<AdminReply> {
+        let (reply, answer) = oneshot::channel();
+        self.events.send(HubEvent::Admin(AdminCall { request, reply })).await.ok()?;
+        answer.await.ok()
     }
 
     /// Asks the hub to announce shutdown, close every socket and flush the store.
@@ -160,6 +175,13 @@ impl Runner {
                         let _ = done.send(());
                         return;
                     }
+                    Some(HubEvent::Admin(AdminCall { request, reply })) => {
+                        let (effects, answer) = self.hub.admin(request, Now::current());
+                        self.publish_stats();
+                        self.carry_out(effects).await;
+                        let _ = reply.send(answer);
+                        Vec::new()
+                    }
                     Some(event) => {
                         // Events waiting behind this one: how far the hub is behind its sessions.
                         self.stats.queue_depth.store(receiver.len(), Ordering::Relaxed);
@@ -215,7 +237,7 @@ impl Runner {
                 self.hub.set_admins(admins);
                 Vec::new()
             }
-            HubEvent::Shutdown { .. } => Vec::new(),
+            HubEvent::Shutdown { .. } | HubEvent::Admin(_) => Vec::new(),
         }
     }
 

@@ -30,6 +30,7 @@ struct Seat {
     conn: ConnId,
     media_types: Vec<String>,
     credentials_refresh_at: Instant,
+    joined_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +69,18 @@ impl VoiceRoom {
     /// The TURN users of every seat (to tell the relay everyone left, at shutdown).
     pub fn turn_users(&self) -> Vec<String> {
         self.seats.iter().map(|s| s.turn_user.clone()).collect()
+    }
+
+    /// Each member's name, media types and joining time, in order of joining.
+    pub fn members(&self) -> impl Iterator<Item = (&str, &[String], chrono::DateTime<chrono::Utc>)> {
+        self.seats.iter().map(|s| (s.name.as_str(), s.media_types.as_slice(), s.joined_at))
+    }
+
+    /// Makes every seat's credential refresh due now (the secret changed).
+    pub fn refresh_credentials_now(&mut self, now: Instant) {
+        for seat in &mut self.seats {
+            seat.credentials_refresh_at = now;
+        }
     }
 
     fn conn_of(&self, name: &str) -> Option<ConnId> {
@@ -194,6 +207,14 @@ impl Hub {
             self.webrtc_error(out, conn, "Already in voice chat", now);
             return;
         }
+        if let Some(until) = self.voice_revoked_until(&name, now) {
+            let error = format!(
+                "Your voice chat access was revoked by the server operator until {}",
+                iso_timestamp(until.wall)
+            );
+            self.webrtc_error(out, conn, &error, now);
+            return;
+        }
         if self.voice.len() >= max {
             self.webrtc_error(out, conn, &format!("Voice chat is full ({max} maximum)"), now);
             return;
@@ -212,6 +233,7 @@ impl Hub {
             conn,
             media_types: media_types.clone(),
             credentials_refresh_at,
+            joined_at: now.wall,
         });
         // The relay must know before the client can possibly try to allocate.
         out.push(Effect::VoiceJoined { turn_user: turn_user.clone() });

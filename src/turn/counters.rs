@@ -21,6 +21,8 @@ pub struct RelayCounters {
     pub auth_failures_not_in_voice: AtomicU64,
     /// A request whose username, realm or nonce is missing or unparsable.
     pub auth_failures_malformed: AtomicU64,
+    /// Credentials refused because the operator revoked the user's TURN access.
+    pub auth_failures_revoked: AtomicU64,
     /// Datagrams and permission/channel requests refused by the peer policy.
     pub denied_peers: AtomicU64,
     /// Allocate requests refused by the per-user or total allocation limit.

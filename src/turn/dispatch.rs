@@ -297,6 +297,7 @@ impl Dispatcher {
             Tally::Auth(AuthFailure::Expired) => &c.auth_failures_expired,
             Tally::Auth(AuthFailure::NotInVoice) => &c.auth_failures_not_in_voice,
             Tally::Auth(AuthFailure::Malformed) => &c.auth_failures_malformed,
+            Tally::Auth(AuthFailure::Revoked) => &c.auth_failures_revoked,
             Tally::DeniedPeer => &c.denied_peers,
             Tally::Quota => &c.quota_refusals,
             Tally::Cap(CapReached::Permissions) => &c.permission_cap_refusals,

@@ -12,7 +12,8 @@
 //! 1. no MESSAGE-INTEGRITY: 401 with a stateless nonce (nothing is stored per source);
 //! 2. USERNAME, REALM or NONCE missing: 400; a nonce we did not mint for this IP, or too old: 438;
 //! 3. a username we could not have issued, another realm, or a wrong HMAC: 401 (the crate would
-//!    answer 400 to a wrong HMAC);
+//!    answer 400 to a wrong HMAC). After a secret rotation the HMAC may be the previous secret's
+//!    during the grace period, and after it for the 5-tuple's own allocation (`auth`);
 //! 4. expiry and the live-session rule (`auth`), with the method and the 5-tuple's allocation in
 //!    view, so refreshes keep working past expiry while the user is in voice: 401;
 //! 5. anything but Allocate from a 5-tuple without an allocation: 437;
@@ -169,14 +170,21 @@ pub fn decide(m: &Message, cx: &GateContext<'_>) -> Decision {
     if cx.nonces.verify_at(&nonce.text, cx.client.ip(), cx.now_unix).is_err() {
         return challenge(CODE_STALE_NONCE, "Stale Nonce", None);
     }
-    let key = match cx.auth.key(&username.text, &realm.text) {
+    // The current secret's key, or the previous secret's during a rotation's grace period (and
+    // after it for the allocation this username made: live calls survive a rotation).
+    let verifies = |key: &[u8]| MessageIntegrity(key.to_vec()).check(&mut m.clone()).is_ok();
+    let keeps_own_allocation =
+        method != METHOD_ALLOCATE && cx.allocation_username == Some(username.text.as_str());
+    let key = match cx.auth.verified_key(
+        &username.text,
+        &realm.text,
+        cx.now_unix,
+        keeps_own_allocation,
+        verifies,
+    ) {
         Ok(key) => key,
         Err(failure) => return challenge(CODE_UNAUTHORIZED, failure.reason(), Some(failure)),
     };
-    if MessageIntegrity(key.clone()).check(&mut m.clone()).is_err() {
-        let failure = AuthFailure::BadCredential;
-        return challenge(CODE_UNAUTHORIZED, failure.reason(), Some(failure));
-    }
     let admission = Admission {
         now_unix: cx.now_unix,
         is_allocate: method == METHOD_ALLOCATE,

@@ -134,6 +134,39 @@ impl RelayHandle {
     pub fn tcp_connections_from(&self, ip: IpAddr) -> usize {
         self.per_ip.open_from(ip)
     }
+
+    /// What the admin API keeps to revoke access and rotate the secret while the relay runs.
+    pub fn control(&self) -> RelayControl {
+        RelayControl { dispatcher: self.dispatcher.clone() }
+    }
+}
+
+/// Operator actions on the running relay (cheap to clone).
+#[derive(Clone)]
+pub struct RelayControl {
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl RelayControl {
+    /// The operator revoked `chat_user`'s TURN access: every credential issued to them so far
+    /// is refused from now on (any session, expired or not).
+    pub fn revoke_credentials(&self, chat_user: &str) {
+        self.dispatcher.auth.revoke(chat_user, crate::time::unix_now());
+    }
+
+    /// Deletes every allocation `chat_user` holds (any session, UDP, TCP or TLS) at once;
+    /// returns how many.
+    pub async fn delete_allocations_of(&self, chat_user: &str) -> usize {
+        teardown::delete_allocations_of_chat_user(&self.dispatcher, chat_user).await
+    }
+
+    /// Verifies with `secret` from now on, and with the current one for `grace_s` more seconds.
+    /// Returns the unix second the previous secret stops working.
+    pub fn rotate_secret(&self, secret: Vec<u8>, grace_s: u64) -> u64 {
+        let now = crate::time::unix_now();
+        self.dispatcher.auth.rotate_secret(secret, now, grace_s);
+        now.saturating_add(grace_s)
+    }
 }
 
 /// Starts the UDP and TCP listeners on `[turn] listen` (one port number for both).
@@ -218,7 +251,8 @@ pub async fn start_relay(
         Managers { udp: manager(udp_closed_tx), tcp: manager(tcp_closed_tx), tls: manager(tls_closed_tx) };
 
     let dispatcher = Arc::new(Dispatcher {
-        auth: Authenticator::new(secret, turn.realm.clone(), turn.require_live_session),
+        auth: Authenticator::new(secret, turn.realm.clone(), turn.require_live_session)
+            .with_credential_ttl(settings.turn.credential_ttl_s),
         nonces: NonceMinter::new(),
         guard,
         relay_is_ipv4: relay_ip.is_ipv4(),

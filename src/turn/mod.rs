@@ -49,7 +49,7 @@ pub use crate::presence;
 
 pub use counters::RelayCounters;
 pub use error::RelayError;
-pub use handle::{start_relay, RelayHandle};
+pub use handle::{start_relay, RelayControl, RelayHandle};
 pub use secret::{load_or_create_secret, SECRET_FILE};
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The REST shared secret: configured, or generated once and kept in `data_dir/turn_secret`.
+//! The REST shared secret: configured, or generated once and kept in `data_dir/turn_secret`;
+//! [`replace_secret`] writes a new one there when the operator rotates it.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -43,6 +44,42 @@ pub fn load_or_create_secret(settings: &crate::config::Settings) -> Result<Vec<u
     }
 }
 
+/// Why the secret could not be rotated.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error(
+        "the TURN secret comes from the configuration ([turn] secret or RELAYCHAT__TURN__SECRET): \
+         relaychat cannot change it there; set a new value and restart, or remove the setting to let \
+         relaychat keep its own secret in data_dir/turn_secret (rotatable at runtime)"
+    )]
+    Configured,
+    #[error("cannot write the new TURN secret to {path}: {source}")]
+    Write { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Generates a new secret and stores it in `data_dir/turn_secret` (a new file, mode 0600,
+/// synced, then renamed over the old one, so a crash leaves either secret whole, never half).
+/// Refused when the secret is configured: the configuration is the operator's to change.
+pub fn replace_secret(settings: &crate::config::Settings) -> Result<Vec<u8>, RotationError> {
+    if !settings.turn.secret.trim().is_empty() {
+        return Err(RotationError::Configured);
+    }
+    let path = settings.server.data_dir.join(SECRET_FILE);
+    let staging = settings.server.data_dir.join(format!("{SECRET_FILE}.new"));
+    let write_error = |source| RotationError::Write { path: path.clone(), source };
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let _ = std::fs::remove_file(&staging);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&staging).map_err(write_error)?;
+    file.write_all(secret.as_bytes()).and_then(|_| file.sync_all()).map_err(write_error)?;
+    std::fs::rename(&staging, &path).map_err(write_error)?;
+    tracing::info!(path = %path.display(), "rotated the TURN secret");
+    Ok(secret.into_bytes())
+}
+
 fn read_secret(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
@@ -85,5 +122,25 @@ mod tests {
         }
         settings.turn.secret = "configured".into();
         assert_eq!(load_or_create_secret(&settings).unwrap(), b"configured".to_vec());
+    }
+
+    #[test]
+    fn a_replaced_secret_is_new_kept_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = crate::config::Settings::defaults();
+        settings.server.data_dir = dir.path().to_path_buf();
+        let first = load_or_create_secret(&settings).unwrap();
+        let second = replace_secret(&settings).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(second.len(), 64);
+        assert_eq!(load_or_create_secret(&settings).unwrap(), second);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(SECRET_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        settings.turn.secret = "configured".into();
+        assert!(matches!(replace_secret(&settings), Err(RotationError::Configured)));
     }
 }

@@ -6,6 +6,8 @@
 //! reason), [`teardown_departed`] deletes every allocation made under their name at once
 //! through the crate's `Manager::delete_allocations_by_username` (which matches the full REST
 //! username `<expiry>:<user>`, so the names are looked up first).
+//! [`delete_allocations_of_chat_user`] does the same for every session of a chat user when the
+//! operator revokes their TURN access.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -15,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use turn::allocation::AllocationInfo;
 
 use crate::turn::allocations::Transport;
+use crate::turn::auth::chat_user_of;
 use crate::turn::credentials::parse_username;
 use crate::turn::dispatch::Dispatcher;
 
@@ -66,12 +69,22 @@ pub async fn teardown_departed(
 
 /// Deletes every allocation whose REST username names `user`; returns how many.
 pub async fn delete_allocations_of(dispatcher: &Dispatcher, user: &str) -> usize {
+    delete_allocations_where(dispatcher, |turn_user| turn_user == user).await
+}
+
+/// Deletes every allocation of a chat user, whatever the session (the operator revoked their
+/// TURN access); returns how many.
+pub async fn delete_allocations_of_chat_user(dispatcher: &Dispatcher, chat_user: &str) -> usize {
+    delete_allocations_where(dispatcher, |turn_user| chat_user_of(turn_user) == chat_user).await
+}
+
+async fn delete_allocations_where(dispatcher: &Dispatcher, names_user: impl Fn(&str) -> bool) -> usize {
     let mut deleted = 0;
     for manager in dispatcher.managers.all() {
         let infos = manager.get_allocations_info(None).await;
         let names: HashSet<String> = infos
             .into_values()
-            .filter(|info| parse_username(&info.username).is_some_and(|u| u.user == user))
+            .filter(|info| parse_username(&info.username).is_some_and(|u| names_user(u.user)))
             .map(|info| {
                 deleted += 1;
                 info.username

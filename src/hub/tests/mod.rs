@@ -7,7 +7,8 @@
 //! - `voice`: the voice room, TURN credentials and their refresh, leaving by any route;
 //! - `signaling`: offers, answers and candidates between peers, relay-only rebuilding, buffering;
 //! - `budgets`: the chat rate limit and the per-kind message budgets;
-//! - `address_privacy`: a property test that no frame ever names a client's address.
+//! - `address_privacy`: a property test that no frame ever names a client's address;
+//! - `admin`: operator requests (list, kick, ban, mute, broadcast, TURN revocation, rotation).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -23,6 +24,7 @@ use crate::protocol::parse_inbound;
 
 mod accounts;
 mod address_privacy;
+mod admin;
 mod budgets;
 mod commands;
 mod session;
@@ -104,6 +106,12 @@ impl Harness {
 
     fn chat(&mut self, conn: ConnId, content: &str) {
         self.send(conn, json!({"type": "chat", "content": content}));
+    }
+
+    fn admin(&mut self, request: AdminRequest) -> AdminReply {
+        let (effects, reply) = self.hub.admin(request, self.now);
+        self.effects = effects;
+        reply
     }
 
     fn tick(&mut self) {

@@ -319,3 +319,37 @@ fn quota_and_cap_refusals_answer_486_and_508() {
     let cap = cap_refusal(CapReached::Permissions);
     assert_eq!((cap.code, cap.tally), (508, Some(Tally::Cap(CapReached::Permissions))));
 }
+
+#[test]
+fn after_a_rotation_the_old_secret_keeps_only_live_allocations_once_the_grace_ends() {
+    let mut world = World::new();
+    // Rotated 100 s ago with a 60 s grace: the grace period is over.
+    world.auth.rotate_secret(b"rotated-secret".to_vec(), NOW - 100, 60);
+    let old = Request::new(METHOD_REFRESH, &world);
+    world.allocation_username = Some(old.username());
+    assert!(matches!(world.decide(&old.build()), Decision::Refresh(_)), "the live call keeps refreshing");
+    let m = Request::new(METHOD_ALLOCATE, &world).build();
+    assert_eq!(tally(&world.decide(&m)), Some(Tally::Auth(AuthFailure::BadCredential)), "no new allocation");
+    world.allocation_username = None;
+    let m = Request::new(METHOD_REFRESH, &world).build();
+    assert_eq!(code(&world.decide(&m)), Some(401), "nor from another 5-tuple");
+    let m = Request { secret: b"rotated-secret", ..Request::new(METHOD_ALLOCATE, &world) }.build();
+    assert!(matches!(world.decide(&m), Decision::Allocate(_)), "the new secret works");
+    // Within the grace period the old secret also allocates.
+    let world = World::new();
+    world.auth.rotate_secret(b"rotated-secret".to_vec(), NOW - 10, 60);
+    let m = Request::new(METHOD_ALLOCATE, &world).build();
+    assert!(matches!(world.decide(&m), Decision::Allocate(_)));
+}
+
+#[test]
+fn a_revoked_user_is_refused_before_anything_else_is_decided() {
+    let mut world = World::new();
+    world.auth.revoke("alice", NOW);
+    // Issued 5 s before the revocation (the TTL is 600 s), unexpired, its own allocation.
+    let m = Request { ttl: 595, ..Request::new(METHOD_REFRESH, &world) };
+    world.allocation_username = Some(m.username());
+    let decision = world.decide(&m.build());
+    assert_eq!(code(&decision), Some(401));
+    assert_eq!(tally(&decision), Some(Tally::Auth(AuthFailure::Revoked)));
+}
