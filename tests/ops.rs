@@ -137,6 +137,7 @@ fn check_config_parses_every_turn_value_and_names_the_bad_key() {
             vec![("RELAYCHAT__TURN__RELAY_IP", "127.0.0.1"), ("RELAYCHAT__TURN__EXTERNAL_IP", "::1")],
             "turn.external_ip",
         ),
+        (vec![("RELAYCHAT__TURN__RELAY_IP6", "127.0.0.1")], "turn.relay_ip6"),
         (vec![("RELAYCHAT__TURN__LISTEN", "3478")], "turn.listen"),
         (vec![("RELAYCHAT__TURN__DENIED_PEER_CIDRS", "10.0.0.0/8,nope")], "turn.denied_peer_cidrs"),
         (vec![("RELAYCHAT__TURN__MAX_CHANNELS_PER_ALLOCATION", "0")], "turn.max_channels_per_allocation"),

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use libfuzzer_sys::fuzz_target;
 use relaychat::turn::auth::Authenticator;
 use relaychat::turn::credentials::{issue, parse_username};
-use relaychat::turn::gate::{decide, Decision, GateContext};
+use relaychat::turn::gate::{decide, AddressFamilies, Decision, GateContext};
 use relaychat::turn::nonce::NonceMinter;
 use relaychat::turn::packet::{classify, PacketKind};
 use stun::agent::TransactionId;
@@ -136,7 +136,7 @@ fuzz_target!(|data: &[u8]| {
         in_voice: &in_voice,
         holds_allocation: facts.holds_allocation,
         allocation_username: allocation_username.as_deref(),
-        relay_is_ipv4: facts.relay_is_ipv4,
+        relay_families: AddressFamilies { ipv4: facts.relay_is_ipv4, ipv6: !facts.relay_is_ipv4 },
         peer_allowed: &peer_allowed,
     };
     let decision = decide(&m, &cx);

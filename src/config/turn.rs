@@ -5,7 +5,7 @@
 //! calls it (so `relaychat check-config` reports one clear error per bad key) and the relay is
 //! started from its result, so nothing downstream parses an address, a CIDR or a policy name.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 
 use ipnet::IpNet;
@@ -22,6 +22,10 @@ pub struct TurnSettings {
     pub secret: String,
     pub public_host: String,
     pub relay_ip: String,
+    /// An IPv6 address for IPv6 relayed addresses beside an IPv4 `relay_ip` (RFC 6156 / RFC 8656
+    /// dual allocations); empty: none.
+    #[serde(default)]
+    pub relay_ip6: String,
     pub external_ip: String,
     pub min_port: u16,
     pub max_port: u16,
@@ -87,6 +91,8 @@ pub struct TurnConfig {
     pub relay_ip: Option<IpAddr>,
     /// `None`: the relay IP.
     pub external_ip: Option<IpAddr>,
+    /// `None`: no IPv6 relayed addresses (unless `relay_ip` itself is IPv6).
+    pub relay_ip6: Option<Ipv6Addr>,
     pub public_host: Option<String>,
     pub relay_ports: RangeInclusive<u16>,
     pub require_live_session: bool,
@@ -158,6 +164,16 @@ impl TurnSettings {
                 ));
             }
         }
+        let relay_ip6 = match optional_ip("turn.relay_ip6", &self.relay_ip6)? {
+            None => None,
+            Some(IpAddr::V6(ip)) if !ip.is_unspecified() && ip.to_ipv4_mapped().is_none() => Some(ip),
+            Some(_) => {
+                return Err(invalid("turn.relay_ip6", "must be one IPv6 address of this machine (or empty)"))
+            }
+        };
+        if relay_ip6.is_some() && relay_ip.is_some_and(|ip| ip.is_ipv6()) {
+            return Err(invalid("turn.relay_ip6", "turn.relay_ip is IPv6 already: leave relay_ip6 empty"));
+        }
         if self.min_port == 0 || self.min_port > self.max_port {
             return Err(invalid("turn.min_port", "must be between 1 and turn.max_port"));
         }
@@ -207,6 +223,7 @@ impl TurnSettings {
             realm: self.realm.clone(),
             relay_ip,
             external_ip,
+            relay_ip6,
             public_host: Some(self.public_host.trim().to_string()).filter(|h| !h.is_empty()),
             relay_ports: self.min_port..=self.max_port,
             require_live_session: self.require_live_session,
@@ -280,6 +297,9 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:3478".parse::<SocketAddr>().unwrap());
         assert_eq!(c.relay_ip, None);
         assert_eq!(c.external_ip, None);
+        assert_eq!(c.relay_ip6, None);
+        let dual = parse(|t| t.relay_ip6 = " ::1 ".into()).unwrap();
+        assert_eq!(dual.relay_ip6, Some(std::net::Ipv6Addr::LOCALHOST));
         assert_eq!(c.public_host, None);
         assert_eq!(c.relay_ports, 49152..=65535);
         assert_eq!(c.peer_policy, PeerPolicyKind::OwnRelays, "webrtc.force_relay is on by default");
@@ -313,6 +333,16 @@ mod tests {
         assert_eq!(bad_key(|t| t.relay_ip = "0.0.0.0".into()), "turn.relay_ip");
         assert_eq!(bad_key(|t| t.relay_ip = "x".into()), "turn.relay_ip");
         assert_eq!(bad_key(|t| t.external_ip = "x".into()), "turn.external_ip");
+        assert_eq!(bad_key(|t| t.relay_ip6 = "127.0.0.1".into()), "turn.relay_ip6");
+        assert_eq!(bad_key(|t| t.relay_ip6 = "::".into()), "turn.relay_ip6");
+        assert_eq!(bad_key(|t| t.relay_ip6 = "::ffff:127.0.0.1".into()), "turn.relay_ip6");
+        assert_eq!(
+            bad_key(|t| {
+                t.relay_ip = "::1".into();
+                t.relay_ip6 = "::1".into();
+            }),
+            "turn.relay_ip6"
+        );
         assert_eq!(
             bad_key(|t| {
                 t.relay_ip = "127.0.0.1".into();

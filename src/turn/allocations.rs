@@ -1,179 +1,134 @@
-//! The allocation table: who holds which allocation, keyed by the client's 5-tuple.
+//! The allocation table: every live [`Allocation`], keyed by its client's 5-tuple, with the
+//! per-user and total quotas.
 //!
-//! The crate keeps allocations per listener and tells us nothing about users, so the read loops
-//! record each allocation by its client transport address (tagged with the transport it came
-//! over) with the REST username it was made with: *reserved* before the crate handles an
-//! Allocate, *committed* once the allocation exists, *released* when the crate reports it closed
-//! (`alloc_close_notify`: expiry, Refresh 0, deletion) or the Allocate failed. A reservation
-//! counts against the quotas. Each committed entry also carries the allocation's [`Grants`]
-//! (permissions and channels, capped), dropped with the entry, so the table is bounded by
-//! `max_allocations_total` x the caps.
+//! Read on every datagram from a client (ChannelData, Send) under a std `RwLock` held for the
+//! lookup only (an `Arc` is cloned out), written when allocations begin and end. An entry is
+//! added once its relay socket is bound ([`AllocationTable::insert`], quotas checked again under
+//! the write lock so concurrent Allocates cannot overshoot) and removed by whoever ends it first
+//! (expiry sweep, Refresh 0, the user leaving voice, the TCP connection closing, shutdown):
+//! [`AllocationTable::remove`] says which one did. Each allocation carries its grants, capped by
+//! [`GrantCaps`], so the table is bounded by `max_allocations_total` x the caps.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, RwLock};
 
-use crate::turn::credentials::parse_username;
-use crate::turn::grants::{CapReached, GrantCaps, Grants};
+pub use crate::turn::allocation::{Allocation, AllocationSummary, Usage};
+use crate::turn::grants::GrantCaps;
 use crate::turn::quota::{QuotaLimits, QuotaRefusal};
+pub use crate::turn::transport::{ClientKey, Transport};
 
-/// The listener a client reached us on (relayed transport is always UDP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-/// A client's transport address on one of our listeners (the 5-tuple, as far as we need it).
-pub type ClientKey = (Transport, SocketAddr);
-
-/// What `reserve` did.
+/// Why [`AllocationTable::insert`] refused an allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reservation {
-    /// A new slot; `commit` or `release` it.
-    New,
-    /// The 5-tuple already holds an allocation (the crate will answer 437); nothing to undo.
-    Existing,
-}
-
-/// Why a permission or channel was not granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrantRefusal {
-    /// The 5-tuple holds no (committed) allocation: 437.
-    NoAllocation,
-    /// 508, counted.
-    Cap(CapReached),
-}
-
-struct Entry {
-    username: String,
-    user: String,
-    committed: bool,
-    grants: Grants,
+pub enum InsertRefusal {
+    Quota(QuotaRefusal),
+    /// The 5-tuple holds an allocation already (437).
+    Occupied,
 }
 
 #[derive(Default)]
 struct State {
-    by_client: HashMap<ClientKey, Entry>,
+    by_client: HashMap<ClientKey, Arc<Allocation>>,
     per_user: HashMap<String, usize>,
 }
 
 pub struct AllocationTable {
     limits: QuotaLimits,
     caps: GrantCaps,
-    state: Mutex<State>,
+    state: RwLock<State>,
 }
 
 impl AllocationTable {
     pub fn new(limits: QuotaLimits, caps: GrantCaps) -> Self {
-        AllocationTable { limits, caps, state: Mutex::default() }
+        AllocationTable { limits, caps, state: RwLock::default() }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn reserve(&self, key: ClientKey, username: &str) -> Result<Reservation, QuotaRefusal> {
-        let user = parse_username(username).map(|u| u.user).unwrap_or(username).to_string();
-        let mut state = self.state();
-        if state.by_client.contains_key(&key) {
-            return Ok(Reservation::Existing);
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn caps(&self) -> GrantCaps {
+        self.caps
+    }
+
+    /// Would one more allocation for `user` fit? (Checked before binding a relay socket.)
+    pub fn admits(&self, user: &str) -> Result<(), QuotaRefusal> {
+        let state = self.read();
+        self.limits.check(state.by_client.len(), state.per_user.get(user).copied().unwrap_or(0))
+    }
+
+    /// Adds a new allocation, within the quotas, on a 5-tuple that holds none.
+    pub fn insert(&self, allocation: Arc<Allocation>) -> Result<(), InsertRefusal> {
+        let mut state = self.write();
+        if state.by_client.contains_key(&allocation.key) {
+            return Err(InsertRefusal::Occupied);
         }
-        let held = state.per_user.get(&user).copied().unwrap_or(0);
-        self.limits.check(state.by_client.len(), held)?;
-        *state.per_user.entry(user.clone()).or_default() += 1;
-        let entry =
-            Entry { username: username.to_string(), user, committed: false, grants: Grants::default() };
-        state.by_client.insert(key, entry);
-        Ok(Reservation::New)
+        let held = state.per_user.get(&allocation.user).copied().unwrap_or(0);
+        self.limits.check(state.by_client.len(), held).map_err(InsertRefusal::Quota)?;
+        *state.per_user.entry(allocation.user.clone()).or_default() += 1;
+        state.by_client.insert(allocation.key, allocation);
+        Ok(())
     }
 
-    /// The Allocate succeeded.
-    pub fn commit(&self, key: ClientKey) {
-        if let Some(entry) = self.state().by_client.get_mut(&key) {
-            entry.committed = true;
+    /// Removes `allocation` if it is still in the table; true if this call removed it (the
+    /// caller then finishes ending it: exactly one caller does).
+    pub fn remove(&self, allocation: &Arc<Allocation>) -> bool {
+        let mut state = self.write();
+        match state.by_client.get(&allocation.key) {
+            Some(held) if Arc::ptr_eq(held, allocation) => {}
+            _ => return false,
         }
-    }
-
-    /// The Allocate failed, or the allocation closed (its grants go with it). Returns true if a
-    /// committed one ended.
-    pub fn release(&self, key: ClientKey) -> bool {
-        let mut state = self.state();
-        let Some(entry) = state.by_client.remove(&key) else { return false };
-        if let Some(n) = state.per_user.get_mut(&entry.user) {
+        state.by_client.remove(&allocation.key);
+        if let Some(n) = state.per_user.get_mut(&allocation.user) {
             *n -= 1;
             if *n == 0 {
-                state.per_user.remove(&entry.user);
+                state.per_user.remove(&allocation.user);
             }
         }
-        entry.committed
+        true
+    }
+
+    /// The allocation of `key`, if any (the data path's lookup).
+    pub fn get(&self, key: ClientKey) -> Option<Arc<Allocation>> {
+        self.read().by_client.get(&key).cloned()
     }
 
     /// The full REST username the allocation of `key` was made with.
     pub fn allocation_username(&self, key: ClientKey) -> Option<String> {
-        self.state().by_client.get(&key).filter(|e| e.committed).map(|e| e.username.clone())
+        self.read().by_client.get(&key).map(|a| a.username.clone())
     }
 
-    /// How many allocations (including pending ones) `user` holds.
+    /// How many allocations `user` holds.
     pub fn held_by(&self, user: &str) -> usize {
-        self.state().per_user.get(user).copied().unwrap_or(0)
+        self.read().per_user.get(user).copied().unwrap_or(0)
     }
 
     pub fn total(&self) -> usize {
-        self.state().by_client.len()
+        self.read().by_client.len()
     }
 
-    /// Runs `f` on the grants of `key`'s committed allocation.
-    fn with_grants<T>(
-        &self,
-        key: ClientKey,
-        f: impl FnOnce(&mut Grants, GrantCaps) -> Result<T, CapReached>,
-    ) -> Result<T, GrantRefusal> {
-        let mut state = self.state();
-        let entry =
-            state.by_client.get_mut(&key).filter(|e| e.committed).ok_or(GrantRefusal::NoAllocation)?;
-        f(&mut entry.grants, self.caps).map_err(GrantRefusal::Cap)
+    /// The allocations whose lifetime is over at `now` (Unix seconds).
+    pub fn expired(&self, now: u64) -> Vec<Arc<Allocation>> {
+        self.read().by_client.values().filter(|a| a.expires_at() <= now).cloned().collect()
     }
 
-    /// Records permissions for `peers` on `key`'s allocation, within the cap (all or none).
-    pub fn grant_permissions(
-        &self,
-        key: ClientKey,
-        peers: &[SocketAddr],
-        now: u64,
-    ) -> Result<(), GrantRefusal> {
-        self.with_grants(key, |g, caps| g.grant_permissions(peers, now, caps))
-    }
-
-    /// May `key`'s allocation bind `number` to `peer`? (See [`Grants::check_channel`].)
-    pub fn check_channel(
-        &self,
-        key: ClientKey,
-        number: u16,
-        peer: SocketAddr,
-        now: u64,
-    ) -> Result<(), GrantRefusal> {
-        self.with_grants(key, |g, caps| g.check_channel(number, peer, now, caps))
-    }
-
-    /// The crate bound the channel: record it (and its peer's permission).
-    pub fn record_channel(&self, key: ClientKey, number: u16, peer: SocketAddr, now: u64) {
-        let _ = self.with_grants(key, |g, _| {
-            g.record_channel(number, peer, now);
-            Ok(())
-        });
-    }
-
-    /// Live permissions and channels of `key`'s allocation (diagnostics and tests).
-    pub fn grant_counts(&self, key: ClientKey, now: u64) -> Option<(usize, usize)> {
-        self.with_grants(key, |g, _| Ok(g.counts(now))).ok()
+    /// Every allocation alive now (for sweeps, departures and the admin API).
+    pub fn all(&self) -> Vec<Arc<Allocation>> {
+        self.read().by_client.values().cloned().collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
     use super::*;
+    use crate::turn::allocation::AllocationParts;
+    use crate::turn::link::ClientPath;
 
     const NOW: u64 = 1_800_000_000;
 
@@ -185,48 +140,71 @@ mod tests {
         AllocationTable::new(QuotaLimits { per_user, total }, GrantCaps { permissions: 2, channels: 1 })
     }
 
-    #[test]
-    fn per_user_and_total_limits() {
-        let q = table(2, 3);
-        assert_eq!(q.reserve(key(1), "9:alice"), Ok(Reservation::New));
-        assert_eq!(q.reserve(key(2), "10:alice"), Ok(Reservation::New));
-        assert_eq!(q.reserve(key(3), "9:alice"), Err(QuotaRefusal::PerUser));
-        assert_eq!(q.reserve(key(1), "9:alice"), Ok(Reservation::Existing));
-        assert_eq!(q.reserve(key(4), "9:bob"), Ok(Reservation::New));
-        assert_eq!(q.reserve(key(5), "9:carol"), Err(QuotaRefusal::Total));
-        assert!(!q.release(key(2)), "never committed");
-        q.commit(key(1));
-        assert_eq!(q.allocation_username(key(1)).as_deref(), Some("9:alice"));
-        assert_eq!(q.held_by("alice"), 1);
-        assert!(q.release(key(1)));
-        assert_eq!(q.held_by("alice"), 0);
-        assert_eq!(q.total(), 1);
-        let tcp = (Transport::Tcp, key(4).1);
-        assert_eq!(q.reserve(tcp, "9:alice"), Ok(Reservation::New), "UDP and TCP 5-tuples differ");
+    async fn allocation(key: ClientKey, username: &str, expires_at: u64) -> Arc<Allocation> {
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let user = username.split_once(':').map_or(username, |(_, u)| u).to_string();
+        Allocation::new(AllocationParts {
+            key,
+            username: username.into(),
+            user,
+            transaction_id: [0; 12],
+            relays: Vec::new(),
+            client: ClientPath::Datagram { socket, client: key.1 },
+            bandwidth_bytes_per_s: 0,
+            expires_at,
+        })
     }
 
-    #[test]
-    fn grants_need_a_committed_allocation_and_end_with_it() {
-        let q = table(2, 3);
-        let peer = SocketAddr::from(([198, 51, 100, 1], 9));
-        let other = SocketAddr::from(([198, 51, 100, 2], 9));
-        let third = SocketAddr::from(([198, 51, 100, 3], 9));
-        assert_eq!(q.grant_permissions(key(1), &[peer], NOW), Err(GrantRefusal::NoAllocation));
-        q.reserve(key(1), "9:alice").unwrap();
-        assert_eq!(q.grant_permissions(key(1), &[peer], NOW), Err(GrantRefusal::NoAllocation), "pending");
-        q.commit(key(1));
-        assert_eq!(q.grant_permissions(key(1), &[peer, other], NOW), Ok(()));
+    #[tokio::test]
+    async fn per_user_and_total_limits() {
+        let t = table(2, 3);
+        t.insert(allocation(key(1), "9:alice", NOW).await).unwrap();
+        t.insert(allocation(key(2), "10:alice", NOW).await).unwrap();
+        assert_eq!(t.admits("alice"), Err(QuotaRefusal::PerUser));
+        let third = allocation(key(3), "9:alice", NOW).await;
         assert_eq!(
-            q.grant_permissions(key(1), &[third], NOW),
-            Err(GrantRefusal::Cap(CapReached::Permissions))
+            t.insert(third),
+            Err(InsertRefusal::Quota(QuotaRefusal::PerUser)),
+            "checked under the lock"
         );
-        assert_eq!(q.check_channel(key(1), 0x4000, peer, NOW), Ok(()));
-        q.record_channel(key(1), 0x4000, peer, NOW);
-        assert_eq!(q.check_channel(key(1), 0x4001, other, NOW), Err(GrantRefusal::Cap(CapReached::Channels)));
-        assert_eq!(q.grant_counts(key(1), NOW), Some((2, 1)));
-        q.release(key(1));
-        q.reserve(key(1), "9:alice").unwrap();
-        q.commit(key(1));
-        assert_eq!(q.grant_counts(key(1), NOW), Some((0, 0)), "a new allocation starts empty");
+        let same_tuple = allocation(key(1), "9:dave", NOW).await;
+        assert_eq!(t.insert(same_tuple), Err(InsertRefusal::Occupied));
+        t.insert(allocation(key(4), "9:bob", NOW).await).unwrap();
+        assert_eq!(t.admits("carol"), Err(QuotaRefusal::Total));
+        assert_eq!(t.allocation_username(key(1)).as_deref(), Some("9:alice"));
+        assert_eq!(t.held_by("alice"), 2);
+        let tcp = (Transport::Tcp, key(4).1);
+        assert!(t.get(tcp).is_none(), "UDP and TCP 5-tuples differ");
+    }
+
+    #[tokio::test]
+    async fn an_allocation_is_removed_once_and_frees_its_slot() {
+        let t = table(1, 3);
+        let first = allocation(key(1), "9:alice", NOW).await;
+        t.insert(first.clone()).unwrap();
+        assert!(t.remove(&first), "the first caller ends it");
+        assert!(!t.remove(&first), "every later one learns it is gone");
+        assert_eq!((t.total(), t.held_by("alice")), (0, 0));
+        // A new allocation on the same 5-tuple is not removed through the old handle.
+        let second = allocation(key(1), "9:alice", NOW).await;
+        t.insert(second.clone()).unwrap();
+        assert!(!t.remove(&first));
+        assert!(t.get(key(1)).is_some_and(|a| Arc::ptr_eq(&a, &second)));
+    }
+
+    #[tokio::test]
+    async fn expiry_follows_the_lifetime_and_refreshes_extend_it() {
+        let t = table(3, 3);
+        let short = allocation(key(1), "9:alice", NOW + 600).await;
+        let long = allocation(key(2), "9:alice", NOW + 3600).await;
+        t.insert(short.clone()).unwrap();
+        t.insert(long.clone()).unwrap();
+        assert!(t.expired(NOW + 599).is_empty());
+        let due: Vec<_> = t.expired(NOW + 600);
+        assert!(due.len() == 1 && Arc::ptr_eq(&due[0], &short));
+        short.extend(NOW + 599, Duration::from_secs(600));
+        assert!(t.expired(NOW + 600).is_empty(), "refreshed just in time");
+        assert_eq!(short.remaining(NOW + 600), Duration::from_secs(599));
+        assert_eq!(t.expired(NOW + 3600).len(), 2);
     }
 }

@@ -32,7 +32,6 @@
 //!   and the record is dropped, which keeps the table bounded by the revocations of one TTL.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Mutex, RwLock};
 
 use crate::turn::credentials::{credential_for, parse_username};
@@ -230,16 +229,6 @@ impl Authenticator {
 
 fn long_term_key(secret: &[u8], username: &str, realm: &str) -> Vec<u8> {
     turn::auth::generate_auth_key(username, realm, &credential_for(secret, username))
-}
-
-/// Hands the crate the key our read loop already checked, so the crate's own (second)
-/// MESSAGE-INTEGRITY check agrees with ours without re-deciding anything.
-pub(crate) struct CheckedKey(pub Vec<u8>);
-
-impl turn::auth::AuthHandler for CheckedKey {
-    fn auth_handle(&self, _username: &str, _realm: &str, _src: SocketAddr) -> Result<Vec<u8>, turn::Error> {
-        Ok(self.0.clone())
-    }
 }
 
 #[cfg(test)]

@@ -1,97 +1,61 @@
-//! The read loops' shared core: [`Dispatcher`] takes one datagram or TCP frame, asks the gate,
-//! and carries the decision out (answers, the allocation table, the crate).
+//! The read loops' shared core: [`Dispatcher`] takes one datagram or TCP frame from a client,
+//! asks the gate, and carries the decision out against the allocation table.
 //!
-//! The crate's `Server` owns its read loop, keeps nonces forever and speaks UDP only, so we run
-//! our own loops (`udp`, `tcp`) and hand each packet to the crate's public
-//! `server::request::Request::handle_request`, with the crate's allocation `Manager`s held here,
-//! one per listener kind. ChannelData, Binding and Send go straight to the crate; the four
-//! authenticated requests are judged by [`crate::turn::gate::decide`] first. CreatePermission and
-//! ChannelBind are then handled here entirely, so that every XOR-PEER-ADDRESS is installed (the
-//! crate installs only the first), in its canonical form, and within the per-allocation caps.
+//! ChannelData is the hot path: its allocation is found by the client's 5-tuple (a read lock
+//! held for the lookup), its peer by the channel number, and the payload leaves from the relay
+//! socket on this same task, from the buffer it arrived in. STUN messages are decoded; Binding
+//! requests are answered, Send indications relayed (to permitted peers), and the four
+//! authenticated requests (Allocate, Refresh, CreatePermission, ChannelBind) are judged by
+//! [`crate::turn::gate::decide`] first, then carried out here: `requests` reads what an Allocate
+//! or Refresh asks for, `relay_socket` binds the relayed addresses, `grants` holds permissions
+//! and channels, `relay_loop` relays the peers' answers.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use stun::error_code::{ErrorCode, CODE_ALLOC_MISMATCH, CODE_BAD_REQUEST};
-use stun::message::Message;
-use tokio::sync::Mutex as AsyncMutex;
-use tokio::time::Instant;
-use turn::allocation::allocation_manager::Manager;
-use turn::allocation::channel_bind::ChannelBind;
-use turn::allocation::permission::Permission;
-use turn::auth::AuthHandler;
-use turn::server::request::Request;
+use stun::error_code::{
+    ErrorCode, CODE_ADDR_FAMILY_NOT_SUPPORTED, CODE_ALLOC_MISMATCH, CODE_BAD_REQUEST,
+    CODE_INSUFFICIENT_CAPACITY, CODE_PEER_ADDR_FAMILY_MISMATCH, CODE_UNAUTHORIZED,
+};
+use stun::message::{
+    Getter, Message, CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_BINDING, METHOD_SEND,
+};
+use turn::proto::data::Data;
+use turn::proto::peeraddr::PeerAddress;
 
+use crate::addr::canonical_addr;
 use crate::presence::VoicePresence;
 use crate::time::unix_now;
-use crate::turn::allocations::{AllocationTable, GrantRefusal, Reservation, Transport};
-use crate::turn::auth::{AuthFailure, Authenticator, CheckedKey};
+use crate::turn::allocation::{Allocation, AllocationParts};
+use crate::turn::allocations::{AllocationTable, InsertRefusal, Transport};
+use crate::turn::auth::{AuthFailure, Authenticator};
+use crate::turn::channel_data::parse_channel_data;
 use crate::turn::counters::RelayCounters;
 use crate::turn::credentials::parse_username;
-use crate::turn::gate::{self, Authorized, Decision, GateContext, Refusal, Tally};
-use crate::turn::grants::{CapReached, CHANNEL_BIND_LIFETIME};
-use crate::turn::link::ClientLink;
+use crate::turn::gate::{self, AddressFamilies, Authorized, Decision, GateContext, Refusal, Tally};
+use crate::turn::grants::{BindRefusal, CapReached};
+use crate::turn::link::{ClientLink, ClientPath, DatagramSenders};
 use crate::turn::nonce::NonceMinter;
 use crate::turn::packet::{classify, PacketKind};
-use crate::turn::relay_socket::PeerGuard;
-
-/// The crate's allocation managers, one per listener kind (their 5-tuples could collide).
-pub struct Managers {
-    pub udp: Arc<Manager>,
-    pub tcp: Arc<Manager>,
-    pub tls: Arc<Manager>,
-}
-
-impl Managers {
-    pub fn get(&self, transport: Transport) -> &Arc<Manager> {
-        match transport {
-            Transport::Udp => &self.udp,
-            Transport::Tcp => &self.tcp,
-            Transport::Tls => &self.tls,
-        }
-    }
-
-    pub fn all(&self) -> [&Arc<Manager>; 3] {
-        [&self.udp, &self.tcp, &self.tls]
-    }
-}
+use crate::turn::relay_loop::relay_to_client;
+use crate::turn::relay_socket::{BindFailure, PeerGuard, RelayBinder, RelaySocket};
+use crate::turn::reply::{self, AddressError};
+use crate::turn::requests::{allocate_request, refresh_request, AllocateRequest, Families, Invalid};
 
 /// Everything the read loops share.
 pub struct Dispatcher {
     pub(crate) auth: Authenticator,
     pub(crate) nonces: NonceMinter,
     pub(crate) guard: Arc<PeerGuard>,
-    pub(crate) relay_is_ipv4: bool,
     pub(crate) allocations: AllocationTable,
     pub(crate) counters: Arc<RelayCounters>,
     pub(crate) presence: Arc<VoicePresence>,
     pub(crate) require_live_session: bool,
-    pub(crate) managers: Managers,
-    pub(crate) unauthenticated: UnauthenticatedPath,
-}
-
-/// What the crate is handed for packets that never authenticate, made once (ChannelData is the
-/// hot path: no allocation per packet).
-pub struct UnauthenticatedPath {
-    auth: Arc<dyn AuthHandler + Send + Sync>,
-    nonces: Arc<AsyncMutex<HashMap<String, Instant>>>,
-}
-
-impl Default for UnauthenticatedPath {
-    fn default() -> Self {
-        UnauthenticatedPath { auth: Arc::new(DenyAll), nonces: Arc::default() }
-    }
-}
-
-/// Handed to the crate on paths that never authenticate (ChannelData, Send, Binding): any
-/// attempt to authenticate there fails.
-struct DenyAll;
-
-impl AuthHandler for DenyAll {
-    fn auth_handle(&self, _: &str, _: &str, _: SocketAddr) -> Result<Vec<u8>, turn::Error> {
-        Err(turn::Error::Other("not an authenticated path".into()))
-    }
+    pub(crate) binder: RelayBinder,
+    pub(crate) senders: DatagramSenders,
+    /// `[turn] allocation_bandwidth_bytes_per_s`.
+    pub(crate) bandwidth_bytes_per_s: u64,
 }
 
 impl Dispatcher {
@@ -100,39 +64,56 @@ impl Dispatcher {
     }
 
     pub(crate) fn has_allocation(&self, transport: Transport, client: SocketAddr) -> bool {
-        self.allocations.allocation_username((transport, client)).is_some()
+        self.allocations.get((transport, client)).is_some()
     }
 
     /// Deletes the allocation of a client whose TCP connection ended.
     pub(crate) async fn client_gone(&self, link: &ClientLink<'_>) {
-        self.managers.get(link.transport).delete_allocation(&link.five_tuple()).await;
+        if let Some(allocation) = self.allocations.get(link.key()) {
+            self.end_allocation(&allocation).await;
+        }
+    }
+
+    /// Ends `allocation` (removes it, stops its relay loops, closes a TCP/TLS client's
+    /// connection); false if something else ended it first.
+    pub(crate) async fn end_allocation(&self, allocation: &Arc<Allocation>) -> bool {
+        if !self.allocations.remove(allocation) {
+            return false;
+        }
+        self.counters.allocations_active.fetch_sub(1, Ordering::Relaxed);
+        allocation.close();
+        allocation.client.close().await;
+        true
     }
 
     /// Handles one datagram (UDP) or frame (TCP) from `link`.
-    pub(crate) async fn dispatch(&self, link: &ClientLink<'_>, packet: Vec<u8>) {
-        match classify(&packet) {
-            // The hot path: straight to the crate.
-            PacketKind::ChannelData => return self.pass_unauthenticated(link, packet).await,
+    pub(crate) async fn dispatch(&self, link: &ClientLink<'_>, packet: &[u8]) {
+        match classify(packet) {
+            PacketKind::ChannelData => return self.channel_data(link, packet).await,
             PacketKind::Stun => {}
             PacketKind::Other => {
                 tracing::trace!("dropped a datagram that is neither STUN nor ChannelData");
                 return;
             }
         }
-        let mut m = Message { raw: packet, ..Default::default() };
+        let mut m = Message { raw: packet.to_vec(), ..Default::default() };
         if m.decode().is_err() {
             tracing::trace!("dropped a datagram that is not a STUN message");
             return;
         }
         if !gate::is_gated(&m) {
-            let raw = std::mem::take(&mut m.raw);
-            return self.pass_unauthenticated(link, raw).await;
+            return self.ungated(link, &m).await;
         }
         let now = unix_now();
         let key = link.key();
-        let holds_allocation =
-            self.managers.get(link.transport).get_allocation(&link.five_tuple()).await.is_some();
-        let allocation_username = self.allocations.allocation_username(key);
+        let allocation = self.allocations.get(key);
+        let allocation_username = allocation.as_ref().map(|a| a.username.clone());
+        // An Allocate is judged by what the relay can offer, the rest by what the 5-tuple holds.
+        let relay_families = match &allocation {
+            Some(held) if m.typ.method != METHOD_ALLOCATE => families_of(held),
+            _ => AddressFamilies { ipv4: self.binder.serves(false), ipv6: self.binder.serves(true) },
+        };
+        drop(allocation);
         let in_voice = |user: &str| self.presence.is_in_voice(user);
         let peer_allowed = |peer: SocketAddr| self.guard.permits(peer);
         let decision = gate::decide(
@@ -143,23 +124,63 @@ impl Dispatcher {
                 auth: &self.auth,
                 nonces: &self.nonces,
                 in_voice: &in_voice,
-                holds_allocation,
+                holds_allocation: allocation_username.is_some(),
                 allocation_username: allocation_username.as_deref(),
-                relay_is_ipv4: self.relay_is_ipv4,
+                relay_families,
                 peer_allowed: &peer_allowed,
             },
         );
-        self.carry_out(link, m, decision, now).await;
+        self.carry_out(link, &m, decision, now).await;
     }
 
-    async fn carry_out(&self, link: &ClientLink<'_>, m: Message, decision: Decision, now: u64) {
+    /// Client -> peer over a channel: the hot path.
+    async fn channel_data(&self, link: &ClientLink<'_>, packet: &[u8]) {
+        let Some((number, payload)) = parse_channel_data(packet) else { return };
+        let Some(allocation) = self.allocations.get(link.key()) else { return };
+        let peer = {
+            // A binding outlives its permission unless the client refreshes either (RFC 8656
+            // section 9: data to a peer needs a live permission for its IP).
+            let now = unix_now();
+            let grants = allocation.grants();
+            grants.channel_peer(number, now).filter(|peer| grants.permits(peer.ip(), now))
+        };
+        let Some(peer) = peer else { return };
+        allocation.send_to_peer(payload, peer, &self.counters).await;
+    }
+
+    /// STUN messages that need no credentials: Binding requests and Send indications.
+    async fn ungated(&self, link: &ClientLink<'_>, m: &Message) {
+        if m.typ.method == METHOD_BINDING && m.typ.class == CLASS_REQUEST {
+            link.send(reply::binding_success(m, link.client)).await;
+        } else if m.typ.method == METHOD_SEND && m.typ.class == CLASS_INDICATION {
+            self.send_indication(link, m).await;
+        } else {
+            tracing::trace!("dropped a STUN message the relay does not handle");
+        }
+    }
+
+    /// Client -> peer in a Send indication: only to a permitted peer (silently dropped else).
+    async fn send_indication(&self, link: &ClientLink<'_>, m: &Message) {
+        let Some(allocation) = self.allocations.get(link.key()) else { return };
+        let (mut peer, mut data) = (PeerAddress::default(), Data::default());
+        if peer.get_from(m).is_err() || data.get_from(m).is_err() {
+            return;
+        }
+        let peer = canonical_addr(SocketAddr::new(peer.ip, peer.port));
+        if !allocation.grants().permits(peer.ip(), unix_now()) {
+            return;
+        }
+        allocation.send_to_peer(&data.0, peer, &self.counters).await;
+    }
+
+    async fn carry_out(&self, link: &ClientLink<'_>, m: &Message, decision: Decision, now: u64) {
         match decision {
-            Decision::Pass => self.pass_unauthenticated(link, m.raw).await,
+            Decision::Pass => self.ungated(link, m).await,
             Decision::Challenge(refusal) => {
                 self.tally(refusal.tally);
                 let nonce = self.nonces.mint_at(link.client.ip(), now);
-                link.send(crate::turn::reply::challenge(
-                    &m,
+                link.send(reply::challenge(
+                    m,
                     ErrorCode(refusal.code),
                     refusal.reason,
                     self.auth.realm(),
@@ -167,126 +188,174 @@ impl Dispatcher {
                 ))
                 .await;
             }
-            Decision::Refuse { refusal, key } => self.refuse(link, &m, refusal, key.as_deref()).await,
-            Decision::Allocate(auth) => self.allocate(link, m, auth).await,
-            Decision::Refresh(auth) => self.pass_authenticated(link, m.raw, &auth).await,
+            Decision::Refuse { refusal, key } => self.refuse(link, m, refusal, key.as_deref()).await,
+            Decision::Allocate(auth) => self.allocate(link, m, auth, now).await,
+            Decision::Refresh(auth) => self.refresh(link, m, auth, now).await,
             Decision::CreatePermission { auth, peers } => {
-                let Some(allocation) =
-                    self.managers.get(link.transport).get_allocation(&link.five_tuple()).await
-                else {
-                    return self.refuse(link, &m, mismatch(), Some(&auth.key)).await;
+                let Some(allocation) = self.allocations.get(link.key()) else {
+                    return self.refuse(link, m, mismatch(), Some(&auth.key)).await;
                 };
-                if let Err(refusal) = self.allocations.grant_permissions(link.key(), &peers, now) {
-                    return self.refuse(link, &m, grant_refusal(refusal), Some(&auth.key)).await;
+                if peers.iter().any(|p| allocation.relay_for(*p).is_none()) {
+                    return self.refuse(link, m, family_mismatch(), Some(&auth.key)).await;
                 }
-                for peer in peers {
-                    allocation.add_permission(Permission::new(peer)).await;
+                let granted = allocation.grants_mut().grant_permissions(&peers, now, self.allocations.caps());
+                if let Err(cap) = granted {
+                    return self.refuse(link, m, gate::cap_refusal(cap), Some(&auth.key)).await;
                 }
-                link.send(crate::turn::reply::success(&m, &auth.key)).await;
+                link.send(reply::success(m, &auth.key)).await;
             }
             Decision::ChannelBind { auth, number, peer } => {
-                let Some(allocation) =
-                    self.managers.get(link.transport).get_allocation(&link.five_tuple()).await
-                else {
-                    return self.refuse(link, &m, mismatch(), Some(&auth.key)).await;
+                let Some(allocation) = self.allocations.get(link.key()) else {
+                    return self.refuse(link, m, mismatch(), Some(&auth.key)).await;
                 };
-                if let Err(refusal) = self.allocations.check_channel(link.key(), number.0, peer, now) {
-                    return self.refuse(link, &m, grant_refusal(refusal), Some(&auth.key)).await;
+                if allocation.relay_for(peer).is_none() {
+                    return self.refuse(link, m, family_mismatch(), Some(&auth.key)).await;
                 }
-                if allocation
-                    .add_channel_bind(ChannelBind::new(number, peer), CHANNEL_BIND_LIFETIME)
-                    .await
-                    .is_err()
-                {
-                    // The number is bound to another peer, or the peer to another number.
-                    let conflict = Refusal {
+                let bound =
+                    allocation.grants_mut().bind_channel(number.0, peer, now, self.allocations.caps());
+                let refusal = match bound {
+                    Ok(()) => return link.send(reply::success(m, &auth.key)).await,
+                    Err(BindRefusal::Cap(cap)) => gate::cap_refusal(cap),
+                    Err(BindRefusal::Conflict) => Refusal {
                         code: CODE_BAD_REQUEST.0,
                         reason: "Channel already bound differently",
                         tally: None,
-                    };
-                    return self.refuse(link, &m, conflict, Some(&auth.key)).await;
-                }
-                self.allocations.record_channel(link.key(), number.0, peer, now);
-                link.send(crate::turn::reply::success(&m, &auth.key)).await;
+                    },
+                };
+                self.refuse(link, m, refusal, Some(&auth.key)).await;
             }
         }
     }
 
     async fn refuse(&self, link: &ClientLink<'_>, m: &Message, refusal: Refusal, key: Option<&[u8]>) {
         self.tally(refusal.tally);
-        link.send(crate::turn::reply::error(m, ErrorCode(refusal.code), refusal.reason, key)).await;
+        link.send(reply::error(m, ErrorCode(refusal.code), refusal.reason, key)).await;
     }
 
-    /// Reserves a quota slot, lets the crate allocate, then commits or releases the slot.
-    async fn allocate(&self, link: &ClientLink<'_>, m: Message, auth: Authorized) {
-        let reservation = match self.allocations.reserve(link.key(), &auth.username) {
-            Ok(reservation) => reservation,
-            Err(quota) => {
-                let user = parse_username(&auth.username).map(|u| u.user).unwrap_or_default();
-                tracing::info!(user = %user, ?quota, "turn allocation refused by quota");
-                return self.refuse(link, &m, gate::quota_refusal(quota), Some(&auth.key)).await;
+    async fn refuse_invalid(&self, link: &ClientLink<'_>, m: &Message, invalid: Invalid, key: &[u8]) {
+        let refusal = Refusal { code: invalid.code, reason: invalid.reason, tally: None };
+        self.refuse(link, m, refusal, Some(key)).await;
+    }
+
+    /// Allocate: checks what is asked, the quotas, binds the relayed address(es), starts
+    /// relaying, answers.
+    async fn allocate(&self, link: &ClientLink<'_>, m: &Message, auth: Authorized, now: u64) {
+        if let Some(existing) = self.allocations.get(link.key()) {
+            // A retransmission of the Allocate that made it is answered again (RFC 8656 7.2).
+            if existing.transaction_id == m.transaction_id.0 {
+                let answer = reply::allocate_success(
+                    m,
+                    &auth.key,
+                    &existing.relayed(),
+                    existing.remaining(now),
+                    link.client,
+                    None,
+                );
+                return link.send(answer).await;
             }
+            return self.refuse(link, m, mismatch(), Some(&auth.key)).await;
+        }
+        let request = match allocate_request(m) {
+            Ok(request) => request,
+            Err(invalid) => return self.refuse_invalid(link, m, invalid, &auth.key).await,
         };
-        self.pass_authenticated(link, m.raw, &auth).await;
-        if reservation == Reservation::New {
-            self.settle_allocation(link, &auth.username).await;
+        let user = parse_username(&auth.username).map_or(auth.username.as_str(), |u| u.user).to_string();
+        if let Err(quota) = self.allocations.admits(&user) {
+            tracing::info!(user = %user, ?quota, "turn allocation refused by quota");
+            return self.refuse(link, m, gate::quota_refusal(quota), Some(&auth.key)).await;
         }
-    }
-
-    /// After the crate handled a new Allocate: commit or release the reservation.
-    async fn settle_allocation(&self, link: &ClientLink<'_>, username: &str) {
-        let manager = self.managers.get(link.transport);
-        let five_tuple = link.five_tuple();
-        if manager.get_allocation(&five_tuple).await.is_none() {
-            self.allocations.release(link.key());
-            return;
+        let (relays, address_error) = match self.bind_relays(request) {
+            Ok(bound) => bound,
+            Err(refusal) => return self.refuse(link, m, refusal, Some(&auth.key)).await,
+        };
+        let allocation = Allocation::new(AllocationParts {
+            key: link.key(),
+            username: auth.username.clone(),
+            user: user.clone(),
+            transaction_id: m.transaction_id.0,
+            relays,
+            client: ClientPath::new(link, &self.senders),
+            bandwidth_bytes_per_s: self.bandwidth_bytes_per_s,
+            expires_at: now.saturating_add(request.lifetime.as_secs()),
+        });
+        match self.allocations.insert(allocation.clone()) {
+            Ok(()) => {}
+            Err(InsertRefusal::Quota(quota)) => {
+                return self.refuse(link, m, gate::quota_refusal(quota), Some(&auth.key)).await
+            }
+            Err(InsertRefusal::Occupied) => return self.refuse(link, m, mismatch(), Some(&auth.key)).await,
         }
-        self.allocations.commit(link.key());
         RelayCounters::bump(&self.counters.allocations_total);
         RelayCounters::bump(&self.counters.allocations_active);
-        // The user may have left between our admission check and the crate creating the
-        // allocation; the departure sweep may have run before it existed, so look again.
-        let user = parse_username(username).map(|u| u.user).unwrap_or_default();
-        if self.require_live_session && !self.presence.is_in_voice(user) {
-            manager.delete_allocation(&five_tuple).await;
+        for relay in 0..allocation.relays.len() {
+            tokio::spawn(relay_to_client(allocation.clone(), relay, self.counters.clone()));
         }
+        // The user may have left between the gate's check and now; the departure sweep may have
+        // run before the allocation existed, so look again.
+        if self.require_live_session && !self.presence.is_in_voice(&user) {
+            self.end_allocation(&allocation).await;
+            let failure = AuthFailure::NotInVoice;
+            let refusal = Refusal {
+                code: CODE_UNAUTHORIZED.0,
+                reason: failure.reason(),
+                tally: Some(Tally::Auth(failure)),
+            };
+            return self.refuse(link, m, refusal, Some(&auth.key)).await;
+        }
+        let answer = reply::allocate_success(
+            m,
+            &auth.key,
+            &allocation.relayed(),
+            request.lifetime,
+            link.client,
+            address_error,
+        );
+        link.send(answer).await;
     }
 
-    /// To the crate on a path that never authenticates.
-    async fn pass_unauthenticated(&self, link: &ClientLink<'_>, packet: Vec<u8>) {
-        let path = &self.unauthenticated;
-        self.hand_to_crate(link, packet, path.auth.clone(), path.nonces.clone(), String::new()).await;
-    }
-
-    /// To the crate with the key the gate verified, and the nonce the request carried (the
-    /// crate checks both again; they agree by construction).
-    async fn pass_authenticated(&self, link: &ClientLink<'_>, packet: Vec<u8>, auth: &Authorized) {
-        let nonces = Arc::new(AsyncMutex::new(HashMap::from([(auth.nonce.clone(), Instant::now())])));
-        let checked = Arc::new(CheckedKey(auth.key.clone()));
-        self.hand_to_crate(link, packet, checked, nonces, self.auth.realm().to_string()).await;
-    }
-
-    async fn hand_to_crate(
+    /// Binds the relay socket(s) an Allocate asks for. A dual allocation succeeds with one
+    /// family if the other fails (ADDRESS-ERROR-CODE says which and why).
+    fn bind_relays(
         &self,
-        link: &ClientLink<'_>,
-        packet: Vec<u8>,
-        auth_handler: Arc<dyn AuthHandler + Send + Sync>,
-        nonces: Arc<AsyncMutex<HashMap<String, Instant>>>,
-        realm: String,
-    ) {
-        let mut request = Request {
-            conn: link.conn.clone(),
-            src_addr: link.client,
-            buff: packet,
-            allocation_manager: self.managers.get(link.transport).clone(),
-            nonces,
-            auth_handler,
-            realm,
-            channel_bind_timeout: CHANNEL_BIND_LIFETIME,
-        };
-        if let Err(err) = request.handle_request().await {
-            tracing::trace!(%err, "turn request not handled");
+        request: AllocateRequest,
+    ) -> Result<(Vec<RelaySocket>, Option<AddressError>), Refusal> {
+        let bind = |ipv6| self.binder.bind(ipv6, request.even_port).map_err(|f| bind_refusal(&f));
+        match request.families {
+            Families::Ipv4 => Ok((vec![bind(false)?], None)),
+            Families::Ipv6 => Ok((vec![bind(true)?], None)),
+            Families::Both => match (bind(false), bind(true)) {
+                (Ok(v4), Ok(v6)) => Ok((vec![v4, v6], None)),
+                (Ok(v4), Err(e)) => {
+                    Ok((vec![v4], Some(AddressError { ipv6: true, code: e.code, reason: e.reason })))
+                }
+                (Err(e), Ok(v6)) => {
+                    Ok((vec![v6], Some(AddressError { ipv6: false, code: e.code, reason: e.reason })))
+                }
+                (Err(e), Err(_)) => Err(e),
+            },
         }
+    }
+
+    /// Refresh: a new lifetime, or (lifetime 0) the end of the allocation.
+    async fn refresh(&self, link: &ClientLink<'_>, m: &Message, auth: Authorized, now: u64) {
+        let Some(allocation) = self.allocations.get(link.key()) else {
+            return self.refuse(link, m, mismatch(), Some(&auth.key)).await;
+        };
+        let request = match refresh_request(m) {
+            Ok(request) => request,
+            Err(invalid) => return self.refuse_invalid(link, m, invalid, &auth.key).await,
+        };
+        if let Some(ipv6) = request.family_ipv6 {
+            if !allocation.relays.iter().any(|r| r.advertised().is_ipv6() == ipv6) {
+                return self.refuse(link, m, family_mismatch(), Some(&auth.key)).await;
+            }
+        }
+        if request.lifetime.is_zero() {
+            self.end_allocation(&allocation).await;
+        } else {
+            allocation.extend(now, request.lifetime);
+        }
+        link.send(reply::refresh_success(m, &auth.key, request.lifetime)).await;
     }
 
     fn tally(&self, tally: Option<Tally>) {
@@ -309,13 +378,29 @@ impl Dispatcher {
     }
 }
 
+fn families_of(allocation: &Allocation) -> AddressFamilies {
+    let held = |ipv4: bool| allocation.relays.iter().any(|r| r.advertised().is_ipv4() == ipv4);
+    AddressFamilies { ipv4: held(true), ipv6: held(false) }
+}
+
 fn mismatch() -> Refusal {
     Refusal { code: CODE_ALLOC_MISMATCH.0, reason: "Allocation Mismatch", tally: None }
 }
 
-fn grant_refusal(refusal: GrantRefusal) -> Refusal {
-    match refusal {
-        GrantRefusal::NoAllocation => mismatch(),
-        GrantRefusal::Cap(cap) => gate::cap_refusal(cap),
+fn family_mismatch() -> Refusal {
+    Refusal { code: CODE_PEER_ADDR_FAMILY_MISMATCH.0, reason: "Peer Address Family Mismatch", tally: None }
+}
+
+fn bind_refusal(failure: &BindFailure) -> Refusal {
+    match failure {
+        BindFailure::FamilyNotServed => Refusal {
+            code: CODE_ADDR_FAMILY_NOT_SUPPORTED.0,
+            reason: "Address Family not Supported",
+            tally: None,
+        },
+        BindFailure::NoPort(err) => {
+            tracing::warn!(%err, "turn allocation refused: no relay port");
+            Refusal { code: CODE_INSUFFICIENT_CAPACITY.0, reason: "Insufficient Capacity", tally: None }
+        }
     }
 }

@@ -7,20 +7,23 @@
 //! a valid MESSAGE-INTEGRITY. The read loop (`dispatch`) carries the decision out.
 //!
 //! The rules, in order, for Allocate, Refresh, CreatePermission and ChannelBind requests
-//! (everything else, ChannelData, Binding and Send included, passes to the crate unauthenticated:
+//! (everything else, ChannelData, Binding and Send included, is handled without credentials:
 //! Send is policed by the permissions and the relay socket):
 //! 1. no MESSAGE-INTEGRITY: 401 with a stateless nonce (nothing is stored per source);
 //! 2. USERNAME, REALM or NONCE missing: 400; a nonce we did not mint for this IP, or too old: 438;
-//! 3. a username we could not have issued, another realm, or a wrong HMAC: 401 (the crate would
-//!    answer 400 to a wrong HMAC). After a secret rotation the HMAC may be the previous secret's
+//! 3. a username we could not have issued, another realm, or a wrong HMAC: 401 (not 400, which
+//!    the `turn` crate's server answered and browsers do not retry). After a secret rotation the HMAC may be the previous secret's
 //!    during the grace period, and after it for the 5-tuple's own allocation (`auth`);
 //! 4. expiry and the live-session rule (`auth`), with the method and the 5-tuple's allocation in
 //!    view, so refreshes keep working past expiry while the user is in voice: 401;
 //! 5. anything but Allocate from a 5-tuple without an allocation: 437;
-//! 6. Allocate for an address family we do not relay: 440 (the crate answers 508);
-//! 7. CreatePermission / ChannelBind: XOR-PEER-ADDRESS missing or malformed: 400, of the other
-//!    family: 443, denied by the peer policy: 403; a ChannelBind needs one peer and a valid
-//!    channel number: 400. Every peer is canonical (IPv4-mapped IPv6 unmapped) from here on.
+//! 6. Allocate for an address family we do not relay (REQUESTED-ADDRESS-FAMILY, IPv4 without
+//!    it): 440; a dual allocation (ADDITIONAL-ADDRESS-FAMILY) is judged family by family when it
+//!    is carried out (one family may fail, RFC 8656 section 7.2);
+//! 7. CreatePermission / ChannelBind: XOR-PEER-ADDRESS missing or malformed: 400, of a family
+//!    the allocation holds no relayed address of: 443, denied by the peer policy: 403; a
+//!    ChannelBind needs one peer and a valid channel number: 400. Every peer is canonical
+//!    (IPv4-mapped IPv6 unmapped) from here on.
 //!
 //! Quotas and the per-allocation caps are applied by the allocation table when the decision is
 //! carried out (they need its lock); [`quota_refusal`] and [`cap_refusal`] say how they answer.
@@ -51,6 +54,7 @@ use crate::turn::credentials::parse_username;
 use crate::turn::grants::CapReached;
 use crate::turn::nonce::NonceMinter;
 use crate::turn::quota::QuotaRefusal;
+use crate::turn::requests::ATTR_ADDITIONAL_ADDRESS_FAMILY;
 
 /// What the read loop knows about the request's surroundings, looked up before deciding.
 pub struct GateContext<'a> {
@@ -62,13 +66,33 @@ pub struct GateContext<'a> {
     pub nonces: &'a NonceMinter,
     /// Whether a user (the part of a REST username after the expiry) is in voice right now.
     pub in_voice: &'a dyn Fn(&str) -> bool,
-    /// Whether the 5-tuple holds an allocation in the crate.
+    /// Whether the 5-tuple holds an allocation.
     pub holds_allocation: bool,
     /// The full REST username that allocation was made with (our table's record).
     pub allocation_username: Option<&'a str>,
-    pub relay_is_ipv4: bool,
+    /// For an Allocate, the families the relay has addresses of; for the other requests, the
+    /// families of the relayed addresses the 5-tuple's allocation holds.
+    pub relay_families: AddressFamilies,
     /// The peer policy (with our own relayed addresses) for one canonical peer address.
     pub peer_allowed: &'a dyn Fn(SocketAddr) -> bool,
+}
+
+/// Which IP address families are relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressFamilies {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+impl AddressFamilies {
+    /// True if addresses of the family of `ipv4` (true: IPv4, false: IPv6) are relayed.
+    pub fn has(&self, ipv4: bool) -> bool {
+        if ipv4 {
+            self.ipv4
+        } else {
+            self.ipv6
+        }
+    }
 }
 
 /// A request whose MESSAGE-INTEGRITY verified and whose credential is admitted now.
@@ -76,7 +100,7 @@ pub struct GateContext<'a> {
 pub struct Authorized {
     pub username: String,
     pub nonce: String,
-    /// The long-term key: signs our answers, and is handed to the crate for its own check.
+    /// The long-term key: signs our answers.
     pub key: Vec<u8>,
 }
 
@@ -100,17 +124,17 @@ pub struct Refusal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Not an authenticated request: the crate handles it, without credentials.
+    /// Not an authenticated request: handled without credentials (Binding, Send).
     Pass,
     /// 401 or 438 with our realm and a fresh nonce: the client retries with credentials.
     Challenge(Refusal),
     /// An error answer, signed with `key` once the request authenticated.
     Refuse { refusal: Refusal, key: Option<Vec<u8>> },
-    /// To the crate, after the quota reservation.
+    /// Carried out after the quotas (`requests`, `allocations`).
     Allocate(Authorized),
-    /// To the crate.
+    /// A new lifetime, or 0: the end of the allocation.
     Refresh(Authorized),
-    /// Installed by us (the crate would install only the first peer), after the cap.
+    /// Every peer installed, after the cap.
     CreatePermission { auth: Authorized, peers: Vec<SocketAddr> },
     /// Bound by us (to the canonical peer the policy approved), after the caps.
     ChannelBind { auth: Authorized, number: ChannelNumber, peer: SocketAddr },
@@ -127,7 +151,7 @@ impl Decision {
     }
 }
 
-/// True for the requests the gate judges; everything else passes to the crate.
+/// True for the requests the gate judges; everything else needs no credentials.
 pub fn is_gated(m: &Message) -> bool {
     m.typ.class == CLASS_REQUEST
         && [METHOD_ALLOCATE, METHOD_REFRESH, METHOD_CREATE_PERMISSION, METHOD_CHANNEL_BIND]
@@ -203,7 +227,7 @@ pub fn decide(m: &Message, cx: &GateContext<'_>) -> Decision {
         // Without REQUESTED-ADDRESS-FAMILY a client asks for IPv4 (RFC 6156 section 4.2).
         let mut family = RequestedAddressFamily::default();
         let wants_ipv4 = family.get_from(m).map(|_| family == REQUESTED_FAMILY_IPV4).unwrap_or(true);
-        if wants_ipv4 != cx.relay_is_ipv4 {
+        if !m.contains(ATTR_ADDITIONAL_ADDRESS_FAMILY) && !cx.relay_families.has(wants_ipv4) {
             return refuse_signed(
                 &auth,
                 CODE_ADDR_FAMILY_NOT_SUPPORTED,
@@ -223,7 +247,7 @@ pub fn decide(m: &Message, cx: &GateContext<'_>) -> Decision {
     if peers.is_empty() {
         return refuse_signed(&auth, CODE_BAD_REQUEST, "Missing XOR-PEER-ADDRESS", None);
     }
-    if peers.iter().any(|p| p.is_ipv4() != cx.relay_is_ipv4) {
+    if peers.iter().any(|p| !cx.relay_families.has(p.is_ipv4())) {
         return refuse_signed(&auth, CODE_PEER_ADDR_FAMILY_MISMATCH, "Peer Address Family Mismatch", None);
     }
     if peers.iter().any(|p| !(cx.peer_allowed)(*p)) {

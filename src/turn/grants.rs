@@ -1,27 +1,26 @@
 //! What one allocation was granted: permissions (per peer IP) and channel bindings, with caps.
 //!
-//! The crate keeps its permission and channel maps private and unbounded (a client could
-//! install thousands of permissions on one allocation, each with its own timer task), so we
-//! mirror what we let through and refuse beyond `[turn] max_permissions_per_allocation` /
-//! `max_channels_per_allocation` (508 Insufficient Capacity). Entries age out on the same
-//! lifetimes as the crate's (RFC 8656: permissions 5 minutes, channels 10), refreshed by the
-//! same requests, so a long call never runs into the cap with stale entries; and the whole set
-//! is dropped with its allocation. Pure: time is passed in (Unix seconds).
+//! This is the state the data path reads: a datagram from a peer reaches the client only if
+//! [`Grants::permits`] its IP, and goes as ChannelData if [`Grants::channel_to`] names a channel
+//! bound to its exact address; ChannelData from the client goes to [`Grants::channel_peer`].
+//! Entries age out (RFC 8656: permissions 5 minutes, channels 10), refreshed by the same
+//! requests; lookups check the expiry, writes and the allocation sweep forget what is due.
+//! Beyond `[turn] max_permissions_per_allocation` / `max_channels_per_allocation` new entries are
+//! refused (508 Insufficient Capacity), so one allocation's memory is bounded. Pure: time is
+//! passed in (Unix seconds).
 //!
-//! A ChannelBind also installs a permission for its peer (the crate does so), so it needs room
-//! in both sets.
+//! A ChannelBind also installs (or refreshes) a permission for its peer, so it needs room in both
+//! sets. A channel number is bound to one peer and a peer to one number for the binding's life
+//! (RFC 8656 section 12.2): anything else is a conflict, answered 400.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// The crate's permission lifetime (RFC 8656 section 9).
+/// RFC 8656 section 9: a permission lasts 5 minutes unless refreshed.
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
-/// The channel-binding lifetime we hand the crate (RFC 8656 section 12: 10 minutes).
+/// RFC 8656 section 12: a channel binding lasts 10 minutes unless refreshed.
 pub const CHANNEL_BIND_LIFETIME: Duration = Duration::from_secs(600);
-/// Our clock is whole seconds, the crate's timers are not: keep entries one second longer so
-/// that ours never expires before the crate's (which would let the cap be exceeded briefly).
-const CLOCK_SLACK_S: u64 = 1;
 
 /// `[turn] max_permissions_per_allocation`, `max_channels_per_allocation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,21 +36,40 @@ pub enum CapReached {
     Channels,
 }
 
+/// Why a ChannelBind was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindRefusal {
+    /// 508, counted.
+    Cap(CapReached),
+    /// The number is bound to another peer, or the peer to another number: 400.
+    Conflict,
+}
+
 /// One allocation's live permissions and channels, each with its expiry (Unix seconds).
 #[derive(Debug, Default)]
 pub struct Grants {
     permissions: HashMap<IpAddr, u64>,
     channels: HashMap<u16, (SocketAddr, u64)>,
+    /// The reverse of `channels`, for the peer -> client direction.
+    channel_of_peer: HashMap<SocketAddr, u16>,
 }
 
 fn expiry(now: u64, lifetime: Duration) -> u64 {
-    now.saturating_add(lifetime.as_secs()).saturating_add(CLOCK_SLACK_S)
+    now.saturating_add(lifetime.as_secs())
 }
 
 impl Grants {
-    fn forget_expired(&mut self, now: u64) {
+    /// Drops what expired at `now` (called by writers and the allocation sweep).
+    pub fn forget_expired(&mut self, now: u64) {
         self.permissions.retain(|_, expires| *expires > now);
-        self.channels.retain(|_, (_, expires)| *expires > now);
+        let channel_of_peer = &mut self.channel_of_peer;
+        self.channels.retain(|_, (peer, expires)| {
+            let live = *expires > now;
+            if !live {
+                channel_of_peer.remove(peer);
+            }
+            live
+        });
     }
 
     /// CreatePermission for `peers`: all of them fit under the cap (installed or refreshed), or
@@ -76,36 +94,59 @@ impl Grants {
         Ok(())
     }
 
-    /// May channel `number` be bound (or refreshed) to `peer`? Records nothing: the crate may
-    /// still refuse (a number bound to another peer), so [`Self::record_channel`] follows its
-    /// success.
-    pub fn check_channel(
+    /// ChannelBind: binds `number` to `peer` (or refreshes that binding) and installs or
+    /// refreshes the peer's permission; nothing changes if it is refused.
+    pub fn bind_channel(
         &mut self,
         number: u16,
         peer: SocketAddr,
         now: u64,
         caps: GrantCaps,
-    ) -> Result<(), CapReached> {
+    ) -> Result<(), BindRefusal> {
         self.forget_expired(now);
-        if !self.channels.contains_key(&number) && self.channels.len() >= caps.channels {
-            return Err(CapReached::Channels);
+        match self.channels.get(&number) {
+            Some((bound, _)) if *bound != peer => return Err(BindRefusal::Conflict),
+            Some(_) => {}
+            None => {
+                if self.channel_of_peer.contains_key(&peer) {
+                    return Err(BindRefusal::Conflict);
+                }
+                if self.channels.len() >= caps.channels {
+                    return Err(BindRefusal::Cap(CapReached::Channels));
+                }
+            }
         }
         if !self.permissions.contains_key(&peer.ip()) && self.permissions.len() >= caps.permissions {
-            return Err(CapReached::Permissions);
+            return Err(BindRefusal::Cap(CapReached::Permissions));
         }
+        self.channels.insert(number, (peer, expiry(now, CHANNEL_BIND_LIFETIME)));
+        self.channel_of_peer.insert(peer, number);
+        self.permissions.insert(peer.ip(), expiry(now, PERMISSION_LIFETIME));
         Ok(())
     }
 
-    /// The crate bound (or refreshed) channel `number` to `peer`, and the peer's permission.
-    pub fn record_channel(&mut self, number: u16, peer: SocketAddr, now: u64) {
-        self.channels.insert(number, (peer, expiry(now, CHANNEL_BIND_LIFETIME)));
-        self.permissions.insert(peer.ip(), expiry(now, PERMISSION_LIFETIME));
+    /// True if a live permission covers `ip` (a datagram from or to it may pass).
+    pub fn permits(&self, ip: IpAddr, now: u64) -> bool {
+        self.permissions.get(&ip).is_some_and(|expires| *expires > now)
     }
 
-    /// Live permissions and channels (after expiring what is due at `now`).
-    pub fn counts(&mut self, now: u64) -> (usize, usize) {
-        self.forget_expired(now);
-        (self.permissions.len(), self.channels.len())
+    /// The peer channel `number` is bound to, if the binding is live.
+    pub fn channel_peer(&self, number: u16, now: u64) -> Option<SocketAddr> {
+        self.channels.get(&number).filter(|(_, expires)| *expires > now).map(|(peer, _)| *peer)
+    }
+
+    /// The live channel bound to `peer`, if any (its datagrams then go as ChannelData).
+    pub fn channel_to(&self, peer: SocketAddr, now: u64) -> Option<u16> {
+        let number = *self.channel_of_peer.get(&peer)?;
+        self.channel_peer(number, now).map(|_| number)
+    }
+
+    /// Live permissions and channels at `now`.
+    pub fn counts(&self, now: u64) -> (usize, usize) {
+        (
+            self.permissions.values().filter(|e| **e > now).count(),
+            self.channels.values().filter(|(_, e)| *e > now).count(),
+        )
     }
 }
 
@@ -127,6 +168,7 @@ mod tests {
         // Two new ones would make four: refused, and neither is recorded.
         assert_eq!(g.grant_permissions(&[peer(3), peer(4)], NOW, CAPS), Err(CapReached::Permissions));
         assert_eq!(g.counts(NOW), (2, 0));
+        assert!(!g.permits(peer(3).ip(), NOW));
         assert_eq!(g.grant_permissions(&[peer(3)], NOW, CAPS), Ok(()));
         // Refreshing installed peers (another port on the same IP too) needs no room.
         let same_ip_other_port = SocketAddr::new(peer(1).ip(), 9);
@@ -135,35 +177,71 @@ mod tests {
     }
 
     #[test]
-    fn expired_permissions_free_their_slot() {
+    fn permissions_expire_after_five_minutes_unless_refreshed() {
         let mut g = Grants::default();
         g.grant_permissions(&[peer(1), peer(2), peer(3)], NOW, CAPS).unwrap();
-        let later = NOW + PERMISSION_LIFETIME.as_secs();
-        assert_eq!(g.grant_permissions(&[peer(4)], later, CAPS), Err(CapReached::Permissions), "not yet");
-        // Refreshed ones stay; the others expire.
-        g.grant_permissions(&[peer(1)], later, CAPS).unwrap();
-        let after = later + CLOCK_SLACK_S;
-        assert_eq!(g.grant_permissions(&[peer(4), peer(5)], after, CAPS), Ok(()));
-        assert_eq!(g.counts(after), (3, 0));
+        let last_second = NOW + PERMISSION_LIFETIME.as_secs() - 1;
+        assert!(g.permits(peer(1).ip(), last_second));
+        assert_eq!(g.grant_permissions(&[peer(4)], last_second, CAPS), Err(CapReached::Permissions));
+        g.grant_permissions(&[peer(1)], last_second, CAPS).unwrap();
+        let expired = NOW + PERMISSION_LIFETIME.as_secs();
+        assert!(!g.permits(peer(2).ip(), expired), "not refreshed: gone");
+        assert!(g.permits(peer(1).ip(), expired), "refreshed: still there");
+        assert_eq!(g.grant_permissions(&[peer(4), peer(5)], expired, CAPS), Ok(()), "slots freed");
+        assert_eq!(g.counts(expired), (3, 0));
+    }
+
+    #[test]
+    fn channels_map_number_and_peer_both_ways_and_expire_after_ten_minutes() {
+        let mut g = Grants::default();
+        g.bind_channel(0x4000, peer(1), NOW, CAPS).unwrap();
+        assert_eq!(g.channel_peer(0x4000, NOW), Some(peer(1)));
+        assert_eq!(g.channel_to(peer(1), NOW), Some(0x4000));
+        assert_eq!(g.channel_to(SocketAddr::new(peer(1).ip(), 1), NOW), None, "exact address only");
+        assert!(g.permits(peer(1).ip(), NOW), "a binding installs its permission");
+        // The permission a binding installs lasts 5 minutes, the binding 10: data needs both.
+        let permission_gone = NOW + PERMISSION_LIFETIME.as_secs();
+        assert!(!g.permits(peer(1).ip(), permission_gone));
+        assert_eq!(g.channel_peer(0x4000, permission_gone), Some(peer(1)));
+        let gone = NOW + CHANNEL_BIND_LIFETIME.as_secs();
+        assert_eq!(g.channel_peer(0x4000, gone - 1), Some(peer(1)));
+        assert_eq!(g.channel_peer(0x4000, gone), None);
+        assert_eq!(g.channel_to(peer(1), gone), None);
+        g.forget_expired(gone);
+        assert_eq!(g.counts(gone), (0, 0));
+        // Once expired, the number and the peer are free again.
+        g.bind_channel(0x4000, peer(2), gone, CAPS).unwrap();
+        g.bind_channel(0x4001, peer(1), gone, CAPS).unwrap();
+    }
+
+    #[test]
+    fn a_number_binds_one_peer_and_a_peer_one_number() {
+        let mut g = Grants::default();
+        g.bind_channel(0x4000, peer(1), NOW, CAPS).unwrap();
+        assert_eq!(g.bind_channel(0x4000, peer(2), NOW, CAPS), Err(BindRefusal::Conflict));
+        assert_eq!(g.bind_channel(0x4001, peer(1), NOW, CAPS), Err(BindRefusal::Conflict));
+        assert_eq!(g.channel_to(peer(2), NOW), None, "a refused bind changes nothing");
+        // The same pair again is a refresh.
+        g.bind_channel(0x4000, peer(1), NOW + 500, CAPS).unwrap();
+        assert_eq!(g.channel_peer(0x4000, NOW + 700), Some(peer(1)));
     }
 
     #[test]
     fn channels_need_a_channel_slot_and_a_permission_slot() {
         let mut g = Grants::default();
-        for (number, i) in [(0x4000, 1), (0x4001, 2)] {
-            assert_eq!(g.check_channel(number, peer(i), NOW, CAPS), Ok(()));
-            g.record_channel(number, peer(i), NOW);
-        }
-        assert_eq!(g.check_channel(0x4002, peer(3), NOW, CAPS), Err(CapReached::Channels));
+        g.bind_channel(0x4000, peer(1), NOW, CAPS).unwrap();
+        g.bind_channel(0x4001, peer(2), NOW, CAPS).unwrap();
+        assert_eq!(g.bind_channel(0x4002, peer(3), NOW, CAPS), Err(BindRefusal::Cap(CapReached::Channels)));
         // Refreshing a bound channel is always possible.
-        assert_eq!(g.check_channel(0x4000, peer(1), NOW, CAPS), Ok(()));
+        assert_eq!(g.bind_channel(0x4000, peer(1), NOW, CAPS), Ok(()));
         assert_eq!(g.counts(NOW), (2, 2));
         // The channels' peers hold permissions: one slot is left.
         g.grant_permissions(&[peer(3)], NOW, CAPS).unwrap();
         let roomy = GrantCaps { permissions: 3, channels: 8 };
-        assert_eq!(g.check_channel(0x4003, peer(4), NOW, roomy), Err(CapReached::Permissions));
-        assert_eq!(g.check_channel(0x4003, peer(3), NOW, roomy), Ok(()));
-        let gone = NOW + CHANNEL_BIND_LIFETIME.as_secs() + CLOCK_SLACK_S;
-        assert_eq!(g.counts(gone), (0, 0));
+        assert_eq!(
+            g.bind_channel(0x4003, peer(4), NOW, roomy),
+            Err(BindRefusal::Cap(CapReached::Permissions))
+        );
+        assert_eq!(g.bind_channel(0x4003, peer(3), NOW, roomy), Ok(()));
     }
 }

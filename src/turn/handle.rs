@@ -5,26 +5,27 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use turn::allocation::allocation_manager::{Manager, ManagerConfig};
 
 use crate::config::Settings;
 use crate::presence::VoicePresence;
 use crate::proxy_protocol::ProxyProtocol;
-use crate::turn::allocations::{AllocationTable, Transport};
+use crate::time::unix_now;
+use crate::turn::allocations::{AllocationSummary, AllocationTable};
 use crate::turn::auth::Authenticator;
 use crate::turn::counters::RelayCounters;
-use crate::turn::dispatch::{Dispatcher, Managers};
+use crate::turn::dispatch::Dispatcher;
 use crate::turn::error::RelayError;
 use crate::turn::grants::GrantCaps;
-use crate::turn::link::SharedConn;
+use crate::turn::link::{DatagramSenders, SharedConn};
 use crate::turn::nonce::NonceMinter;
 use crate::turn::per_ip::ConnectionsPerIp;
 use crate::turn::policy::PeerPolicy;
 use crate::turn::quota::QuotaLimits;
 use crate::turn::relay_ip::resolve_relay_ip;
-use crate::turn::relay_socket::{OwnRelays, PeerGuard, RelayAllocator};
+use crate::turn::relay_socket::{OwnRelays, PeerGuard, RelayAddress, RelayBinder};
 use crate::turn::sockets::{bind_listeners, bind_tcp_with};
 use crate::turn::{tcp, teardown, udp};
 
@@ -38,6 +39,8 @@ pub struct RelayHandle {
     /// The address put in XOR-RELAYED-ADDRESS (`external_ip`, or `relay_ip`): what a peer's
     /// relay candidate names.
     pub advertised_ip: IpAddr,
+    /// The IPv6 relay address (`[turn] relay_ip6`), when this relay also relays IPv6.
+    pub relay_ip6: Option<std::net::Ipv6Addr>,
     pub udp_addr: SocketAddr,
     pub tcp_addr: SocketAddr,
     /// TURN over TLS (`turns:`), once [`RelayHandle::start_tls`] was called.
@@ -53,10 +56,7 @@ pub struct RelayHandle {
     proxy_protocol: Option<ProxyProtocol>,
     shutdown: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
-    /// Sent once the managers closed every allocation: the bookkeeping tasks drain and end.
-    finished: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    bookkeeping: Vec<JoinHandle<()>>,
 }
 
 impl RelayHandle {
@@ -66,13 +66,13 @@ impl RelayHandle {
         for task in self.tasks {
             let _ = task.await;
         }
-        for manager in self.dispatcher.managers.all() {
-            let _ = manager.close().await;
-        }
-        let _ = self.finished.send(true);
-        for task in self.bookkeeping {
-            let _ = task.await;
-        }
+        teardown::delete_all(&self.dispatcher).await;
+    }
+
+    /// Every allocation alive now, with its traffic (the admin API).
+    pub fn allocations(&self) -> Vec<AllocationSummary> {
+        let now = unix_now();
+        self.dispatcher.allocations.all().iter().map(|a| a.summary(now)).collect()
     }
 
     /// Starts TURN over TLS on `listen` (`[turn] tls_listen`; port 0 picks one), and on the
@@ -117,7 +117,9 @@ impl RelayHandle {
     /// The addresses relayed candidates of this relay name (advertised and bound), for the
     /// hub's relay-only check.
     pub fn relayed_ips(&self) -> Vec<IpAddr> {
-        vec![self.advertised_ip, self.relay_ip]
+        let mut ips = vec![self.advertised_ip, self.relay_ip];
+        ips.extend(self.relay_ip6.map(IpAddr::V6));
+        ips
     }
 
     /// Allocations alive right now (UDP, TCP and TLS).
@@ -198,6 +200,7 @@ pub async fn start_relay(
     // The UDP listener is the one socket of ours a relayed (UDP) datagram could reach: on every
     // address it answers on.
     let mut listener_ips = vec![relay_ip, advertised_ip, listen.ip()];
+    listener_ips.extend(turn.relay_ip6.map(IpAddr::V6));
     if listen.ip().is_unspecified() {
         listener_ips.extend([IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]);
     }
@@ -232,30 +235,40 @@ pub async fn start_relay(
         counters: counters.clone(),
         bandwidth_bytes_per_s: turn.allocation_bandwidth_bytes_per_s,
     });
-    let manager = |notify| {
-        Arc::new(Manager::new(ManagerConfig {
-            relay_addr_generator: Box::new(RelayAllocator {
-                relay_ip,
-                advertised_ip,
-                min_port: *turn.relay_ports.start(),
-                max_port: *turn.relay_ports.end(),
-                guard: guard.clone(),
-            }),
-            alloc_close_notify: Some(notify),
-        }))
+    let family = |bind: IpAddr, advertised: IpAddr| Some(RelayAddress { bind, advertised });
+    let binder = RelayBinder {
+        ipv4: if relay_ip.is_ipv4() { family(relay_ip, advertised_ip) } else { None },
+        ipv6: if relay_ip.is_ipv6() {
+            family(relay_ip, advertised_ip)
+        } else {
+            turn.relay_ip6.and_then(|ip6| family(IpAddr::V6(ip6), IpAddr::V6(ip6)))
+        },
+        min_port: *turn.relay_ports.start(),
+        max_port: *turn.relay_ports.end(),
+        guard: guard.clone(),
     };
-    let (udp_closed_tx, udp_closed_rx) = mpsc::channel(1024);
-    let (tcp_closed_tx, tcp_closed_rx) = mpsc::channel(1024);
-    let (tls_closed_tx, tls_closed_rx) = mpsc::channel(1024);
-    let managers =
-        Managers { udp: manager(udp_closed_tx), tcp: manager(tcp_closed_tx), tls: manager(tls_closed_tx) };
+
+    // The listener sockets (IPv4, then IPv6), and a second handle on each for relayed data
+    // (see `link`).
+    let (udp6_sockets, tcp6_listener) = match listeners6 {
+        Some((udp6, tcp6)) => (udp6, Some(tcp6)),
+        None => (Vec::new(), None),
+    };
+    let mut senders = DatagramSenders::default();
+    let mut listener_conns = Vec::new();
+    for socket in udp_sockets.into_iter().chain(udp6_sockets) {
+        let local = socket.local_addr().map_err(udp_error)?;
+        let sender = duplicate(&socket).map_err(udp_error)?;
+        let conn: SharedConn = Arc::new(udp::ListenerConn::new(socket, local));
+        senders.add(&conn, Arc::new(sender));
+        listener_conns.push(conn);
+    }
 
     let dispatcher = Arc::new(Dispatcher {
         auth: Authenticator::new(secret, turn.realm.clone(), turn.require_live_session)
             .with_credential_ttl(settings.turn.credential_ttl_s),
         nonces: NonceMinter::new(),
         guard,
-        relay_is_ipv4: relay_ip.is_ipv4(),
         allocations: AllocationTable::new(
             QuotaLimits { per_user: turn.allocations_per_user, total: turn.max_allocations_total },
             GrantCaps {
@@ -266,8 +279,9 @@ pub async fn start_relay(
         counters: counters.clone(),
         presence: presence.clone(),
         require_live_session: turn.require_live_session,
-        managers,
-        unauthenticated: Default::default(),
+        binder,
+        senders,
+        bandwidth_bytes_per_s: turn.allocation_bandwidth_bytes_per_s,
     });
     let per_ip = ConnectionsPerIp::new(turn.max_tcp_connections_per_ip, turn.ipv6_prefix_len);
     let proxy_protocol = ProxyProtocol::from_trusted(turn.proxy_protocol_from.clone());
@@ -278,15 +292,8 @@ pub async fn start_relay(
         let _ = departures_tx.send(user.to_string());
     });
 
-    let (finished, finished_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let (udp6_sockets, tcp6_listener) = match listeners6 {
-        Some((udp6, tcp6)) => (udp6, Some(tcp6)),
-        None => (Vec::new(), None),
-    };
-    for socket in udp_sockets.into_iter().chain(udp6_sockets) {
-        let local = socket.local_addr().map_err(udp_error)?;
-        let conn: SharedConn = Arc::new(udp::ListenerConn::new(socket, local));
+    for conn in listener_conns {
         tasks.push(tokio::spawn(udp::read_loop(dispatcher.clone(), conn, shutdown_rx.clone())));
     }
     for listener in std::iter::once(tcp_listener).chain(tcp6_listener) {
@@ -299,32 +306,21 @@ pub async fn start_relay(
             shutdown_rx.clone(),
         )));
     }
-    tasks.push(tokio::spawn(teardown::teardown_departed(
-        dispatcher.clone(),
-        departures_rx,
-        shutdown_rx.clone(),
-    )));
-    let bookkeeping =
-        [(Transport::Udp, udp_closed_rx), (Transport::Tcp, tcp_closed_rx), (Transport::Tls, tls_closed_rx)]
-            .into_iter()
-            .map(|(transport, rx)| {
-                tokio::spawn(teardown::closed_allocations(
-                    dispatcher.clone(),
-                    transport,
-                    rx,
-                    finished_rx.clone(),
-                ))
-            })
-            .collect();
+    tasks.extend([
+        tokio::spawn(teardown::teardown_departed(dispatcher.clone(), departures_rx, shutdown_rx.clone())),
+        tokio::spawn(teardown::sweep_expired(dispatcher.clone(), shutdown_rx.clone())),
+    ]);
     // Said once at info: the first thing to compare when calls connect locally but not remotely.
     tracing::info!(
-        "turn relay sockets on {relay_ip}, advertised to clients as {advertised_ip}, ports {}-{}",
+        "turn relay sockets on {relay_ip}{}, advertised to clients as {advertised_ip}, ports {}-{}",
+        turn.relay_ip6.map(|ip6| format!(" and {ip6}")).unwrap_or_default(),
         turn.relay_ports.start(),
         turn.relay_ports.end()
     );
     Ok(RelayHandle {
         relay_ip,
         advertised_ip,
+        relay_ip6: turn.relay_ip6,
         udp_addr,
         tcp_addr,
         tls_addr: None,
@@ -336,10 +332,14 @@ pub async fn start_relay(
         proxy_protocol,
         shutdown,
         shutdown_rx,
-        finished,
         tasks,
-        bookkeeping,
     })
+}
+
+/// A second handle on a UDP socket (`dup`: the same socket, so the same address and port).
+fn duplicate(socket: &UdpSocket) -> std::io::Result<UdpSocket> {
+    let copy: std::net::UdpSocket = socket2::SockRef::from(socket).try_clone()?.into();
+    UdpSocket::from_std(copy)
 }
 
 #[cfg(test)]

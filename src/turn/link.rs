@@ -1,20 +1,21 @@
-//! Where answers and relayed frames for one client go: [`ClientLink`].
+//! Where answers and relayed frames for one client go: [`ClientLink`] while a packet from the
+//! client is handled, [`ClientPath`] for as long as its allocation lives.
 //!
-//! Both listeners hand the crate a `Conn` per client path (the shared UDP listener socket, or
-//! one TCP/TLS stream each, see `udp` and `tcp`), and our answers go through the same `Conn`,
-//! so the dispatch code has no UDP/TCP special case: it speaks to a link, which knows its
-//! transport (to pick the crate's allocation manager), its 5-tuple, and how to send.
+//! The listeners hand the dispatcher a `Conn` per client path (the shared UDP listener socket,
+//! or one TCP/TLS stream each, see `udp` and `tcp`); answers to requests go through it. Relayed
+//! media towards a UDP client takes the short way instead: a second handle on the same listener
+//! socket ([`DatagramSenders`]), sent to without a boxed future or a copy. Over TCP/TLS it goes
+//! through the stream's bounded queue.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use turn::allocation::five_tuple::FiveTuple;
-use turn::proto::PROTO_UDP;
+use tokio::net::UdpSocket;
 use webrtc_util::Conn;
 
-use crate::turn::allocations::{ClientKey, Transport};
+use crate::turn::transport::{ClientKey, Transport};
 
-/// The crate's view of where a client's packets go (a listener socket or a stream).
+/// A client path as the listeners hold it (a listener socket or a stream).
 pub type SharedConn = Arc<dyn Conn + Send + Sync>;
 
 /// One client on one of our listeners.
@@ -29,18 +30,71 @@ impl ClientLink<'_> {
         (self.transport, self.client)
     }
 
-    /// The 5-tuple the crate keys allocations by (its protocol field is always UDP: the crate
-    /// tells transports apart by keeping one allocation manager per listener kind).
-    pub fn five_tuple(&self) -> FiveTuple {
-        let local = self.conn.local_addr().unwrap_or(self.client);
-        FiveTuple { protocol: PROTO_UDP, src_addr: self.client, dst_addr: local }
-    }
-
     /// Sends an encoded answer (a failed encoding was already logged).
     pub async fn send(&self, answer: Option<Vec<u8>>) {
         let Some(raw) = answer else { return };
         if let Err(err) = self.conn.send_to(&raw, self.client).await {
             tracing::debug!(%err, "cannot send a STUN answer");
+        }
+    }
+}
+
+/// Second handles on the UDP listener sockets (the same sockets, `dup`ed), by the listener
+/// `Conn` they belong to.
+#[derive(Default)]
+pub struct DatagramSenders {
+    by_conn: Vec<(usize, Arc<UdpSocket>)>,
+}
+
+fn conn_id(conn: &SharedConn) -> usize {
+    Arc::as_ptr(conn) as *const () as usize
+}
+
+impl DatagramSenders {
+    pub fn add(&mut self, conn: &SharedConn, socket: Arc<UdpSocket>) {
+        self.by_conn.push((conn_id(conn), socket));
+    }
+
+    fn for_conn(&self, conn: &SharedConn) -> Option<Arc<UdpSocket>> {
+        let id = conn_id(conn);
+        self.by_conn.iter().find(|(c, _)| *c == id).map(|(_, s)| s.clone())
+    }
+}
+
+/// How relayed data reaches one allocation's client.
+pub enum ClientPath {
+    /// From the UDP listener socket the client talks to.
+    Datagram { socket: Arc<UdpSocket>, client: SocketAddr },
+    /// Through the client's TCP/TLS connection (framed, through its bounded queue).
+    Stream { conn: SharedConn, client: SocketAddr },
+}
+
+impl ClientPath {
+    pub fn new(link: &ClientLink<'_>, senders: &DatagramSenders) -> Self {
+        match (link.transport, senders.for_conn(link.conn)) {
+            (Transport::Udp, Some(socket)) => ClientPath::Datagram { socket, client: link.client },
+            _ => ClientPath::Stream { conn: link.conn.clone(), client: link.client },
+        }
+    }
+
+    /// Sends one ChannelData message or Data indication to the client; a full or failing path
+    /// loses it like a congested network would.
+    pub async fn send_relayed(&self, message: &[u8]) {
+        let result = match self {
+            ClientPath::Datagram { socket, client } => socket.send_to(message, *client).await.map(|_| ()),
+            ClientPath::Stream { conn, client } => {
+                conn.send_to(message, *client).await.map(|_| ()).map_err(std::io::Error::other)
+            }
+        };
+        if let Err(err) = result {
+            tracing::trace!(%err, "cannot send relayed data to the client");
+        }
+    }
+
+    /// The allocation ended: a stream is closed (RFC 8656 section 2.1), a listener is not.
+    pub async fn close(&self) {
+        if let ClientPath::Stream { conn, .. } = self {
+            let _ = conn.close().await;
         }
     }
 }

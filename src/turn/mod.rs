@@ -1,26 +1,34 @@
-//! The integrated TURN relay (RFC 8656 over UDP, TCP and TLS), in front of the `turn` crate.
+//! The integrated TURN relay (RFC 8656 over UDP, TCP and TLS; relayed transport UDP), with
+//! its own allocation engine and data path (the `turn` crate is used for attribute codecs only).
 //!
 //! Module map (each file says what it owns; no module here imports one that imports it back,
 //! see the test at the bottom):
 //! - start and stop: `handle` (`start_relay`, `RelayHandle`), `error`, `secret`;
 //! - listeners and their read loops: `sockets` (binding), `relay_ip` (which address to relay
 //!   on), `udp`, `tcp` (streams, idle rules), `framing` (RFC 8656 TCP framing), `per_ip` (TCP
-//!   connections per client IP), `packet` (STUN vs ChannelData);
-//! - one packet's way: `link` (where answers for a client go), `dispatch` (asks the gate,
-//!   carries the decision out, hands packets to the crate), `gate` (every admission rule, pure),
-//!   `reply` (the wire encoding of our answers);
-//! - what clients hold: `allocations` (the table by 5-tuple), `quota` (per-user and total
-//!   limits), `grants` (permissions and channels per allocation, capped), `teardown` (ending
-//!   allocations);
+//!   connections per client IP), `packet` (STUN vs ChannelData), `transport` (which listener);
+//! - one packet from a client: `link` (where a client's answers and relayed data go),
+//!   `dispatch` (asks the gate, carries the decision out, relays ChannelData and Send),
+//!   `gate` (every admission rule, pure), `requests` (what an Allocate or Refresh asks for,
+//!   pure), `reply` (the wire encoding of our answers);
+//! - what clients hold: `allocations` (the table by 5-tuple, quotas), `allocation` (one
+//!   allocation: relay sockets, grants, lifetime, usage), `quota` (per-user and total limits),
+//!   `grants` (permissions and channels, capped, expiring), `teardown` (expiry sweep, users
+//!   leaving voice, shutdown);
+//! - one datagram from a peer: `relay_loop` (a relay socket's read loop), `channel_data`
+//!   (ChannelData and Data indications framed in place), `bandwidth` (the per-allocation cap);
 //! - who may do what: `auth` (REST credential + live session), `credentials` (the REST
-//!   convention), `nonce` (stateless nonces), `policy` (which peers), `relay_socket` (the relay
-//!   sockets that enforce the policy on every datagram);
+//!   convention), `nonce` (stateless nonces), `policy` (which peers), `relay_socket` (relayed
+//!   addresses, bound in the port range, enforcing the policy on every datagram);
 //! - `counters`: atomics for the metrics endpoint.
 //!
 //! docs/TURN.md, "Relay internals", follows one relayed packet and one Allocate through these.
 
+pub mod allocation;
 pub mod allocations;
 pub mod auth;
+pub mod bandwidth;
+pub mod channel_data;
 pub mod counters;
 pub mod credentials;
 pub mod dispatch;
@@ -36,12 +44,15 @@ pub mod per_ip;
 pub mod policy;
 pub mod quota;
 pub mod relay_ip;
+pub mod relay_loop;
 pub mod relay_socket;
 pub mod reply;
+pub mod requests;
 pub mod secret;
 pub mod sockets;
 pub mod tcp;
 pub mod teardown;
+pub mod transport;
 pub mod udp;
 
 /// Who is in voice: kept beside the hub (which writes it), re-exported for the relay's users.

@@ -1,27 +1,20 @@
-//! Relayed transport addresses: allocating relay sockets, and the `Conn` that guards each one.
+//! Relayed transport addresses: binding relay sockets in the port range, the peer policy every
+//! relayed datagram passes, and [`OwnRelays`].
 //!
-//! The crate has no permission hook, so the peer policy is enforced where every relayed datagram
-//! passes: the relay socket our [`RelayAllocator`] hands the crate. [`RelaySocket::send_to`] drops
-//! datagrams to denied peers, [`RelaySocket::recv_from`] drops datagrams from them, both count
-//! them, meter bytes and packets, and apply the optional per-allocation bandwidth cap.
+//! [`RelaySocket::send_to_peer`] drops datagrams to denied peers and [`PeerGuard::admits_from`]
+//! datagrams from them (both counted), so the policy holds whatever a client's permissions say.
 //!
 //! [`OwnRelays`] is the live set of relayed addresses this server allocated (the advertised
 //! address and the local one). Relay-to-relay traffic to our own advertised address is sent to the
 //! local address directly, and arrives rewritten to the advertised one, so relay-to-relay media
-//! works behind NAT without hairpinning (and the crate's IP-keyed permissions still match).
+//! works behind NAT without hairpinning (and IP-keyed permissions still match).
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, RwLock};
 
-use async_trait::async_trait;
 use tokio::net::UdpSocket;
-use tokio::sync::Notify;
-use turn::relay::RelayAddressGenerator;
-use webrtc_util::Conn;
 
 use crate::addr::canonical_addr;
 use crate::turn::counters::RelayCounters;
@@ -86,6 +79,7 @@ pub struct PeerGuard {
 }
 
 impl PeerGuard {
+    /// The policy's verdict on one datagram's peer; a denial is counted.
     fn allows(&self, peer: SocketAddr) -> bool {
         let verdict = self.policy.check(peer, |a| self.own.contains(a));
         if !verdict.is_allowed() {
@@ -99,184 +93,115 @@ impl PeerGuard {
     pub fn permits(&self, peer: SocketAddr) -> bool {
         self.policy.check(peer, |a| self.own.contains(a)).is_allowed()
     }
-}
 
-/// A token bucket holding at most one second of the configured rate.
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn take(&mut self, n: usize) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
-        self.last = now;
-        if self.tokens >= n as f64 {
-            self.tokens -= n as f64;
-            true
-        } else {
-            false
-        }
+    /// A datagram arrived on a relay socket from `from`: the peer it counts as (our own relays
+    /// by their advertised address, canonical), if the policy lets it in.
+    pub fn admits_from(&self, from: SocketAddr) -> Option<SocketAddr> {
+        let from = canonical_addr(from);
+        let from = self.own.advertised_for(from).unwrap_or(from);
+        self.allows(from).then_some(from)
     }
 }
 
-/// One allocation's relay socket, guarded by the peer policy.
+/// One relayed transport address: a UDP socket bound in the port range. Dropping it releases
+/// the address (and its entry in [`OwnRelays`]).
 pub struct RelaySocket {
     socket: UdpSocket,
     local: SocketAddr,
     advertised: SocketAddr,
     guard: Arc<PeerGuard>,
-    bucket: Option<Mutex<Bucket>>,
-    closed: AtomicBool,
-    close_signal: Notify,
 }
 
 impl RelaySocket {
-    fn new(socket: UdpSocket, local: SocketAddr, advertised: SocketAddr, guard: Arc<PeerGuard>) -> Self {
-        let rate = guard.bandwidth_bytes_per_s as f64;
-        let bucket = (rate > 0.0).then(|| Mutex::new(Bucket { rate, tokens: rate, last: Instant::now() }));
-        guard.own.insert(advertised, local);
-        RelaySocket {
-            socket,
-            local,
-            advertised,
-            guard,
-            bucket,
-            closed: AtomicBool::new(false),
-            close_signal: Notify::new(),
+    /// The address peers send to (XOR-RELAYED-ADDRESS).
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertised
+    }
+
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    pub fn guard(&self) -> &Arc<PeerGuard> {
+        &self.guard
+    }
+
+    /// Sends `payload` to `peer` from the relayed address, unless the policy denies the peer.
+    /// Returns whether it left (a full socket buffer waits; a send error is a lost datagram).
+    pub async fn send_to_peer(&self, payload: &[u8], peer: SocketAddr) -> bool {
+        let peer = canonical_addr(peer);
+        if !self.guard.allows(peer) {
+            return false;
         }
-    }
-
-    fn within_bandwidth(&self, n: usize) -> bool {
-        let Some(bucket) = &self.bucket else { return true };
-        let ok = bucket.lock().unwrap_or_else(|e| e.into_inner()).take(n);
-        if !ok {
-            RelayCounters::bump(&self.guard.counters.bandwidth_drops);
-        }
-        ok
-    }
-
-    fn closed_error() -> webrtc_util::Error {
-        webrtc_util::Error::Io(io::Error::new(io::ErrorKind::NotConnected, "relay socket closed").into())
-    }
-
-    fn shut(&self) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            self.guard.own.remove(self.advertised, self.local);
-            self.close_signal.notify_waiters();
+        let destination = self.guard.own.local_for(peer).unwrap_or(peer);
+        match self.socket.send_to(payload, destination).await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::trace!(%err, "relay socket send error");
+                false
+            }
         }
     }
 }
 
 impl Drop for RelaySocket {
     fn drop(&mut self) {
-        self.shut();
+        self.guard.own.remove(self.advertised, self.local);
     }
 }
 
-#[async_trait]
-impl Conn for RelaySocket {
-    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
-        Err(webrtc_util::Error::Other("relay sockets are not connected".into()))
-    }
-
-    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        Ok(self.recv_from(buf).await?.0)
-    }
-
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let closed = self.close_signal.notified();
-        tokio::pin!(closed);
-        closed.as_mut().enable();
-        loop {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(Self::closed_error());
-            }
-            let (n, from) = tokio::select! {
-                r = recv_whole_datagram(&self.socket, buf) => match r {
-                    Ok(Some(v)) => v,
-                    // Larger than the crate's buffer (its relay MTU, 1500 bytes): dropped and
-                    // counted rather than handed on cut short, which would corrupt the media.
-                    Ok(None) => {
-                        RelayCounters::bump(&self.guard.counters.oversize_drops);
-                        continue;
-                    }
-                    // ICMP errors and the like must not end the allocation (the crate would
-                    // drop it silently); only close() ends this loop.
-                    Err(err) => {
-                        tracing::debug!(%err, "relay socket receive error");
-                        continue;
-                    }
-                },
-                _ = &mut closed => return Err(Self::closed_error()),
-            };
-            let from = canonical_addr(from);
-            let from = self.guard.own.advertised_for(from).unwrap_or(from);
-            if !self.guard.allows(from) || !self.within_bandwidth(n) {
-                continue;
-            }
-            RelayCounters::bump(&self.guard.counters.relayed_packets_in);
-            RelayCounters::add(&self.guard.counters.relayed_bytes_in, n as u64);
-            return Ok((n, from));
-        }
-    }
-
-    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
-        Err(webrtc_util::Error::Other("relay sockets need a destination".into()))
-    }
-
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Self::closed_error());
-        }
-        let target = canonical_addr(target);
-        // Denied or over the cap: dropped like a lost datagram (the crate treats a short write
-        // as an error, so report the full length).
-        if !self.guard.allows(target) || !self.within_bandwidth(buf.len()) {
-            return Ok(buf.len());
-        }
-        let destination = self.guard.own.local_for(target).unwrap_or(target);
-        let n = self.socket.send_to(buf, destination).await?;
-        RelayCounters::bump(&self.guard.counters.relayed_packets_out);
-        RelayCounters::add(&self.guard.counters.relayed_bytes_out, n as u64);
-        Ok(n)
-    }
-
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.local)
-    }
-
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        None
-    }
-
-    async fn close(&self) -> webrtc_util::Result<()> {
-        self.shut();
-        Ok(())
-    }
-
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
-    }
+/// One address family the relay serves: where relay sockets bind, and what they advertise.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayAddress {
+    pub bind: IpAddr,
+    pub advertised: IpAddr,
 }
 
-/// The crate's `RelayAddressGenerator`: binds `relay_ip` in `min_port..=max_port` and advertises
-/// `external_ip` (or `relay_ip`).
-pub struct RelayAllocator {
-    pub relay_ip: IpAddr,
-    pub advertised_ip: IpAddr,
+/// Binds relay sockets in `min_port..=max_port` on the address of the family asked for.
+pub struct RelayBinder {
+    pub ipv4: Option<RelayAddress>,
+    pub ipv6: Option<RelayAddress>,
     pub min_port: u16,
     pub max_port: u16,
     pub guard: Arc<PeerGuard>,
 }
 
-impl RelayAllocator {
-    async fn bind(&self, port: u16) -> io::Result<UdpSocket> {
-        let addr = SocketAddr::new(self.relay_ip, port);
+/// Why no relay socket was bound.
+#[derive(Debug)]
+pub enum BindFailure {
+    /// The relay has no address of that family: 440.
+    FamilyNotServed,
+    /// No free port (or the kernel refused): 508.
+    NoPort(io::Error),
+}
+
+impl RelayBinder {
+    pub fn serves(&self, ipv6: bool) -> bool {
+        if ipv6 {
+            self.ipv6.is_some()
+        } else {
+            self.ipv4.is_some()
+        }
+    }
+
+    /// A new relay socket of the family asked for; on an even port if `even_port`.
+    pub fn bind(&self, ipv6: bool, even_port: bool) -> Result<RelaySocket, BindFailure> {
+        let family = if ipv6 { self.ipv6 } else { self.ipv4 };
+        let family = family.ok_or(BindFailure::FamilyNotServed)?;
+        let socket = self.bind_in_range(family.bind, even_port).map_err(BindFailure::NoPort)?;
+        let local = socket.local_addr().map_err(BindFailure::NoPort)?;
+        let advertised = SocketAddr::new(family.advertised, local.port());
+        self.guard.own.insert(advertised, local);
+        Ok(RelaySocket { socket, local, advertised, guard: self.guard.clone() })
+    }
+
+    fn bind_port(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
+        let addr = SocketAddr::new(ip, port);
         let domain = socket2::Domain::for_address(addr);
         let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         // Best effort: the kernel caps these at net.core.{r,w}mem_max.
@@ -285,54 +210,35 @@ impl RelayAllocator {
         UdpSocket::from_std(socket.into())
     }
 
-    async fn bind_in_range(&self) -> io::Result<UdpSocket> {
+    fn bind_in_range(&self, ip: IpAddr, even_port: bool) -> io::Result<UdpSocket> {
         let span = u32::from(self.max_port) - u32::from(self.min_port) + 1;
+        let acceptable = |port: u16| !even_port || port % 2 == 0;
         for _ in 0..RANDOM_PORT_ATTEMPTS.min(span as usize) {
             let port = self.min_port + (rand::random::<u32>() % span) as u16;
-            if let Ok(socket) = self.bind(port).await {
-                return Ok(socket);
+            if acceptable(port) {
+                if let Ok(socket) = Self::bind_port(ip, port) {
+                    return Ok(socket);
+                }
             }
         }
         let start = rand::random::<u32>() % span;
         for i in 0..span {
             let port = self.min_port + ((start + i) % span) as u16;
-            if let Ok(socket) = self.bind(port).await {
-                return Ok(socket);
+            if acceptable(port) {
+                if let Ok(socket) = Self::bind_port(ip, port) {
+                    return Ok(socket);
+                }
             }
         }
         Err(io::Error::new(io::ErrorKind::AddrInUse, "no free relay port in turn.min_port..=turn.max_port"))
     }
 }
 
-#[async_trait]
-impl RelayAddressGenerator for RelayAllocator {
-    fn validate(&self) -> Result<(), turn::Error> {
-        if self.min_port == 0 || self.min_port > self.max_port {
-            return Err(turn::Error::Other("turn.min_port must be between 1 and turn.max_port".into()));
-        }
-        Ok(())
-    }
-
-    async fn allocate_conn(
-        &self,
-        use_ipv4: bool,
-        requested_port: u16,
-    ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
-        if use_ipv4 != self.relay_ip.is_ipv4() {
-            return Err(turn::Error::Other("requested address family is not served".into()));
-        }
-        let socket =
-            if requested_port != 0 { self.bind(requested_port).await } else { self.bind_in_range().await }
-                .map_err(|e| turn::Error::Other(e.to_string()))?;
-        let local = socket.local_addr().map_err(|e| turn::Error::Other(e.to_string()))?;
-        let advertised = SocketAddr::new(self.advertised_ip, local.port());
-        let relay = RelaySocket::new(socket, local, advertised, self.guard.clone());
-        Ok((Arc::new(relay), advertised))
-    }
-}
-
 /// Receives one datagram into `buf`; `None` if it did not fit (the kernel cut it: `MSG_TRUNC`).
-async fn recv_whole_datagram(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Option<(usize, SocketAddr)>> {
+pub async fn recv_whole_datagram(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, SocketAddr)>> {
     loop {
         socket.readable().await?;
         let received = socket.try_io(tokio::io::Interest::READABLE, || {

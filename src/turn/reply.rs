@@ -4,7 +4,16 @@
 //! transaction ID and method; once a request authenticated, they carry MESSAGE-INTEGRITY under
 //! its key (RFC 8489 section 9.2.4), so the client can trust the error.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use stun::attributes::{ATTR_NONCE, ATTR_REALM};
+use stun::fingerprint::FINGERPRINT;
+use stun::xoraddr::XorMappedAddress;
+use turn::proto::lifetime::Lifetime;
+use turn::proto::relayaddr::RelayedAddress;
+
+use crate::turn::requests::ATTR_ADDRESS_ERROR_CODE;
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::integrity::MessageIntegrity;
 use stun::message::{
@@ -62,6 +71,66 @@ pub fn error(request: &Message, code: ErrorCode, reason: &str, key: Option<&[u8]
 /// A success answer with no attributes but MESSAGE-INTEGRITY (CreatePermission, ChannelBind).
 pub fn success(request: &Message, key: &[u8]) -> Option<Vec<u8>> {
     encode(request, CLASS_SUCCESS_RESPONSE, vec![Box::new(MessageIntegrity(key.to_vec()))])
+}
+
+/// A relayed address family that could not be allocated in a dual allocation (RFC 8656
+/// section 18.12: ADDRESS-ERROR-CODE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressError {
+    pub ipv6: bool,
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl Setter for AddressError {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        let mut value =
+            vec![if self.ipv6 { 0x02 } else { 0x01 }, 0, (self.code / 100) as u8, (self.code % 100) as u8];
+        value.extend_from_slice(self.reason.as_bytes());
+        m.add(ATTR_ADDRESS_ERROR_CODE, &value);
+        Ok(())
+    }
+}
+
+/// The answer to a successful Allocate: the relayed address(es), the lifetime, the client's
+/// mapped address, and the family that failed in a dual allocation.
+pub fn allocate_success(
+    request: &Message,
+    key: &[u8],
+    relayed: &[SocketAddr],
+    lifetime: Duration,
+    mapped: SocketAddr,
+    address_error: Option<AddressError>,
+) -> Option<Vec<u8>> {
+    let mut attrs: Vec<Box<dyn Setter>> = relayed
+        .iter()
+        .map(|r| Box::new(RelayedAddress { ip: r.ip(), port: r.port() }) as Box<dyn Setter>)
+        .collect();
+    attrs.push(Box::new(Lifetime(lifetime)));
+    attrs.push(Box::new(XorMappedAddress { ip: mapped.ip(), port: mapped.port() }));
+    if let Some(error) = address_error {
+        attrs.push(Box::new(error));
+    }
+    attrs.push(Box::new(MessageIntegrity(key.to_vec())));
+    encode(request, CLASS_SUCCESS_RESPONSE, attrs)
+}
+
+/// The answer to a successful Refresh (lifetime 0 after a deletion).
+pub fn refresh_success(request: &Message, key: &[u8], lifetime: Duration) -> Option<Vec<u8>> {
+    encode(
+        request,
+        CLASS_SUCCESS_RESPONSE,
+        vec![Box::new(Lifetime(lifetime)), Box::new(MessageIntegrity(key.to_vec()))],
+    )
+}
+
+/// The answer to a Binding request (RFC 8489): the client's address as we see it.
+pub fn binding_success(request: &Message, mapped: SocketAddr) -> Option<Vec<u8>> {
+    encode(
+        request,
+        CLASS_SUCCESS_RESPONSE,
+        vec![Box::new(XorMappedAddress { ip: mapped.ip(), port: mapped.port() }), Box::new(FINGERPRINT)],
+    )
 }
 
 #[cfg(test)]

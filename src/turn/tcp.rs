@@ -288,7 +288,7 @@ async fn serve<S>(
             }
             _ = shutdown.changed() => break,
         };
-        dispatcher.dispatch(&link, frame).await;
+        dispatcher.dispatch(&link, &frame).await;
     }
     // The client's connection is gone: so is its allocation (RFC 8656 section 2.1).
     dispatcher.client_gone(&link).await;

@@ -1,50 +1,41 @@
-//! Ending allocations: when the crate closes one, and when its user leaves voice chat.
+//! Ending allocations: when they expire, when their user leaves voice, and at shutdown.
 //!
-//! The crate reports every allocation it closes (expiry, Refresh 0, deletion, shutdown) on an
-//! `alloc_close_notify` channel per manager; [`closed_allocations`] releases the table entry
-//! (quota slot, permissions, channels) and the active gauge. When a user leaves voice (any
-//! reason), [`teardown_departed`] deletes every allocation made under their name at once
-//! through the crate's `Manager::delete_allocations_by_username` (which matches the full REST
-//! username `<expiry>:<user>`, so the names are looked up first).
-//! [`delete_allocations_of_chat_user`] does the same for every session of a chat user when the
-//! operator revokes their TURN access.
+//! [`sweep_expired`] looks at every allocation once a second: past its lifetime it is ended
+//! (relay socket closed, table entry and quota slot released, a TCP/TLS client's connection
+//! closed), otherwise its expired permissions and channels are forgotten. When a user leaves
+//! voice (any reason), [`teardown_departed`] ends every allocation made under their name at
+//! once ([`delete_allocations_of`]); [`delete_allocations_of_chat_user`] does the same for every
+//! session of a chat user when the operator revokes their TURN access.
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use turn::allocation::AllocationInfo;
 
-use crate::turn::allocations::Transport;
+use crate::time::unix_now;
 use crate::turn::auth::chat_user_of;
-use crate::turn::credentials::parse_username;
 use crate::turn::dispatch::Dispatcher;
 
-/// Records allocations the crate closed, until `finished` (then drains what is queued).
-pub async fn closed_allocations(
-    dispatcher: Arc<Dispatcher>,
-    transport: Transport,
-    mut rx: mpsc::Receiver<AllocationInfo>,
-    mut finished: watch::Receiver<bool>,
-) {
-    let release = |info: AllocationInfo| {
-        if dispatcher.allocations.release((transport, info.five_tuple.src_addr)) {
-            dispatcher.counters.allocations_active.fetch_sub(1, Ordering::Relaxed);
-        }
-    };
+/// How often lifetimes are checked (lifetimes are whole seconds).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Ends allocations whose lifetime passed and forgets expired grants, until shutdown.
+pub async fn sweep_expired(dispatcher: Arc<Dispatcher>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            info = rx.recv() => match info {
-                Some(info) => release(info),
-                None => break,
-            },
-            _ = finished.changed() => {
-                while let Ok(info) = rx.try_recv() {
-                    release(info);
-                }
-                break;
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        let now = unix_now();
+        for allocation in dispatcher.allocations.expired(now) {
+            if dispatcher.end_allocation(&allocation).await {
+                tracing::debug!(user = %allocation.user, "turn allocation expired");
             }
+        }
+        for allocation in dispatcher.allocations.all() {
+            allocation.grants_mut().forget_expired(now);
         }
     }
 }
@@ -80,19 +71,17 @@ pub async fn delete_allocations_of_chat_user(dispatcher: &Dispatcher, chat_user:
 
 async fn delete_allocations_where(dispatcher: &Dispatcher, names_user: impl Fn(&str) -> bool) -> usize {
     let mut deleted = 0;
-    for manager in dispatcher.managers.all() {
-        let infos = manager.get_allocations_info(None).await;
-        let names: HashSet<String> = infos
-            .into_values()
-            .filter(|info| parse_username(&info.username).is_some_and(|u| names_user(u.user)))
-            .map(|info| {
-                deleted += 1;
-                info.username
-            })
-            .collect();
-        for name in names {
-            manager.delete_allocations_by_username(&name).await;
+    for allocation in dispatcher.allocations.all().into_iter().filter(|a| names_user(&a.user)) {
+        if dispatcher.end_allocation(&allocation).await {
+            deleted += 1;
         }
     }
     deleted
+}
+
+/// Ends every allocation (shutdown).
+pub async fn delete_all(dispatcher: &Dispatcher) {
+    for allocation in dispatcher.allocations.all() {
+        dispatcher.end_allocation(&allocation).await;
+    }
 }

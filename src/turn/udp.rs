@@ -84,6 +84,6 @@ pub async fn read_loop(dispatcher: Arc<Dispatcher>, conn: SharedConn, mut shutdo
             _ = shutdown.changed() => break,
         };
         let link = ClientLink { transport: Transport::Udp, client: from, conn: &conn };
-        dispatcher.dispatch(&link, buf[..n].to_vec()).await;
+        dispatcher.dispatch(&link, &buf[..n]).await;
     }
 }

@@ -204,7 +204,8 @@ impl TurnClient {
         }
     }
 
-    fn build(&self, method: stun::message::Method, attrs: Vec<Box<dyn Setter>>, auth: bool) -> Message {
+    /// A request as [`Self::request`] sends it (signed once a challenge gave a nonce).
+    pub fn build(&self, method: stun::message::Method, attrs: Vec<Box<dyn Setter>>, auth: bool) -> Message {
         let mut setters: Vec<Box<dyn Setter>> =
             vec![Box::new(TransactionId::new()), Box::new(MessageType::new(method, CLASS_REQUEST))];
         setters.extend(attrs);

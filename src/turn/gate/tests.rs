@@ -29,7 +29,7 @@ struct World {
     in_voice: bool,
     holds_allocation: bool,
     allocation_username: Option<String>,
-    relay_is_ipv4: bool,
+    relay_families: AddressFamilies,
 }
 
 impl World {
@@ -40,7 +40,7 @@ impl World {
             in_voice: true,
             holds_allocation: true,
             allocation_username: None,
-            relay_is_ipv4: true,
+            relay_families: AddressFamilies { ipv4: true, ipv6: false },
         }
     }
 
@@ -59,7 +59,7 @@ impl World {
             in_voice: &in_voice,
             holds_allocation: self.holds_allocation,
             allocation_username: self.allocation_username.as_deref(),
-            relay_is_ipv4: self.relay_is_ipv4,
+            relay_families: self.relay_families,
             peer_allowed: &peer_allowed,
         };
         decide(m, &cx)
@@ -243,8 +243,25 @@ fn allocate_is_admitted_for_the_relayed_family_only() {
     assert_eq!(auth.key, world.auth.key(&auth.username, REALM).unwrap());
     let m = Request::new(METHOD_ALLOCATE, &world).with(REQUESTED_FAMILY_IPV6).build();
     assert_eq!(code(&world.decide(&m)), Some(440));
-    world.relay_is_ipv4 = false;
+    world.relay_families = AddressFamilies { ipv4: false, ipv6: true };
     assert_eq!(code(&world.decide(&Request::new(METHOD_ALLOCATE, &world).build())), Some(440));
+    assert!(matches!(world.decide(&m), Decision::Allocate(_)), "IPv6 asked of an IPv6 relay");
+    world.relay_families = AddressFamilies { ipv4: true, ipv6: true };
+    assert!(matches!(world.decide(&m), Decision::Allocate(_)), "IPv6 asked of a dual-stack relay");
+    assert!(matches!(world.decide(&Request::new(METHOD_ALLOCATE, &world).build()), Decision::Allocate(_)));
+}
+
+#[test]
+fn peers_of_either_family_pass_when_the_allocation_holds_both() {
+    let mut world = World::new();
+    world.relay_families = AddressFamilies { ipv4: true, ipv6: true };
+    let m = Request::new(METHOD_CREATE_PERMISSION, &world)
+        .with(PeerAddress { ip: "2606:4700::1111".parse().unwrap(), port: 9 })
+        .with(PeerAddress { ip: "8.8.8.8".parse().unwrap(), port: 53 })
+        .build();
+    assert!(matches!(world.decide(&m), Decision::CreatePermission { .. }));
+    world.relay_families = AddressFamilies { ipv4: false, ipv6: true };
+    assert_eq!(code(&world.decide(&m)), Some(443), "one IPv4 peer on an IPv6-only allocation");
 }
 
 #[test]
