@@ -194,6 +194,12 @@ pub struct ServerSettings {
     pub motd: String,
     pub data_dir: PathBuf,
     pub trusted_proxies: Vec<String>,
+    /// true: connections from `proxy_protocol_from` must start with a PROXY protocol header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// TCP load balancers (IPs or CIDRs) that send the PROXY protocol header.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
     pub tls: TlsSettings,
 }
 
@@ -267,6 +273,28 @@ impl ServerSettings {
     pub fn trusted_proxy_nets(&self) -> Vec<IpNet> {
         self.trusted_proxies.iter().filter_map(|s| parse_net(s)).collect()
     }
+
+    /// The HTTP listener's PROXY protocol setting; `None` when off. Validation guarantees the
+    /// entries parse.
+    pub fn proxy_protocol(&self) -> Option<crate::proxy_protocol::ProxyProtocol> {
+        let nets =
+            proxy_protocol_nets("server.proxy_protocol_from", self.proxy_protocol, &self.proxy_protocol_from);
+        crate::proxy_protocol::ProxyProtocol::from_trusted(nets.unwrap_or_default())
+    }
+}
+
+/// A listener's `proxy_protocol_from`, parsed: empty when `proxy_protocol` is off (the list is
+/// then ignored), an error when it is on with no balancer listed or with a malformed entry.
+fn proxy_protocol_nets(key: &'static str, enabled: bool, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    if !enabled {
+        return Ok(Vec::new());
+    }
+    if list.is_empty() {
+        return Err(invalid(key, "must list the load balancers' addresses when proxy_protocol is on"));
+    }
+    list.iter()
+        .map(|entry| parse_net(entry).ok_or_else(|| invalid(key, format!("{entry:?} is not an IP or CIDR"))))
+        .collect()
 }
 
 /// Dotted names of the keys whose values differ between `a` and `b` (values are not shown:
@@ -323,6 +351,8 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("server.trusted_proxies")
+                .with_list_parse_key("server.proxy_protocol_from")
+                .with_list_parse_key("turn.proxy_protocol_from")
                 .with_list_parse_key("chat.admins")
                 .with_list_parse_key("turn.allowed_peer_cidrs")
                 .with_list_parse_key("turn.denied_peer_cidrs"),
@@ -375,6 +405,11 @@ impl Settings {
                 return Err(invalid("server.trusted_proxies", format!("{entry:?} is not an IP or CIDR")));
             }
         }
+        proxy_protocol_nets(
+            "server.proxy_protocol_from",
+            self.server.proxy_protocol,
+            &self.server.proxy_protocol_from,
+        )?;
         if self.server.tls.cert_file.is_empty() != self.server.tls.key_file.is_empty() {
             return Err(invalid("server.tls", "cert_file and key_file must be set together"));
         }
@@ -635,6 +670,24 @@ mod tests {
         std::fs::write(&path, "[server]\nport = \"abc\"\n").unwrap();
         let err = Settings::load(&Sources { config_file: Some(path), port: None }).unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn the_http_listeners_proxy_protocol_needs_its_balancers() {
+        let mut s = Settings::defaults();
+        assert!(s.server.proxy_protocol().is_none(), "off by default");
+        s.server.proxy_protocol_from = vec!["10.0.0.0/8".into()];
+        assert!(s.server.proxy_protocol().is_none(), "a list alone does not turn it on");
+        s.server.proxy_protocol = true;
+        s.validate().unwrap();
+        let proxy = s.server.proxy_protocol().expect("on");
+        assert!(proxy.expects_header_from("10.1.2.3".parse().unwrap()));
+        assert!(!proxy.expects_header_from("192.0.2.1".parse().unwrap()));
+        for bad in [vec![], vec!["10.0.0.0/33".to_string()], vec!["lb.example.org".to_string()]] {
+            s.server.proxy_protocol_from = bad;
+            let err = s.validate().unwrap_err();
+            assert!(err.to_string().contains("server.proxy_protocol_from"), "{err}");
+        }
     }
 
     #[test]

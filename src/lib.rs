@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod password_gate;
 pub mod presence;
 pub mod protocol;
+pub mod proxy_protocol;
 pub mod server;
 pub mod store;
 pub mod time;

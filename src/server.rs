@@ -14,7 +14,7 @@ use crate::http::{listener, routes, HttpState};
 use crate::hub::relay_only::RelayAddresses;
 use crate::hub::runner::{self, HubHandle};
 use crate::hub::Hub;
-use crate::ice_servers::{IceServerIssuer, TurnEndpoints};
+use crate::ice_servers::{IceServerIssuer, Ipv6Listener, TurnEndpoints};
 use crate::presence::VoicePresence;
 use crate::store::{Store, StoreThread};
 use crate::tls::TlsConfigSource;
@@ -62,22 +62,24 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         let secret = load_or_create_secret(&settings)?;
         let mut relay = start_relay(&settings, secret.clone(), presence.clone()).await?;
         tracing::info!("turn listening on udp {} and tcp {}", relay.udp_addr, relay.tcp_addr);
+        if let Some(addr6) = relay.listen6_addr {
+            tracing::info!("turn listening on ipv6 udp and tcp {addr6}");
+        }
         // TURN over TLS (turns:) with the same certificate, reloaded with it on SIGHUP.
         if let Some(tls) = tls.clone() {
             let listen = settings.turn_config()?.tls_listen;
             let addr = relay.start_tls(listen, move || tls.current()).await?;
             tracing::info!("turn over tls listening on {addr}");
+            if let Some(addr6) = relay.tls6_addr {
+                tracing::info!("turn over tls listening on ipv6 {addr6}");
+            }
         }
         Some((relay, secret))
     } else {
         None
     };
     let ice = match &relay {
-        Some((handle, secret)) => ice_server_issuer(
-            &settings,
-            secret.clone(),
-            Some((handle.udp_addr.port(), handle.tls_addr.map(|a| a.port()))),
-        ),
+        Some((handle, secret)) => ice_server_issuer(&settings, secret.clone(), Some(handle)),
         None => ice_server_issuer(&settings, Vec::new(), None),
     };
     let relay = relay.map(|(handle, _)| handle);
@@ -174,15 +176,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
 }
 
 /// The `iceServers` source for `webrtc-joined`.
-fn ice_server_issuer(
-    settings: &Settings,
-    secret: Vec<u8>,
-    relay_ports: Option<(u16, Option<u16>)>,
-) -> IceServerIssuer {
+fn ice_server_issuer(settings: &Settings, secret: Vec<u8>, relay: Option<&RelayHandle>) -> IceServerIssuer {
     let turn = &settings.turn;
-    let endpoints = if let Some((port, tls_port)) = relay_ports {
+    let endpoints = if let Some(relay) = relay {
         let public_host = Some(turn.public_host.trim().to_string()).filter(|h| !h.is_empty());
-        TurnEndpoints::Integrated { secret, public_host, port, tls_port }
+        let ipv6 = relay.listen6_addr.map(|addr6| Ipv6Listener {
+            ip: crate::turn::relay_ip::public_ipv6(addr6.ip()),
+            port: addr6.port(),
+            tls_port: relay.tls6_addr.map(|a| a.port()),
+        });
+        TurnEndpoints::Integrated {
+            secret,
+            public_host,
+            port: relay.udp_addr.port(),
+            tls_port: relay.tls_addr.map(|a| a.port()),
+            ipv6,
+        }
     } else if !turn.external_servers.is_empty() {
         TurnEndpoints::External(
             turn.external_servers.iter().map(|s| (s.urls.clone(), s.secret.as_bytes().to_vec())).collect(),
@@ -197,13 +206,24 @@ fn ice_server_issuer(
 /// when calls work locally but not from outside.
 fn log_handed_out_urls(ice: &IceServerIssuer) {
     match &ice.endpoints {
-        TurnEndpoints::Integrated { public_host, port, tls_port, .. } => {
+        TurnEndpoints::Integrated { public_host, port, tls_port, ipv6, .. } => {
             let host =
                 public_host.clone().unwrap_or_else(|| "<the host name each client connected to>".into());
             let tls = tls_port.map(|p| format!(", turns:{host}:{p}?transport=tcp")).unwrap_or_default();
             tracing::info!(
                 "TURN URLs handed out: turn:{host}:{port}?transport=udp, turn:{host}:{port}?transport=tcp{tls}"
             );
+            match ipv6 {
+                Some(Ipv6Listener { ip: Some(ip), port, .. }) => tracing::info!(
+                    "IPv6 TURN listener on port {port}: turn:[{ip}]:{port} URLs are added when clients \
+                     are handed an IPv4 address (a host name covers both families)"
+                ),
+                Some(Ipv6Listener { ip: None, port, .. }) => tracing::warn!(
+                    "IPv6 TURN listener on port {port}, but this machine has no IPv6 address towards \
+                     the Internet: only a public_host name with an AAAA record leads clients to it"
+                ),
+                None => {}
+            }
         }
         TurnEndpoints::External(servers) => {
             let urls: Vec<&str> =
@@ -223,7 +243,7 @@ fn log_handed_out_urls(ice: &IceServerIssuer) {
 async fn relay_addresses(settings: &Settings, relay: Option<&RelayHandle>) -> RelayAddresses {
     let mut addresses: Vec<IpAddr> = Vec::new();
     if let Some(relay) = relay {
-        addresses.extend([relay.advertised_ip, relay.relay_ip]);
+        addresses.extend(relay.relayed_ips());
     }
     for server in &settings.turn.external_servers {
         addresses.extend(server.relay_addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()));

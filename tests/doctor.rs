@@ -105,10 +105,21 @@ fn a_good_loopback_configuration_passes_with_every_line_ok() {
     out.assert_line("ok", "tls name", "names localhost");
     out.assert_line("ok", "clock", "");
     out.assert_line("ok", "force_relay", "integrated TURN relay");
+    out.assert_line("ok", "ipv6", "TURN listens on IPv4 only ([turn] listen6 not set)");
     // The self-test really went through the relay: two allocations and a packet between them.
     out.assert_line("ok", "turn self-test", "and a packet went from one to the other through the relay");
     out.assert_line("ok", "turn tls self-test", "completed a TLS handshake and answered a STUN Binding");
     assert!(out.stderr.contains("no check failed"), "{}", out.stderr);
+}
+
+#[test]
+fn the_ipv6_listener_is_reported_and_one_on_a_foreign_address_fails() {
+    let out = doctor(&format!("{}listen6 = \"[::1]:0\"\n", good_turn(24000)));
+    out.assert_line("ok", "ipv6", "IPv6 listener [::1]:0 (UDP and TCP) is free; clients handed an IPv4 address also get turn:[::1]:0 URLs");
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let out = doctor(&format!("{}listen6 = \"[2001:db8::1]:3478\"\n", good_turn(24100)));
+    out.assert_line("FAIL", "ipv6", "2001:db8::1 is not an address of this machine");
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
 }
 
 #[test]

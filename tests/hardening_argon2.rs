@@ -6,17 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, Server};
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+use common::{rss_kib, Client, Server};
 
 /// Waits (longer than the harness's 5 s: storm clients queue for a hashing slot) for a system
 /// message with `text`.

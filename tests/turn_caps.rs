@@ -9,7 +9,7 @@ mod turn_support;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{http_get, Server};
+use common::{http_get, rss_kib, Server};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use turn_support::{TurnClient, SECRET};
@@ -25,16 +25,6 @@ fn relay_config(extra: &str) -> String {
 /// permissions and channel bindings send nothing).
 fn peer_at(i: u32) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0B00_0000 + i + 1)), 5000)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 async fn metric(server: &Server, name: &str) -> u64 {

@@ -58,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
             public_host: None,
             port: 3478,
             tls_port: None,
+            ipv6: None,
         },
         ttl_s: 600,
     };

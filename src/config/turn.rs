@@ -44,6 +44,15 @@ pub struct TurnSettings {
     /// TURN-over-TCP/TLS connections one client IP (IPv6: one `limits.ipv6_prefix_len` prefix)
     /// may hold open, authenticated or not.
     pub max_tcp_connections_per_ip: usize,
+    /// IPv6 address (and port) of a second UDP/TCP listener; empty: IPv4 only. TURN over TLS
+    /// then listens on this IP too, on `tls_listen`'s port.
+    #[serde(default)]
+    pub listen6: String,
+    /// true: TCP and TLS connections from `proxy_protocol_from` start with a PROXY header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
     #[serde(default)]
     pub external_servers: Vec<ExternalTurnServer>,
 }
@@ -73,6 +82,10 @@ pub enum PeerPolicyKind {
 pub struct TurnConfig {
     pub listen: SocketAddr,
     pub tls_listen: SocketAddr,
+    /// The IPv6 UDP/TCP listener (`[turn] listen6`), when set; TLS adds `tls_listen`'s port.
+    pub listen6: Option<SocketAddr>,
+    /// Load balancers whose TCP/TLS connections carry a PROXY protocol header; empty: off.
+    pub proxy_protocol_from: Vec<IpNet>,
     pub realm: String,
     /// `None`: the listen IP, else the machine's primary address (found at start).
     pub relay_ip: Option<IpAddr>,
@@ -115,6 +128,26 @@ impl TurnSettings {
         let tls_listen = self.tls_listen.trim().parse::<SocketAddr>().map_err(|_| {
             invalid("turn.tls_listen", format!("{:?} is not an address like 0.0.0.0:5349", self.tls_listen))
         })?;
+        let listen6 = match self.listen6.trim() {
+            "" => None,
+            text => match text.parse::<SocketAddr>() {
+                Ok(addr) if addr.is_ipv6() => Some(addr),
+                _ => {
+                    return Err(invalid("turn.listen6", format!("{text:?} is not an address like [::]:3478")))
+                }
+            },
+        };
+        if listen.is_ipv6() && listen6.is_some() {
+            return Err(invalid(
+                "turn.listen6",
+                "is for a second, IPv6 listener; turn.listen is IPv6 already",
+            ));
+        }
+        let proxy_protocol_from = super::proxy_protocol_nets(
+            "turn.proxy_protocol_from",
+            self.proxy_protocol,
+            &self.proxy_protocol_from,
+        )?;
         let relay_ip = optional_ip("turn.relay_ip", &self.relay_ip)?;
         if relay_ip.is_some_and(|ip| ip.is_unspecified()) {
             return Err(invalid(
@@ -185,6 +218,8 @@ impl TurnSettings {
         Ok(TurnConfig {
             listen,
             tls_listen,
+            listen6,
+            proxy_protocol_from,
             realm: self.realm.clone(),
             relay_ip,
             external_ip,
@@ -320,5 +355,42 @@ mod tests {
         assert_eq!(bad_key(|t| t.max_permissions_per_allocation = 0), "turn.max_permissions_per_allocation");
         assert_eq!(bad_key(|t| t.max_channels_per_allocation = 0), "turn.max_channels_per_allocation");
         assert_eq!(bad_key(|t| t.max_tcp_connections_per_ip = 0), "turn.max_tcp_connections_per_ip");
+        assert_eq!(bad_key(|t| t.listen6 = "0.0.0.0:3478".into()), "turn.listen6");
+        assert_eq!(bad_key(|t| t.listen6 = "::".into()), "turn.listen6");
+        assert_eq!(
+            bad_key(|t| {
+                t.listen = "[::1]:3478".into();
+                t.listen6 = "[::]:3478".into();
+            }),
+            "turn.listen6"
+        );
+        assert_eq!(bad_key(|t| t.proxy_protocol = true), "turn.proxy_protocol_from");
+        assert_eq!(
+            bad_key(|t| {
+                t.proxy_protocol = true;
+                t.proxy_protocol_from = vec!["10.0.0.0/33".into()];
+            }),
+            "turn.proxy_protocol_from"
+        );
+    }
+
+    #[test]
+    fn ipv6_listener_and_proxy_protocol_are_typed() {
+        let c = parse(|t| {
+            t.listen6 = "[::]:3478".into();
+            t.proxy_protocol_from = vec!["10.0.0.1".into()];
+        })
+        .unwrap();
+        assert_eq!(c.listen6, Some("[::]:3478".parse().unwrap()));
+        assert!(c.proxy_protocol_from.is_empty(), "the list is ignored while proxy_protocol is off");
+        let c = parse(|t| {
+            t.proxy_protocol = true;
+            t.proxy_protocol_from = vec!["10.0.0.1".into(), "fd00::/8".into()];
+        })
+        .unwrap();
+        assert_eq!(
+            c.proxy_protocol_from,
+            vec!["10.0.0.1/32".parse::<IpNet>().unwrap(), "fd00::/8".parse().unwrap()]
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! - `ports`: HTTP/TURN ports bindable, or held by a running relaychat; the relay port range;
 //! - `certificate`: TLS files readable, fitting together, in date, naming the public host;
 //! - `healthz`: asks a running server's /healthz (also `relaychat healthcheck`);
+//! - `ipv6`: the IPv6 TURN listener (`[turn] listen6`) and the address clients are told for it;
 //! - `clock`: the system clock against this binary's age and the monotonic clock;
 //! - `selftest`: the in-process relay, two allocations and a packet between them;
 //! - `turn_tls`: TURN over TLS answers a Binding request through a TLS handshake.
@@ -19,6 +20,7 @@ pub mod addresses;
 pub mod certificate;
 pub mod clock;
 pub mod healthz;
+pub mod ipv6;
 pub mod ports;
 pub mod report;
 pub mod selftest;
@@ -41,6 +43,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Vec<Finding>> {
     emit(addresses::check(settings, &relay));
     let occupied = ports::check_listeners(settings);
     emit(occupied.findings.clone());
+    emit(ipv6::check(settings, &occupied));
     if let Some(relay) = &relay {
         emit(vec![ports::check_relay_range(settings, relay.relay_ip)]);
     }

@@ -29,7 +29,7 @@ pub fn connect_addr(bind: SocketAddr) -> SocketAddr {
     }
 }
 
-fn bind_problem(what: &str, addr: SocketAddr, key: &str, e: &std::io::Error) -> String {
+pub fn bind_problem(what: &str, addr: SocketAddr, key: &str, e: &std::io::Error) -> String {
     match e.kind() {
         ErrorKind::AddrInUse => format!(
             "{what} {addr} is in use by another program: stop it or change {key} (`ss -lnp 'sport = :{}'` shows which)",

@@ -1,5 +1,6 @@
 //! Accept-time admission: caps on TCP connections in total, per IP and "pending" (not a
-//! WebSocket session yet), checked the moment a connection is accepted, before a byte is read.
+//! WebSocket session yet), checked the moment a connection is accepted, before a byte is read
+//! (from a PROXY protocol load balancer: right after its header, by the client it names).
 //!
 //! The hub's `ConnectionLimiter` counts sessions, which exist only after the upgrade; without
 //! this gate a single address could hold every file descriptor with half-sent request heads.

@@ -9,6 +9,10 @@
 //! connections in total, per IP and pending (not yet upgraded); hyper's header-read timeout
 //! (which needs a timer, hence `TokioTimer`) closes connections that send half a request head,
 //! or nothing, including idle keep-alives; the TLS handshake has its own deadline.
+//!
+//! With `[server] proxy_protocol`, a connection from a listed load balancer is admitted only
+//! after its PROXY header named the client (`proxy_protocol`), and that address is the peer
+//! from then on: admission caps, the hub's per-IP rules and X-Forwarded-For all start from it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use warp::reply::Response;
 
 use super::admission::{Admission, Ticket};
 use super::{websocket, HttpState};
+use crate::proxy_protocol::ProxyProtocol;
 use crate::tls::TlsConfigSource;
 
 /// Every route, type-erased (warp's own bounds are private, so the server takes this type).
@@ -42,6 +47,7 @@ pub async fn serve(
     let (stopping_tx, stopping) = watch::channel(false);
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     let admission = Admission::new(&state.settings, state.trusted_proxies.clone());
+    let proxy_protocol = state.settings.server.proxy_protocol();
     let handshake_timeout = Duration::from_millis(state.settings.timeouts.tls_handshake_ms);
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -57,20 +63,35 @@ pub async fn serve(
             },
             _ = &mut stop => break,
         };
-        let ticket = match admission.admit(peer.ip()) {
-            Ok(ticket) => ticket,
-            Err(refused) => {
-                // Closed before a byte is read: no timer, no task, no buffer for this peer.
-                tracing::debug!(?refused, "connection refused at accept");
-                continue;
-            }
+        // A balancer's connection is admitted once its header named the client (in the task).
+        let entry = match proxy_protocol.clone().filter(|proxy| proxy.expects_header_from(peer.ip())) {
+            Some(proxy) => Entry::FromBalancer(proxy),
+            None => match admission.admit(peer.ip()) {
+                Ok(ticket) => Entry::Admitted(ticket),
+                Err(refused) => {
+                    // Closed before a byte is read: no timer, no task, no buffer for this peer.
+                    tracing::debug!(?refused, "connection refused at accept");
+                    continue;
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
         let filter = filter.clone();
         let state = state.clone();
         let watcher = Watcher { stopping: stopping.clone(), _alive: alive.clone() };
         let tls = tls.clone();
+        let admission = admission.clone();
         tokio::spawn(async move {
+            let mut stream = stream;
+            let (peer, ticket) = match entry {
+                Entry::Admitted(ticket) => (peer, ticket),
+                Entry::FromBalancer(proxy) => {
+                    match admit_proxied(&proxy, &admission, &mut stream, peer).await {
+                        Some(admitted) => admitted,
+                        None => return,
+                    }
+                }
+            };
             match tls {
                 None => serve_connection(stream, peer, filter, state, watcher, ticket).await,
                 Some(tls) => {
@@ -91,6 +112,37 @@ pub async fn serve(
     let _ = stopping_tx.send(true);
     drop(alive);
     let _ = tokio::time::timeout(Duration::from_secs(1), all_done.recv()).await;
+}
+
+/// How an accepted connection gets its admission ticket.
+enum Entry {
+    /// Admitted at accept, by the socket peer's address.
+    Admitted(Ticket),
+    /// From a load balancer: admitted once its PROXY header named the client.
+    FromBalancer(ProxyProtocol),
+}
+
+/// Reads a balancer's PROXY header and admits the client it names; `None` closes the connection.
+async fn admit_proxied(
+    proxy: &ProxyProtocol,
+    admission: &std::sync::Arc<Admission>,
+    stream: &mut tokio::net::TcpStream,
+    balancer: SocketAddr,
+) -> Option<(SocketAddr, Ticket)> {
+    let client = match proxy.read_client(stream, balancer).await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::debug!(%balancer, "connection from a load balancer closed: {e}");
+            return None;
+        }
+    };
+    match admission.admit(client.ip()) {
+        Ok(ticket) => Some((client, ticket)),
+        Err(refused) => {
+            tracing::debug!(?refused, %client, %balancer, "proxied connection refused");
+            None
+        }
+    }
 }
 
 async fn serve_connection<S>(

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::presence::VoicePresence;
+use crate::proxy_protocol::ProxyProtocol;
 use crate::time::unix_now;
 use crate::turn::allocations::{AllocationSummary, AllocationTable};
 use crate::turn::auth::Authenticator;
@@ -25,7 +26,7 @@ use crate::turn::policy::PeerPolicy;
 use crate::turn::quota::QuotaLimits;
 use crate::turn::relay_ip::resolve_relay_ip;
 use crate::turn::relay_socket::{OwnRelays, PeerGuard, RelayAddress, RelayBinder};
-use crate::turn::sockets::{bind_listeners, bind_tcp};
+use crate::turn::sockets::{bind_listeners, bind_tcp_with};
 use crate::turn::{tcp, teardown, udp};
 
 /// At most this many UDP listener sockets (SO_REUSEPORT), one read loop each; one per core.
@@ -38,13 +39,21 @@ pub struct RelayHandle {
     /// The address put in XOR-RELAYED-ADDRESS (`external_ip`, or `relay_ip`): what a peer's
     /// relay candidate names.
     pub advertised_ip: IpAddr,
+    /// The IPv6 relay address (`[turn] relay_ip6`), when this relay also relays IPv6.
+    pub relay_ip6: Option<std::net::Ipv6Addr>,
     pub udp_addr: SocketAddr,
     pub tcp_addr: SocketAddr,
     /// TURN over TLS (`turns:`), once [`RelayHandle::start_tls`] was called.
     pub tls_addr: Option<SocketAddr>,
+    /// The IPv6 UDP and TCP listener (one port number), when `[turn] listen6` is set.
+    pub listen6_addr: Option<SocketAddr>,
+    /// TURN over TLS on the IPv6 listener's IP, once `start_tls` was called with `listen6` set.
+    pub tls6_addr: Option<SocketAddr>,
     pub counters: Arc<RelayCounters>,
     dispatcher: Arc<Dispatcher>,
     per_ip: Arc<ConnectionsPerIp>,
+    /// `[turn] proxy_protocol`, for the TCP and TLS listeners.
+    proxy_protocol: Option<ProxyProtocol>,
     shutdown: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -65,27 +74,51 @@ impl RelayHandle {
         summaries(&self.dispatcher)
     }
 
-    /// Starts TURN over TLS on `listen` (`[turn] tls_listen`; port 0 picks one). `config` is
-    /// asked for the current rustls configuration at every handshake, so certificate reloads
-    /// (SIGHUP) apply to new connections; pass `move || tls_source.current()`.
+    /// Starts TURN over TLS on `listen` (`[turn] tls_listen`; port 0 picks one), and on the
+    /// IPv6 listener's IP at the same port when `listen6` is set. `config` is asked for the
+    /// current rustls configuration at every handshake, so certificate reloads (SIGHUP) apply
+    /// to new connections; pass `move || tls_source.current()`.
     pub async fn start_tls(
         &mut self,
         listen: SocketAddr,
         config: impl Fn() -> Arc<rustls::ServerConfig> + Send + Sync + 'static,
     ) -> Result<SocketAddr, RelayError> {
-        let bind_error = |source| RelayError::Bind { addr: listen, transport: "tls", source };
-        let listener = bind_tcp(listen).map_err(bind_error)?;
-        let addr = listener.local_addr().map_err(bind_error)?;
         let config: tcp::TlsConfigFn = Arc::new(config);
+        let addr = self.spawn_tls_listener(listen, false, config.clone())?;
+        self.tls_addr = Some(addr);
+        if let Some(listen6) = self.listen6_addr {
+            let addr6 = SocketAddr::new(listen6.ip(), listen.port());
+            self.tls6_addr = Some(self.spawn_tls_listener(addr6, true, config)?);
+        }
+        Ok(addr)
+    }
+
+    fn spawn_tls_listener(
+        &mut self,
+        listen: SocketAddr,
+        v6_only: bool,
+        config: tcp::TlsConfigFn,
+    ) -> Result<SocketAddr, RelayError> {
+        let bind_error = |source| RelayError::Bind { addr: listen, transport: "tls", source };
+        let listener = bind_tcp_with(listen, v6_only).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
         self.tasks.push(tokio::spawn(tcp::accept_loop(
             listener,
             self.dispatcher.clone(),
             self.per_ip.clone(),
             Some(config),
+            self.proxy_protocol.clone(),
             self.shutdown_rx.clone(),
         )));
-        self.tls_addr = Some(addr);
         Ok(addr)
+    }
+
+    /// The addresses relayed candidates of this relay name (advertised and bound), for the
+    /// hub's relay-only check.
+    pub fn relayed_ips(&self) -> Vec<IpAddr> {
+        let mut ips = vec![self.advertised_ip, self.relay_ip];
+        ips.extend(self.relay_ip6.map(IpAddr::V6));
+        ips
     }
 
     /// Allocations alive right now (UDP, TCP and TLS).
@@ -160,7 +193,7 @@ pub async fn start_relay(
         });
     }
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_UDP_SHARDS);
-    let (udp_sockets, tcp_listener) = bind_listeners(listen, shards).await?;
+    let (udp_sockets, tcp_listener) = bind_listeners(listen, shards, false).await?;
     let udp_error = |source| RelayError::Bind { addr: listen, transport: "udp", source };
     let udp_addr = udp_sockets[0].local_addr().map_err(udp_error)?;
     let tcp_addr = tcp_listener.local_addr().map_err(|source| RelayError::Bind {
@@ -175,8 +208,29 @@ pub async fn start_relay(
     if listen.ip().is_unspecified() {
         listener_ips.extend([IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]);
     }
+    let mut own_services: Vec<SocketAddr> =
+        listener_ips.into_iter().map(|ip| SocketAddr::new(ip, udp_addr.port())).collect();
+    // The IPv6 listener: same rule, on its own port and addresses.
+    let listeners6 = match turn.listen6 {
+        Some(listen6) => Some(bind_listeners(listen6, shards, true).await?),
+        None => None,
+    };
+    let listen6_addr = match &listeners6 {
+        Some((udp6, _)) => Some(udp6[0].local_addr().map_err(|source| RelayError::Bind {
+            addr: turn.listen6.unwrap_or(listen),
+            transport: "udp",
+            source,
+        })?),
+        None => None,
+    };
+    if let Some(addr6) = listen6_addr {
+        own_services.push(addr6);
+        if addr6.ip().is_unspecified() {
+            own_services.push(SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr6.port()));
+        }
+    }
     let policy = PeerPolicy::new(turn.peer_policy, &turn.allowed_peer_cidrs, &turn.denied_peer_cidrs)
-        .with_own_services(listener_ips.into_iter().map(|ip| SocketAddr::new(ip, udp_addr.port())));
+        .with_own_services(own_services);
 
     let counters = Arc::new(RelayCounters::default());
     let guard = Arc::new(PeerGuard {
@@ -198,10 +252,15 @@ pub async fn start_relay(
         guard: guard.clone(),
     };
 
-    // The listener sockets, and a second handle on each for relayed data (see `link`).
+    // The listener sockets (IPv4, then IPv6), and a second handle on each for relayed data
+    // (see `link`).
+    let (udp6_sockets, tcp6_listener) = match listeners6 {
+        Some((udp6, tcp6)) => (udp6, Some(tcp6)),
+        None => (Vec::new(), None),
+    };
     let mut senders = DatagramSenders::default();
     let mut listener_conns = Vec::new();
-    for socket in udp_sockets {
+    for socket in udp_sockets.into_iter().chain(udp6_sockets) {
         let local = socket.local_addr().map_err(udp_error)?;
         let sender = duplicate(&socket).map_err(udp_error)?;
         let conn: SharedConn = Arc::new(udp::ListenerConn::new(socket, local));
@@ -229,6 +288,7 @@ pub async fn start_relay(
         bandwidth_bytes_per_s: turn.allocation_bandwidth_bytes_per_s,
     });
     let per_ip = ConnectionsPerIp::new(turn.max_tcp_connections_per_ip, turn.ipv6_prefix_len);
+    let proxy_protocol = ProxyProtocol::from_trusted(turn.proxy_protocol_from.clone());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (departures_tx, departures_rx) = mpsc::unbounded_channel::<String>();
@@ -240,14 +300,17 @@ pub async fn start_relay(
     for conn in listener_conns {
         tasks.push(tokio::spawn(udp::read_loop(dispatcher.clone(), conn, shutdown_rx.clone())));
     }
-    tasks.extend([
-        tokio::spawn(tcp::accept_loop(
-            tcp_listener,
+    for listener in std::iter::once(tcp_listener).chain(tcp6_listener) {
+        tasks.push(tokio::spawn(tcp::accept_loop(
+            listener,
             dispatcher.clone(),
             per_ip.clone(),
             None,
+            proxy_protocol.clone(),
             shutdown_rx.clone(),
-        )),
+        )));
+    }
+    tasks.extend([
         tokio::spawn(teardown::teardown_departed(dispatcher.clone(), departures_rx, shutdown_rx.clone())),
         tokio::spawn(teardown::sweep_expired(dispatcher.clone(), shutdown_rx.clone())),
     ]);
@@ -261,12 +324,16 @@ pub async fn start_relay(
     Ok(RelayHandle {
         relay_ip,
         advertised_ip,
+        relay_ip6: turn.relay_ip6,
         udp_addr,
         tcp_addr,
         tls_addr: None,
+        listen6_addr,
+        tls6_addr: None,
         counters,
         dispatcher,
         per_ip,
+        proxy_protocol,
         shutdown,
         shutdown_rx,
         tasks,

@@ -339,4 +339,48 @@ mod tests {
         let p = PeerPolicy::new(PeerPolicyKind::Any, &[], &nets(&["::ffff:10.0.0.0/104"]));
         assert_eq!(p.check(addr("10.9.9.9:1"), no_relays), Verdict::DeniedCidr);
     }
+
+    #[test]
+    fn ipv6_peers_are_classified_range_by_range_at_both_edges() {
+        let p = public();
+        let denied = [
+            ("loopback", "::1"),
+            ("unspecified", "::"),
+            ("link-local, first", "fe80::"),
+            ("link-local, last", "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            ("unique local, first", "fc00::"),
+            ("unique local, last", "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            ("IPv4-mapped private", "::ffff:192.168.1.1"),
+            ("IPv4-mapped loopback", "::ffff:127.0.0.1"),
+            ("NAT64 of a private address", "64:ff9b::a00:1"),
+            ("NAT64 of a public address (a translator reaches any IPv4)", "64:ff9b::808:808"),
+            ("NAT64 local-use", "64:ff9b:1::1"),
+            ("documentation, first", "2001:db8::"),
+            ("documentation, last", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"),
+            ("multicast, link scope", "ff02::1"),
+            ("multicast, global scope", "ff0e::101"),
+            ("6to4", "2002:a00:1::1"),
+            ("Teredo", "2001::1"),
+        ];
+        for (what, ip) in denied {
+            let peer = SocketAddr::new(ip.parse().unwrap(), 5000);
+            assert_eq!(p.check(peer, no_relays), Verdict::DeniedSpecialRange, "{what}: {ip}");
+        }
+        let allowed = [
+            ("global unicast", "2a00:1450:4001::200e"),
+            ("just below unique local", "fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            ("just past the documentation /32", "2001:db9::1"),
+            ("IPv4-mapped public", "::ffff:8.8.8.8"),
+            ("just above NAT64's /96", "64:ff9b:0:0:0:1::1"),
+        ];
+        for (what, ip) in allowed {
+            let peer = SocketAddr::new(ip.parse().unwrap(), 5000);
+            assert_eq!(p.check(peer, no_relays), Verdict::Allowed, "{what}: {ip}");
+        }
+        // The IPv6 loopback is one of our own services' addresses like 127.0.0.1 is.
+        let listener = addr("[::1]:3478");
+        let p = PeerPolicy::new(PeerPolicyKind::Any, &[], &[]).with_own_services([listener]);
+        assert_eq!(p.check(listener, no_relays), Verdict::DeniedOwnService);
+        assert!(p.check(addr("[::1]:3479"), no_relays).is_allowed(), "`any` allows loopback");
+    }
 }

@@ -46,6 +46,19 @@ pub fn detect_primary_ip(prefer_ipv6: bool) -> io::Result<IpAddr> {
     }
 }
 
+/// The IPv6 address clients are told for the IPv6 listener (`turn:[v6]` URLs): the listener's
+/// own when it names one, else the machine's IPv6 source address towards the Internet; `None`
+/// on a host without an IPv6 route.
+pub fn public_ipv6(listen6_ip: IpAddr) -> Option<Ipv6Addr> {
+    match listen6_ip {
+        IpAddr::V6(named) if !named.is_unspecified() => Some(named),
+        _ => match detect_primary_ip(true).ok()? {
+            IpAddr::V6(detected) if !detected.is_loopback() => Some(detected),
+            _ => None, // the probe fell back to IPv4: no IPv6 route
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +70,14 @@ mod tests {
         assert_eq!(resolve_relay_ip(None, ip("127.0.0.1")), ip("127.0.0.1"));
         // Detection names one concrete address (or loopback on a machine without a route).
         assert!(!resolve_relay_ip(None, ip("0.0.0.0")).is_unspecified());
+    }
+
+    #[test]
+    fn the_ipv6_listeners_address_is_named_or_detected() {
+        assert_eq!(public_ipv6("::1".parse().unwrap()), Some(Ipv6Addr::LOCALHOST));
+        assert_eq!(public_ipv6("2001:db8::5".parse().unwrap()), Some("2001:db8::5".parse().unwrap()));
+        // Detected: an IPv6 address that is not loopback, or none (this machine may have no route).
+        let detected = public_ipv6(Ipv6Addr::UNSPECIFIED.into());
+        assert!(detected.is_none_or(|ip| !ip.is_loopback() && !ip.is_unspecified()), "{detected:?}");
     }
 }

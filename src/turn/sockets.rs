@@ -21,18 +21,22 @@ const SHARED_PORT_ATTEMPTS: usize = 10;
 /// kernel's UDP choice is taken on TCP). UDP is bound `shards` times with SO_REUSEPORT, so the
 /// kernel spreads clients (by their address hash, so each client always lands on the same
 /// socket) over one read loop per core.
+///
+/// `v6_only` (for `[turn] listen6`) keeps an IPv6 wildcard from also taking IPv4, so it can
+/// share its port number with the IPv4 listener; `listen` itself keeps the system's default.
 pub async fn bind_listeners(
     listen: SocketAddr,
     shards: usize,
+    v6_only: bool,
 ) -> Result<(Vec<UdpSocket>, tokio::net::TcpListener), RelayError> {
     let attempts = if listen.port() == 0 { SHARED_PORT_ATTEMPTS } else { 1 };
     let udp_error = |source| RelayError::Bind { addr: listen, transport: "udp", source };
     let mut last_err = None;
     for _ in 0..attempts {
-        let first = bind_udp(listen, shards > 1).map_err(udp_error)?;
+        let first = bind_udp(listen, shards > 1, v6_only).map_err(udp_error)?;
         let bound = first.local_addr().map_err(udp_error)?;
         let tcp_addr = SocketAddr::new(listen.ip(), bound.port());
-        let tcp = match bind_tcp(tcp_addr) {
+        let tcp = match bind_tcp_with(tcp_addr, v6_only) {
             Ok(tcp) => tcp,
             Err(source) => {
                 last_err = Some(RelayError::Bind { addr: tcp_addr, transport: "tcp", source });
@@ -41,7 +45,7 @@ pub async fn bind_listeners(
         };
         let mut udp = vec![first];
         for _ in 1..shards {
-            match bind_udp(bound, true) {
+            match bind_udp(bound, true, v6_only) {
                 Ok(socket) => udp.push(socket),
                 Err(err) => {
                     tracing::debug!(%err, "SO_REUSEPORT sharding unavailable; one UDP read loop");
@@ -54,10 +58,13 @@ pub async fn bind_listeners(
     Err(last_err.expect("at least one attempt"))
 }
 
-fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+fn bind_udp(addr: SocketAddr, reuse_port: bool, v6_only: bool) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
+    if v6_only && addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     // Elsewhere the second bind fails and one read loop serves all.
     #[cfg(target_os = "linux")]
@@ -88,10 +95,20 @@ fn set_buffers(socket: &socket2::Socket, recv: usize, send: usize) {
 }
 
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
-    let socket =
-        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    bind_tcp_with(addr, false)
+}
+
+/// `bind_tcp`, IPv6-only when asked (see `bind_listeners`).
+pub fn bind_tcp_with(addr: SocketAddr, v6_only: bool) -> io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if v6_only && addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }

@@ -10,7 +10,9 @@
 //! client `Conn` when the allocation ends: per stream that closes exactly that client's
 //! connection, which is what RFC 8656 wants, instead of the whole listener.
 //!
-//! Framing is in `framing`. Connections per client IP are capped at accept (`per_ip`).
+//! Framing is in `framing`. Connections per client IP are capped at accept (`per_ip`); from a
+//! load balancer listed in `[turn] proxy_protocol_from`, once its PROXY header named the client
+//! (`crate::proxy_protocol`), whose address is then the connection's remote address throughout.
 //! Idle timeouts: a connection that holds no allocation is closed after
 //! [`UNALLOCATED_IDLE`] without a frame (and [`HANDSHAKE_DEADLINE`] after accept in any case);
 //! one that holds an allocation lives as long as the allocation (its expiry closes the stream).
@@ -27,6 +29,7 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 use webrtc_util::Conn;
 
+use crate::proxy_protocol::ProxyProtocol;
 use crate::turn::allocations::Transport;
 use crate::turn::counters::RelayCounters;
 use crate::turn::dispatch::Dispatcher;
@@ -144,6 +147,7 @@ pub(crate) async fn accept_loop(
     dispatcher: Arc<Dispatcher>,
     per_ip: Arc<ConnectionsPerIp>,
     tls: Option<TlsConfigFn>,
+    proxy_protocol: Option<ProxyProtocol>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -164,17 +168,40 @@ pub(crate) async fn accept_loop(
             tracing::debug!("turn tcp connection refused: too many connections");
             continue;
         };
-        let Some(ip_slot) = per_ip.try_acquire(remote.ip()) else {
-            RelayCounters::bump(&dispatcher.counters().tcp_per_ip_refusals);
-            tracing::debug!(client = %remote, "turn tcp connection refused: too many from this address");
-            continue;
+        // A load balancer's connection is capped per IP once its header named the client.
+        let balancer = proxy_protocol.clone().filter(|proxy| proxy.expects_header_from(remote.ip()));
+        let ip_slot = match balancer {
+            Some(_) => None,
+            None => match per_ip.try_acquire(remote.ip()) {
+                Some(ip_slot) => Some(ip_slot),
+                None => {
+                    refused_per_ip(&dispatcher, remote);
+                    continue;
+                }
+            },
         };
         let Ok(local) = stream.local_addr() else { continue };
         let _ = stream.set_nodelay(true);
         let dispatcher = dispatcher.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
+        let per_ip = per_ip.clone();
         tokio::spawn(async move {
+            let (mut stream, mut remote, mut ip_slot) = (stream, remote, ip_slot);
+            if let Some(proxy) = balancer {
+                remote = match proxy.read_client(&mut stream, remote).await {
+                    Ok(client) => client,
+                    Err(err) => {
+                        tracing::debug!(balancer = %remote, %err, "turn tcp connection from a load balancer closed");
+                        return;
+                    }
+                };
+                ip_slot = per_ip.try_acquire(remote.ip());
+                if ip_slot.is_none() {
+                    refused_per_ip(&dispatcher, remote);
+                    return;
+                }
+            }
             match tls {
                 None => serve(stream, Transport::Tcp, local, remote, dispatcher, shutdown).await,
                 Some(config) => {
@@ -196,6 +223,12 @@ pub(crate) async fn accept_loop(
             drop(slot);
         });
     }
+}
+
+/// Counts and logs a connection closed for `max_tcp_connections_per_ip`.
+fn refused_per_ip(dispatcher: &Dispatcher, client: SocketAddr) {
+    RelayCounters::bump(&dispatcher.counters().tcp_per_ip_refusals);
+    tracing::debug!(%client, "turn tcp connection refused: too many from this address");
 }
 
 async fn serve<S>(

@@ -101,12 +101,18 @@ pub struct TurnClient {
 
 impl TurnClient {
     pub async fn udp(server: SocketAddr, username: &str, password: &str) -> TurnClient {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let loopback = if server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" };
+        let socket = UdpSocket::bind(loopback).await.unwrap();
         Self::with_wire(Wire::Udp { socket, server }, username, password)
     }
 
     pub async fn tcp(server: SocketAddr, username: &str, password: &str) -> TurnClient {
         let stream = TcpStream::connect(server).await.unwrap();
+        Self::over_tcp(stream, username, password)
+    }
+
+    /// TURN over an already connected stream (e.g. one that sent a PROXY protocol header).
+    pub fn over_tcp(stream: TcpStream, username: &str, password: &str) -> TurnClient {
         stream.set_nodelay(true).unwrap();
         let local = stream.local_addr().unwrap();
         let (r, w) = tokio::io::split(stream);

@@ -56,6 +56,7 @@ impl Harness {
                 public_host: None,
                 port: 3478,
                 tls_port: None,
+                ipv6: None,
             },
             ttl_s: settings.turn.credential_ttl_s,
         };
