@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     let mut m = Message { raw: data.to_vec(), ..Default::default() };
     if m.decode().is_ok() {
         let allowed = DEFAULT_LIFETIME..=MAX_LIFETIME;
-        if let Ok(request) = allocate_request(&m) {
+        if let Ok(request) = allocate_request(&m, data.len() % 2 == 0) {
             assert!(allowed.contains(&request.lifetime));
         }
         if let Ok(request) = refresh_request(&m) {

@@ -137,6 +137,7 @@ fuzz_target!(|data: &[u8]| {
         holds_allocation: facts.holds_allocation,
         allocation_username: allocation_username.as_deref(),
         relay_families: AddressFamilies { ipv4: facts.relay_is_ipv4, ipv6: !facts.relay_is_ipv4 },
+        default_ipv6: !facts.relay_is_ipv4,
         peer_allowed: &peer_allowed,
     };
     let decision = decide(&m, &cx);

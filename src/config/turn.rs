@@ -26,6 +26,10 @@ pub struct TurnSettings {
     /// dual allocations); empty: none.
     #[serde(default)]
     pub relay_ip6: String,
+    /// The family of an Allocate that names none: "ipv4" (RFC 6156) or "keep" (the family the
+    /// client came over, when the relay has it; browsers never name one).
+    #[serde(default = "default_allocation_family")]
+    pub allocation_default_family: String,
     pub external_ip: String,
     pub min_port: u16,
     pub max_port: u16,
@@ -55,6 +59,10 @@ pub struct TurnSettings {
     pub proxy_protocol_from: Vec<String>,
     #[serde(default)]
     pub external_servers: Vec<ExternalTurnServer>,
+}
+
+fn default_allocation_family() -> String {
+    "ipv4".into()
 }
 
 /// A TURN server run by someone else (typically an existing coturn with `use-auth-secret`).
@@ -93,6 +101,8 @@ pub struct TurnConfig {
     pub external_ip: Option<IpAddr>,
     /// `None`: no IPv6 relayed addresses (unless `relay_ip` itself is IPv6).
     pub relay_ip6: Option<Ipv6Addr>,
+    /// `allocation_default_family = "keep"`.
+    pub keep_client_family: bool,
     pub public_host: Option<String>,
     pub relay_ports: RangeInclusive<u16>,
     pub require_live_session: bool,
@@ -174,6 +184,16 @@ impl TurnSettings {
         if relay_ip6.is_some() && relay_ip.is_some_and(|ip| ip.is_ipv6()) {
             return Err(invalid("turn.relay_ip6", "turn.relay_ip is IPv6 already: leave relay_ip6 empty"));
         }
+        let keep_client_family = match self.allocation_default_family.trim() {
+            "ipv4" => false,
+            "keep" => true,
+            other => {
+                return Err(invalid(
+                    "turn.allocation_default_family",
+                    format!("{other:?} is not one of ipv4, keep"),
+                ))
+            }
+        };
         if self.min_port == 0 || self.min_port > self.max_port {
             return Err(invalid("turn.min_port", "must be between 1 and turn.max_port"));
         }
@@ -224,6 +244,7 @@ impl TurnSettings {
             relay_ip,
             external_ip,
             relay_ip6,
+            keep_client_family,
             public_host: Some(self.public_host.trim().to_string()).filter(|h| !h.is_empty()),
             relay_ports: self.min_port..=self.max_port,
             require_live_session: self.require_live_session,
@@ -300,6 +321,8 @@ mod tests {
         assert_eq!(c.relay_ip6, None);
         let dual = parse(|t| t.relay_ip6 = " ::1 ".into()).unwrap();
         assert_eq!(dual.relay_ip6, Some(std::net::Ipv6Addr::LOCALHOST));
+        assert!(!dual.keep_client_family, "RFC 6156: IPv4 unless asked");
+        assert!(parse(|t| t.allocation_default_family = "keep".into()).unwrap().keep_client_family);
         assert_eq!(c.public_host, None);
         assert_eq!(c.relay_ports, 49152..=65535);
         assert_eq!(c.peer_policy, PeerPolicyKind::OwnRelays, "webrtc.force_relay is on by default");
@@ -334,6 +357,10 @@ mod tests {
         assert_eq!(bad_key(|t| t.relay_ip = "x".into()), "turn.relay_ip");
         assert_eq!(bad_key(|t| t.external_ip = "x".into()), "turn.external_ip");
         assert_eq!(bad_key(|t| t.relay_ip6 = "127.0.0.1".into()), "turn.relay_ip6");
+        assert_eq!(
+            bad_key(|t| t.allocation_default_family = "ipv6".into()),
+            "turn.allocation_default_family"
+        );
         assert_eq!(bad_key(|t| t.relay_ip6 = "::".into()), "turn.relay_ip6");
         assert_eq!(bad_key(|t| t.relay_ip6 = "::ffff:127.0.0.1".into()), "turn.relay_ip6");
         assert_eq!(

@@ -56,11 +56,19 @@ pub struct Dispatcher {
     pub(crate) senders: DatagramSenders,
     /// `[turn] allocation_bandwidth_bytes_per_s`.
     pub(crate) bandwidth_bytes_per_s: u64,
+    /// `[turn] allocation_default_family = "keep"`: an Allocate that names no family gets the
+    /// family the client came over (browsers never name one), when the relay has it.
+    pub(crate) keep_client_family: bool,
 }
 
 impl Dispatcher {
     pub(crate) fn counters(&self) -> &Arc<RelayCounters> {
         &self.counters
+    }
+
+    /// The family an Allocate from `link` that names none gets (see `keep_client_family`).
+    fn default_ipv6(&self, link: &ClientLink<'_>) -> bool {
+        self.keep_client_family && link.client.is_ipv6() && self.binder.serves(true)
     }
 
     pub(crate) fn has_allocation(&self, transport: Transport, client: SocketAddr) -> bool {
@@ -127,6 +135,7 @@ impl Dispatcher {
                 holds_allocation: allocation_username.is_some(),
                 allocation_username: allocation_username.as_deref(),
                 relay_families,
+                default_ipv6: self.default_ipv6(link),
                 peer_allowed: &peer_allowed,
             },
         );
@@ -255,7 +264,7 @@ impl Dispatcher {
             }
             return self.refuse(link, m, mismatch(), Some(&auth.key)).await;
         }
-        let request = match allocate_request(m) {
+        let request = match allocate_request(m, self.default_ipv6(link)) {
             Ok(request) => request,
             Err(invalid) => return self.refuse_invalid(link, m, invalid, &auth.key).await,
         };

@@ -73,6 +73,9 @@ pub struct GateContext<'a> {
     /// For an Allocate, the families the relay has addresses of; for the other requests, the
     /// families of the relayed addresses the 5-tuple's allocation holds.
     pub relay_families: AddressFamilies,
+    /// The family an Allocate without REQUESTED-ADDRESS-FAMILY gets: IPv4 (RFC 6156), or IPv6
+    /// under `[turn] allocation_default_family = "keep"` for a client that came over IPv6.
+    pub default_ipv6: bool,
     /// The peer policy (with our own relayed addresses) for one canonical peer address.
     pub peer_allowed: &'a dyn Fn(SocketAddr) -> bool,
 }
@@ -224,9 +227,11 @@ pub fn decide(m: &Message, cx: &GateContext<'_>) -> Decision {
         return refuse_signed(&auth, CODE_ALLOC_MISMATCH, "Allocation Mismatch", None);
     }
     if method == METHOD_ALLOCATE {
-        // Without REQUESTED-ADDRESS-FAMILY a client asks for IPv4 (RFC 6156 section 4.2).
+        // Without REQUESTED-ADDRESS-FAMILY a client asks for IPv4 (RFC 6156 section 4.2), or
+        // for its own family when the operator chose "keep".
         let mut family = RequestedAddressFamily::default();
-        let wants_ipv4 = family.get_from(m).map(|_| family == REQUESTED_FAMILY_IPV4).unwrap_or(true);
+        let wants_ipv4 =
+            family.get_from(m).map(|_| family == REQUESTED_FAMILY_IPV4).unwrap_or(!cx.default_ipv6);
         if !m.contains(ATTR_ADDITIONAL_ADDRESS_FAMILY) && !cx.relay_families.has(wants_ipv4) {
             return refuse_signed(
                 &auth,

@@ -286,6 +286,7 @@ pub async fn start_relay(
         binder,
         senders,
         bandwidth_bytes_per_s: turn.allocation_bandwidth_bytes_per_s,
+        keep_client_family: turn.keep_client_family,
     });
     let per_ip = ConnectionsPerIp::new(turn.max_tcp_connections_per_ip, turn.ipv6_prefix_len);
     let proxy_protocol = ProxyProtocol::from_trusted(turn.proxy_protocol_from.clone());

@@ -90,8 +90,9 @@ pub fn granted_lifetime(requested: Option<Duration>) -> Duration {
     requested.map_or(DEFAULT_LIFETIME, |r| r.min(MAX_LIFETIME).max(DEFAULT_LIFETIME))
 }
 
-/// Reads and checks an Allocate.
-pub fn allocate_request(m: &Message) -> Result<AllocateRequest, Invalid> {
+/// Reads and checks an Allocate. `default_ipv6`: the family of an Allocate that names none
+/// (see `GateContext::default_ipv6`).
+pub fn allocate_request(m: &Message, default_ipv6: bool) -> Result<AllocateRequest, Invalid> {
     let mut transport = RequestedTransport::default();
     if transport.get_from(m).is_err() {
         return Err(invalid(CODE_BAD_REQUEST, "Missing REQUESTED-TRANSPORT"));
@@ -115,6 +116,7 @@ pub fn allocate_request(m: &Message) -> Result<AllocateRequest, Invalid> {
         (None, Some(FAMILY_IPV6)) => Families::Both,
         (None, Some(_)) => return Err(invalid(CODE_BAD_REQUEST, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")),
         (Some(FAMILY_IPV6), None) => Families::Ipv6,
+        (None, None) if default_ipv6 => Families::Ipv6,
         (Some(_), None) | (None, None) => Families::Ipv4,
     };
     let even_port = match even_port {
@@ -181,7 +183,7 @@ mod tests {
     }
 
     fn allocate(attrs: Vec<Box<dyn Setter>>) -> Result<AllocateRequest, Invalid> {
-        allocate_request(&message(METHOD_ALLOCATE, attrs))
+        allocate_request(&message(METHOD_ALLOCATE, attrs), false)
     }
 
     fn code(r: Result<AllocateRequest, Invalid>) -> u16 {

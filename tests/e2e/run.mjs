@@ -81,7 +81,7 @@ for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(1));
 // on 127.0.0.1, so a client's own address as the relay sees it (127.0.0.1, what Chromium puts in
 // a relay candidate's raddr) differs from the relay's: a leak cannot pass for the relay address.
 export async function startServer({ forceRelay, authentication = false, credentialTtl = 600, relayIp = '127.0.0.1',
-  port = 0, publicHost = '', serverName = '', allowScreenShare = false, inviteOnly = false } = {}) {
+  port = 0, publicHost = '', serverName = '', allowScreenShare = false, inviteOnly = false, ipv6 = false } = {}) {
   const dir = await mkdtemp(path.join(tmpdir(), 'relaychat-e2e-'));
   const cfg = path.join(dir, 'relaychat.toml');
   await writeFile(cfg, `[server]
@@ -106,6 +106,7 @@ listen = "127.0.0.1:0"
 relay_ip = "${relayIp}"
 ${publicHost ? `public_host = "${publicHost}"` : ''}
 credential_ttl_s = ${credentialTtl}
+${ipv6 ? 'listen6 = "[::1]:0"\nrelay_ip6 = "::1"\nallocation_default_family = "keep"' : ''}
 `);
   const server = { dir, log: [], child: null, base: null, exited: null };
   // Starts the binary on the config above; restart() runs it again on the same config (and so,
@@ -546,10 +547,12 @@ async function checkReceivedAddresses(entry, relayIp) {
 
   const objBad = [];
   const added = t.added.filter((a) => a.init && a.init.candidate);
+  // Chromium writes an IPv6 RTCIceCandidate.address in brackets ("[::1]").
+  const bare = (addr) => (typeof addr === 'string' ? addr.replace(/^\[(.*)\]$/, '$1') : addr);
   for (const a of added) {
     if (a.error) objBad.push({ field: 'RTCIceCandidate (unparsable)', value: a.error });
-    if (a.address !== relayIp) objBad.push({ field: `RTCIceCandidate.address (${a.type})`, value: a.address });
-    if (a.relatedAddress !== null && !PLACEHOLDERS.has(a.relatedAddress)) objBad.push({ field: `RTCIceCandidate.relatedAddress (${a.type})`, value: a.relatedAddress });
+    if (bare(a.address) !== relayIp) objBad.push({ field: `RTCIceCandidate.address (${a.type})`, value: a.address });
+    if (a.relatedAddress !== null && !PLACEHOLDERS.has(bare(a.relatedAddress))) objBad.push({ field: `RTCIceCandidate.relatedAddress (${a.type})`, value: a.relatedAddress });
   }
   check(`${who}: every RTCIceCandidate added has address ${relayIp} and relatedAddress null/0.0.0.0/::`,
     added.length > 0 && objBad.length === 0, objBad.length ? summarize(objBad) : `${added.length} candidates`);
@@ -1352,6 +1355,61 @@ async function scenario9(browser) {
   return server;
 }
 
+// ---- scenario 11: a call over the IPv6 relay ---------------------------------------------------
+// The server listens for TURN on [::1] too and relays on ::1. Both pages are handed only the
+// turn:[::1] URLs (an init script filters the iceServers the server sends); Chromium names no
+// address family in its Allocate, so `allocation_default_family = "keep"` gives it IPv6 relayed
+// addresses. The call can only connect through them: the IPv6 listener, IPv6 allocations, the
+// relay-only rebuild of IPv6 candidates (raddr ::) and the data path, in a real browser.
+function ipv6TurnOnly() {
+  const Native = window.RTCPeerConnection;
+  const onlyV6 = (config) => {
+    if (!config || !config.iceServers) return config;
+    const iceServers = config.iceServers
+      .map((s) => ({ ...s, urls: [].concat(s.urls).filter((u) => !/^turns?:/.test(u) || /^turns?:\[/.test(u)) }))
+      .filter((s) => s.urls.length);
+    return { ...config, iceServers };
+  };
+  const Filtered = function (config, ...rest) { return new Native(onlyV6(config), ...rest); };
+  Filtered.prototype = Native.prototype;
+  Object.setPrototypeOf(Filtered, Native);
+  window.RTCPeerConnection = Filtered;
+  const setConfiguration = Native.prototype.setConfiguration;
+  Native.prototype.setConfiguration = function (config) { return setConfiguration.call(this, onlyV6(config)); };
+}
+
+async function scenario11(browser) {
+  const server = await startServer({ forceRelay: true, ipv6: true });
+  try {
+    const opts = { tap: true, initScripts: [ipv6TurnOnly] };
+    const [alice, bob] = [await openClient(browser, server, 'alice', '', opts), await openClient(browser, server, 'bob', '', opts)];
+    const all = [alice, bob];
+    const v6Urls = await waitFor(async () => {
+      const urls = await alice.page.evaluate(() => {
+        const pc = window.relaychat.pcs.get('bob');
+        return pc ? pc.getConfiguration().iceServers.flatMap((s) => [].concat(s.urls)).filter((u) => /^turns?:/.test(u)) : null;
+      });
+      return (urls && urls.length > 0 && urls.every((u) => /^turns?:\[::1\]:\d+/.test(u))) || `turn URLs: ${JSON.stringify(urls)}`;
+    }, CONNECT_WITHIN_MS);
+    check('the server hands out turn:[::1] URLs (and the pages use only those)', v6Urls.ok, v6Urls.reason);
+    let reps;
+    const conn = await waitFor(async () => connectedReason(all, (reps = await reports(all)), { relayBothEnds: true }), CONNECT_WITHIN_MS);
+    check('alice and bob connected, relay on both ends of the selected pair', conn.ok, conn.reason);
+    if (!conn.ok) return server;
+    const local = all.map((e, i) => `${e.name}: ${JSON.stringify(Object.values(reps[i].peers)[0].local)}`);
+    const v6Both = all.every((_, i) => Object.values(reps[i].peers).every((p) => p.local.address === '::1' && p.remote.address === '::1'));
+    check('both ends of every selected pair are IPv6 relayed addresses (::1)', v6Both, local.join('; '));
+    await checkMediaFlows(all);
+    for (const e of all) await checkReceivedAddresses(e, '::1');
+    const m = await server.metrics();
+    check('/metrics relaychat_turn_relayed_bytes_total > 0', m.relaychat_turn_relayed_bytes_total > 0,
+      `${m.relaychat_turn_relayed_bytes_total} bytes, ${m.relaychat_turn_allocations_active} allocations`);
+  } catch (err) {
+    check('scenario 11 ran to the end', false, err.stack || String(err));
+  }
+  return server;
+}
+
 // ---- scenario 10: invite-only ------------------------------------------------------------------
 // An invite link opened in a browser gets it in (and out of the address bar); a fresh browser
 // without it, or with the spent link, is told why at the name field; a reload of the first page
@@ -1411,6 +1469,7 @@ async function main() {
     [8, 'scenario 8: lobby, taken name, listen-only with denied permissions, call UI, awareness, axe', scenario8],
     [9, 'scenario 9: relay unreachable message; insecure origin', scenario9],
     [10, 'scenario 10: invite-only: link opened, refused without it, reload keeps the member pass', scenario10],
+    [11, 'scenario 11: a relay-only call over the IPv6 relay (turn:[::1], relay_ip6 = ::1)', scenario11],
   ];
   for (const [n, title, run] of scenarios) {
     if (!ONLY.includes(n)) continue;

@@ -60,6 +60,7 @@ impl World {
             holds_allocation: self.holds_allocation,
             allocation_username: self.allocation_username.as_deref(),
             relay_families: self.relay_families,
+            default_ipv6: false,
             peer_allowed: &peer_allowed,
         };
         decide(m, &cx)
