@@ -1,8 +1,11 @@
 //! The hub runner: one task that owns the `Hub`, feeds it events and carries out its effects.
 //!
-//! Sessions talk to it through a `HubHandle`. Outbound frames go into each connection's bounded
-//! queue with `try_send`: a reader too slow to keep up is disconnected instead of slowing anyone
-//! else down. History entries are committed to the store before the frames that follow them are
+//! Sessions talk to it through a `HubHandle`, over three inbound lanes read in priority order
+//! (`lanes`: call signaling, then connects and disconnects, then chat). Outbound frames go into
+//! one of each connection's two bounded queues with `try_send` (call frames into the small
+//! urgent one its writer drains first, the rest into the chat one): a reader too slow to keep
+//! up with either is disconnected instead of slowing anyone else down. A fan-out is one frame
+//! shared by every recipient. History entries are committed to the store before the frames that follow them are
 //! sent, so a message someone saw is a message on disk. Password hashing runs on the blocking
 //! pool, never on this task, behind the `PasswordGate` (global concurrency, per-IP pacing).
 
@@ -16,15 +19,20 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use tokio::sync::{mpsc, oneshot};
 
+use super::lanes::{self, ConnOrder, LaneReceivers, LaneSenders};
 use super::relay_only::PrivacyTally;
 use super::{ConnId, ConnectInfo, Effect, Hub, Now, Stats};
 use crate::password_gate::PasswordGate;
 use crate::presence::VoicePresence;
-use crate::protocol::{Frame, Inbound};
+use crate::protocol::{Frame, Inbound, Lane};
 use crate::store::Store;
 
-/// Frames queued per connection before it counts as a slow reader.
+/// Chat frames queued per connection before it counts as a slow reader.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 512;
+/// Call frames (`webrtc-*`) queued per connection before it counts as a slow reader. Small: the
+/// writer drains this queue before any chat frame, so it only fills when the client stops
+/// reading (a call's setup is a few dozen frames per peer, spread over seconds).
+pub const URGENT_QUEUE_FRAMES: usize = 128;
 const TICK: Duration = Duration::from_millis(250);
 /// How often the admin flags are read again from the store: `relaychat user set-admin` (another
 /// process) takes effect within this, also for someone already logged in.
@@ -32,7 +40,10 @@ const ADMIN_REFRESH: Duration = Duration::from_secs(3);
 
 /// How a session receives what the hub sends it.
 pub struct ConnLink {
+    /// Chat and everything else that is not a call.
     pub frames: mpsc::Sender<Frame>,
+    /// Call signaling: written before anything waiting in `frames`.
+    pub urgent: mpsc::Sender<Frame>,
     /// Close the socket (after the frames already queued) with this code and reason.
     pub close: oneshot::Sender<(u16, String)>,
 }
@@ -76,7 +87,7 @@ impl SharedStats {
 /// What sessions hold to reach the hub. Cheap to clone.
 #[derive(Clone)]
 pub struct HubHandle {
-    events: mpsc::Sender<HubEvent>,
+    events: LaneSenders,
     next_conn: Arc<AtomicU64>,
     pub stats: Arc<SharedStats>,
 }
@@ -86,9 +97,15 @@ impl HubHandle {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends an event; false if the hub has stopped (server shutting down).
+    /// Sends an event from inside the server (the chat lane); false if the hub has stopped.
     pub async fn send(&self, event: HubEvent) -> bool {
         self.events.send(event).await.is_ok()
+    }
+
+    /// Sends an event from a session: signaling, connects and disconnects overtake chat, never
+    /// an earlier event of the same connection (`order`). False if the hub has stopped.
+    pub async fn send_from(&self, order: &ConnOrder, event: HubEvent) -> bool {
+        self.events.send_from(order, event).await.is_ok()
     }
 
     /// Asks the hub to announce shutdown, close every socket and flush the store.
@@ -105,7 +122,7 @@ struct Runner {
     links: HashMap<ConnId, ConnLink>,
     store: Store,
     presence: Arc<VoicePresence>,
-    events: mpsc::Sender<HubEvent>,
+    events: LaneSenders,
     stats: Arc<SharedStats>,
     passwords: PasswordGate,
     /// Each connection's address, for the password gate's per-IP pacing.
@@ -129,7 +146,7 @@ pub fn spawn_with_gate(
     presence: Arc<VoicePresence>,
     passwords: PasswordGate,
 ) -> (HubHandle, tokio::task::JoinHandle<()>) {
-    let (events, receiver) = mpsc::channel(8192);
+    let (events, receiver) = lanes::channels();
     let stats = Arc::new(SharedStats::default());
     let runner = Runner {
         hub,
@@ -146,14 +163,14 @@ pub fn spawn_with_gate(
 }
 
 impl Runner {
-    async fn run(mut self, mut receiver: mpsc::Receiver<HubEvent>) {
+    async fn run(mut self, mut receiver: LaneReceivers) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut admin_refresh = tokio::time::interval(ADMIN_REFRESH);
         admin_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let effects = tokio::select! {
-                event = receiver.recv() => match event {
+                event = receiver.next() => match event {
                     Some(HubEvent::Shutdown { done }) => {
                         let effects = self.hub.shutdown(Now::current());
                         self.carry_out(effects).await;
@@ -223,22 +240,16 @@ impl Runner {
         let mut queue: VecDeque<Effect> = effects.into();
         while let Some(effect) = queue.pop_front() {
             match effect {
-                Effect::Send { to, frame } => {
-                    let Some(link) = self.links.get(&to) else { continue };
-                    match link.frames.try_send(frame) {
-                        Ok(()) => {
-                            self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                Effect::Send { to, frame, lane } => {
+                    if !self.deliver(to, frame, lane) {
+                        queue.extend(self.hub.disconnect(to, Now::current()));
+                    }
+                }
+                Effect::Broadcast { to, frame, lane } => {
+                    for conn in to {
+                        if !self.deliver(conn, frame.clone(), lane) {
+                            queue.extend(self.hub.disconnect(conn, Now::current()));
                         }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            tracing::warn!(conn = to, "outbound queue full: disconnecting a slow reader");
-                            self.stats.outbound_queue_drops.fetch_add(1, Ordering::Relaxed);
-                            if let Some(link) = self.links.remove(&to) {
-                                let _ =
-                                    link.close.send((1008, "Outbound queue full (client too slow)".into()));
-                            }
-                            queue.extend(self.hub.disconnect(to, Now::current()));
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
                 }
                 Effect::Close { conn, code, reason } => {
@@ -263,6 +274,31 @@ impl Runner {
                 Effect::VoiceJoined { turn_user } => self.presence.joined(&turn_user),
                 Effect::VoiceLeft { turn_user } => self.presence.left(&turn_user),
             }
+        }
+    }
+
+    /// Queues a frame for a connection in its lane's queue. False if that queue was full: the
+    /// reader is too slow, its socket is asked to close and the hub must forget it.
+    fn deliver(&mut self, to: ConnId, frame: Frame, lane: Lane) -> bool {
+        let Some(link) = self.links.get(&to) else { return true };
+        let queue = match lane {
+            Lane::Call => &link.urgent,
+            Lane::Chat => &link.frames,
+        };
+        match queue.try_send(frame) {
+            Ok(()) => {
+                self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(conn = to, ?lane, "outbound queue full: disconnecting a slow reader");
+                self.stats.outbound_queue_drops.fetch_add(1, Ordering::Relaxed);
+                if let Some(link) = self.links.remove(&to) {
+                    let _ = link.close.send((1008, "Outbound queue full (client too slow)".into()));
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
         }
     }
 

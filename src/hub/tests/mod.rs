@@ -114,7 +114,10 @@ impl Harness {
         self.effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Send { to, frame } if *to == conn => {
+                Effect::Send { to, frame, .. } if *to == conn => {
+                    Some(serde_json::from_str(frame.as_str()).unwrap())
+                }
+                Effect::Broadcast { to, frame, .. } if to.contains(&conn) => {
                     Some(serde_json::from_str(frame.as_str()).unwrap())
                 }
                 _ => None,
