@@ -8,6 +8,7 @@
 //! - `signaling`: offers, answers and candidates between peers, relay-only rebuilding, buffering;
 //! - `budgets`: the chat rate limit and the per-kind message budgets;
 //! - `address_privacy`: a property test that no frame ever names a client's address.
+//! - `lanes`: outbound lanes of frames, fan-outs as one effect, the runner's inbound lanes.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -25,6 +26,7 @@ mod accounts;
 mod address_privacy;
 mod budgets;
 mod commands;
+mod lanes;
 mod session;
 mod signaling;
 mod voice;
