@@ -9,7 +9,7 @@
 //! sent, so a message someone saw is a message on disk. Password hashing runs on the blocking
 //! pool, never on this task, behind the `PasswordGate` (global concurrency, per-IP pacing).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -237,16 +237,19 @@ impl Runner {
     }
 
     async fn carry_out(&mut self, effects: Vec<Effect>) {
+        let mut step_order = StepOrder::for_effects(&effects);
         let mut queue: VecDeque<Effect> = effects.into();
         while let Some(effect) = queue.pop_front() {
             match effect {
                 Effect::Send { to, frame, lane } => {
+                    let lane = step_order.lane(to, lane);
                     if !self.deliver(to, frame, lane) {
                         queue.extend(self.hub.disconnect(to, Now::current()));
                     }
                 }
                 Effect::Broadcast { to, frame, lane } => {
                     for conn in to {
+                        let lane = step_order.lane(conn, lane);
                         if !self.deliver(conn, frame.clone(), lane) {
                             queue.extend(self.hub.disconnect(conn, Now::current()));
                         }
@@ -358,6 +361,48 @@ impl Runner {
             }
             events.send(HubEvent::LoginChecked { conn, name, ok }).await.ok();
         });
+    }
+}
+
+/// Keeps the frames one hub step sends a connection in the order the hub produced them. A call
+/// frame overtakes chat frames queued by earlier steps, but not one queued by the same step just
+/// before it: "Alice was kicked by Admin." comes before that step's `webrtc-peer-left`, as in
+/// the original. Only a step that sends a call frame after a chat frame needs this (a kick, a
+/// ban); for every other step it costs one scan of the effects.
+struct StepOrder {
+    /// Connections this step sent a chat frame so far; `None` when the step needs no tracking.
+    sent_chat: Option<HashSet<ConnId>>,
+}
+
+impl StepOrder {
+    fn for_effects(effects: &[Effect]) -> Self {
+        let lane_of = |effect: &Effect| match effect {
+            Effect::Send { lane, .. } | Effect::Broadcast { lane, .. } => Some(*lane),
+            _ => None,
+        };
+        let mut chat_seen = false;
+        let mut call_after_chat = false;
+        for lane in effects.iter().filter_map(lane_of) {
+            match lane {
+                Lane::Chat => chat_seen = true,
+                Lane::Call => call_after_chat |= chat_seen,
+            }
+        }
+        Self { sent_chat: call_after_chat.then(HashSet::new) }
+    }
+
+    /// The lane a frame for `to` takes: a call frame goes behind this step's chat frame to the
+    /// same connection.
+    fn lane(&mut self, to: ConnId, lane: Lane) -> Lane {
+        let Some(sent_chat) = self.sent_chat.as_mut() else { return lane };
+        match lane {
+            Lane::Chat => {
+                sent_chat.insert(to);
+                Lane::Chat
+            }
+            Lane::Call if sent_chat.contains(&to) => Lane::Chat,
+            Lane::Call => Lane::Call,
+        }
     }
 }
 
