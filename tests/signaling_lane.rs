@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio_tungstenite::MaybeTlsStream;
@@ -37,11 +35,12 @@ ingress = { per_second = 100000.0, burst = 100000.0 }
 /// A client whose socket holds little: 4 KiB receive buffer, 536-byte segments (the server
 /// sizes its send buffer from the segment size).
 async fn small_socket_client(server: &Server, name: &str) -> Client {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-        .expect("socket");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+            .expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     socket.set_tcp_mss(536).expect("TCP_MAXSEG");
-    socket.connect(&SocketAddr::from(server.http).into()).expect("connect");
+    socket.connect(&server.http.into()).expect("connect");
     socket.set_nonblocking(true).expect("non-blocking");
     let stream = tokio::net::TcpStream::from_std(socket.into()).expect("tokio stream");
     let (ws, _) = tokio_tungstenite::client_async(server.url(Some(name)), MaybeTlsStream::Plain(stream))

@@ -197,7 +197,10 @@ impl Hub {
             .into_iter()
             .filter(|&other| other != conn && !self.has_blocked(other, &name, now))
             .collect();
-        out.broadcast(recipients, &ServerMessage::Typing { username: &name, timestamp: &iso_timestamp(now.wall) });
+        out.broadcast(
+            recipients,
+            &ServerMessage::Typing { username: &name, timestamp: &iso_timestamp(now.wall) },
+        );
     }
 
     pub(super) fn name_of(&self, conn: ConnId) -> Option<String> {
@@ -237,8 +240,11 @@ impl Hub {
         }
         self.record(out, HistoryKind::Chat, Some(&name), text, now);
         let timestamp = iso_timestamp(now.wall);
-        let recipients: Vec<ConnId> =
-            self.welcomed_connections().into_iter().filter(|&other| !self.has_blocked(other, &name, now)).collect();
+        let recipients: Vec<ConnId> = self
+            .welcomed_connections()
+            .into_iter()
+            .filter(|&other| !self.has_blocked(other, &name, now))
+            .collect();
         out.broadcast(recipients, &ServerMessage::Chat { username: &name, text, timestamp: &timestamp });
     }
 

@@ -194,7 +194,7 @@ impl LaneReceivers {
     }
 
     /// Events waiting in all lanes together (how far the hub is behind its sessions).
-    pub fn len(&self) -> usize {
+    pub fn waiting(&self) -> usize {
         self.lanes.iter().map(mpsc::Receiver::len).sum::<usize>() + self.held.iter().flatten().count()
     }
 

@@ -179,7 +179,7 @@ impl Runner {
                     }
                     Some(event) => {
                         // Events waiting behind this one: how far the hub is behind its sessions.
-                        self.stats.queue_depth.store(receiver.len(), Ordering::Relaxed);
+                        self.stats.queue_depth.store(receiver.waiting(), Ordering::Relaxed);
                         self.handle(event)
                     }
                     None => return,

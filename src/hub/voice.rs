@@ -218,7 +218,10 @@ impl Hub {
         let config = self.voice_config(conn, &turn_user, now);
         let participants = self.voice.participants();
         out.send(conn, &ServerMessage::WebrtcJoined { participants: &participants, config: &config });
-        out.broadcast(others, &ServerMessage::WebrtcPeerJoined { username: &name, media_types: &media_types });
+        out.broadcast(
+            others,
+            &ServerMessage::WebrtcPeerJoined { username: &name, media_types: &media_types },
+        );
         self.announce_voice(out, &name, true, now);
     }
 
@@ -379,7 +382,10 @@ impl Hub {
             seat.media_types = media_types.clone();
         }
         let others = self.voice.seats.iter().map(|seat| seat.conn).filter(|&other| other != conn).collect();
-        out.broadcast(others, &ServerMessage::WebrtcMediaChanged { username: name, media_types: &media_types });
+        out.broadcast(
+            others,
+            &ServerMessage::WebrtcMediaChanged { username: name, media_types: &media_types },
+        );
     }
 
     /// Pushes fresh TURN credentials to participants whose current ones near expiry.
