@@ -20,6 +20,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -392,14 +393,14 @@ impl Outbound {
     async fn next(&mut self) -> Option<Frame> {
         std::future::poll_fn(|cx| {
             let urgent = self.urgent.poll_recv(cx);
-            if let std::task::Poll::Ready(Some(frame)) = urgent {
-                return std::task::Poll::Ready(Some(frame));
+            if let Poll::Ready(Some(frame)) = urgent {
+                return Poll::Ready(Some(frame));
             }
             match self.chat.poll_recv(cx) {
-                std::task::Poll::Ready(Some(frame)) => std::task::Poll::Ready(Some(frame)),
+                Poll::Ready(Some(frame)) => Poll::Ready(Some(frame)),
                 // Both senders live in one `ConnLink`, dropped together.
-                std::task::Poll::Ready(None) if urgent.is_ready() => std::task::Poll::Ready(None),
-                _ => std::task::Poll::Pending,
+                Poll::Ready(None) if urgent.is_ready() => Poll::Ready(None),
+                _ => Poll::Pending,
             }
         })
         .await

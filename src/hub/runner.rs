@@ -127,6 +127,8 @@ struct Runner {
     passwords: PasswordGate,
     /// Each connection's address, for the password gate's per-IP pacing.
     ips: HashMap<ConnId, IpAddr>,
+    /// A call frame was queued since the runner last yielded.
+    call_frame_queued: bool,
 }
 
 /// Starts the runner task with a default password gate (one hash per core, 20 per minute
@@ -157,6 +159,7 @@ pub fn spawn_with_gate(
         stats: stats.clone(),
         passwords,
         ips: HashMap::new(),
+        call_frame_queued: false,
     };
     let task = tokio::spawn(runner.run(receiver));
     (HubHandle { events, next_conn: Arc::new(AtomicU64::new(1)), stats }, task)
@@ -195,6 +198,13 @@ impl Runner {
             self.publish_stats();
             self.carry_out(effects).await;
             self.publish_stats(); // slow readers may have been dropped meanwhile
+            if std::mem::take(&mut self.call_frame_queued) {
+                // Let the session that got it write it now. The runtime runs the task woken
+                // last first (its LIFO slot), but only until something else is woken: the next
+                // fan-out would wake a thousand sessions and send this one to the back of
+                // their queue, which under load cost tens of milliseconds.
+                tokio::task::yield_now().await;
+            }
         }
     }
 
@@ -291,6 +301,7 @@ impl Runner {
         match queue.try_send(frame) {
             Ok(()) => {
                 self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                self.call_frame_queued |= lane == Lane::Call;
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
