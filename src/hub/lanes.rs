@@ -2,17 +2,19 @@
 //! call setup never waits behind a chat flood, and a leave never waits behind chat.
 //!
 //! - `Signal`: every `webrtc-*` message from a client (call setup; each costs a send or two).
-//! - `Presence`: `Connected` and `Disconnected`. Each is announced to everyone ("X has
-//!   joined."), so a churn storm is heavy; it still goes before chat, and after signaling.
+//! - `Presence`: `Connected`, `Disconnected` and heartbeat pings. A connect or disconnect is
+//!   announced to everyone ("X has joined."), so a churn storm is heavy; it still goes before
+//!   chat, and after signaling. A ping behind a chat backlog would time the connection out, and
+//!   would hold back that connection's next `webrtc-join` (see below).
 //! - `Chat`: everything else, and every event from inside the server (login and account
 //!   answers, admin flags, shutdown).
 //!
 //! Order per connection: an event never overtakes an earlier event of its own connection.
-//! Each session counts its events still waiting in the presence and chat lanes (`ConnOrder`);
-//! while one is waiting, the session's next event takes the chat lane, behind it, whatever its
-//! kind. So a `webrtc-join` sent right after a `/login` is handled after the login, and a leave
-//! after the chat sent before it; a client that is not itself flooding (the usual caller)
-//! always gets the fast lane. Chosen over a per-connection sequence number because it needs no
+//! Each session counts its events still waiting in the presence and in the chat lane
+//! (`ConnOrder`); its next event takes its own kind's lane, or the lowest lane where one of
+//! its earlier events still waits if that is lower, behind it. So a `webrtc-join` sent right
+//! after a `/login` is handled after the login, and a leave after the chat sent before it; a
+//! client that is not itself flooding (the usual caller) always gets the fast lane. Chosen over a per-connection sequence number because it needs no
 //! reordering buffer in the runner: the runner only has to take from the highest lane that
 //! holds anything. After it learns that a lower lane has an event it looks at the higher lanes
 //! again before handling it, so an event a session put into a higher lane before one into a
@@ -31,7 +33,7 @@ use std::task::Poll;
 use tokio::sync::mpsc;
 
 use super::runner::HubEvent;
-use crate::protocol::Inbound;
+use crate::protocol::{ClientMessage, Inbound};
 
 /// Call signaling waiting for the hub.
 pub const SIGNAL_LANE_EVENTS: usize = 1024;
@@ -55,7 +57,9 @@ impl InboundLane {
             HubEvent::Message { inbound: Inbound::Message { message, .. }, .. } if message.is_webrtc() => {
                 Self::Signal
             }
-            HubEvent::Connected { .. } | HubEvent::Disconnected { .. } => Self::Presence,
+            HubEvent::Message { inbound: Inbound::Message { message: ClientMessage::Ping, .. }, .. }
+            | HubEvent::Connected { .. }
+            | HubEvent::Disconnected { .. } => Self::Presence,
             _ => Self::Chat,
         }
     }
@@ -67,31 +71,44 @@ pub struct Queued {
     _waiting: Option<Waiting>,
 }
 
-/// One event of a connection waiting in the presence or chat lane; counted down when dropped
-/// (handled, or thrown away with the channel).
-struct Waiting(Arc<AtomicUsize>);
+/// One event of a connection waiting in the presence or chat lane (the counter of that lane);
+/// counted down when dropped (handled, or thrown away with the channel).
+struct Waiting(Arc<[AtomicUsize; 2]>, usize);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0[self.1].fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// One session's events waiting in the presence and chat lanes. Held by the session task.
+/// One session's events waiting in the presence and in the chat lane. Held by the session task.
 #[derive(Debug, Default)]
 pub struct ConnOrder {
-    waiting: Arc<AtomicUsize>,
+    /// Indexed by lane - 1 (signaling needs no count: nothing can be queued ahead of it).
+    waiting: Arc<[AtomicUsize; 2]>,
 }
 
 impl ConnOrder {
-    /// Events of this connection not yet handled in the presence and chat lanes.
+    /// Events of this connection not yet handled in the presence and chat lanes together.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+        self.waiting.iter().map(|count| count.load(Ordering::Acquire)).sum()
     }
 
-    fn mark(&self) -> Waiting {
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        Waiting(self.waiting.clone())
+    /// The lane for this connection's next event of kind `wanted`: that lane, or the lowest
+    /// one where an earlier event of the connection still waits.
+    fn lane_for(&self, wanted: InboundLane) -> InboundLane {
+        let waits_in = |lane: InboundLane| self.waiting[lane as usize - 1].load(Ordering::Acquire) > 0;
+        match wanted {
+            _ if waits_in(InboundLane::Chat) => InboundLane::Chat,
+            InboundLane::Signal if waits_in(InboundLane::Presence) => InboundLane::Presence,
+            lane => lane,
+        }
+    }
+
+    fn mark(&self, lane: InboundLane) -> Option<Waiting> {
+        let index = (lane as usize).checked_sub(1)?;
+        self.waiting[index].fetch_add(1, Ordering::AcqRel);
+        Some(Waiting(self.waiting.clone(), index))
     }
 }
 
@@ -112,13 +129,10 @@ impl LaneSenders {
     }
 
     /// An event from a session: its kind's lane, unless an earlier event of the same connection
-    /// is still waiting in a lower one (then the chat lane, behind it).
+    /// is still waiting in a lower one (then that lane, behind it).
     pub async fn send_from(&self, order: &ConnOrder, event: HubEvent) -> Result<(), HubGone> {
-        let lane = match InboundLane::of(&event) {
-            _ if order.waiting() > 0 => InboundLane::Chat,
-            lane => lane,
-        };
-        let waiting = (lane != InboundLane::Signal).then(|| order.mark());
+        let lane = order.lane_for(InboundLane::of(&event));
+        let waiting = order.mark(lane);
         self.put(lane, Queued { event, _waiting: waiting }).await
     }
 
@@ -175,6 +189,21 @@ impl LaneReceivers {
                 None => self.open[index] = false,
             }
         }
+    }
+
+    /// A chat-lane event already waiting, but only when nothing waits in a higher lane (which
+    /// must go first). Lets the runner handle a run of chat events as one step.
+    pub fn try_next_chat(&mut self) -> Option<HubEvent> {
+        let higher_waiting =
+            [InboundLane::Signal, InboundLane::Presence].iter().any(|&lane| self.lane_len(lane) > 0);
+        if higher_waiting {
+            return None;
+        }
+        let chat = InboundLane::Chat as usize;
+        if let Some(queued) = self.held[chat].take() {
+            return Some(queued.event);
+        }
+        self.lanes[chat].try_recv().ok().map(|queued| queued.event)
     }
 
     fn take_highest(&mut self) -> Option<Queued> {

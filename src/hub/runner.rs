@@ -19,12 +19,12 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use tokio::sync::{mpsc, oneshot};
 
-use super::lanes::{self, ConnOrder, LaneReceivers, LaneSenders};
+use super::lanes::{self, ConnOrder, InboundLane, LaneReceivers, LaneSenders};
 use super::relay_only::PrivacyTally;
 use super::{ConnId, ConnectInfo, Effect, Hub, Now, Stats};
 use crate::password_gate::PasswordGate;
 use crate::presence::VoicePresence;
-use crate::protocol::{Frame, Inbound, Lane};
+use crate::protocol::{Frame, HistoryEntry, Inbound, Lane};
 use crate::store::Store;
 
 /// Chat frames queued per connection before it counts as a slow reader.
@@ -34,6 +34,11 @@ pub const OUTBOUND_QUEUE_FRAMES: usize = 512;
 /// reading (a call's setup is a few dozen frames per peer, spread over seconds).
 pub const URGENT_QUEUE_FRAMES: usize = 128;
 const TICK: Duration = Duration::from_millis(250);
+/// Chat-lane events already waiting that the runner handles as one step: their history entries
+/// go to the store in one commit, then their frames go out, so a session woken once finds
+/// several frames to write in one batch. Small, because a signaling event that arrives
+/// meanwhile waits for the whole step.
+const CHAT_STEP_EVENTS: usize = 16;
 /// How often the admin flags are read again from the store: `relaychat user set-admin` (another
 /// process) takes effect within this, also for someone already logged in.
 const ADMIN_REFRESH: Duration = Duration::from_secs(3);
@@ -174,16 +179,31 @@ impl Runner {
         loop {
             let effects = tokio::select! {
                 event = receiver.next() => match event {
-                    Some(HubEvent::Shutdown { done }) => {
-                        let effects = self.hub.shutdown(Now::current());
-                        self.carry_out(effects).await;
-                        let _ = done.send(());
-                        return;
-                    }
+                    Some(HubEvent::Shutdown { done }) => return self.shut_down(done).await,
                     Some(event) => {
                         // Events waiting behind this one: how far the hub is behind its sessions.
                         self.stats.queue_depth.store(receiver.waiting(), Ordering::Relaxed);
-                        self.handle(event)
+                        let chat_lane = InboundLane::of(&event) == InboundLane::Chat;
+                        let mut effects = self.handle(event);
+                        let mut shutdown = None;
+                        if chat_lane {
+                            for _ in 1..CHAT_STEP_EVENTS {
+                                match receiver.try_next_chat() {
+                                    Some(HubEvent::Shutdown { done }) => {
+                                        shutdown = Some(done);
+                                        break;
+                                    }
+                                    Some(event) => effects.extend(self.handle(event)),
+                                    None => break,
+                                }
+                            }
+                        }
+                        if let Some(done) = shutdown {
+                            self.publish_stats();
+                            self.carry_out(effects).await;
+                            return self.shut_down(done).await;
+                        }
+                        effects
                     }
                     None => return,
                 },
@@ -206,6 +226,13 @@ impl Runner {
                 tokio::task::yield_now().await;
             }
         }
+    }
+
+    /// Announces shutdown, closes every socket, and tells the caller once the store has it all.
+    async fn shut_down(&mut self, done: oneshot::Sender<()>) {
+        let effects = self.hub.shutdown(Now::current());
+        self.carry_out(effects).await;
+        let _ = done.send(());
     }
 
     fn publish_stats(&self) {
@@ -248,6 +275,18 @@ impl Runner {
 
     async fn carry_out(&mut self, effects: Vec<Effect>) {
         let mut step_order = StepOrder::for_effects(&effects);
+        // The step's history entries first, in one commit: each must be durable before the
+        // frames that follow it, and committing earlier than that is as good.
+        let (entries, effects): (Vec<Effect>, Vec<Effect>) =
+            effects.into_iter().partition(|effect| matches!(effect, Effect::Persist(_)));
+        let entries: Vec<HistoryEntry> = entries
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Persist(entry) => Some(entry),
+                _ => None,
+            })
+            .collect();
+        self.persist(entries).await;
         let mut queue: VecDeque<Effect> = effects.into();
         while let Some(effect) = queue.pop_front() {
             match effect {
@@ -270,11 +309,8 @@ impl Runner {
                         let _ = link.close.send((code, reason));
                     }
                 }
-                Effect::Persist(entry) => {
-                    if let Err(e) = self.store.append(vec![entry]).await {
-                        tracing::error!("could not persist a history entry: {e}");
-                    }
-                }
+                // Effects of a slow reader's removal, queued meanwhile.
+                Effect::Persist(entry) => self.persist(vec![entry]).await,
                 Effect::CreateAccount { conn, name, password, reserved } => {
                     self.create_account(conn, name, password, reserved)
                 }
@@ -313,6 +349,15 @@ impl Runner {
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => true,
+        }
+    }
+
+    async fn persist(&self, entries: Vec<HistoryEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.append(entries).await {
+            tracing::error!("could not persist history entries: {e}");
         }
     }
 

@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::*;
 use crate::hub::lanes::{self, ConnOrder, InboundLane, LaneReceivers, LaneSenders};
 use crate::hub::runner::{ConnLink, HubEvent};
+use crate::protocol::ClientMessage;
 
 /// The lane of every effect that sends `conn` something, by the frame's `type`.
 fn lanes_to(h: &Harness, conn: ConnId) -> Vec<(String, Lane)> {
@@ -110,6 +111,7 @@ fn describe(event: &HubEvent) -> String {
         HubEvent::Disconnected { conn } => format!("disconnected {conn}"),
         HubEvent::Message { conn, inbound } => match inbound {
             Inbound::Message { message, .. } if message.is_webrtc() => format!("webrtc {conn}"),
+            Inbound::Message { message: ClientMessage::Ping, .. } => format!("ping {conn}"),
             _ => format!("chat {conn}"),
         },
         _ => "internal".to_string(),
@@ -137,14 +139,19 @@ async fn signaling_and_presence_overtake_a_chat_flood_from_others() {
     let (flooder, caller, leaver) = (ConnOrder::default(), ConnOrder::default(), ConnOrder::default());
     send_all(&senders, &flooder, (0..100).map(|_| chat(1)).collect()).await;
     assert_eq!(flooder.waiting(), 100);
-    send_all(&senders, &leaver, vec![HubEvent::Disconnected { conn: 3 }]).await;
+    send_all(
+        &senders,
+        &leaver,
+        vec![message(3, json!({"type": "ping"})), HubEvent::Disconnected { conn: 3 }],
+    )
+    .await;
     send_all(&senders, &caller, vec![offer(2)]).await;
     assert_eq!(receivers.lane_len(InboundLane::Signal), 1);
-    assert_eq!(receivers.lane_len(InboundLane::Presence), 1);
-    assert_eq!(receivers.waiting(), 102);
+    assert_eq!(receivers.lane_len(InboundLane::Presence), 2);
+    assert_eq!(receivers.waiting(), 103);
     let taken = drain(&mut receivers);
-    assert_eq!(taken[..3], ["webrtc 2", "disconnected 3", "chat 1"]);
-    assert_eq!(taken.len(), 102);
+    assert_eq!(taken[..4], ["webrtc 2", "ping 3", "disconnected 3", "chat 1"]);
+    assert_eq!(taken.len(), 103);
     assert_eq!(flooder.waiting(), 0, "handled events are counted down");
 }
 
@@ -162,6 +169,14 @@ async fn a_connection_never_overtakes_its_own_earlier_events() {
         "only the connect, the leave queues behind the chat"
     );
     assert_eq!(drain(&mut receivers), ["connected 1", "chat 1", "webrtc 1", "disconnected 1"]);
+
+    // Behind a ping (presence lane), signaling waits in the presence lane, not behind chat.
+    let carol = ConnOrder::default();
+    send_all(&senders, &ConnOrder::default(), (0..10).map(|_| chat(9)).collect()).await;
+    send_all(&senders, &carol, vec![message(3, json!({"type": "ping"})), offer(3)]).await;
+    assert_eq!(receivers.lane_len(InboundLane::Signal), 0);
+    assert_eq!(receivers.lane_len(InboundLane::Presence), 2);
+    assert_eq!(drain(&mut receivers)[..3], ["ping 3", "webrtc 3", "chat 9"]);
 
     // Once everything earlier is handled, signaling takes its fast lane again, and a chat sent
     // after it is handled after it.
