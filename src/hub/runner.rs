@@ -1,11 +1,13 @@
 //! The hub runner: one task that owns the `Hub`, feeds it events and carries out its effects.
 //!
 //! Sessions talk to it through a `HubHandle`, over three inbound lanes read in priority order
-//! (`lanes`: call signaling, then connects and disconnects, then chat). Outbound frames go into
-//! one of each connection's two bounded queues with `try_send` (call frames into the small
-//! urgent one its writer drains first, the rest into the chat one): a reader too slow to keep
-//! up with either is disconnected instead of slowing anyone else down. A fan-out is one frame
-//! shared by every recipient. History entries are committed to the store before the frames that follow them are
+//! (`lanes`: call signaling, then connects, disconnects and pings, then chat). Outbound frames go
+//! into one of each connection's two bounded queues with `try_send` (call frames into the small
+//! urgent one its writer drains first, the rest into the chat one): a reader too slow to keep up
+//! with either is disconnected instead of slowing anyone else down. A fan-out is one frame
+//! shared by every recipient. Chat events already waiting are handled as one step (their
+//! history in one commit, then their frames), so a busy session writes several frames per
+//! wake-up. History entries are committed to the store before the frames that follow them are
 //! sent, so a message someone saw is a message on disk. Password hashing runs on the blocking
 //! pool, never on this task, behind the `PasswordGate` (global concurrency, per-IP pacing).
 
