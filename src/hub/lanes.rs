@@ -191,19 +191,14 @@ impl LaneReceivers {
         }
     }
 
-    /// A chat-lane event already waiting, but only when nothing waits in a higher lane (which
-    /// must go first). Lets the runner handle a run of chat events as one step.
-    pub fn try_next_chat(&mut self) -> Option<HubEvent> {
-        let higher_waiting =
-            [InboundLane::Signal, InboundLane::Presence].iter().any(|&lane| self.lane_len(lane) > 0);
-        if higher_waiting {
+    /// The next event already waiting, unless it is signaling (nothing is taken then): lets the
+    /// runner handle a run of presence and chat events as one step, in the order `next` would
+    /// take them, while signaling still goes first.
+    pub fn try_next_unless_signaling(&mut self) -> Option<HubEvent> {
+        if self.lane_len(InboundLane::Signal) > 0 {
             return None;
         }
-        let chat = InboundLane::Chat as usize;
-        if let Some(queued) = self.held[chat].take() {
-            return Some(queued.event);
-        }
-        self.lanes[chat].try_recv().ok().map(|queued| queued.event)
+        self.take_highest().map(|queued| queued.event)
     }
 
     fn take_highest(&mut self) -> Option<Queued> {

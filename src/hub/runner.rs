@@ -5,9 +5,9 @@
 //! into one of each connection's two bounded queues with `try_send` (call frames into the small
 //! urgent one its writer drains first, the rest into the chat one): a reader too slow to keep up
 //! with either is disconnected instead of slowing anyone else down. A fan-out is one frame
-//! shared by every recipient. Chat events already waiting are handled as one step (their
-//! history in one commit, then their frames), so a busy session writes several frames per
-//! wake-up. History entries are committed to the store before the frames that follow them are
+//! shared by every recipient. Presence and chat events already waiting are handled as one step
+//! (their history in one commit, then their frames), so a busy session writes several frames
+//! per wake-up. History entries are committed to the store before the frames that follow them are
 //! sent, so a message someone saw is a message on disk. Password hashing runs on the blocking
 //! pool, never on this task, behind the `PasswordGate` (global concurrency, per-IP pacing).
 
@@ -36,11 +36,11 @@ pub const OUTBOUND_QUEUE_FRAMES: usize = 512;
 /// reading (a call's setup is a few dozen frames per peer, spread over seconds).
 pub const URGENT_QUEUE_FRAMES: usize = 128;
 const TICK: Duration = Duration::from_millis(250);
-/// Chat-lane events already waiting that the runner handles as one step: their history entries
-/// go to the store in one commit, then their frames go out, so a session woken once finds
-/// several frames to write in one batch. Small, because a signaling event that arrives
-/// meanwhile waits for the whole step.
-const CHAT_STEP_EVENTS: usize = 16;
+/// Presence and chat events already waiting that the runner handles as one step: their history
+/// entries go to the store in one commit, then their frames go out, so a session woken once
+/// finds several frames to write in one batch (a churn storm's "has joined." notices, a busy
+/// room's chat). Small, because a signaling event that arrives meanwhile waits for the step.
+const STEP_EVENTS: usize = 16;
 /// How often the admin flags are read again from the store: `relaychat user set-admin` (another
 /// process) takes effect within this, also for someone already logged in.
 const ADMIN_REFRESH: Duration = Duration::from_secs(3);
@@ -185,12 +185,12 @@ impl Runner {
                     Some(event) => {
                         // Events waiting behind this one: how far the hub is behind its sessions.
                         self.stats.queue_depth.store(receiver.waiting(), Ordering::Relaxed);
-                        let chat_lane = InboundLane::of(&event) == InboundLane::Chat;
+                        let signaling = InboundLane::of(&event) == InboundLane::Signal;
                         let mut effects = self.handle(event);
                         let mut shutdown = None;
-                        if chat_lane {
-                            for _ in 1..CHAT_STEP_EVENTS {
-                                match receiver.try_next_chat() {
+                        if !signaling {
+                            for _ in 1..STEP_EVENTS {
+                                match receiver.try_next_unless_signaling() {
                                     Some(HubEvent::Shutdown { done }) => {
                                         shutdown = Some(done);
                                         break;

@@ -209,3 +209,18 @@ async fn a_waiting_runner_wakes_for_any_lane() {
     let (first, _receivers) = waiting.await.unwrap();
     assert_eq!(first.as_deref(), Some("webrtc 5"));
 }
+
+#[tokio::test]
+async fn a_step_takes_waiting_presence_and_chat_in_order_and_stops_at_signaling() {
+    let (senders, mut receivers) = lanes::channels();
+    send_all(&senders, &ConnOrder::default(), vec![chat(1), chat(1)]).await;
+    send_all(&senders, &ConnOrder::default(), vec![HubEvent::Disconnected { conn: 2 }]).await;
+    let step: Vec<String> =
+        std::iter::from_fn(|| receivers.try_next_unless_signaling()).map(|e| describe(&e)).collect();
+    assert_eq!(step, ["disconnected 2", "chat 1", "chat 1"]);
+
+    send_all(&senders, &ConnOrder::default(), vec![chat(1)]).await;
+    send_all(&senders, &ConnOrder::default(), vec![offer(3)]).await;
+    assert!(receivers.try_next_unless_signaling().is_none(), "signaling ends a step");
+    assert_eq!(drain(&mut receivers), ["webrtc 3", "chat 1"]);
+}
