@@ -23,6 +23,15 @@ pub const MAX_CANDIDATE_BYTES: usize = 1024;
 /// bytes: handing it to a thousand sockets copies nothing).
 pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
+/// Which of a session's two outbound queues a frame takes. Everything that sets up or keeps a
+/// call going (`webrtc-*`, credential pushes included) is `Call` and is written before any `Chat`
+/// frame already waiting, so a chat fan-out cannot delay call setup. Order holds within a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Call,
+    Chat,
+}
+
 /// One text frame from a client, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
@@ -381,6 +390,29 @@ pub enum ServerMessage<'a> {
 }
 
 impl ServerMessage<'_> {
+    /// The outbound lane: every `webrtc-*` message is call signaling.
+    pub fn lane(&self) -> Lane {
+        match self {
+            Self::WebrtcJoined { .. }
+            | Self::WebrtcPeerJoined { .. }
+            | Self::WebrtcPeerLeft { .. }
+            | Self::WebrtcOffer { .. }
+            | Self::WebrtcAnswer { .. }
+            | Self::WebrtcIceCandidate { .. }
+            | Self::WebrtcMediaChanged { .. }
+            | Self::WebrtcCredentials { .. }
+            | Self::WebrtcError { .. } => Lane::Call,
+            Self::SessionToken { .. }
+            | Self::MemberPass { .. }
+            | Self::HeartbeatConfig { .. }
+            | Self::History { .. }
+            | Self::System { .. }
+            | Self::Chat { .. }
+            | Self::Pong { .. }
+            | Self::Typing { .. } => Lane::Chat,
+        }
+    }
+
     /// Serializes once; the result is shared by every recipient.
     pub fn frame(&self) -> Frame {
         // Serializing these plain structs cannot fail (no maps with non-string keys).

@@ -113,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
             }
         };
         for effect in effects {
-            if let Effect::Send { frame, .. } = effect {
+            if let Effect::Send { frame, .. } | Effect::Broadcast { frame, .. } = effect {
                 frames.push(frame.as_str().to_string());
             }
         }

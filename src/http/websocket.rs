@@ -11,10 +11,16 @@
 //! and every write, so a client that stops reading is disconnected instead of pinning a task,
 //! a socket and its buffers. When the hub drops a session (its queue overflowed) the task ends
 //! at once, even in the middle of a write to a full socket.
+//!
+//! What the hub sends arrives in two queues: call signaling in a small urgent one, everything
+//! else in the chat one. The writer takes from the urgent queue first, and writes whatever is
+//! waiting when it wakes up as one batch: every frame fed into tungstenite's write buffer, one
+//! flush at the end, so a busy session costs a write syscall per batch instead of per frame.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,7 +42,8 @@ use warp::reply::Response;
 use super::admission::Ticket;
 use super::HttpState;
 use crate::hub::budget::{Admission, IngressBudget, MessageBudgetSettings};
-use crate::hub::runner::{ConnLink, HubEvent, HubHandle, OUTBOUND_QUEUE_FRAMES};
+use crate::hub::lanes::ConnOrder;
+use crate::hub::runner::{ConnLink, HubEvent, HubHandle, OUTBOUND_QUEUE_FRAMES, URGENT_QUEUE_FRAMES};
 use crate::hub::{ConnId, ConnectInfo};
 use crate::protocol::{parse_inbound, Frame, Inbound};
 
@@ -45,13 +52,19 @@ use crate::protocol::{parse_inbound, Frame, Inbound};
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 /// Bytes read from the socket at a time (larger messages still arrive whole).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// Outgoing messages longer than this are sent as several frames (see `send_text`).
+/// Outgoing messages longer than this are sent as several frames (see `feed_text`).
 const FRAGMENT_BYTES: usize = 4 * 1024;
+/// Bytes of a batch gathered in tungstenite's write buffer before it goes to the socket (the
+/// flush at the end of a batch writes the rest). Half a fragment: small chat frames go out
+/// together, and the buffer's capacity stays within what one fragment made it anyway.
+const WRITE_BATCH_BYTES: usize = FRAGMENT_BYTES / 2;
+/// Frames written per batch at most, so the task yields to reading its socket in between.
+const BATCH_FRAMES: usize = 64;
 
 fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BATCH_BYTES)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
 }
@@ -250,9 +263,13 @@ pub async fn run_session<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (frames, mut queued) = mpsc::channel(OUTBOUND_QUEUE_FRAMES);
+    let (frames, chat_queue) = mpsc::channel(OUTBOUND_QUEUE_FRAMES);
+    let (urgent, urgent_queue) = mpsc::channel(URGENT_QUEUE_FRAMES);
+    let mut queued = Outbound { urgent: urgent_queue, chat: chat_queue };
     let (close, mut close_requested) = oneshot::channel();
-    if !hub.send(HubEvent::Connected { conn, info, link: ConnLink { frames, close } }).await {
+    let order = ConnOrder::default();
+    let link = ConnLink { frames, urgent, close };
+    if !hub.send_from(&order, HubEvent::Connected { conn, info, link }).await {
         return;
     }
     let (mut sink, mut stream) = ws.split();
@@ -266,7 +283,7 @@ pub async fn run_session<S>(
     let close_with: Option<(u16, String)> = loop {
         tokio::select! {
             biased;
-            frame = queued.recv() => match frame {
+            frame = queued.next() => match frame {
                 Some(frame) => {
                     // Race the write against the hub dropping us: a reader that stopped
                     // draining its socket must not keep this task (and its socket) alive. A
@@ -274,7 +291,7 @@ pub async fn run_session<S>(
                     // a healthy client still gets its last frames ("You are banned.").
                     let mut closing = None;
                     let written = {
-                        let write = tokio::time::timeout(timeouts.write, send_text(&mut sink, frame));
+                        let write = tokio::time::timeout(timeouts.write, write_batch(&mut sink, frame, &mut queued));
                         let mut write = std::pin::pin!(write);
                         tokio::select! {
                             biased;
@@ -335,7 +352,7 @@ pub async fn run_session<S>(
                             // Ping/pong are answered by the WebSocket layer.
                             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                         };
-                        if !hub.send(HubEvent::Message { conn, inbound }).await {
+                        if !hub.send_from(&order, HubEvent::Message { conn, inbound }).await {
                             break Some((1001, "Server shutdown".into()));
                         }
                     }
@@ -357,23 +374,69 @@ pub async fn run_session<S>(
         .await;
     }
     drop((sink, stream)); // the socket closes here, before the hub hears of it
-    hub.send(HubEvent::Disconnected { conn }).await;
+    hub.send_from(&order, HubEvent::Disconnected { conn }).await;
 }
 
 /// How long frames queued before a close request may take to go out.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// A session's two outbound queues, as the writer sees them.
+struct Outbound {
+    /// Call signaling (`webrtc-*`): always taken first.
+    urgent: mpsc::Receiver<Frame>,
+    chat: mpsc::Receiver<Frame>,
+}
+
+impl Outbound {
+    /// The next frame to write, urgent first; `None` once the hub let go of the session and
+    /// both queues are drained. Cancel-safe.
+    async fn next(&mut self) -> Option<Frame> {
+        std::future::poll_fn(|cx| {
+            let urgent = self.urgent.poll_recv(cx);
+            if let Poll::Ready(Some(frame)) = urgent {
+                return Poll::Ready(Some(frame));
+            }
+            match self.chat.poll_recv(cx) {
+                Poll::Ready(Some(frame)) => Poll::Ready(Some(frame)),
+                // Both senders live in one `ConnLink`, dropped together.
+                Poll::Ready(None) if urgent.is_ready() => Poll::Ready(None),
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// A frame already waiting, urgent first.
+    fn try_next(&mut self) -> Option<Frame> {
+        self.urgent.try_recv().or_else(|_| self.chat.try_recv()).ok()
+    }
+}
+
+/// Writes `first` and whatever else is waiting (up to `BATCH_FRAMES`, urgent frames first at
+/// every step) with one flush at the end.
+async fn write_batch<K>(sink: &mut K, first: Frame, queued: &mut Outbound) -> Result<(), WsError>
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    feed_text(sink, first).await?;
+    for _ in 1..BATCH_FRAMES {
+        let Some(frame) = queued.try_next() else { break };
+        feed_text(sink, frame).await?;
+    }
+    sink.flush().await
+}
+
 /// Sends what was queued before a close request, within `CLOSE_GRACE` for all of it; a client
 /// that does not read by then gets nothing more (`writable` false: maybe half a frame sent).
-async fn flush_before_close<K>(sink: &mut K, queued: &mut mpsc::Receiver<Frame>, writable: &mut bool)
+async fn flush_before_close<K>(sink: &mut K, queued: &mut Outbound, writable: &mut bool)
 where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     let flushed = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Ok(frame) = queued.try_recv() {
-            send_text(sink, frame).await?;
+        while let Some(frame) = queued.try_next() {
+            feed_text(sink, frame).await?;
         }
-        Ok::<(), WsError>(())
+        sink.flush().await
     })
     .await;
     if !matches!(flushed, Ok(Ok(()))) {
@@ -381,17 +444,18 @@ where
     }
 }
 
-/// Sends one text message; long ones (the history) as fragments of at most `FRAGMENT_BYTES`
+/// Feeds one text message to the sink (written by the next flush, or earlier once
+/// `WRITE_BATCH_BYTES` have gathered); long ones (the history) as fragments of at most `FRAGMENT_BYTES`
 /// (RFC 6455 section 5.4; every client library reassembles them). tungstenite's write buffer keeps
 /// the capacity of the largest frame it ever wrote, so without this every session would carry a
 /// history-sized buffer for its whole life. Fragments are zero-copy slices of the shared frame
 /// and never split a UTF-8 sequence.
-async fn send_text<K>(sink: &mut K, text: Frame) -> Result<(), WsError>
+async fn feed_text<K>(sink: &mut K, text: Frame) -> Result<(), WsError>
 where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     if text.len() <= FRAGMENT_BYTES {
-        return sink.send(Message::Text(text)).await;
+        return sink.feed(Message::Text(text)).await;
     }
     let bytes = Bytes::from(text);
     let mut start = 0;
@@ -405,7 +469,7 @@ where
         sink.feed(Message::Frame(fragment)).await?;
         start = end;
     }
-    sink.flush().await
+    Ok(())
 }
 
 /// A clear close reason for input errors the WebSocket layer detects; `None` when the peer is

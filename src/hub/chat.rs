@@ -193,12 +193,15 @@ impl Hub {
 
     fn on_typing(&mut self, out: &mut Out, conn: ConnId, now: Now) {
         let Some(name) = self.name_of(conn) else { return };
-        let frame = ServerMessage::Typing { username: &name, timestamp: &iso_timestamp(now.wall) }.frame();
-        for other in self.welcomed_connections() {
-            if other != conn && !self.has_blocked(other, &name, now) {
-                out.send_frame(other, &frame);
-            }
-        }
+        let recipients: Vec<ConnId> = self
+            .welcomed_connections()
+            .into_iter()
+            .filter(|&other| other != conn && !self.has_blocked(other, &name, now))
+            .collect();
+        out.broadcast(
+            recipients,
+            &ServerMessage::Typing { username: &name, timestamp: &iso_timestamp(now.wall) },
+        );
     }
 
     pub(super) fn name_of(&self, conn: ConnId) -> Option<String> {
@@ -248,12 +251,12 @@ impl Hub {
         }
         self.record(out, HistoryKind::Chat, Some(&name), text, now);
         let timestamp = iso_timestamp(now.wall);
-        let frame = ServerMessage::Chat { username: &name, text, timestamp: &timestamp }.frame();
-        for other in self.welcomed_connections() {
-            if !self.has_blocked(other, &name, now) {
-                out.send_frame(other, &frame);
-            }
-        }
+        let recipients: Vec<ConnId> = self
+            .welcomed_connections()
+            .into_iter()
+            .filter(|&other| !self.has_blocked(other, &name, now))
+            .collect();
+        out.broadcast(recipients, &ServerMessage::Chat { username: &name, text, timestamp: &timestamp });
     }
 
     /// Before login only /register and /login are understood.

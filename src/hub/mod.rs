@@ -9,6 +9,7 @@
 //! - `commands`: the `/` commands.
 //! - `voice`: the WebRTC room and signaling relay.
 //! - `limits`: pure rate-limit helpers.
+//! - `lanes`: the runner's inbound lanes (signaling before connects/disconnects before chat).
 //! - `relay_only`: the privacy boundary (force_relay rebuilds everything a peer receives).
 //! - `admin`: operator requests from the admin API (list, kick, ban, mute, revoke, rotate).
 
@@ -16,6 +17,7 @@ mod admin;
 pub mod budget;
 mod chat;
 mod commands;
+pub mod lanes;
 pub mod limits;
 pub mod relay_only;
 pub mod runner;
@@ -31,7 +33,7 @@ use rand::rngs::StdRng;
 
 use crate::config::Settings;
 use crate::ice_servers::IceServerIssuer;
-use crate::protocol::{iso_timestamp, Frame, HistoryEntry, HistoryKind, Inbound, ServerMessage};
+use crate::protocol::{iso_timestamp, Frame, HistoryEntry, HistoryKind, Inbound, Lane, ServerMessage};
 
 use limits::{ConnectionLimiter, LoginLimiter, RegisterLimiter, SlidingWindow};
 use relay_only::{PrivacyTally, RelayAddresses};
@@ -67,9 +69,18 @@ impl Now {
 /// What the runner must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// Queue a frame for one connection, in its outbound `lane`.
     Send {
         to: ConnId,
         frame: Frame,
+        lane: Lane,
+    },
+    /// Queue one frame for many connections (a fan-out): serialized once, shared by all of
+    /// them, one effect however many recipients.
+    Broadcast {
+        to: Vec<ConnId>,
+        frame: Frame,
+        lane: Lane,
     },
     /// Close after the frames already queued for this connection have been written.
     Close {
@@ -209,11 +220,14 @@ pub(crate) struct Out {
 
 impl Out {
     fn send(&mut self, to: ConnId, message: &ServerMessage) {
-        self.effects.push(Effect::Send { to, frame: message.frame() });
+        self.effects.push(Effect::Send { to, frame: message.frame(), lane: message.lane() });
     }
 
-    fn send_frame(&mut self, to: ConnId, frame: &Frame) {
-        self.effects.push(Effect::Send { to, frame: frame.clone() });
+    /// One message for every connection in `to`: serialized once, one effect.
+    fn broadcast(&mut self, to: Vec<ConnId>, message: &ServerMessage) {
+        if !to.is_empty() {
+            self.effects.push(Effect::Broadcast { to, frame: message.frame(), lane: message.lane() });
+        }
     }
 
     fn system(&mut self, to: ConnId, text: &str) {
@@ -397,10 +411,7 @@ impl Hub {
             notices.last_joined = joined;
             self.announce(out, &text, now);
         } else {
-            let frame = ServerMessage::System { text: &text }.frame();
-            for conn in self.welcomed_connections() {
-                out.send_frame(conn, &frame);
-            }
+            out.broadcast(self.welcomed_connections(), &ServerMessage::System { text: &text });
         }
     }
 
@@ -425,10 +436,7 @@ impl Hub {
 
     fn announce(&mut self, out: &mut Out, text: &str, now: Now) {
         self.record(out, HistoryKind::System, None, text, now);
-        let frame = ServerMessage::System { text }.frame();
-        for conn in self.welcomed_connections() {
-            out.send_frame(conn, &frame);
-        }
+        out.broadcast(self.welcomed_connections(), &ServerMessage::System { text });
     }
 
     /// Appends to the in-memory history and asks the runner to persist it.

@@ -1,12 +1,17 @@
 //! The hub runner: one task that owns the `Hub`, feeds it events and carries out its effects.
 //!
-//! Sessions talk to it through a `HubHandle`. Outbound frames go into each connection's bounded
-//! queue with `try_send`: a reader too slow to keep up is disconnected instead of slowing anyone
-//! else down. History entries are committed to the store before the frames that follow them are
+//! Sessions talk to it through a `HubHandle`, over three inbound lanes read in priority order
+//! (`lanes`: call signaling, then connects, disconnects and pings, then chat). Outbound frames go
+//! into one of each connection's two bounded queues with `try_send` (call frames into the small
+//! urgent one its writer drains first, the rest into the chat one): a reader too slow to keep up
+//! with either is disconnected instead of slowing anyone else down. A fan-out is one frame
+//! shared by every recipient. Presence and chat events already waiting are handled as one step
+//! (their history in one commit, then their frames), so a busy session writes several frames
+//! per wake-up. History entries are committed to the store before the frames that follow them are
 //! sent, so a message someone saw is a message on disk. Password hashing runs on the blocking
 //! pool, never on this task, behind the `PasswordGate` (global concurrency, per-IP pacing).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,23 +21,36 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use tokio::sync::{mpsc, oneshot};
 
+use super::lanes::{self, ConnOrder, InboundLane, LaneReceivers, LaneSenders};
 use super::relay_only::PrivacyTally;
 use super::{AdminReply, AdminRequest, ConnId, ConnectInfo, Effect, Hub, Now, Stats};
 use crate::password_gate::PasswordGate;
 use crate::presence::VoicePresence;
-use crate::protocol::{Frame, Inbound};
+use crate::protocol::{Frame, HistoryEntry, Inbound, Lane};
 use crate::store::Store;
 
-/// Frames queued per connection before it counts as a slow reader.
+/// Chat frames queued per connection before it counts as a slow reader.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 512;
+/// Call frames (`webrtc-*`) queued per connection before it counts as a slow reader. Small: the
+/// writer drains this queue before any chat frame, so it only fills when the client stops
+/// reading (a call's setup is a few dozen frames per peer, spread over seconds).
+pub const URGENT_QUEUE_FRAMES: usize = 128;
 const TICK: Duration = Duration::from_millis(250);
+/// Presence and chat events already waiting that the runner handles as one step: their history
+/// entries go to the store in one commit, then their frames go out, so a session woken once
+/// finds several frames to write in one batch (a churn storm's "has joined." notices, a busy
+/// room's chat). Small, because a signaling event that arrives meanwhile waits for the step.
+const STEP_EVENTS: usize = 16;
 /// How often the admin flags are read again from the store: `relaychat user set-admin` (another
 /// process) takes effect within this, also for someone already logged in.
 const ADMIN_REFRESH: Duration = Duration::from_secs(3);
 
 /// How a session receives what the hub sends it.
 pub struct ConnLink {
+    /// Chat and everything else that is not a call.
     pub frames: mpsc::Sender<Frame>,
+    /// Call signaling: written before anything waiting in `frames`.
+    pub urgent: mpsc::Sender<Frame>,
     /// Close the socket (after the frames already queued) with this code and reason.
     pub close: oneshot::Sender<(u16, String)>,
 }
@@ -84,7 +102,7 @@ impl SharedStats {
 /// What sessions hold to reach the hub. Cheap to clone.
 #[derive(Clone)]
 pub struct HubHandle {
-    events: mpsc::Sender<HubEvent>,
+    events: LaneSenders,
     next_conn: Arc<AtomicU64>,
     pub stats: Arc<SharedStats>,
 }
@@ -94,7 +112,7 @@ impl HubHandle {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends an event; false if the hub has stopped (server shutting down).
+    /// Sends an event from inside the server (the chat lane); false if the hub has stopped.
     pub async fn send(&self, event: HubEvent) -> bool {
         self.events.send(event).await.is_ok()
     }
@@ -104,6 +122,12 @@ impl HubHandle {
         let (reply, answer) = oneshot::channel();
         self.events.send(HubEvent::Admin(AdminCall { request, reply })).await.ok()?;
         answer.await.ok()
+    }
+
+    /// Sends an event from a session: signaling, connects and disconnects overtake chat, never
+    /// an earlier event of the same connection (`order`). False if the hub has stopped.
+    pub async fn send_from(&self, order: &ConnOrder, event: HubEvent) -> bool {
+        self.events.send_from(order, event).await.is_ok()
     }
 
     /// Asks the hub to announce shutdown, close every socket and flush the store.
@@ -120,11 +144,13 @@ struct Runner {
     links: HashMap<ConnId, ConnLink>,
     store: Store,
     presence: Arc<VoicePresence>,
-    events: mpsc::Sender<HubEvent>,
+    events: LaneSenders,
     stats: Arc<SharedStats>,
     passwords: PasswordGate,
     /// Each connection's address, for the password gate's per-IP pacing.
     ips: HashMap<ConnId, IpAddr>,
+    /// A call frame was queued since the runner last yielded.
+    call_frame_queued: bool,
 }
 
 /// Starts the runner task with a default password gate (one hash per core, 20 per minute
@@ -144,7 +170,7 @@ pub fn spawn_with_gate(
     presence: Arc<VoicePresence>,
     passwords: PasswordGate,
 ) -> (HubHandle, tokio::task::JoinHandle<()>) {
-    let (events, receiver) = mpsc::channel(8192);
+    let (events, receiver) = lanes::channels();
     let stats = Arc::new(SharedStats::default());
     let runner = Runner {
         hub,
@@ -155,37 +181,62 @@ pub fn spawn_with_gate(
         stats: stats.clone(),
         passwords,
         ips: HashMap::new(),
+        call_frame_queued: false,
     };
     let task = tokio::spawn(runner.run(receiver));
     (HubHandle { events, next_conn: Arc::new(AtomicU64::new(1)), stats }, task)
 }
 
 impl Runner {
-    async fn run(mut self, mut receiver: mpsc::Receiver<HubEvent>) {
+    async fn run(mut self, mut receiver: LaneReceivers) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut admin_refresh = tokio::time::interval(ADMIN_REFRESH);
         admin_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let effects = tokio::select! {
-                event = receiver.recv() => match event {
-                    Some(HubEvent::Shutdown { done }) => {
-                        let effects = self.hub.shutdown(Now::current());
-                        self.carry_out(effects).await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    Some(HubEvent::Admin(AdminCall { request, reply })) => {
-                        let (effects, answer) = self.hub.admin(request, Now::current());
-                        self.publish_stats();
-                        self.carry_out(effects).await;
-                        let _ = reply.send(answer);
+                event = receiver.next() => match event {
+                    Some(HubEvent::Shutdown { done }) => return self.shut_down(done).await,
+                    Some(HubEvent::Admin(call)) => {
+                        self.answer_admin(call).await;
                         Vec::new()
                     }
                     Some(event) => {
                         // Events waiting behind this one: how far the hub is behind its sessions.
-                        self.stats.queue_depth.store(receiver.len(), Ordering::Relaxed);
-                        self.handle(event)
+                        self.stats.queue_depth.store(receiver.waiting(), Ordering::Relaxed);
+                        let signaling = InboundLane::of(&event) == InboundLane::Signal;
+                        let mut effects = self.handle(event);
+                        let mut shutdown = None;
+                        let mut admin = None;
+                        if !signaling {
+                            for _ in 1..STEP_EVENTS {
+                                match receiver.try_next_unless_signaling() {
+                                    Some(HubEvent::Shutdown { done }) => {
+                                        shutdown = Some(done);
+                                        break;
+                                    }
+                                    // An operator request answers after its own effects:
+                                    // it ends the step and runs after the step's effects.
+                                    Some(HubEvent::Admin(call)) => {
+                                        admin = Some(call);
+                                        break;
+                                    }
+                                    Some(event) => effects.extend(self.handle(event)),
+                                    None => break,
+                                }
+                            }
+                        }
+                        if shutdown.is_some() || admin.is_some() {
+                            self.publish_stats();
+                            self.carry_out(std::mem::take(&mut effects)).await;
+                        }
+                        if let Some(call) = admin {
+                            self.answer_admin(call).await;
+                        }
+                        if let Some(done) = shutdown {
+                            return self.shut_down(done).await;
+                        }
+                        effects
                     }
                     None => return,
                 },
@@ -200,7 +251,29 @@ impl Runner {
             self.publish_stats();
             self.carry_out(effects).await;
             self.publish_stats(); // slow readers may have been dropped meanwhile
+            if std::mem::take(&mut self.call_frame_queued) {
+                // Let the session that got it write it now. The runtime runs the task woken
+                // last first (its LIFO slot), but only until something else is woken: the next
+                // fan-out would wake a thousand sessions and send this one to the back of
+                // their queue, which under load cost tens of milliseconds.
+                tokio::task::yield_now().await;
+            }
         }
+    }
+
+    /// Carries out an operator request, then answers it (so the reply describes a done deed).
+    async fn answer_admin(&mut self, AdminCall { request, reply }: AdminCall) {
+        let (effects, answer) = self.hub.admin(request, Now::current());
+        self.publish_stats();
+        self.carry_out(effects).await;
+        let _ = reply.send(answer);
+    }
+
+    /// Announces shutdown, closes every socket, and tells the caller once the store has it all.
+    async fn shut_down(&mut self, done: oneshot::Sender<()>) {
+        let effects = self.hub.shutdown(Now::current());
+        self.carry_out(effects).await;
+        let _ = done.send(());
     }
 
     fn publish_stats(&self) {
@@ -242,25 +315,34 @@ impl Runner {
     }
 
     async fn carry_out(&mut self, effects: Vec<Effect>) {
+        let mut step_order = StepOrder::for_effects(&effects);
+        // The step's history entries first, in one commit: each must be durable before the
+        // frames that follow it, and committing earlier than that is as good.
+        let (entries, effects): (Vec<Effect>, Vec<Effect>) =
+            effects.into_iter().partition(|effect| matches!(effect, Effect::Persist(_)));
+        let entries: Vec<HistoryEntry> = entries
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Persist(entry) => Some(entry),
+                _ => None,
+            })
+            .collect();
+        self.persist(entries).await;
         let mut queue: VecDeque<Effect> = effects.into();
         while let Some(effect) = queue.pop_front() {
             match effect {
-                Effect::Send { to, frame } => {
-                    let Some(link) = self.links.get(&to) else { continue };
-                    match link.frames.try_send(frame) {
-                        Ok(()) => {
-                            self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                Effect::Send { to, frame, lane } => {
+                    let lane = step_order.lane(to, lane);
+                    if !self.deliver(to, frame, lane) {
+                        queue.extend(self.hub.disconnect(to, Now::current()));
+                    }
+                }
+                Effect::Broadcast { to, frame, lane } => {
+                    for conn in to {
+                        let lane = step_order.lane(conn, lane);
+                        if !self.deliver(conn, frame.clone(), lane) {
+                            queue.extend(self.hub.disconnect(conn, Now::current()));
                         }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            tracing::warn!(conn = to, "outbound queue full: disconnecting a slow reader");
-                            self.stats.outbound_queue_drops.fetch_add(1, Ordering::Relaxed);
-                            if let Some(link) = self.links.remove(&to) {
-                                let _ =
-                                    link.close.send((1008, "Outbound queue full (client too slow)".into()));
-                            }
-                            queue.extend(self.hub.disconnect(to, Now::current()));
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
                 }
                 Effect::Close { conn, code, reason } => {
@@ -268,11 +350,8 @@ impl Runner {
                         let _ = link.close.send((code, reason));
                     }
                 }
-                Effect::Persist(entry) => {
-                    if let Err(e) = self.store.append(vec![entry]).await {
-                        tracing::error!("could not persist a history entry: {e}");
-                    }
-                }
+                // Effects of a slow reader's removal, queued meanwhile.
+                Effect::Persist(entry) => self.persist(vec![entry]).await,
                 Effect::CreateAccount { conn, name, password, reserved } => {
                     self.create_account(conn, name, password, reserved)
                 }
@@ -285,6 +364,41 @@ impl Runner {
                 Effect::VoiceJoined { turn_user } => self.presence.joined(&turn_user),
                 Effect::VoiceLeft { turn_user } => self.presence.left(&turn_user),
             }
+        }
+    }
+
+    /// Queues a frame for a connection in its lane's queue. False if that queue was full: the
+    /// reader is too slow, its socket is asked to close and the hub must forget it.
+    fn deliver(&mut self, to: ConnId, frame: Frame, lane: Lane) -> bool {
+        let Some(link) = self.links.get(&to) else { return true };
+        let queue = match lane {
+            Lane::Call => &link.urgent,
+            Lane::Chat => &link.frames,
+        };
+        match queue.try_send(frame) {
+            Ok(()) => {
+                self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                self.call_frame_queued |= lane == Lane::Call;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(conn = to, ?lane, "outbound queue full: disconnecting a slow reader");
+                self.stats.outbound_queue_drops.fetch_add(1, Ordering::Relaxed);
+                if let Some(link) = self.links.remove(&to) {
+                    let _ = link.close.send((1008, "Outbound queue full (client too slow)".into()));
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
+        }
+    }
+
+    async fn persist(&self, entries: Vec<HistoryEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.append(entries).await {
+            tracing::error!("could not persist history entries: {e}");
         }
     }
 
@@ -344,6 +458,48 @@ impl Runner {
             }
             events.send(HubEvent::LoginChecked { conn, name, ok }).await.ok();
         });
+    }
+}
+
+/// Keeps the frames one hub step sends a connection in the order the hub produced them. A call
+/// frame overtakes chat frames queued by earlier steps, but not one queued by the same step just
+/// before it: "Alice was kicked by Admin." comes before that step's `webrtc-peer-left`, as in
+/// the original. Only a step that sends a call frame after a chat frame needs this (a kick, a
+/// ban); for every other step it costs one scan of the effects.
+struct StepOrder {
+    /// Connections this step sent a chat frame so far; `None` when the step needs no tracking.
+    sent_chat: Option<HashSet<ConnId>>,
+}
+
+impl StepOrder {
+    fn for_effects(effects: &[Effect]) -> Self {
+        let lane_of = |effect: &Effect| match effect {
+            Effect::Send { lane, .. } | Effect::Broadcast { lane, .. } => Some(*lane),
+            _ => None,
+        };
+        let mut chat_seen = false;
+        let mut call_after_chat = false;
+        for lane in effects.iter().filter_map(lane_of) {
+            match lane {
+                Lane::Chat => chat_seen = true,
+                Lane::Call => call_after_chat |= chat_seen,
+            }
+        }
+        Self { sent_chat: call_after_chat.then(HashSet::new) }
+    }
+
+    /// The lane a frame for `to` takes: a call frame goes behind this step's chat frame to the
+    /// same connection.
+    fn lane(&mut self, to: ConnId, lane: Lane) -> Lane {
+        let Some(sent_chat) = self.sent_chat.as_mut() else { return lane };
+        match lane {
+            Lane::Chat => {
+                sent_chat.insert(to);
+                Lane::Chat
+            }
+            Lane::Call if sent_chat.contains(&to) => Lane::Chat,
+            Lane::Call => Lane::Call,
+        }
     }
 }
 

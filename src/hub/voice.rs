@@ -240,10 +240,10 @@ impl Hub {
         let config = self.voice_config(conn, &turn_user, now);
         let participants = self.voice.participants();
         out.send(conn, &ServerMessage::WebrtcJoined { participants: &participants, config: &config });
-        let frame = ServerMessage::WebrtcPeerJoined { username: &name, media_types: &media_types }.frame();
-        for other in others {
-            out.send_frame(other, &frame);
-        }
+        out.broadcast(
+            others,
+            &ServerMessage::WebrtcPeerJoined { username: &name, media_types: &media_types },
+        );
         self.announce_voice(out, &name, true, now);
     }
 
@@ -254,10 +254,8 @@ impl Hub {
         self.voice.buffered.retain(|(from, to), _| from != name && to != name);
         self.voice.answered.retain(|(a, b)| a != name && b != name);
         out.push(Effect::VoiceLeft { turn_user: seat.turn_user });
-        let frame = ServerMessage::WebrtcPeerLeft { username: name }.frame();
-        for seat in &self.voice.seats {
-            out.send_frame(seat.conn, &frame);
-        }
+        let seated = self.voice.seats.iter().map(|seat| seat.conn).collect();
+        out.broadcast(seated, &ServerMessage::WebrtcPeerLeft { username: name });
         self.announce_voice(out, name, false, now);
         true
     }
@@ -405,12 +403,11 @@ impl Hub {
         if let Some(seat) = self.voice.seat_mut(name) {
             seat.media_types = media_types.clone();
         }
-        let frame = ServerMessage::WebrtcMediaChanged { username: name, media_types: &media_types }.frame();
-        for seat in &self.voice.seats {
-            if seat.conn != conn {
-                out.send_frame(seat.conn, &frame);
-            }
-        }
+        let others = self.voice.seats.iter().map(|seat| seat.conn).filter(|&other| other != conn).collect();
+        out.broadcast(
+            others,
+            &ServerMessage::WebrtcMediaChanged { username: name, media_types: &media_types },
+        );
     }
 
     /// Pushes fresh TURN credentials to participants whose current ones near expiry.

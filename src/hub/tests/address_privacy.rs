@@ -60,8 +60,12 @@ proptest! {
         let mut frames: Vec<String> = Vec::new();
         let mut collect = |h: &Harness| {
             for effect in &h.effects {
-                if let Effect::Send { frame, .. } = effect {
-                    frames.push(frame.as_str().to_string());
+                match effect {
+                    Effect::Send { frame, .. } => frames.push(frame.as_str().to_string()),
+                    Effect::Broadcast { to, frame, .. } => {
+                        frames.extend(to.iter().map(|_| frame.as_str().to_string()))
+                    }
+                    _ => {}
                 }
             }
         };

@@ -8,7 +8,8 @@
 //! - `signaling`: offers, answers and candidates between peers, relay-only rebuilding, buffering;
 //! - `budgets`: the chat rate limit and the per-kind message budgets;
 //! - `address_privacy`: a property test that no frame ever names a client's address;
-//! - `admin`: operator requests (list, kick, ban, mute, broadcast, TURN revocation, rotation).
+//! - `admin`: operator requests (list, kick, ban, mute, broadcast, TURN revocation, rotation);
+//! - `lanes`: outbound lanes of frames, fan-outs as one effect, the runner's inbound lanes.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -27,6 +28,7 @@ mod address_privacy;
 mod admin;
 mod budgets;
 mod commands;
+mod lanes;
 mod session;
 mod signaling;
 mod voice;
@@ -123,7 +125,10 @@ impl Harness {
         self.effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Send { to, frame } if *to == conn => {
+                Effect::Send { to, frame, .. } if *to == conn => {
+                    Some(serde_json::from_str(frame.as_str()).unwrap())
+                }
+                Effect::Broadcast { to, frame, .. } if to.contains(&conn) => {
                     Some(serde_json::from_str(frame.as_str()).unwrap())
                 }
                 _ => None,

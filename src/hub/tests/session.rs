@@ -18,7 +18,7 @@ fn open_mode_welcome_sequence_in_order() {
     assert_eq!(frames[3]["text"], "MOTD: Welcome");
     assert_eq!(frames[4]["text"], "Alice has joined.");
     assert!(
-        matches!(&h.effects[..], [.., Effect::Persist(e), Effect::Send { .. }] if e.text == "Alice has joined.")
+        matches!(&h.effects[..], [.., Effect::Persist(e), Effect::Broadcast { .. }] if e.text == "Alice has joined.")
     );
 }
 
@@ -29,7 +29,8 @@ fn chat_is_persisted_before_it_is_delivered() {
     let bob = h.connect(Some("Bob"));
     h.chat(alice, "hello");
     let persist_at = h.effects.iter().position(|e| matches!(e, Effect::Persist(_))).unwrap();
-    let first_send = h.effects.iter().position(|e| matches!(e, Effect::Send { .. })).unwrap();
+    let first_send =
+        h.effects.iter().position(|e| matches!(e, Effect::Send { .. } | Effect::Broadcast { .. })).unwrap();
     assert!(persist_at < first_send);
     assert_eq!(h.frames_to(bob)[0]["text"], "hello");
     assert_eq!(h.frames_to(alice)[0]["username"], "Alice");

@@ -1,0 +1,229 @@
+//! The hub's inbound lanes: three bounded channels the runner reads in priority order, so that
+//! call setup never waits behind a chat flood, and a leave never waits behind chat.
+//!
+//! - `Signal`: every `webrtc-*` message from a client (call setup; each costs a send or two).
+//! - `Presence`: `Connected`, `Disconnected` and heartbeat pings. A connect or disconnect is
+//!   announced to everyone ("X has joined."), so a churn storm is heavy; it still goes before
+//!   chat, and after signaling. A ping behind a chat backlog would time the connection out, and
+//!   would hold back that connection's next `webrtc-join` (see below).
+//! - `Chat`: everything else, and every event from inside the server (login and account
+//!   answers, admin flags, shutdown).
+//!
+//! Order per connection: an event never overtakes an earlier event of its own connection.
+//! Each session counts its events still waiting in the presence and in the chat lane
+//! (`ConnOrder`); its next event takes its own kind's lane, or the lowest lane where one of
+//! its earlier events still waits if that is lower, behind it. So a `webrtc-join` sent right
+//! after a `/login` is handled after the login, and a leave after the chat sent before it; a
+//! client that is not itself flooding (the usual caller) always gets the fast lane. Chosen over a per-connection sequence number because it needs no
+//! reordering buffer in the runner: the runner only has to take from the highest lane that
+//! holds anything. After it learns that a lower lane has an event it looks at the higher lanes
+//! again before handling it, so an event a session put into a higher lane before one into a
+//! lower lane is always handled first.
+//!
+//! The lanes are bounded (`*_LANE_EVENTS`): a session whose lane is full waits before reading
+//! more from its socket (and the ingress budget drops a flood before it gets here). Signaling
+//! goes first without a fairness cap: every sender of it is held to the ingress budget, and
+//! handling a signaling message costs one or two sends.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use tokio::sync::mpsc;
+
+use super::runner::HubEvent;
+use crate::protocol::{ClientMessage, Inbound};
+
+/// Call signaling waiting for the hub.
+pub const SIGNAL_LANE_EVENTS: usize = 1024;
+/// Connects and disconnects waiting for the hub.
+pub const PRESENCE_LANE_EVENTS: usize = 1024;
+/// Everything else waiting for the hub (the one queue there was before the lanes).
+pub const CHAT_LANE_EVENTS: usize = 8192;
+
+/// The lanes from the highest priority down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundLane {
+    Signal = 0,
+    Presence = 1,
+    Chat = 2,
+}
+
+impl InboundLane {
+    /// The lane an event belongs in by its kind (before the per-connection order is applied).
+    pub fn of(event: &HubEvent) -> Self {
+        match event {
+            HubEvent::Message { inbound: Inbound::Message { message, .. }, .. } if message.is_webrtc() => {
+                Self::Signal
+            }
+            HubEvent::Message { inbound: Inbound::Message { message: ClientMessage::Ping, .. }, .. }
+            | HubEvent::Connected { .. }
+            | HubEvent::Disconnected { .. } => Self::Presence,
+            _ => Self::Chat,
+        }
+    }
+}
+
+/// An event in a lane. Holds its connection's "waiting" mark until the runner is done with it.
+pub struct Queued {
+    pub event: HubEvent,
+    _waiting: Option<Waiting>,
+}
+
+/// One event of a connection waiting in the presence or chat lane (the counter of that lane);
+/// counted down when dropped (handled, or thrown away with the channel).
+struct Waiting(Arc<[AtomicUsize; 2]>, usize);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0[self.1].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One session's events waiting in the presence and in the chat lane. Held by the session task.
+#[derive(Debug, Default)]
+pub struct ConnOrder {
+    /// Indexed by lane - 1 (signaling needs no count: nothing can be queued ahead of it).
+    waiting: Arc<[AtomicUsize; 2]>,
+}
+
+impl ConnOrder {
+    /// Events of this connection not yet handled in the presence and chat lanes together.
+    pub fn waiting(&self) -> usize {
+        self.waiting.iter().map(|count| count.load(Ordering::Acquire)).sum()
+    }
+
+    /// The lane for this connection's next event of kind `wanted`: that lane, or the lowest
+    /// one where an earlier event of the connection still waits.
+    fn lane_for(&self, wanted: InboundLane) -> InboundLane {
+        let waits_in = |lane: InboundLane| self.waiting[lane as usize - 1].load(Ordering::Acquire) > 0;
+        match wanted {
+            _ if waits_in(InboundLane::Chat) => InboundLane::Chat,
+            InboundLane::Signal if waits_in(InboundLane::Presence) => InboundLane::Presence,
+            lane => lane,
+        }
+    }
+
+    fn mark(&self, lane: InboundLane) -> Option<Waiting> {
+        let index = (lane as usize).checked_sub(1)?;
+        self.waiting[index].fetch_add(1, Ordering::AcqRel);
+        Some(Waiting(self.waiting.clone(), index))
+    }
+}
+
+/// The hub stopped: nothing reads the lanes any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubGone;
+
+/// The sending side of the three lanes. Cheap to clone.
+#[derive(Clone)]
+pub struct LaneSenders {
+    lanes: [mpsc::Sender<Queued>; 3],
+}
+
+impl LaneSenders {
+    /// An event from inside the server (not from a client): the chat lane.
+    pub async fn send(&self, event: HubEvent) -> Result<(), HubGone> {
+        self.put(InboundLane::Chat, Queued { event, _waiting: None }).await
+    }
+
+    /// An event from a session: its kind's lane, unless an earlier event of the same connection
+    /// is still waiting in a lower one (then that lane, behind it).
+    pub async fn send_from(&self, order: &ConnOrder, event: HubEvent) -> Result<(), HubGone> {
+        let lane = order.lane_for(InboundLane::of(&event));
+        let waiting = order.mark(lane);
+        self.put(lane, Queued { event, _waiting: waiting }).await
+    }
+
+    async fn put(&self, lane: InboundLane, queued: Queued) -> Result<(), HubGone> {
+        self.lanes[lane as usize].send(queued).await.map_err(|_| HubGone)
+    }
+}
+
+/// The runner's side of the lanes.
+pub struct LaneReceivers {
+    lanes: [mpsc::Receiver<Queued>; 3],
+    /// An event taken off a lane while waiting, not handled yet (the oldest of its lane).
+    held: [Option<Queued>; 3],
+    open: [bool; 3],
+}
+
+/// Three empty lanes with their bounds.
+pub fn channels() -> (LaneSenders, LaneReceivers) {
+    let (signal, signal_rx) = mpsc::channel(SIGNAL_LANE_EVENTS);
+    let (presence, presence_rx) = mpsc::channel(PRESENCE_LANE_EVENTS);
+    let (chat, chat_rx) = mpsc::channel(CHAT_LANE_EVENTS);
+    (
+        LaneSenders { lanes: [signal, presence, chat] },
+        LaneReceivers { lanes: [signal_rx, presence_rx, chat_rx], held: [None, None, None], open: [true; 3] },
+    )
+}
+
+impl LaneReceivers {
+    /// The next event, always from the highest lane that holds one; `None` once every lane is
+    /// closed and empty. Cancel-safe (an event taken off a lane is held, never lost).
+    pub async fn next(&mut self) -> Option<HubEvent> {
+        loop {
+            if let Some(queued) = self.take_highest() {
+                return Some(queued.event);
+            }
+            if !self.open.iter().any(|&open| open) {
+                return None;
+            }
+            // Every lane is empty: sleep until one is not, hold that event, then look at every
+            // lane again from the top (a higher lane may have been filled meanwhile, before it).
+            let (index, received) = poll_fn(|cx| {
+                for (index, lane) in self.lanes.iter_mut().enumerate() {
+                    if self.open[index] {
+                        if let Poll::Ready(received) = lane.poll_recv(cx) {
+                            return Poll::Ready((index, received));
+                        }
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match received {
+                Some(queued) => self.held[index] = Some(queued),
+                None => self.open[index] = false,
+            }
+        }
+    }
+
+    /// The next event already waiting, unless it is signaling (nothing is taken then): lets the
+    /// runner handle a run of presence and chat events as one step, in the order `next` would
+    /// take them, while signaling still goes first.
+    pub fn try_next_unless_signaling(&mut self) -> Option<HubEvent> {
+        if self.lane_len(InboundLane::Signal) > 0 {
+            return None;
+        }
+        self.take_highest().map(|queued| queued.event)
+    }
+
+    fn take_highest(&mut self) -> Option<Queued> {
+        for index in 0..self.lanes.len() {
+            if let Some(queued) = self.held[index].take() {
+                return Some(queued);
+            }
+            if self.open[index] {
+                match self.lanes[index].try_recv() {
+                    Ok(queued) => return Some(queued),
+                    Err(mpsc::error::TryRecvError::Disconnected) => self.open[index] = false,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+        }
+        None
+    }
+
+    /// Events waiting in all lanes together (how far the hub is behind its sessions).
+    pub fn waiting(&self) -> usize {
+        self.lanes.iter().map(mpsc::Receiver::len).sum::<usize>() + self.held.iter().flatten().count()
+    }
+
+    /// Events waiting in one lane.
+    pub fn lane_len(&self, lane: InboundLane) -> usize {
+        self.lanes[lane as usize].len() + usize::from(self.held[lane as usize].is_some())
+    }
+}
