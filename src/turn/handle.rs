@@ -17,7 +17,6 @@ use crate::turn::counters::RelayCounters;
 use crate::turn::dispatch::{Dispatcher, Managers};
 use crate::turn::error::RelayError;
 use crate::turn::grants::GrantCaps;
-use crate::turn::link::SharedConn;
 use crate::turn::nonce::NonceMinter;
 use crate::turn::per_ip::ConnectionsPerIp;
 use crate::turn::policy::PeerPolicy;
@@ -197,8 +196,8 @@ pub async fn start_relay(
     let mut tasks = Vec::new();
     for socket in udp_sockets {
         let local = socket.local_addr().map_err(udp_error)?;
-        let conn: SharedConn = Arc::new(udp::ListenerConn::new(socket, local));
-        tasks.push(tokio::spawn(udp::read_loop(dispatcher.clone(), conn, shutdown_rx.clone())));
+        let listener = Arc::new(udp::ListenerConn::new(socket, local));
+        tasks.push(tokio::spawn(udp::read_loop(dispatcher.clone(), listener, shutdown_rx.clone())));
     }
     tasks.extend([
         tokio::spawn(tcp::accept_loop(

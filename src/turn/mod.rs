@@ -4,7 +4,8 @@
 //! see the test at the bottom):
 //! - start and stop: `handle` (`start_relay`, `RelayHandle`), `error`, `secret`;
 //! - listeners and their read loops: `sockets` (binding), `relay_ip` (which address to relay
-//!   on), `udp`, `tcp` (streams, idle rules), `framing` (RFC 8656 TCP framing), `per_ip` (TCP
+//!   on), `udp`, `datagram_batch` (many datagrams per system call: recvmmsg, GRO, GSO), `tcp`
+//!   (streams, idle rules), `framing` (RFC 8656 TCP framing), `per_ip` (TCP
 //!   connections per client IP), `packet` (STUN vs ChannelData);
 //! - one packet's way: `link` (where answers for a client go), `dispatch` (asks the gate,
 //!   carries the decision out, hands packets to the crate), `gate` (every admission rule, pure),
@@ -23,6 +24,7 @@ pub mod allocations;
 pub mod auth;
 pub mod counters;
 pub mod credentials;
+pub mod datagram_batch;
 pub mod dispatch;
 pub mod error;
 pub mod framing;
