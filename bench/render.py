@@ -46,6 +46,14 @@ with open(results_path, "w") as f:
     json.dump(results, f, indent=2)
     f.write("\n")
 
+# The plot of every rate-search step (loss vs offered rate), next to results.json.
+sys.path.insert(0, here)
+import rate_plot  # noqa: E402
+
+rate_svg = os.path.join(os.path.dirname(os.path.abspath(results_path)), "rate-search.svg")
+with open(rate_svg, "w") as f:
+    f.write(rate_plot.plot(results))
+
 
 # --- helpers ---------------------------------------------------------------------------------
 def get(d, *path):
@@ -245,6 +253,8 @@ w("")
 w("A step holds a per-client rate for 10 s over 50 client pairs (100 allocations); it passes when "
   "under 0.1% of the packets are lost and the generator kept its schedule. The search doubles the rate "
   "until a step fails, then bisects.")
+w("")
+w("![loss against offered packets/s, every step of both searches](bench/rate-search.svg)")
 w("")
 w("| server | payload | rate/client | offered pps | delivered pps | loss | p50 / p99 / max (us) | server CPU s | RcvbufErrors | result |")
 w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
