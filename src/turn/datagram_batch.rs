@@ -53,6 +53,17 @@ struct Span {
     len: usize,
 }
 
+/// What the kernel said about one filled slot.
+#[derive(Clone, Copy, Debug)]
+struct Received {
+    slot: usize,
+    len: usize,
+    /// The GRO segment size (0: one datagram).
+    stride: usize,
+    from: SocketAddr,
+    truncated: bool,
+}
+
 /// Reusable receive buffers: `slots` buffers of `slot_size` bytes, and what the last
 /// [`RecvBatch::recv`] put in them.
 pub struct RecvBatch {
@@ -62,6 +73,8 @@ pub struct RecvBatch {
     mode: BatchMode,
     gro: bool,
     datagrams: Vec<Span>,
+    /// What the kernel said about each slot of the last call (kept for its capacity).
+    slots_received: Vec<Received>,
     truncated: usize,
 }
 
@@ -78,6 +91,7 @@ impl RecvBatch {
             mode,
             gro: false,
             datagrams: Vec::with_capacity(slots),
+            slots_received: Vec::with_capacity(slots),
             truncated: 0,
         }
     }
@@ -135,23 +149,24 @@ impl RecvBatch {
     }
 
     fn recv_batched(&mut self, socket: &UdpSocket) -> io::Result<()> {
-        let mut received = [sys::Received::EMPTY; MAX_BATCH];
-        let count =
-            sys::recv_many(socket, &mut self.storage, self.slot_size, self.slots, self.gro, &mut received)?;
-        for (slot, r) in received[..count].iter().enumerate() {
-            self.take_slot(slot, r);
+        let mut received = std::mem::take(&mut self.slots_received);
+        let result =
+            sys::recv_many(socket, &mut self.storage, self.slot_size, self.slots, self.gro, &mut received);
+        for r in &received {
+            self.take_slot(r);
         }
-        Ok(())
+        self.slots_received = received;
+        result
     }
 
     /// Splits one slot: a GRO buffer holds `len / stride` datagrams of `stride` bytes and maybe
     /// a shorter last one.
-    fn take_slot(&mut self, slot: usize, r: &sys::Received) {
+    fn take_slot(&mut self, r: &Received) {
         if r.truncated {
             self.truncated += 1;
             return;
         }
-        let base = slot * self.slot_size;
+        let base = r.slot * self.slot_size;
         let stride = if r.stride == 0 { r.len.max(1) } else { r.stride };
         if r.len == 0 {
             self.datagrams.push(Span { from: r.from, start: base, len: 0 });
@@ -172,8 +187,7 @@ impl RecvBatch {
             let buf = &mut self.storage[slot * self.slot_size..(slot + 1) * self.slot_size];
             match recv_one(socket, buf) {
                 Ok((len, from, truncated)) => {
-                    let r = sys::Received { len, stride: 0, from, truncated };
-                    self.take_slot(slot, &r);
+                    self.take_slot(&Received { slot, len, stride: 0, from, truncated });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && slot > 0 => break,
                 Err(e) => return Err(e),
@@ -288,28 +302,9 @@ mod sys {
 
     use tokio::net::UdpSocket;
 
-    use super::MAX_BATCH;
+    use super::{Received, MAX_BATCH};
 
     pub const GSO_BUILT_IN: bool = true;
-
-    /// What the kernel said about one slot.
-    #[derive(Clone, Copy, Debug)]
-    pub struct Received {
-        pub len: usize,
-        /// The GRO segment size (0: one datagram).
-        pub stride: usize,
-        pub from: SocketAddr,
-        pub truncated: bool,
-    }
-
-    impl Received {
-        pub const EMPTY: Received = Received {
-            len: 0,
-            stride: 0,
-            from: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-            truncated: false,
-        };
-    }
 
     /// Room for one `int` control message (the GRO segment size), aligned for `cmsghdr`.
     #[derive(Clone, Copy)]
@@ -343,40 +338,45 @@ mod sys {
         }
     }
 
-    /// One non-blocking `recvmmsg` into `slots` slices of `storage`; fills `out` and returns how
-    /// many slots were used (`WouldBlock` if none).
+    /// One non-blocking `recvmmsg` into `slots` slices of `storage`; replaces `out` with what
+    /// the kernel said about each slot it filled (`WouldBlock` if none). Only the headers of the
+    /// slots asked for are written: the arrays stay uninitialized past them, so a call that
+    /// finds one datagram does not pay for clearing 64 headers.
     pub fn recv_many(
         socket: &UdpSocket,
         storage: &mut [u8],
         slot_size: usize,
         slots: usize,
         want_gro: bool,
-        out: &mut [Received; MAX_BATCH],
-    ) -> io::Result<usize> {
+        out: &mut Vec<Received>,
+    ) -> io::Result<()> {
+        out.clear();
         let slots = slots.min(MAX_BATCH).min(storage.len() / slot_size);
-        let mut names = [MaybeUninit::<libc::sockaddr_storage>::zeroed(); MAX_BATCH];
-        let mut controls = [Control([0; 32]); MAX_BATCH];
-        let mut iovecs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_BATCH];
-        // SAFETY: `mmsghdr` is plain data; all-zero is a valid (empty) value.
-        let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
+        let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; MAX_BATCH];
+        let mut controls = [const { MaybeUninit::<Control>::uninit() }; MAX_BATCH];
+        let mut iovecs = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_BATCH];
+        let mut headers = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MAX_BATCH];
         for (slot, chunk) in storage.chunks_exact_mut(slot_size).take(slots).enumerate() {
-            iovecs[slot] = libc::iovec { iov_base: chunk.as_mut_ptr().cast(), iov_len: slot_size };
-            let hdr = &mut headers[slot].msg_hdr;
+            let iov =
+                iovecs[slot].write(libc::iovec { iov_base: chunk.as_mut_ptr().cast(), iov_len: slot_size });
+            // SAFETY: `msghdr` is plain data; all-zero is a valid (empty) value.
+            let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
             hdr.msg_name = names[slot].as_mut_ptr().cast();
             hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &mut iovecs[slot];
+            hdr.msg_iov = iov;
             hdr.msg_iovlen = 1;
             if want_gro {
-                hdr.msg_control = controls[slot].0.as_mut_ptr().cast();
+                hdr.msg_control = controls[slot].as_mut_ptr().cast();
                 hdr.msg_controllen = mem::size_of::<Control>() as _;
             }
+            headers[slot].write(libc::mmsghdr { msg_hdr: hdr, msg_len: 0 });
         }
-        // SAFETY: every header points at live buffers of the lengths given, which outlive the
-        // call; the kernel writes at most those lengths.
+        // SAFETY: the first `slots` headers are initialized and point at live buffers of the
+        // lengths given, which outlive the call; the kernel writes at most those lengths.
         let count = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
-                headers.as_mut_ptr(),
+                headers.as_mut_ptr().cast::<libc::mmsghdr>(),
                 slots as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -385,22 +385,26 @@ mod sys {
         if count < 0 {
             return Err(io::Error::last_os_error());
         }
-        let count = count as usize;
-        for slot in 0..count {
-            let hdr = &headers[slot].msg_hdr;
-            // SAFETY: the kernel filled `msg_namelen` bytes of the name.
-            let from = unsafe { decode_addr(names[slot].as_ptr(), hdr.msg_namelen) }.ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address")
-            })?;
-            out[slot] = Received {
-                len: headers[slot].msg_len as usize,
+        for slot in 0..count as usize {
+            // SAFETY: headers up to `slots` were initialized above, and `count <= slots`.
+            let mmsg = unsafe { headers[slot].assume_init_ref() };
+            let hdr = &mmsg.msg_hdr;
+            // SAFETY: the kernel filled `msg_namelen` bytes of this slot's name.
+            let Some(from) = (unsafe { decode_addr(names[slot].as_ptr(), hdr.msg_namelen) }) else {
+                // Not an IP source (cannot happen on an IP socket): skipped, not an error that
+                // would drop the rest of the batch.
+                continue;
+            };
+            out.push(Received {
+                slot,
+                len: mmsg.msg_len as usize,
                 // SAFETY: the header's control buffer is the one set up above, filled by the kernel.
                 stride: if want_gro { unsafe { gro_segment_size(hdr) } } else { 0 },
                 from,
                 truncated: hdr.msg_flags & libc::MSG_TRUNC != 0,
-            };
+            });
         }
-        Ok(count)
+        Ok(())
     }
 
     /// The `UDP_GRO` control message's segment size, 0 if none.
@@ -486,30 +490,13 @@ mod sys {
     //! go one datagram at a time.
 
     use std::io;
-    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::net::SocketAddr;
 
     use tokio::net::UdpSocket;
 
-    use super::MAX_BATCH;
+    use super::Received;
 
     pub const GSO_BUILT_IN: bool = false;
-
-    #[derive(Clone, Copy, Debug)]
-    pub struct Received {
-        pub len: usize,
-        pub stride: usize,
-        pub from: SocketAddr,
-        pub truncated: bool,
-    }
-
-    impl Received {
-        pub const EMPTY: Received = Received {
-            len: 0,
-            stride: 0,
-            from: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-            truncated: false,
-        };
-    }
 
     fn unsupported() -> io::Error {
         io::Error::new(io::ErrorKind::Unsupported, "batched UDP system calls are Linux-only")
@@ -529,8 +516,8 @@ mod sys {
         _slot_size: usize,
         _slots: usize,
         _want_gro: bool,
-        _out: &mut [Received; MAX_BATCH],
-    ) -> io::Result<usize> {
+        _out: &mut Vec<Received>,
+    ) -> io::Result<()> {
         Err(unsupported())
     }
 

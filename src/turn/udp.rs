@@ -79,22 +79,12 @@ impl Conn for ListenerConn {
 pub async fn read_loop(
     dispatcher: Arc<Dispatcher>,
     listener: Arc<ListenerConn>,
-    shutdown: watch::Receiver<bool>,
-) {
-    read_loop_with(dispatcher, listener, BatchMode::Batched, shutdown).await
-}
-
-/// [`read_loop`] with the batching mode chosen (tests force the one-at-a-time fallback).
-pub async fn read_loop_with(
-    dispatcher: Arc<Dispatcher>,
-    listener: Arc<ListenerConn>,
-    mode: BatchMode,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let conn: SharedConn = listener.clone();
-    let mut batch = RecvBatch::new(LISTENER_BATCH, MAX_DATAGRAM, mode);
+    let mut batch = RecvBatch::new(LISTENER_BATCH, MAX_DATAGRAM, BatchMode::Batched);
     let gro = batch.enable_gro(&listener.socket);
-    tracing::debug!(gro, ?mode, "turn udp listener read loop");
+    tracing::debug!(gro, "turn udp listener read loop");
     loop {
         tokio::select! {
             r = batch.recv(&listener.socket) => if let Err(err) = r {
