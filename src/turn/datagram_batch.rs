@@ -1,7 +1,9 @@
 //! Many UDP datagrams per system call: [`RecvBatch`] fills up to N reusable buffers with one
 //! `recvmmsg` and splits what UDP GRO coalesced back into the datagrams the peers sent;
 //! [`BatchSender`] sends runs of equal-size datagrams to one destination with one `sendmsg`
-//! (UDP GSO). Where the kernel lacks either (not Linux, an old kernel, or
+//! (UDP GSO); [`BatchCursor`] serves a batch one datagram per call, for interfaces that take
+//! one at a time (the relay sockets' `Conn::recv_from` can adopt it in place of
+//! `recv_whole_datagram`). Where the kernel lacks either (not Linux, an old kernel, or
 //! [`BatchMode::OneAtATime`] asks for it), the same calls fall back to one datagram per call.
 //!
 //! Why not `quinn-udp` (which does the same for QUIC): it drops `MSG_TRUNC`, so a datagram cut
@@ -148,6 +150,12 @@ impl RecvBatch {
         self.truncated
     }
 
+    /// Datagram `index` of the last batch (whole ones only, in arrival order).
+    pub fn get(&self, index: usize) -> Option<Datagram<'_>> {
+        let s = self.datagrams.get(index)?;
+        Some(Datagram { from: s.from, payload: &self.storage[s.start..s.start + s.len] })
+    }
+
     fn recv_batched(&mut self, socket: &UdpSocket) -> io::Result<()> {
         let mut received = std::mem::take(&mut self.slots_received);
         let result =
@@ -194,6 +202,46 @@ impl RecvBatch {
             }
         }
         Ok(())
+    }
+}
+
+/// One datagram at a time out of a [`RecvBatch`], for callers whose interface takes one per
+/// call (the crate's `Conn::recv_from` on a relay socket): a call served from what the last
+/// system call brought costs a copy, and only an exhausted batch makes another system call.
+pub struct BatchCursor {
+    batch: RecvBatch,
+    next: usize,
+    truncated_left: usize,
+}
+
+impl BatchCursor {
+    pub fn new(batch: RecvBatch) -> Self {
+        BatchCursor { batch, next: 0, truncated_left: 0 }
+    }
+
+    /// The next datagram copied into `buf`: `Some((length, source))`, or `None` for one that
+    /// did not fit (a slot or `buf`), which the caller counts and drops, as with
+    /// `recv_whole_datagram`.
+    pub async fn recv_into(
+        &mut self,
+        socket: &UdpSocket,
+        buf: &mut [u8],
+    ) -> io::Result<Option<(usize, SocketAddr)>> {
+        loop {
+            if self.truncated_left > 0 {
+                self.truncated_left -= 1;
+                return Ok(None);
+            }
+            if let Some(d) = self.batch.get(self.next) {
+                self.next += 1;
+                let Some(dest) = buf.get_mut(..d.payload.len()) else { return Ok(None) };
+                dest.copy_from_slice(d.payload);
+                return Ok(Some((d.payload.len(), d.from)));
+            }
+            self.batch.recv(socket).await?;
+            self.next = 0;
+            self.truncated_left = self.batch.truncated();
+        }
     }
 }
 
@@ -671,6 +719,34 @@ mod tests {
         let (got, _, _) = collect(&mut batch, &rx, sizes.len()).await;
         let payloads: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
         assert_eq!(payloads, datagrams);
+    }
+
+    #[tokio::test]
+    async fn the_cursor_hands_datagrams_one_at_a_time_and_flags_oversize_ones() {
+        let (rx, tx) = pair().await;
+        let to = rx.local_addr().unwrap();
+        let sizes = [200, 1600, 1500, 10, 1400];
+        for (i, &n) in sizes.iter().enumerate() {
+            tx.send_to(&numbered(i, n), to).await.unwrap();
+        }
+        let mut cursor = BatchCursor::new(RecvBatch::new(8, 1500, BatchMode::Batched));
+        let mut buf = [0u8; 1450];
+        let mut seen = Vec::new();
+        for _ in 0..sizes.len() {
+            let got = tokio::time::timeout(Duration::from_secs(5), cursor.recv_into(&rx, &mut buf))
+                .await
+                .expect("datagrams arrive")
+                .unwrap();
+            seen.push(got.map(|(n, from)| {
+                assert_eq!(from, tx.local_addr().unwrap());
+                buf[..n].to_vec()
+            }));
+        }
+        // 1600 exceeds the slot and 1500 the caller's buffer: both reported as `None`. The
+        // slot's are counted first (the kernel already dropped them), the rest in order.
+        assert_eq!(seen.iter().filter(|d| d.is_none()).count(), 2);
+        let whole: Vec<Vec<u8>> = seen.into_iter().flatten().collect();
+        assert_eq!(whole, vec![numbered(0, 200), numbered(3, 10), numbered(4, 1400)]);
     }
 
     #[test]
