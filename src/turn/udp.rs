@@ -23,7 +23,9 @@ const LISTENER_BATCH: usize = 32;
 /// The UDP listener as the crate's `Conn`. The crate asks for `local_addr()` on every packet
 /// (to build the 5-tuple); tokio's socket answers with a getsockname system call each time, so
 /// the address is kept here. `close()` does nothing: the crate calls it when an allocation ends,
-/// and the listener serves every other client.
+/// and the listener serves every other client. The crate only sends through it: [`read_loop`]
+/// is the socket's one reader (it turns UDP GRO on, which only a batch's 64 KiB buffers can
+/// take apart).
 pub struct ListenerConn {
     socket: UdpSocket,
     local: SocketAddr,
