@@ -46,6 +46,14 @@ with open(results_path, "w") as f:
     json.dump(results, f, indent=2)
     f.write("\n")
 
+# The plot of every rate-search step (loss vs offered rate), next to results.json.
+sys.path.insert(0, here)
+import rate_plot  # noqa: E402
+
+rate_svg = os.path.join(os.path.dirname(os.path.abspath(results_path)), "rate-search.svg")
+with open(rate_svg, "w") as f:
+    f.write(rate_plot.plot(results))
+
 
 # --- helpers ---------------------------------------------------------------------------------
 def get(d, *path):
@@ -107,6 +115,16 @@ def total_rcvbuf(name, key):
     return sum(get(s, "udp", "rcvbuf_errors") or 0 for s in r.get("steps", []))
 
 
+def total_own_drops(name, key):
+    """Drops at the server's own UDP sockets over all steps (None for results from before the
+    bench read them)."""
+    steps = (srv(name, key) or {}).get("steps") or []
+    own = [s.get("server_socket_drops") for s in steps]
+    if not own or any(v is None for v in own):
+        return None
+    return sum(own)
+
+
 rc, co = "relaychat", "coturn"
 m0 = results["machine"]["start"] or {}
 m1 = results["machine"]["end"] or {}
@@ -164,6 +182,8 @@ for key, label in (("max_rate_100", "100-byte rate search"), ("max_rate_1200", "
                    ("audio_100x50", "audio-like load")):
     a, b = total_rcvbuf(rc, key), total_rcvbuf(co, key)
     w(f"| kernel `RcvbufErrors` during the {label} (host-wide, all steps) | {fmt(a)} | {fmt(b)} | | lower |")
+    a, b = total_own_drops(rc, key), total_own_drops(co, key)
+    w(f"| ... UDP drops at the server's own sockets (listener + relay sockets; the rest is the generator and the host) | {fmt(a)} | {fmt(b)} | | lower |")
 ua, ub = srv(rc, "turnutils_uclient"), srv(co, "turnutils_uclient")
 w(f"| `turnutils_uclient -y -m 200 -n 1000 -l 200 -z 1 -c` loss | {fmt(get(ua, 'lost'))} "
   f"({fmt(get(ua, 'lost_pct'), 3, '%')}) | {fmt(get(ub, 'lost'))} ({fmt(get(ub, 'lost_pct'), 3, '%')}) | | lower |")
@@ -246,7 +266,9 @@ w("A step holds a per-client rate for 10 s over 50 client pairs (100 allocations
   "under 0.1% of the packets are lost and the generator kept its schedule. The search doubles the rate "
   "until a step fails, then bisects.")
 w("")
-w("| server | payload | rate/client | offered pps | delivered pps | loss | p50 / p99 / max (us) | server CPU s | RcvbufErrors | result |")
+w("![loss against offered packets/s, every step of both searches](bench/rate-search.svg)")
+w("")
+w("| server | payload | rate/client | offered pps | delivered pps | loss | p50 / p99 / max (us) | server CPU s | RcvbufErrors (host) / at the server's sockets | result |")
 w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for s in servers:
     for size in (100, 1200):
@@ -255,7 +277,7 @@ for s in servers:
             w(f"| {s} | {size} | {fmt(st.get('rate_per_client'))} | {fmt(st.get('offered_pps'))} | "
               f"{fmt(st.get('delivered_pps'))} | {fmt(st.get('loss_ratio', 0) * 100, 3, '%')} | "
               f"{fmt(lat.get('p50_us'))} / {fmt(lat.get('p99_us'))} / {fmt(lat.get('max_us'))} | "
-              f"{fmt(st.get('server_cpu_s'), 2)} | {fmt(get(st, 'udp', 'rcvbuf_errors'))} | "
+              f"{fmt(st.get('server_cpu_s'), 2)} | {fmt(get(st, 'udp', 'rcvbuf_errors'))} / {fmt(st.get('server_socket_drops'))} | "
               f"{'pass' if st.get('passed') else 'fail: ' + str(st.get('failed_on'))} |")
 w("")
 

@@ -263,9 +263,12 @@ pub async fn start_relay(
     for socket in udp_sockets.into_iter().chain(udp6_sockets) {
         let local = socket.local_addr().map_err(udp_error)?;
         let sender = duplicate(&socket).map_err(udp_error)?;
-        let conn: SharedConn = Arc::new(udp::ListenerConn::new(socket, local));
+        let listener = Arc::new(udp::ListenerConn::new(socket, local));
+        // The read loop answers through this same allocation (as a `SharedConn`): the
+        // senders find the duplicate handle by its address.
+        let conn: SharedConn = listener.clone();
         senders.add(&conn, Arc::new(sender));
-        listener_conns.push(conn);
+        listener_conns.push(listener);
     }
 
     let dispatcher = Arc::new(Dispatcher {
@@ -298,8 +301,8 @@ pub async fn start_relay(
     });
 
     let mut tasks = Vec::new();
-    for conn in listener_conns {
-        tasks.push(tokio::spawn(udp::read_loop(dispatcher.clone(), conn, shutdown_rx.clone())));
+    for listener in listener_conns {
+        tasks.push(tokio::spawn(udp::read_loop(dispatcher.clone(), listener, shutdown_rx.clone())));
     }
     for listener in std::iter::once(tcp_listener).chain(tcp6_listener) {
         tasks.push(tokio::spawn(tcp::accept_loop(

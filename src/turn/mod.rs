@@ -5,7 +5,8 @@
 //! see the test at the bottom):
 //! - start and stop: `handle` (`start_relay`, `RelayHandle`), `error`, `secret`;
 //! - listeners and their read loops: `sockets` (binding), `relay_ip` (which address to relay
-//!   on), `udp`, `tcp` (streams, idle rules), `framing` (RFC 8656 TCP framing), `per_ip` (TCP
+//!   on), `udp`, `datagram_batch` (many datagrams per system call: recvmmsg, GRO, GSO), `tcp`
+//!   (streams, idle rules), `framing` (RFC 8656 TCP framing), `per_ip` (TCP
 //!   connections per client IP), `packet` (STUN vs ChannelData), `transport` (which listener);
 //! - one packet from a client: `link` (where a client's answers and relayed data go),
 //!   `dispatch` (asks the gate, carries the decision out, relays ChannelData and Send),
@@ -31,6 +32,7 @@ pub mod bandwidth;
 pub mod channel_data;
 pub mod counters;
 pub mod credentials;
+pub mod datagram_batch;
 pub mod dispatch;
 pub mod error;
 pub mod framing;

@@ -1,4 +1,5 @@
-//! TURN over UDP: the listener socket as the crate's `Conn`, and one read loop per socket.
+//! TURN over UDP: the listener socket as the crate's `Conn`, and one read loop per socket that
+//! takes every queued datagram in one system call (`datagram_batch`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,16 +9,23 @@ use tokio::sync::watch;
 use webrtc_util::Conn;
 
 use crate::turn::allocations::Transport;
+use crate::turn::datagram_batch::{BatchMode, RecvBatch};
 use crate::turn::dispatch::Dispatcher;
 use crate::turn::link::{ClientLink, SharedConn};
 
-/// Largest datagram the listener accepts (a STUN message or ChannelData may exceed the MTU).
-const MAX_DATAGRAM: usize = 65_536;
+/// Largest datagram the listener accepts (a STUN message or ChannelData may exceed the MTU);
+/// also what a UDP GRO buffer needs, so the listener can take coalesced datagrams.
+const MAX_DATAGRAM: usize = crate::turn::datagram_batch::GRO_SLOT_SIZE;
+/// Datagrams taken per wake-up. At 32 a loaded shard empties its queue in 1/32 of the system
+/// calls; the buffers (2 MiB per shard) are only touched as far as datagrams fill them.
+const LISTENER_BATCH: usize = 32;
 
 /// The UDP listener as the crate's `Conn`. The crate asks for `local_addr()` on every packet
 /// (to build the 5-tuple); tokio's socket answers with a getsockname system call each time, so
 /// the address is kept here. `close()` does nothing: the crate calls it when an allocation ends,
-/// and the listener serves every other client.
+/// and the listener serves every other client. The crate only sends through it: [`read_loop`]
+/// is the socket's one reader (it turns UDP GRO on, which only a batch's 64 KiB buffers can
+/// take apart).
 pub struct ListenerConn {
     socket: UdpSocket,
     local: SocketAddr,
@@ -68,22 +76,28 @@ impl Conn for ListenerConn {
     }
 }
 
-/// Reads datagrams until shutdown; each one is dispatched before the next is read (so one
-/// client's requests are handled in order: the kernel keeps a client on one socket).
-pub async fn read_loop(dispatcher: Arc<Dispatcher>, conn: SharedConn, mut shutdown: watch::Receiver<bool>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+/// Reads datagrams until shutdown, a batch per wake-up; each one is dispatched before the next
+/// (so one client's requests are handled in order: the kernel keeps a client on one socket).
+pub async fn read_loop(
+    dispatcher: Arc<Dispatcher>,
+    listener: Arc<ListenerConn>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let conn: SharedConn = listener.clone();
+    let mut batch = RecvBatch::new(LISTENER_BATCH, MAX_DATAGRAM, BatchMode::Batched);
+    let gro = batch.enable_gro(&listener.socket);
+    tracing::debug!(gro, "turn udp listener read loop");
     loop {
-        let (n, from) = tokio::select! {
-            r = conn.recv_from(&mut buf) => match r {
-                Ok(v) => v,
-                Err(err) => {
-                    tracing::debug!(%err, "turn udp listener receive error");
-                    continue;
-                }
+        tokio::select! {
+            r = batch.recv(&listener.socket) => if let Err(err) = r {
+                tracing::debug!(%err, "turn udp listener receive error");
+                continue;
             },
             _ = shutdown.changed() => break,
-        };
-        let link = ClientLink { transport: Transport::Udp, client: from, conn: &conn };
-        dispatcher.dispatch(&link, &buf[..n]).await;
+        }
+        for datagram in batch.datagrams() {
+            let link = ClientLink { transport: Transport::Udp, client: datagram.from, conn: &conn };
+            dispatcher.dispatch(&link, datagram.payload).await;
+        }
     }
 }

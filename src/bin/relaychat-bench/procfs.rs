@@ -1,6 +1,7 @@
 //! Readings from /proc: a server's CPU time and resident memory, and the kernel's UDP counters
 //! (`RcvbufErrors` is the number of datagrams dropped because a socket's receive buffer was full;
-//! it is host-wide, so it counts the load generator's sockets as well as the server's).
+//! it is host-wide, so it counts the load generator's sockets, and anything else running on the
+//! machine, as well as the server's), and the drops at the server's own UDP sockets alone.
 
 use serde::Serialize;
 
@@ -66,12 +67,39 @@ impl UdpCounters {
     }
 }
 
+/// Datagrams dropped so far at the UDP sockets `pid` holds (listener and relay sockets): the
+/// `drops` column of /proc/<pid>/net/udp{,6} for the socket inodes among its descriptors.
+/// Unlike `RcvbufErrors` this leaves out the load generator and everything else on the host.
+pub fn socket_drops(pid: u32) -> Option<u64> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut drops = 0;
+    for table in ["udp", "udp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            if f.len() >= 13 && inodes.contains(f[9]) {
+                drops += f[f.len() - 1].parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Some(drops)
+}
+
 /// A point-in-time reading of the server process and the host UDP counters.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Snapshot {
     pub cpu_s: Option<f64>,
     pub rss_kib: Option<u64>,
     pub udp: UdpCounters,
+    pub server_socket_drops: Option<u64>,
 }
 
 impl Snapshot {
@@ -80,6 +108,7 @@ impl Snapshot {
             cpu_s: pid.and_then(cpu_seconds),
             rss_kib: pid.and_then(rss_kib),
             udp: UdpCounters::read().unwrap_or_default(),
+            server_socket_drops: pid.and_then(socket_drops),
         }
     }
 }
@@ -94,5 +123,20 @@ mod tests {
         assert!(rss_kib(pid).unwrap() > 0);
         assert!(cpu_seconds(pid).is_some());
         assert!(UdpCounters::read().is_some());
+    }
+
+    #[test]
+    fn counts_drops_at_own_sockets_only() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&rx).set_recv_buffer_size(1).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let pid = std::process::id();
+        let before = socket_drops(pid).unwrap();
+        // The smallest receive buffer holds a datagram or two; the rest are dropped at `rx`.
+        for _ in 0..50 {
+            tx.send_to(&[0u8; 1000], rx.local_addr().unwrap()).unwrap();
+        }
+        let after = socket_drops(pid).unwrap();
+        assert!(after - before >= 40, "drops seen at our socket: {}", after - before);
     }
 }

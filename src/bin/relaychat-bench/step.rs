@@ -40,6 +40,9 @@ pub struct StepReport {
     pub generator_cpu_s: Option<f64>,
     pub server_rss_kib: Option<u64>,
     pub udp: UdpCounters,
+    /// Datagrams dropped at the server's own UDP sockets during the step (listener and relay
+    /// sockets; `None` without --server-pid).
+    pub server_socket_drops: Option<u64>,
 }
 
 fn judge(cfg: &StepConfig, c: &LoadCounts) -> (f64, Option<String>) {
@@ -97,6 +100,10 @@ pub async fn measure(cfg: &StepConfig, flows: &[Flow], rate: f64) -> StepReport 
         generator_cpu_s: gen_before.zip(gen_after).map(|(b, x)| x - b),
         server_rss_kib: after.rss_kib,
         udp: after.udp.since(&before.udp),
+        server_socket_drops: before
+            .server_socket_drops
+            .zip(after.server_socket_drops)
+            .map(|(b, a)| a.saturating_sub(b)),
         counts: c,
     };
     print_step(&cfg.label, &report);
