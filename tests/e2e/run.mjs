@@ -38,7 +38,7 @@ const BIN = path.resolve(process.env.RELAYCHAT_BIN || path.join(ROOT, 'target/re
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const OUT_DIR = path.join(ROOT, 'target/e2e');
 const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number)
-  : [1, 2, 3, 4, 5, 7, 8, 9, 10, ...(process.env.E2E_FIREFOX === '1' ? [6] : [])];
+  : [1, 2, 3, 4, 5, 7, 8, 9, 10, 11, ...(process.env.E2E_FIREFOX === '1' ? [6] : [])];
 
 const CONNECT_WITHIN_MS = 30_000;
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
