@@ -110,7 +110,7 @@ impl AdminSettings {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Settings;
+    use crate::config::Settings;
 
     #[test]
     fn the_admin_api_is_loopback_or_token_protected() {

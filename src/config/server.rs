@@ -92,7 +92,7 @@ pub(super) fn proxy_protocol_nets(
 
 #[cfg(test)]
 mod tests {
-    use super::super::Settings;
+    use crate::config::Settings;
 
     #[test]
     fn the_http_listeners_proxy_protocol_needs_its_balancers() {
