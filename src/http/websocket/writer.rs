@@ -20,7 +20,7 @@ use super::CLOSE_GRACE;
 use crate::protocol::Frame;
 
 /// Outgoing messages longer than this are sent as several frames (see `feed_text`).
-pub(super) const FRAGMENT_BYTES: usize = 4 * 1024;
+const FRAGMENT_BYTES: usize = 4 * 1024;
 /// Bytes of a batch gathered in tungstenite's write buffer before it goes to the socket (the
 /// flush at the end of a batch writes the rest). Half a fragment: small chat frames go out
 /// together, and the buffer's capacity stays within what one fragment made it anyway.
