@@ -233,28 +233,3 @@ impl RelayBinder {
         Err(io::Error::new(io::ErrorKind::AddrInUse, "no free relay port in turn.min_port..=turn.max_port"))
     }
 }
-
-/// Receives one datagram into `buf`; `None` if it did not fit (the kernel cut it: `MSG_TRUNC`).
-pub async fn recv_whole_datagram(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-) -> io::Result<Option<(usize, SocketAddr)>> {
-    loop {
-        socket.readable().await?;
-        let received = socket.try_io(tokio::io::Interest::READABLE, || {
-            // SAFETY: `buf` is initialized memory; viewing it as `MaybeUninit<u8>` only lets
-            // `recvmsg` write bytes into it, which keeps it initialized.
-            let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-            let mut slices = [socket2::MaybeUninitSlice::new(uninit)];
-            socket2::SockRef::from(socket).recv_from_vectored(&mut slices)
-        });
-        match received {
-            Ok((n, flags, from)) => {
-                let Some(from) = from.as_socket() else { continue };
-                return Ok((!flags.is_truncated()).then_some((n, from)));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
