@@ -84,7 +84,7 @@ pub async fn read_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let conn: SharedConn = listener.clone();
-    let mut batch = RecvBatch::new(LISTENER_BATCH, MAX_DATAGRAM, BatchMode::Batched);
+    let mut batch = RecvBatch::new(LISTENER_BATCH, MAX_DATAGRAM, BatchMode::configured());
     let gro = batch.enable_gro(&listener.socket);
     tracing::debug!(gro, "turn udp listener read loop");
     loop {

@@ -59,7 +59,8 @@ pub fn enable_gro(socket: &UdpSocket) -> io::Result<()> {
 }
 
 /// One non-blocking `recvmmsg` into the receive areas of the first `slots` slots of `storage`;
-/// replaces `out` with what the kernel said about each slot it filled (`WouldBlock` if none).
+/// replaces `out` with what the kernel said about each slot it filled and returns how many it
+/// filled (`WouldBlock` if none).
 /// Only the headers of the slots asked for are written: the arrays stay uninitialized past
 /// them, so a call that finds one datagram does not pay for clearing 64 headers.
 pub fn recv_many(
@@ -69,7 +70,7 @@ pub fn recv_many(
     slots: usize,
     want_gro: bool,
     out: &mut Vec<Received>,
-) -> io::Result<()> {
+) -> io::Result<usize> {
     out.clear();
     let slots = slots.min(MAX_BATCH).min(storage.len() / layout.stride.max(1));
     let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; MAX_BATCH];
@@ -128,7 +129,7 @@ pub fn recv_many(
             truncated: hdr.msg_flags & libc::MSG_TRUNC != 0,
         });
     }
-    Ok(())
+    Ok(count as usize)
 }
 
 /// The `UDP_GRO` control message's segment size, 0 if none.

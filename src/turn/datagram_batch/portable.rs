@@ -37,7 +37,7 @@ pub fn recv_many(
     _slots: usize,
     _want_gro: bool,
     _out: &mut Vec<Received>,
-) -> io::Result<()> {
+) -> io::Result<usize> {
     Err(unsupported())
 }
 

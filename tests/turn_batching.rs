@@ -1,0 +1,158 @@
+//! Peer -> client through the relay's batched data path (recvmmsg on the relay socket, headers
+//! framed in place, UDP GSO / sendmmsg towards the client): bursts of datagrams of mixed sizes
+//! from several peers, some over channels and some as Data indications, must reach the client
+//! complete, in order, each framed for the peer it came from. Run it with
+//! `RELAYCHAT_TURN_BATCHING=off` too, for the one-datagram-per-call path.
+
+mod turn_support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use relaychat::turn::RelayCounters;
+use stun::message::{Getter, Message, MessageType, CLASS_INDICATION, METHOD_DATA};
+use tokio::net::UdpSocket;
+use turn::proto::data::Data;
+use turn::proto::peeraddr::PeerAddress;
+use turn_support::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// What the client received, decoded: the channel (or the Data indication's peer) and payload.
+#[derive(Debug, PartialEq, Eq)]
+enum Relayed {
+    Channel(u16, Vec<u8>),
+    Indication(SocketAddr, Vec<u8>),
+}
+
+fn decode(raw: Vec<u8>) -> Relayed {
+    if raw.first().is_some_and(|b| b >> 6 == 1) {
+        assert!(raw.len() >= 4, "a ChannelData header");
+        let number = u16::from_be_bytes([raw[0], raw[1]]);
+        let len = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
+        assert_eq!(
+            raw.len(),
+            4 + len,
+            "over UDP a ChannelData message is its header and payload, nothing else"
+        );
+        return Relayed::Channel(number, raw[4..].to_vec());
+    }
+    let mut m = Message { raw, ..Default::default() };
+    m.decode().expect("a STUN message");
+    assert_eq!(m.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
+    let (mut data, mut peer) = (Data::default(), PeerAddress::default());
+    data.get_from(&m).expect("DATA");
+    peer.get_from(&m).expect("XOR-PEER-ADDRESS");
+    Relayed::Indication(SocketAddr::new(peer.ip, peer.port), data.0)
+}
+
+/// Datagram `i`: its index in the first two bytes, then a pattern that differs per index.
+fn numbered(i: usize, len: usize) -> Vec<u8> {
+    let mut d: Vec<u8> = (0..len).map(|b| (b * 13 + i * 7) as u8).collect();
+    d[..2].copy_from_slice(&(i as u16).to_be_bytes());
+    d
+}
+
+/// The sequence the peers send: (peer, size). Long runs of one size (GSO runs, longer than a
+/// receive batch of 32 and than a GSO send of 64), runs that end in a shorter datagram, sizes
+/// that alternate every datagram, equal sizes from different peers (one GSO run holding
+/// messages of different channels), the smallest and the largest relayed datagram, odd sizes
+/// (Data indication padding).
+fn sequence() -> Vec<(usize, usize)> {
+    let mut s = Vec::new();
+    s.extend((0..70).map(|_| (0, 1000)));
+    s.push((0, 999));
+    s.extend((0..40).map(|i| (i % 3, 100)));
+    s.extend((0..60).map(|i| (i % 2, if i % 2 == 0 { 160 } else { 1201 })));
+    s.extend((0..33).map(|_| (2, 1500)));
+    s.extend((0..20).map(|i| (1, 2 + i)));
+    s.extend((0..50).map(|i| (i % 3, 1 + (i * 37) % 1500)).map(|(p, n)| (p, n.max(2))));
+    s.extend((0..64).map(|_| (1, 1400)));
+    s.extend((0..10).map(|_| (2, 3)));
+    s
+}
+
+async fn mixed_bursts_arrive_whole_in_order_and_framed_right(burst: usize) {
+    let relay = start(|s| s.turn.peer_policy = "any".into()).await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let relayed = alice.allocate().await.unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr().unwrap()).collect();
+    alice.create_permission(&addrs).await.unwrap();
+    alice.channel_bind(0x4000, addrs[0]).await.unwrap();
+    alice.channel_bind(0x4abc, addrs[1]).await.unwrap();
+    // Peer 2 has no channel: its datagrams arrive as Data indications.
+    let expected = |peer: usize, payload: Vec<u8>| match peer {
+        0 => Relayed::Channel(0x4000, payload),
+        1 => Relayed::Channel(0x4abc, payload),
+        _ => Relayed::Indication(addrs[2], payload),
+    };
+
+    let sequence = sequence();
+    let mut next = 0;
+    for chunk in sequence.chunks(burst) {
+        // The whole burst is queued on the relay socket before the relay reads it (one task
+        // sends them back to back), so the relay takes it in batches; the client reads it all
+        // before the next burst, so no socket buffer overflows.
+        for (offset, &(peer, size)) in chunk.iter().enumerate() {
+            peers[peer].send_to(&numbered(next + offset, size), relayed).await.unwrap();
+        }
+        for &(peer, size) in chunk {
+            let raw = alice
+                .recv_raw(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("datagram {next} of {} arrives", sequence.len()));
+            assert_eq!(
+                decode(raw),
+                expected(peer, numbered(next, size)),
+                "datagram {next} (from peer {peer}, {size} bytes)"
+            );
+            next += 1;
+        }
+    }
+    assert_eq!(alice.recv_raw(Duration::from_millis(200)).await, None, "nothing more, nothing twice");
+    let c = &relay.handle.counters;
+    assert_eq!(RelayCounters::get(&c.relayed_packets_in), sequence.len() as u64);
+    assert_eq!(RelayCounters::get(&c.client_send_failures), 0);
+    assert_eq!(RelayCounters::get(&c.oversize_drops), 0);
+}
+
+#[tokio::test]
+async fn bursts_larger_than_a_batch_arrive_whole_in_order_and_framed_right() {
+    mixed_bursts_arrive_whole_in_order_and_framed_right(48).await;
+}
+
+#[tokio::test]
+async fn bursts_of_a_full_gso_send_arrive_whole_in_order_and_framed_right() {
+    mixed_bursts_arrive_whole_in_order_and_framed_right(64).await;
+}
+
+#[tokio::test]
+async fn datagrams_one_at_a_time_arrive_whole_in_order_and_framed_right() {
+    mixed_bursts_arrive_whole_in_order_and_framed_right(1).await;
+}
+
+#[tokio::test]
+async fn oversize_datagrams_in_a_batch_are_counted_and_their_neighbours_still_go() {
+    let relay = start(|s| s.turn.peer_policy = "any".into()).await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let relayed = alice.allocate().await.unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    alice.create_permission(&[peer.local_addr().unwrap()]).await.unwrap();
+    alice.channel_bind(0x4001, peer.local_addr().unwrap()).await.unwrap();
+    let sizes = [500, 1501, 500, 500, 4000, 1500, 1501, 20];
+    for (i, &n) in sizes.iter().enumerate() {
+        peer.send_to(&numbered(i, n), relayed).await.unwrap();
+    }
+    for (i, &n) in sizes.iter().enumerate().filter(|(_, &n)| n <= 1500) {
+        let raw = alice.recv_raw(WAIT).await.expect("every datagram that fits arrives");
+        assert_eq!(decode(raw), Relayed::Channel(0x4001, numbered(i, n)), "datagram {i}");
+    }
+    assert_eq!(alice.recv_raw(Duration::from_millis(200)).await, None);
+    assert_eq!(RelayCounters::get(&relay.handle.counters.oversize_drops), 3);
+}
