@@ -156,3 +156,65 @@ async fn oversize_datagrams_in_a_batch_are_counted_and_their_neighbours_still_go
     assert_eq!(alice.recv_raw(Duration::from_millis(200)).await, None);
     assert_eq!(RelayCounters::get(&relay.handle.counters.oversize_drops), 3);
 }
+
+/// Video-like bursts through a relay running in another process, for measuring it (system
+/// calls, CPU) from outside: `RELAYCHAT_BURST_RELAY=127.0.0.1:PORT cargo test --release --test
+/// turn_batching -- --ignored video_like_bursts` against a relay with `secret = "test-secret"`,
+/// `require_live_session = false` and `peer_policy = "any"`. 20 clients, each receiving bursts
+/// of 16 x 1200 bytes (a frame of a video call) 30 times a second from its own peer, for
+/// `RELAYCHAT_BURST_SECONDS` (default 8); every datagram must arrive, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a load generator for an external relay; see its doc comment"]
+async fn video_like_bursts_through_an_external_relay() {
+    const CLIENTS: usize = 20;
+    const BURST: usize = 16;
+    const SIZE: usize = 1200;
+    const FRAMES_PER_S: u64 = 30;
+    let relay: SocketAddr =
+        std::env::var("RELAYCHAT_BURST_RELAY").expect("RELAYCHAT_BURST_RELAY").parse().unwrap();
+    let seconds: u64 =
+        std::env::var("RELAYCHAT_BURST_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let frames = (seconds * FRAMES_PER_S) as usize;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mut client = TurnClient::for_user(relay, false, &format!("burst{c}"), 600).await;
+        let relayed = client.allocate().await.expect("allocates");
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket2::SockRef::from(&peer).set_send_buffer_size(1 << 20).unwrap();
+        if let Wire::Udp { socket, .. } = &client.wire {
+            socket2::SockRef::from(socket).set_recv_buffer_size(4 << 20).unwrap();
+        }
+        client.create_permission(&[peer.local_addr().unwrap()]).await.unwrap();
+        client.channel_bind(0x4000, peer.local_addr().unwrap()).await.unwrap();
+        let receiver = tokio::spawn(async move {
+            let mut next = 0usize;
+            while next < frames * BURST {
+                let Some(raw) = client.recv_raw(Duration::from_secs(3)).await else { break };
+                assert_eq!(
+                    decode(raw),
+                    Relayed::Channel(0x4000, numbered(next % 65_536, SIZE)),
+                    "client {c}"
+                );
+                next += 1;
+            }
+            next
+        });
+        let sender = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / FRAMES_PER_S));
+            for frame in 0..frames {
+                tick.tick().await;
+                for i in 0..BURST {
+                    peer.send_to(&numbered((frame * BURST + i) % 65_536, SIZE), relayed).await.unwrap();
+                }
+            }
+        });
+        tasks.push((receiver, sender));
+    }
+    let mut received = 0;
+    for (receiver, sender) in tasks {
+        sender.await.unwrap();
+        received += receiver.await.unwrap();
+    }
+    eprintln!("received {received} of {} datagrams", CLIENTS * frames * BURST);
+    assert_eq!(received, CLIENTS * frames * BURST, "every datagram of every burst arrived, in order");
+}
