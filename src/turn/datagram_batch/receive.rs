@@ -279,6 +279,8 @@ fn recv_one(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -313,6 +315,49 @@ mod tests {
     async fn the_forced_fallback_reads_the_same_datagrams() {
         let largest = many_datagrams_in_order(BatchMode::OneAtATime).await;
         assert_eq!(largest, 32, "the fallback still fills a batch per wake-up");
+    }
+
+    /// A short batch clears readiness without the `EAGAIN` call; a datagram that arrives
+    /// right after must still wake the reader. A sender racing the reader (so batches come out
+    /// short, full, and in between) must never leave datagrams waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn datagrams_arriving_around_a_short_batch_still_wake_the_reader() {
+        const COUNT: usize = 20_000;
+        /// Most datagrams in flight, far below what the socket buffer holds: a loss would be
+        /// the kernel's, not the batch's, and fail the test for the wrong reason.
+        const WINDOW: usize = 100;
+        let (rx, tx) = pair().await;
+        let to = rx.local_addr().unwrap();
+        let read = Arc::new(AtomicUsize::new(0));
+        let read_by_sender = read.clone();
+        let sender = tokio::spawn(async move {
+            for i in 0..COUNT {
+                while i >= read_by_sender.load(Ordering::Acquire) + WINDOW {
+                    tokio::task::yield_now().await;
+                }
+                tx.send_to(&numbered(i % 65_536, 40), to).await.unwrap();
+                if i % 7 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let mut batch = RecvBatch::new(4, 2048, BatchMode::Batched);
+        let mut next = 0;
+        let mut short_batches = 0;
+        while next < COUNT {
+            tokio::time::timeout(Duration::from_secs(5), batch.recv(&rx))
+                .await
+                .unwrap_or_else(|_| panic!("stalled after {next} of {COUNT} datagrams"))
+                .unwrap();
+            short_batches += usize::from(batch.len() < 4);
+            for d in batch.datagrams() {
+                assert_eq!(d.payload, numbered(next % 65_536, 40), "datagram {next}");
+                next += 1;
+            }
+            read.store(next, Ordering::Release);
+        }
+        sender.await.unwrap();
+        assert!(short_batches > 0, "the race produced short batches");
     }
 
     async fn oversize_dropped(mode: BatchMode) {
