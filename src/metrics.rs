@@ -229,6 +229,12 @@ impl Collector for LiveCollector {
             "Relayed datagrams the kernel refused to send to the client (the rest of their batch still went).",
             &relay.client_send_failures,
         )?;
+        counter(
+            &mut encoder,
+            "relaychat_turn_peer_send_failures",
+            "Relayed datagrams the kernel refused to send to a peer in a batched send (the rest still went).",
+            &relay.peer_send_failures,
+        )?;
         Ok(())
     }
 }

@@ -218,3 +218,68 @@ async fn video_like_bursts_through_an_external_relay() {
     eprintln!("received {received} of {} datagrams", CLIENTS * frames * BURST);
     assert_eq!(received, CLIENTS * frames * BURST, "every datagram of every burst arrived, in order");
 }
+
+async fn client_bursts_reach_their_peers_whole_and_in_order(burst: usize) {
+    let relay = start(|s| s.turn.peer_policy = "any".into()).await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    alice.allocate().await.unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr().unwrap()).collect();
+    alice.create_permission(&addrs).await.unwrap();
+    let channels = [0x4000, 0x4abc, 0x7fff];
+    for (number, addr) in channels.iter().zip(&addrs) {
+        alice.channel_bind(*number, *addr).await.unwrap();
+    }
+    // Runs to one peer (GSO), alternating peers (sendmmsg per peer), a channel nobody bound
+    // (dropped alone, in the middle of a run).
+    let sequence = sequence();
+    let mut next = 0;
+    let mut unbound = 0;
+    for chunk in sequence.chunks(burst) {
+        let mut expected: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+        for (offset, &(peer, size)) in chunk.iter().enumerate() {
+            let i = next + offset;
+            if i % 41 == 40 {
+                alice.send_channel_data(0x5000, &numbered(i, size)).await;
+                unbound += 1;
+                continue;
+            }
+            alice.send_channel_data(channels[peer], &numbered(i, size)).await;
+            expected[peer].push(numbered(i, size));
+        }
+        for (peer, want) in expected.iter().enumerate() {
+            let mut buf = vec![0u8; 2048];
+            for (k, payload) in want.iter().enumerate() {
+                let (n, from) = tokio::time::timeout(WAIT, peers[peer].recv_from(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("peer {peer}: datagram {k} of burst at {next} arrives"))
+                    .unwrap();
+                assert_eq!(&buf[..n], &payload[..], "peer {peer}: datagram {k} of the burst at {next}");
+                assert_eq!(from.ip(), relay.handle.relay_ip);
+            }
+        }
+        next += chunk.len();
+    }
+    let mut buf = [0u8; 2048];
+    for peer in &peers {
+        let extra = tokio::time::timeout(Duration::from_millis(100), peer.recv_from(&mut buf)).await;
+        assert!(extra.is_err(), "nothing more, nothing twice");
+    }
+    let c = &relay.handle.counters;
+    assert_eq!(RelayCounters::get(&c.relayed_packets_out), (sequence.len() - unbound) as u64);
+    assert_eq!(RelayCounters::get(&c.peer_send_failures), 0);
+}
+
+#[tokio::test]
+async fn client_bursts_larger_than_a_batch_reach_their_peers_whole_and_in_order() {
+    client_bursts_reach_their_peers_whole_and_in_order(48).await;
+}
+
+#[tokio::test]
+async fn client_datagrams_one_at_a_time_reach_their_peers_whole_and_in_order() {
+    client_bursts_reach_their_peers_whole_and_in_order(1).await;
+}

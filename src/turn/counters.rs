@@ -34,6 +34,9 @@ pub struct RelayCounters {
     /// Relayed datagrams the kernel refused to send to the client (the rest of their batch
     /// still went).
     pub client_send_failures: AtomicU64,
+    /// Relayed datagrams the kernel refused to send to a peer in a batched send (the rest of
+    /// their batch still went).
+    pub peer_send_failures: AtomicU64,
     /// Peer datagrams dropped because they were larger than a relayed packet may be.
     pub oversize_drops: AtomicU64,
     /// CreatePermission / ChannelBind refused: the allocation holds `max_permissions_per_allocation`.

@@ -18,6 +18,7 @@ use tokio::net::UdpSocket;
 
 use crate::addr::canonical_addr;
 use crate::turn::counters::RelayCounters;
+use crate::turn::datagram_batch::{BatchSender, SendOutcome};
 use crate::turn::policy::PeerPolicy;
 
 /// Socket buffers of each relay socket: a few hundred milliseconds of a video call's bitrate.
@@ -141,6 +142,26 @@ impl RelaySocket {
                 false
             }
         }
+    }
+
+    /// Sends `payloads` to `peer` in order from the relayed address, with `sender`'s batched
+    /// system calls, unless the policy denies the peer (each datagram counted as denied).
+    pub async fn send_many_to_peer(
+        &self,
+        sender: &BatchSender,
+        payloads: &[&[u8]],
+        peer: SocketAddr,
+    ) -> SendOutcome {
+        let peer = canonical_addr(peer);
+        if payloads.is_empty() {
+            return SendOutcome::default();
+        }
+        if !self.guard.allows(peer) {
+            RelayCounters::add(&self.guard.counters.denied_peers, (payloads.len() - 1) as u64);
+            return SendOutcome::default();
+        }
+        let destination = self.guard.own.local_for(peer).unwrap_or(peer);
+        sender.send_many(&self.socket, destination, payloads).await
     }
 }
 

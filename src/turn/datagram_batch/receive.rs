@@ -432,7 +432,7 @@ mod tests {
             (0..11).map(|i| numbered(i, if i == 10 { 300 } else { 1200 })).collect();
         let refs: Vec<&[u8]> = datagrams.iter().map(Vec::as_slice).collect();
         let outcome = sender.send_many(&tx, to, &refs).await;
-        assert_eq!(outcome, crate::turn::datagram_batch::SendOutcome { sent: 11, failed: 0 });
+        assert_eq!((outcome.sent, outcome.failed, outcome.sent_bytes), (11, 0, 10 * 1200 + 300));
         let (got, largest, _) = collect(&mut batch, &rx, 11).await;
         let payloads: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
         assert_eq!(payloads, datagrams);

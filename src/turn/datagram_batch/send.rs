@@ -29,6 +29,8 @@ pub(super) const MAX_GSO_BYTES: usize = 65_000;
 pub struct SendOutcome {
     pub sent: usize,
     pub failed: usize,
+    /// The bytes of the datagrams sent.
+    pub sent_bytes: usize,
 }
 
 /// Sends batches of datagrams to one destination each, with as few system calls as the kernel
@@ -122,6 +124,7 @@ impl BatchSender {
         match result {
             Ok(()) => {
                 outcome.sent += run.len();
+                outcome.sent_bytes += run.iter().map(|d| d.len()).sum::<usize>();
                 true
             }
             Err(e) if sys::gso_unsupported(&e) => {
@@ -172,6 +175,7 @@ impl BatchSender {
                     // The kernel sends at least one or fails the call.
                     let sent = sent.clamp(1, now.len());
                     outcome.sent += sent;
+                    outcome.sent_bytes += rest[..sent].iter().map(|d| d.len()).sum::<usize>();
                     rest = &rest[sent..];
                 }
                 Err(e) if sys::is_unsupported(&e) => {
@@ -196,7 +200,10 @@ impl BatchSender {
     ) {
         for payload in datagrams {
             match socket.send_to(payload, to).await {
-                Ok(_) => outcome.sent += 1,
+                Ok(_) => {
+                    outcome.sent += 1;
+                    outcome.sent_bytes += payload.len();
+                }
                 Err(e) => {
                     tracing::trace!(err = %e, "a datagram was refused");
                     outcome.failed += 1;
@@ -244,7 +251,8 @@ mod tests {
         let datagrams: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| numbered(i, n)).collect();
         let refs: Vec<&[u8]> = datagrams.iter().map(Vec::as_slice).collect();
         let outcome = sender.send_many(&tx, to, &refs).await;
-        assert_eq!(outcome, SendOutcome { sent: sizes.len(), failed: 0 });
+        let bytes = sizes.iter().sum();
+        assert_eq!(outcome, SendOutcome { sent: sizes.len(), failed: 0, sent_bytes: bytes });
         let mut batch = RecvBatch::new(MAX_BATCH, 2048, BatchMode::Batched);
         let (got, _, truncated) = collect(&mut batch, &rx, sizes.len()).await;
         assert_eq!(truncated, 0, "every segment arrives as the datagram it was, not glued");
@@ -292,7 +300,7 @@ mod tests {
                 [numbered(0, 100), numbered(1, 100), too_big.clone(), numbered(3, 100), numbered(4, 50)];
             let refs: Vec<&[u8]> = datagrams.iter().map(Vec::as_slice).collect();
             let outcome = sender.send_many(&tx, to, &refs).await;
-            assert_eq!(outcome, SendOutcome { sent: 4, failed: 1 }, "{mode:?}");
+            assert_eq!(outcome, SendOutcome { sent: 4, failed: 1, sent_bytes: 350 }, "{mode:?}");
             let mut batch = RecvBatch::new(MAX_BATCH, 2048, BatchMode::Batched);
             let (got, _, _) = collect(&mut batch, &rx, 4).await;
             let payloads: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
@@ -300,7 +308,7 @@ mod tests {
 
             let v6: SocketAddr = "[::1]:9".parse().unwrap();
             let outcome = sender.send_many(&tx, v6, &refs[..2]).await;
-            assert_eq!(outcome, SendOutcome { sent: 0, failed: 2 }, "{mode:?}");
+            assert_eq!(outcome, SendOutcome { sent: 0, failed: 2, sent_bytes: 0 }, "{mode:?}");
         }
     }
 
