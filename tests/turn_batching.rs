@@ -283,3 +283,63 @@ async fn client_bursts_larger_than_a_batch_reach_their_peers_whole_and_in_order(
 async fn client_datagrams_one_at_a_time_reach_their_peers_whole_and_in_order() {
     client_bursts_reach_their_peers_whole_and_in_order(1).await;
 }
+
+/// The other direction of [`video_like_bursts_through_an_external_relay`] (same settings and
+/// environment): each of the 20 clients sends the bursts as ChannelData to its own peer, which
+/// must receive every datagram, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a load generator for an external relay; see its doc comment"]
+async fn video_like_bursts_from_clients_through_an_external_relay() {
+    const CLIENTS: usize = 20;
+    const BURST: usize = 16;
+    const SIZE: usize = 1200;
+    const FRAMES_PER_S: u64 = 30;
+    let relay: SocketAddr =
+        std::env::var("RELAYCHAT_BURST_RELAY").expect("RELAYCHAT_BURST_RELAY").parse().unwrap();
+    let seconds: u64 =
+        std::env::var("RELAYCHAT_BURST_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let frames = (seconds * FRAMES_PER_S) as usize;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mut client = TurnClient::for_user(relay, false, &format!("burst{c}"), 600).await;
+        client.allocate().await.expect("allocates");
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket2::SockRef::from(&peer).set_recv_buffer_size(4 << 20).unwrap();
+        if let Wire::Udp { socket, .. } = &client.wire {
+            socket2::SockRef::from(socket).set_send_buffer_size(1 << 20).unwrap();
+        }
+        client.create_permission(&[peer.local_addr().unwrap()]).await.unwrap();
+        client.channel_bind(0x4000, peer.local_addr().unwrap()).await.unwrap();
+        let receiver = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut next = 0usize;
+            while next < frames * BURST {
+                let Ok(Ok((n, _))) =
+                    tokio::time::timeout(Duration::from_secs(3), peer.recv_from(&mut buf)).await
+                else {
+                    break;
+                };
+                assert_eq!(&buf[..n], &numbered(next % 65_536, SIZE)[..], "peer of client {c}");
+                next += 1;
+            }
+            next
+        });
+        let sender = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / FRAMES_PER_S));
+            for frame in 0..frames {
+                tick.tick().await;
+                for i in 0..BURST {
+                    client.send_channel_data(0x4000, &numbered((frame * BURST + i) % 65_536, SIZE)).await;
+                }
+            }
+        });
+        tasks.push((receiver, sender));
+    }
+    let mut received = 0;
+    for (receiver, sender) in tasks {
+        sender.await.unwrap();
+        received += receiver.await.unwrap();
+    }
+    eprintln!("received {received} of {} datagrams", CLIENTS * frames * BURST);
+    assert_eq!(received, CLIENTS * frames * BURST, "every datagram of every burst arrived, in order");
+}
