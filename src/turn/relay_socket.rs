@@ -157,6 +157,7 @@ impl RelaySocket {
             return SendOutcome::default();
         }
         if !self.guard.allows(peer) {
+            // `allows` counted one denied datagram; the others of the run are denied too.
             RelayCounters::add(&self.guard.counters.denied_peers, (payloads.len() - 1) as u64);
             return SendOutcome::default();
         }
