@@ -223,6 +223,18 @@ impl Collector for LiveCollector {
             "Datagrams dropped by the per-allocation bandwidth cap.",
             &relay.bandwidth_drops,
         )?;
+        counter(
+            &mut encoder,
+            "relaychat_turn_client_send_failures",
+            "Relayed datagrams the kernel refused to send to the client (the rest of their batch still went).",
+            &relay.client_send_failures,
+        )?;
+        counter(
+            &mut encoder,
+            "relaychat_turn_peer_send_failures",
+            "Relayed datagrams the kernel refused to send to a peer in a batched send (the rest still went).",
+            &relay.peer_send_failures,
+        )?;
         Ok(())
     }
 }

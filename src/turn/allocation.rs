@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::turn::auth::chat_user_of;
 use crate::turn::bandwidth::BandwidthCap;
 use crate::turn::counters::RelayCounters;
+use crate::turn::datagram_batch::{BatchSender, MAX_BATCH};
 use crate::turn::grants::Grants;
 use crate::turn::link::ClientPath;
 use crate::turn::relay_socket::RelaySocket;
@@ -66,6 +67,12 @@ impl Traffic {
     fn record(&self, bytes: usize) {
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.packets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `packets` datagrams of `bytes` in all.
+    pub fn record_many(&self, packets: usize, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.packets.fetch_add(packets as u64, Ordering::Relaxed);
     }
 
     pub fn usage(&self) -> Usage {
@@ -194,6 +201,38 @@ impl Allocation {
         usage.record(bytes);
         RelayCounters::bump(packets);
         RelayCounters::add(total_bytes, bytes as u64);
+    }
+
+    /// Client -> peer for a run of datagrams (one client's, consecutive in a listener batch),
+    /// in order: each `(payload, peer)` within the bandwidth cap and the peer policy as in
+    /// [`Self::send_to_peer`], and consecutive ones to one peer in one batched send (UDP GSO or
+    /// `sendmmsg`). Datagrams the kernel refuses are counted in `peer_send_failures`.
+    pub async fn send_run_to_peers(
+        &self,
+        run: &[(&[u8], SocketAddr)],
+        counters: &RelayCounters,
+        sender: &BatchSender,
+    ) {
+        let mut rest = run;
+        while let Some(&(_, peer)) = rest.first() {
+            let same_peer = rest.iter().take_while(|(_, p)| *p == peer).count();
+            let (now, later) = rest.split_at(same_peer);
+            rest = later;
+            let Some(relay) = self.relay_for(peer) else { continue };
+            let mut payloads: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+            let mut count = 0;
+            for (payload, _) in now.iter().take(MAX_BATCH) {
+                if self.within_bandwidth(payload.len(), counters) {
+                    payloads[count] = payload;
+                    count += 1;
+                }
+            }
+            let outcome = relay.send_many_to_peer(sender, &payloads[..count], peer).await;
+            self.to_peers.record_many(outcome.sent, outcome.sent_bytes);
+            RelayCounters::add(&counters.relayed_packets_out, outcome.sent as u64);
+            RelayCounters::add(&counters.relayed_bytes_out, outcome.sent_bytes as u64);
+            RelayCounters::add(&counters.peer_send_failures, outcome.failed as u64);
+        }
     }
 
     /// Ends the relay read loops (once; the table entry is removed by the caller).

@@ -31,6 +31,12 @@ pub struct RelayCounters {
     pub bandwidth_drops: AtomicU64,
     /// Frames dropped because a TCP client did not read fast enough (bounded send queue).
     pub tcp_send_drops: AtomicU64,
+    /// Relayed datagrams the kernel refused to send to the client (the rest of their batch
+    /// still went).
+    pub client_send_failures: AtomicU64,
+    /// Relayed datagrams the kernel refused to send to a peer in a batched send (the rest of
+    /// their batch still went).
+    pub peer_send_failures: AtomicU64,
     /// Peer datagrams dropped because they were larger than a relayed packet may be.
     pub oversize_drops: AtomicU64,
     /// CreatePermission / ChannelBind refused: the allocation holds `max_permissions_per_allocation`.

@@ -4,8 +4,8 @@
 //! The listeners hand the dispatcher a `Conn` per client path (the shared UDP listener socket,
 //! or one TCP/TLS stream each, see `udp` and `tcp`); answers to requests go through it. Relayed
 //! media towards a UDP client takes the short way instead: a second handle on the same listener
-//! socket ([`DatagramSenders`]), sent to without a boxed future or a copy. Over TCP/TLS it goes
-//! through the stream's bounded queue.
+//! socket ([`DatagramSenders`]), sent to a batch at a time without a boxed future or a copy
+//! (`datagram_batch::BatchSender`). Over TCP/TLS it goes through the stream's bounded queue.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::net::UdpSocket;
 use webrtc_util::Conn;
 
+use crate::turn::datagram_batch::BatchSender;
 use crate::turn::transport::{ClientKey, Transport};
 
 /// A client path as the listeners hold it (a listener socket or a stream).
@@ -77,17 +78,24 @@ impl ClientPath {
         }
     }
 
-    /// Sends one ChannelData message or Data indication to the client; a full or failing path
-    /// loses it like a congested network would.
-    pub async fn send_relayed(&self, message: &[u8]) {
-        let result = match self {
-            ClientPath::Datagram { socket, client } => socket.send_to(message, *client).await.map(|_| ()),
-            ClientPath::Stream { conn, client } => {
-                conn.send_to(message, *client).await.map(|_| ()).map_err(std::io::Error::other)
+    /// Sends ChannelData messages or Data indications to the client, in order (over UDP with
+    /// `sender`'s batched system calls); a full or failing path loses them like a congested
+    /// network would. Returns how many were refused (each counted, never the rest with it).
+    pub async fn send_relayed(&self, sender: &BatchSender, messages: &[&[u8]]) -> usize {
+        match self {
+            ClientPath::Datagram { socket, client } => {
+                sender.send_many(socket, *client, messages).await.failed
             }
-        };
-        if let Err(err) = result {
-            tracing::trace!(%err, "cannot send relayed data to the client");
+            ClientPath::Stream { conn, client } => {
+                let mut failed = 0;
+                for message in messages {
+                    if let Err(err) = conn.send_to(message, *client).await {
+                        tracing::trace!(%err, "cannot send relayed data to the client");
+                        failed += 1;
+                    }
+                }
+                failed
+            }
         }
     }
 

@@ -18,6 +18,7 @@ use tokio::net::UdpSocket;
 
 use crate::addr::canonical_addr;
 use crate::turn::counters::RelayCounters;
+use crate::turn::datagram_batch::{BatchSender, SendOutcome};
 use crate::turn::policy::PeerPolicy;
 
 /// Socket buffers of each relay socket: a few hundred milliseconds of a video call's bitrate.
@@ -142,6 +143,27 @@ impl RelaySocket {
             }
         }
     }
+
+    /// Sends `payloads` to `peer` in order from the relayed address, with `sender`'s batched
+    /// system calls, unless the policy denies the peer (each datagram counted as denied).
+    pub async fn send_many_to_peer(
+        &self,
+        sender: &BatchSender,
+        payloads: &[&[u8]],
+        peer: SocketAddr,
+    ) -> SendOutcome {
+        let peer = canonical_addr(peer);
+        if payloads.is_empty() {
+            return SendOutcome::default();
+        }
+        if !self.guard.allows(peer) {
+            // `allows` counted one denied datagram; the others of the run are denied too.
+            RelayCounters::add(&self.guard.counters.denied_peers, (payloads.len() - 1) as u64);
+            return SendOutcome::default();
+        }
+        let destination = self.guard.own.local_for(peer).unwrap_or(peer);
+        sender.send_many(&self.socket, destination, payloads).await
+    }
 }
 
 impl Drop for RelaySocket {
@@ -231,30 +253,5 @@ impl RelayBinder {
             }
         }
         Err(io::Error::new(io::ErrorKind::AddrInUse, "no free relay port in turn.min_port..=turn.max_port"))
-    }
-}
-
-/// Receives one datagram into `buf`; `None` if it did not fit (the kernel cut it: `MSG_TRUNC`).
-pub async fn recv_whole_datagram(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-) -> io::Result<Option<(usize, SocketAddr)>> {
-    loop {
-        socket.readable().await?;
-        let received = socket.try_io(tokio::io::Interest::READABLE, || {
-            // SAFETY: `buf` is initialized memory; viewing it as `MaybeUninit<u8>` only lets
-            // `recvmsg` write bytes into it, which keeps it initialized.
-            let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-            let mut slices = [socket2::MaybeUninitSlice::new(uninit)];
-            socket2::SockRef::from(socket).recv_from_vectored(&mut slices)
-        });
-        match received {
-            Ok((n, flags, from)) => {
-                let Some(from) = from.as_socket() else { continue };
-                return Ok((!flags.is_truncated()).then_some((n, from)));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
     }
 }

@@ -9,9 +9,10 @@ use tokio::sync::watch;
 use webrtc_util::Conn;
 
 use crate::turn::allocations::Transport;
-use crate::turn::datagram_batch::{BatchMode, RecvBatch};
+use crate::turn::datagram_batch::{BatchMode, BatchSender, RecvBatch, MAX_BATCH};
 use crate::turn::dispatch::Dispatcher;
 use crate::turn::link::{ClientLink, SharedConn};
+use crate::turn::packet::{classify, PacketKind};
 
 /// Largest datagram the listener accepts (a STUN message or ChannelData may exceed the MTU);
 /// also what a UDP GRO buffer needs, so the listener can take coalesced datagrams.
@@ -77,15 +78,18 @@ impl Conn for ListenerConn {
 }
 
 /// Reads datagrams until shutdown, a batch per wake-up; each one is dispatched before the next
-/// (so one client's requests are handled in order: the kernel keeps a client on one socket).
+/// (so one client's requests are handled in order: the kernel keeps a client on one socket),
+/// except that ChannelData messages of one client that arrived back to back are relayed as one
+/// run, in their order.
 pub async fn read_loop(
     dispatcher: Arc<Dispatcher>,
     listener: Arc<ListenerConn>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let conn: SharedConn = listener.clone();
-    let mut batch = RecvBatch::new(LISTENER_BATCH, MAX_DATAGRAM, BatchMode::Batched);
+    let mut batch = RecvBatch::new(LISTENER_BATCH, MAX_DATAGRAM, BatchMode::configured());
     let gro = batch.enable_gro(&listener.socket);
+    let sender = BatchSender::new(batch.mode());
     tracing::debug!(gro, "turn udp listener read loop");
     loop {
         tokio::select! {
@@ -95,9 +99,32 @@ pub async fn read_loop(
             },
             _ = shutdown.changed() => break,
         }
-        for datagram in batch.datagrams() {
-            let link = ClientLink { transport: Transport::Udp, client: datagram.from, conn: &conn };
-            dispatcher.dispatch(&link, datagram.payload).await;
+        let mut datagrams = batch.datagrams().peekable();
+        while let Some(first) = datagrams.next() {
+            let link = ClientLink { transport: Transport::Udp, client: first.from, conn: &conn };
+            if classify(first.payload) != PacketKind::ChannelData {
+                dispatcher.dispatch(&link, first.payload).await;
+                continue;
+            }
+            // ChannelData from one client, back to back: relayed as one run (see
+            // `Dispatcher::channel_data_run`), so a burst to one peer leaves in one send.
+            let mut run: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+            run[0] = first.payload;
+            let mut len = 1;
+            while len < MAX_BATCH {
+                let Some(next) = datagrams.peek() else { break };
+                if next.from != first.from || classify(next.payload) != PacketKind::ChannelData {
+                    break;
+                }
+                run[len] = next.payload;
+                len += 1;
+                datagrams.next();
+            }
+            if len == 1 {
+                dispatcher.dispatch(&link, first.payload).await;
+            } else {
+                dispatcher.channel_data_run(&link, &run[..len], &sender).await;
+            }
         }
     }
 }

@@ -1,0 +1,345 @@
+//! Peer -> client through the relay's batched data path (recvmmsg on the relay socket, headers
+//! framed in place, UDP GSO / sendmmsg towards the client): bursts of datagrams of mixed sizes
+//! from several peers, some over channels and some as Data indications, must reach the client
+//! complete, in order, each framed for the peer it came from. Run it with
+//! `RELAYCHAT_TURN_BATCHING=off` too, for the one-datagram-per-call path.
+
+mod turn_support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use relaychat::turn::RelayCounters;
+use stun::message::{Getter, Message, MessageType, CLASS_INDICATION, METHOD_DATA};
+use tokio::net::UdpSocket;
+use turn::proto::data::Data;
+use turn::proto::peeraddr::PeerAddress;
+use turn_support::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// What the client received, decoded: the channel (or the Data indication's peer) and payload.
+#[derive(Debug, PartialEq, Eq)]
+enum Relayed {
+    Channel(u16, Vec<u8>),
+    Indication(SocketAddr, Vec<u8>),
+}
+
+fn decode(raw: Vec<u8>) -> Relayed {
+    if raw.first().is_some_and(|b| b >> 6 == 1) {
+        assert!(raw.len() >= 4, "a ChannelData header");
+        let number = u16::from_be_bytes([raw[0], raw[1]]);
+        let len = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
+        assert_eq!(
+            raw.len(),
+            4 + len,
+            "over UDP a ChannelData message is its header and payload, nothing else"
+        );
+        return Relayed::Channel(number, raw[4..].to_vec());
+    }
+    let mut m = Message { raw, ..Default::default() };
+    m.decode().expect("a STUN message");
+    assert_eq!(m.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
+    let (mut data, mut peer) = (Data::default(), PeerAddress::default());
+    data.get_from(&m).expect("DATA");
+    peer.get_from(&m).expect("XOR-PEER-ADDRESS");
+    Relayed::Indication(SocketAddr::new(peer.ip, peer.port), data.0)
+}
+
+/// Datagram `i`: its index in the first two bytes, then a pattern that differs per index.
+fn numbered(i: usize, len: usize) -> Vec<u8> {
+    let mut d: Vec<u8> = (0..len).map(|b| (b * 13 + i * 7) as u8).collect();
+    d[..2].copy_from_slice(&(i as u16).to_be_bytes());
+    d
+}
+
+/// The sequence the peers send: (peer, size). Long runs of one size (GSO runs, longer than a
+/// receive batch of 32 and than a GSO send of 64), runs that end in a shorter datagram, sizes
+/// that alternate every datagram, equal sizes from different peers (one GSO run holding
+/// messages of different channels), the smallest and the largest relayed datagram, odd sizes
+/// (Data indication padding).
+fn sequence() -> Vec<(usize, usize)> {
+    let mut s = Vec::new();
+    s.extend((0..70).map(|_| (0, 1000)));
+    s.push((0, 999));
+    s.extend((0..40).map(|i| (i % 3, 100)));
+    s.extend((0..60).map(|i| (i % 2, if i % 2 == 0 { 160 } else { 1201 })));
+    s.extend((0..33).map(|_| (2, 1500)));
+    s.extend((0..20).map(|i| (1, 2 + i)));
+    s.extend((0..50).map(|i| (i % 3, 1 + (i * 37) % 1500)).map(|(p, n)| (p, n.max(2))));
+    s.extend((0..64).map(|_| (1, 1400)));
+    s.extend((0..10).map(|_| (2, 3)));
+    s
+}
+
+async fn mixed_bursts_arrive_whole_in_order_and_framed_right(burst: usize) {
+    let relay = start(|s| s.turn.peer_policy = "any".into()).await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let relayed = alice.allocate().await.unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr().unwrap()).collect();
+    alice.create_permission(&addrs).await.unwrap();
+    alice.channel_bind(0x4000, addrs[0]).await.unwrap();
+    alice.channel_bind(0x4abc, addrs[1]).await.unwrap();
+    // Peer 2 has no channel: its datagrams arrive as Data indications.
+    let expected = |peer: usize, payload: Vec<u8>| match peer {
+        0 => Relayed::Channel(0x4000, payload),
+        1 => Relayed::Channel(0x4abc, payload),
+        _ => Relayed::Indication(addrs[2], payload),
+    };
+
+    let sequence = sequence();
+    let mut next = 0;
+    for chunk in sequence.chunks(burst) {
+        // The whole burst is queued on the relay socket before the relay reads it (one task
+        // sends them back to back), so the relay takes it in batches; the client reads it all
+        // before the next burst, so no socket buffer overflows.
+        for (offset, &(peer, size)) in chunk.iter().enumerate() {
+            peers[peer].send_to(&numbered(next + offset, size), relayed).await.unwrap();
+        }
+        for &(peer, size) in chunk {
+            let raw = alice
+                .recv_raw(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("datagram {next} of {} arrives", sequence.len()));
+            assert_eq!(
+                decode(raw),
+                expected(peer, numbered(next, size)),
+                "datagram {next} (from peer {peer}, {size} bytes)"
+            );
+            next += 1;
+        }
+    }
+    assert_eq!(alice.recv_raw(Duration::from_millis(200)).await, None, "nothing more, nothing twice");
+    let c = &relay.handle.counters;
+    assert_eq!(RelayCounters::get(&c.relayed_packets_in), sequence.len() as u64);
+    assert_eq!(RelayCounters::get(&c.client_send_failures), 0);
+    assert_eq!(RelayCounters::get(&c.oversize_drops), 0);
+}
+
+#[tokio::test]
+async fn bursts_larger_than_a_batch_arrive_whole_in_order_and_framed_right() {
+    mixed_bursts_arrive_whole_in_order_and_framed_right(48).await;
+}
+
+#[tokio::test]
+async fn bursts_of_a_full_gso_send_arrive_whole_in_order_and_framed_right() {
+    mixed_bursts_arrive_whole_in_order_and_framed_right(64).await;
+}
+
+#[tokio::test]
+async fn datagrams_one_at_a_time_arrive_whole_in_order_and_framed_right() {
+    mixed_bursts_arrive_whole_in_order_and_framed_right(1).await;
+}
+
+#[tokio::test]
+async fn oversize_datagrams_in_a_batch_are_counted_and_their_neighbours_still_go() {
+    let relay = start(|s| s.turn.peer_policy = "any".into()).await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let relayed = alice.allocate().await.unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    alice.create_permission(&[peer.local_addr().unwrap()]).await.unwrap();
+    alice.channel_bind(0x4001, peer.local_addr().unwrap()).await.unwrap();
+    let sizes = [500, 1501, 500, 500, 4000, 1500, 1501, 20];
+    for (i, &n) in sizes.iter().enumerate() {
+        peer.send_to(&numbered(i, n), relayed).await.unwrap();
+    }
+    for (i, &n) in sizes.iter().enumerate().filter(|(_, &n)| n <= 1500) {
+        let raw = alice.recv_raw(WAIT).await.expect("every datagram that fits arrives");
+        assert_eq!(decode(raw), Relayed::Channel(0x4001, numbered(i, n)), "datagram {i}");
+    }
+    assert_eq!(alice.recv_raw(Duration::from_millis(200)).await, None);
+    assert_eq!(RelayCounters::get(&relay.handle.counters.oversize_drops), 3);
+}
+
+/// Video-like bursts through a relay running in another process, for measuring it (system
+/// calls, CPU) from outside: `RELAYCHAT_BURST_RELAY=127.0.0.1:PORT cargo test --release --test
+/// turn_batching -- --ignored video_like_bursts` against a relay with `secret = "test-secret"`,
+/// `require_live_session = false` and `peer_policy = "any"`. 20 clients, each receiving bursts
+/// of 16 x 1200 bytes (a frame of a video call) 30 times a second from its own peer, for
+/// `RELAYCHAT_BURST_SECONDS` (default 8); every datagram must arrive, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a load generator for an external relay; see its doc comment"]
+async fn video_like_bursts_through_an_external_relay() {
+    const CLIENTS: usize = 20;
+    const BURST: usize = 16;
+    const SIZE: usize = 1200;
+    const FRAMES_PER_S: u64 = 30;
+    let relay: SocketAddr =
+        std::env::var("RELAYCHAT_BURST_RELAY").expect("RELAYCHAT_BURST_RELAY").parse().unwrap();
+    let seconds: u64 =
+        std::env::var("RELAYCHAT_BURST_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let frames = (seconds * FRAMES_PER_S) as usize;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mut client = TurnClient::for_user(relay, false, &format!("burst{c}"), 600).await;
+        let relayed = client.allocate().await.expect("allocates");
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket2::SockRef::from(&peer).set_send_buffer_size(1 << 20).unwrap();
+        if let Wire::Udp { socket, .. } = &client.wire {
+            socket2::SockRef::from(socket).set_recv_buffer_size(4 << 20).unwrap();
+        }
+        client.create_permission(&[peer.local_addr().unwrap()]).await.unwrap();
+        client.channel_bind(0x4000, peer.local_addr().unwrap()).await.unwrap();
+        let receiver = tokio::spawn(async move {
+            let mut next = 0usize;
+            while next < frames * BURST {
+                let Some(raw) = client.recv_raw(Duration::from_secs(3)).await else { break };
+                assert_eq!(
+                    decode(raw),
+                    Relayed::Channel(0x4000, numbered(next % 65_536, SIZE)),
+                    "client {c}"
+                );
+                next += 1;
+            }
+            next
+        });
+        let sender = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / FRAMES_PER_S));
+            for frame in 0..frames {
+                tick.tick().await;
+                for i in 0..BURST {
+                    peer.send_to(&numbered((frame * BURST + i) % 65_536, SIZE), relayed).await.unwrap();
+                }
+            }
+        });
+        tasks.push((receiver, sender));
+    }
+    let mut received = 0;
+    for (receiver, sender) in tasks {
+        sender.await.unwrap();
+        received += receiver.await.unwrap();
+    }
+    eprintln!("received {received} of {} datagrams", CLIENTS * frames * BURST);
+    assert_eq!(received, CLIENTS * frames * BURST, "every datagram of every burst arrived, in order");
+}
+
+async fn client_bursts_reach_their_peers_whole_and_in_order(burst: usize) {
+    let relay = start(|s| s.turn.peer_policy = "any".into()).await;
+    relay.presence.joined("alice");
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    alice.allocate().await.unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr().unwrap()).collect();
+    alice.create_permission(&addrs).await.unwrap();
+    let channels = [0x4000, 0x4abc, 0x7fff];
+    for (number, addr) in channels.iter().zip(&addrs) {
+        alice.channel_bind(*number, *addr).await.unwrap();
+    }
+    // Runs to one peer (GSO), alternating peers (sendmmsg per peer), a channel nobody bound
+    // (dropped alone, in the middle of a run).
+    let sequence = sequence();
+    let mut next = 0;
+    let mut unbound = 0;
+    for chunk in sequence.chunks(burst) {
+        let mut expected: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+        for (offset, &(peer, size)) in chunk.iter().enumerate() {
+            let i = next + offset;
+            if i % 41 == 40 {
+                alice.send_channel_data(0x5000, &numbered(i, size)).await;
+                unbound += 1;
+                continue;
+            }
+            alice.send_channel_data(channels[peer], &numbered(i, size)).await;
+            expected[peer].push(numbered(i, size));
+        }
+        for (peer, want) in expected.iter().enumerate() {
+            let mut buf = vec![0u8; 2048];
+            for (k, payload) in want.iter().enumerate() {
+                let (n, from) = tokio::time::timeout(WAIT, peers[peer].recv_from(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("peer {peer}: datagram {k} of burst at {next} arrives"))
+                    .unwrap();
+                assert_eq!(&buf[..n], &payload[..], "peer {peer}: datagram {k} of the burst at {next}");
+                assert_eq!(from.ip(), relay.handle.relay_ip);
+            }
+        }
+        next += chunk.len();
+    }
+    let mut buf = [0u8; 2048];
+    for peer in &peers {
+        let extra = tokio::time::timeout(Duration::from_millis(100), peer.recv_from(&mut buf)).await;
+        assert!(extra.is_err(), "nothing more, nothing twice");
+    }
+    let c = &relay.handle.counters;
+    assert_eq!(RelayCounters::get(&c.relayed_packets_out), (sequence.len() - unbound) as u64);
+    assert_eq!(RelayCounters::get(&c.peer_send_failures), 0);
+}
+
+#[tokio::test]
+async fn client_bursts_larger_than_a_batch_reach_their_peers_whole_and_in_order() {
+    client_bursts_reach_their_peers_whole_and_in_order(48).await;
+}
+
+#[tokio::test]
+async fn client_datagrams_one_at_a_time_reach_their_peers_whole_and_in_order() {
+    client_bursts_reach_their_peers_whole_and_in_order(1).await;
+}
+
+/// The other direction of [`video_like_bursts_through_an_external_relay`] (same settings and
+/// environment): each of the 20 clients sends the bursts as ChannelData to its own peer, which
+/// must receive every datagram, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a load generator for an external relay; see its doc comment"]
+async fn video_like_bursts_from_clients_through_an_external_relay() {
+    const CLIENTS: usize = 20;
+    const BURST: usize = 16;
+    const SIZE: usize = 1200;
+    const FRAMES_PER_S: u64 = 30;
+    let relay: SocketAddr =
+        std::env::var("RELAYCHAT_BURST_RELAY").expect("RELAYCHAT_BURST_RELAY").parse().unwrap();
+    let seconds: u64 =
+        std::env::var("RELAYCHAT_BURST_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let frames = (seconds * FRAMES_PER_S) as usize;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mut client = TurnClient::for_user(relay, false, &format!("burst{c}"), 600).await;
+        client.allocate().await.expect("allocates");
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket2::SockRef::from(&peer).set_recv_buffer_size(4 << 20).unwrap();
+        if let Wire::Udp { socket, .. } = &client.wire {
+            socket2::SockRef::from(socket).set_send_buffer_size(1 << 20).unwrap();
+        }
+        client.create_permission(&[peer.local_addr().unwrap()]).await.unwrap();
+        client.channel_bind(0x4000, peer.local_addr().unwrap()).await.unwrap();
+        let receiver = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut next = 0usize;
+            while next < frames * BURST {
+                let Ok(Ok((n, _))) =
+                    tokio::time::timeout(Duration::from_secs(3), peer.recv_from(&mut buf)).await
+                else {
+                    break;
+                };
+                assert_eq!(&buf[..n], &numbered(next % 65_536, SIZE)[..], "peer of client {c}");
+                next += 1;
+            }
+            next
+        });
+        let sender = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / FRAMES_PER_S));
+            for frame in 0..frames {
+                tick.tick().await;
+                for i in 0..BURST {
+                    client.send_channel_data(0x4000, &numbered((frame * BURST + i) % 65_536, SIZE)).await;
+                }
+            }
+        });
+        tasks.push((receiver, sender));
+    }
+    let mut received = 0;
+    for (receiver, sender) in tasks {
+        sender.await.unwrap();
+        received += receiver.await.unwrap();
+    }
+    eprintln!("received {received} of {} datagrams", CLIENTS * frames * BURST);
+    assert_eq!(received, CLIENTS * frames * BURST, "every datagram of every burst arrived, in order");
+}
