@@ -13,9 +13,11 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod cluster;
 mod settings_json;
 mod turn;
 
+pub use cluster::ClusterSettings;
 use settings_json::{is_js_settings, js_settings_overrides};
 pub use turn::{ExternalTurnServer, PeerPolicyKind, TurnConfig, TurnContext, TurnSettings};
 
@@ -55,6 +57,9 @@ pub struct Settings {
     /// The operator API (`[admin]`, docs/ADMIN.md); off unless `listen` is set.
     #[serde(default)]
     pub admin: AdminSettings,
+    /// Cluster mode (`[cluster]`, docs/CLUSTER.md); off unless `redis_url` is set.
+    #[serde(default)]
+    pub cluster: ClusterSettings,
 }
 
 /// `[admin]`: the admin HTTP API's own listener and its bearer token.
@@ -452,6 +457,7 @@ impl Settings {
         }
         self.turn_config()?;
         self.admin.validate()?;
+        self.cluster.validate()?;
         Ok(())
     }
 }

@@ -201,6 +201,7 @@ fn hub_error(e: AdminError) -> Reply {
         AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
         AdminError::NotFound(_) => StatusCode::NOT_FOUND,
         AdminError::Conflict(_) => StatusCode::CONFLICT,
+        AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
 }

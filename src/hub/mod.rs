@@ -12,10 +12,13 @@
 //! - `lanes`: the runner's inbound lanes (signaling before connects/disconnects before chat).
 //! - `relay_only`: the privacy boundary (force_relay rebuilds everything a peer receives).
 //! - `admin`: operator requests from the admin API (list, kick, ban, mute, revoke, rotate).
+//! - `cluster`: cluster mode, where shared changes go through the Redis log and come back as
+//!   `ClusterEvent`s every node applies in the same order.
 
 mod admin;
 pub mod budget;
 mod chat;
+mod cluster;
 mod commands;
 pub mod lanes;
 pub mod limits;
@@ -39,8 +42,10 @@ use limits::{ConnectionLimiter, LoginLimiter, RegisterLimiter, SlidingWindow};
 use relay_only::{PrivacyTally, RelayAddresses};
 use voice::VoiceRoom;
 
+use crate::cluster::event::{ClusterEvent, Owner};
 use admin::Until;
 pub use admin::{AdminError, AdminReply, AdminRequest};
+pub use cluster::{ClaimOutcome, CLOSE_TRY_AGAIN_LATER};
 
 pub type ConnId = u64;
 
@@ -115,6 +120,26 @@ pub enum Effect {
     VoiceLeft {
         turn_user: String,
     },
+    /// Cluster mode: append this change to the shared log (it takes effect when read back);
+    /// `origin` is told if it cannot be written.
+    Publish {
+        origin: Option<ConnId>,
+        event: ClusterEvent,
+    },
+    /// Cluster mode: claim `name` for `conn` (renaming from `previous`), logging `event` if won;
+    /// answered with `Hub::name_claimed`.
+    ClaimName {
+        conn: ConnId,
+        name: String,
+        previous: Option<String>,
+        event: ClusterEvent,
+    },
+    /// Cluster mode: let go of `name` if `owner` still holds it, logging `event`.
+    ReleaseName {
+        name: String,
+        owner: Owner,
+        event: ClusterEvent,
+    },
 }
 
 /// What a new connection brings: who it claims to be and where it comes from.
@@ -150,6 +175,8 @@ struct Connection {
     invited: bool,
     /// What this connection may still send, per message type.
     budget: budget::MessageBudget,
+    /// Cluster mode: a name asked of the store, not yet confirmed by the log.
+    claim: Option<cluster::PendingClaim>,
 }
 
 /// Server-wide counts for /server-info and metrics.
@@ -163,8 +190,9 @@ pub struct Hub {
     settings: Arc<Settings>,
     ice: IceServerIssuer,
     connections: HashMap<ConnId, Connection>,
-    /// Welcomed users by name, in order of arrival (for /list).
+    /// Welcomed users of this node by name.
     names: HashMap<String, ConnId>,
+    /// Online names in order of arrival (for /list); clustered, those on other nodes too.
     arrival_order: Vec<String>,
     history: VecDeque<HistoryEntry>,
     bans: HashSet<String>,
@@ -193,6 +221,8 @@ pub struct Hub {
     voice_notice_persisted: HashMap<String, VoiceNotices>,
     rng: StdRng,
     last_prune: Option<Instant>,
+    /// Cluster mode (`None`: single node).
+    cluster: Option<cluster::Replica>,
 }
 
 /// One user's persisted voice notices in the current interval.
@@ -278,6 +308,7 @@ impl Hub {
             voice_notice_persisted: HashMap::new(),
             rng,
             last_prune: None,
+            cluster: None,
         }
     }
 
@@ -378,8 +409,17 @@ impl Hub {
     /// told everyone left voice, every socket is closed.
     pub fn shutdown(&mut self, now: Now) -> Vec<Effect> {
         let mut out = Out::default();
-        for name in self.arrival_order.clone() {
-            self.announce(&mut out, &format!("{name} has left. (Server Shutdown)"), now);
+        if self.is_clustered() {
+            // The others see this node's users leave; its own closes follow.
+            for name in self.arrival_order.clone() {
+                if let Some(&conn) = self.names.get(&name) {
+                    self.release_name(&mut out, conn, &name, " (Server Shutdown)", now);
+                }
+            }
+        } else {
+            for name in self.arrival_order.clone() {
+                self.announce(&mut out, &format!("{name} has left. (Server Shutdown)"), now);
+            }
         }
         for turn_user in std::mem::take(&mut self.voice).turn_users() {
             out.push(Effect::VoiceLeft { turn_user });
@@ -436,7 +476,9 @@ impl Hub {
 
     fn announce(&mut self, out: &mut Out, text: &str, now: Now) {
         self.record(out, HistoryKind::System, None, text, now);
-        out.broadcast(self.welcomed_connections(), &ServerMessage::System { text });
+        if !self.is_clustered() {
+            out.broadcast(self.welcomed_connections(), &ServerMessage::System { text });
+        }
     }
 
     /// Appends to the in-memory history and asks the runner to persist it.
@@ -447,6 +489,15 @@ impl Hub {
             text: text.to_string(),
             timestamp: iso_timestamp(now.wall),
         };
+        if self.is_clustered() {
+            // Shown and kept when read back from the log, on every node alike.
+            let event = match kind {
+                HistoryKind::Chat => ClusterEvent::Chat { entry },
+                HistoryKind::System => ClusterEvent::System { entry },
+            };
+            self.publish(out, None, event);
+            return;
+        }
         self.history.push_back(entry.clone());
         while self.history.len() > self.settings.chat.history_limit {
             self.history.pop_front();
@@ -464,6 +515,19 @@ impl Hub {
     fn remove_connection(&mut self, out: &mut Out, conn: ConnId, suffix: Option<&str>, now: Now) {
         let Some(connection) = self.connections.remove(&conn) else { return };
         self.connection_limiter.release(connection.ip, now.mono);
+        if self.is_clustered() {
+            // A claim still under way is released too (after it, in the writer's order).
+            if let Some(claim) = connection.claim {
+                self.release_name(out, conn, &claim.name, suffix.unwrap_or(""), now);
+            }
+            if let Some(name) = connection.name {
+                self.leave_voice(out, &name, now);
+                self.names.remove(&name);
+                // Listed until the log says it left, like on every other node.
+                self.release_name(out, conn, &name, suffix.unwrap_or(""), now);
+            }
+            return;
+        }
         if let Some(name) = connection.name {
             self.leave_voice(out, &name, now);
             self.names.remove(&name);

@@ -1,0 +1,216 @@
+//! The log reader: its own Redis connection (a blocking `XREAD` would hold up everything else
+//! on a shared one), reading `{ns}:log` from the last applied ID and handing each event to the
+//! hub in order.
+//!
+//! At start, and whenever the log no longer holds the entry after the last applied one (trimmed
+//! while this node was away: a gap the log cannot fill), it first reads a snapshot (history,
+//! online list, bans, mutes and the log ID they are current at, in one atomic script) and hands
+//! that to the hub (`HubEvent::ClusterSnapshot`). After a plain reconnect it just continues
+//! from its last ID: the entries it missed are still there, so nothing is skipped or repeated.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+
+use super::event::{ClusterEvent, Owner, Snapshot};
+use super::scripts::Scripts;
+use super::{parse_stream_id, ClusterContext, CONNECT_TIMEOUT};
+use crate::hub::runner::{HubEvent, HubHandle};
+use crate::protocol::HistoryEntry;
+
+/// How long one `XREAD` blocks waiting for new entries.
+const BLOCK_MS: u64 = 1000;
+/// Entries taken per read.
+const READ_COUNT: usize = 512;
+/// Reconnect delays: from the first to the longest.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// Why reading stopped.
+enum Stop {
+    /// Redis failed: reconnect.
+    Redis(redis::RedisError),
+    /// The hub is gone: the node is shutting down.
+    HubGone,
+}
+
+impl From<redis::RedisError> for Stop {
+    fn from(e: redis::RedisError) -> Self {
+        Stop::Redis(e)
+    }
+}
+
+/// Runs until the hub stops.
+pub async fn run(ctx: ClusterContext, hub: HubHandle, history_limit: usize) {
+    let scripts = Scripts::new();
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(Duration::from_millis(BLOCK_MS) + super::COMMAND_TIMEOUT));
+    let mut last_id: Option<String> = None;
+    let mut delay = RECONNECT_FIRST;
+    loop {
+        let stop = match ctx.client.get_multiplexed_async_connection_with_config(&config).await {
+            Ok(mut conn) => {
+                delay = RECONNECT_FIRST;
+                read(&ctx, &hub, &scripts, &mut conn, &mut last_id, history_limit).await
+            }
+            Err(e) => Stop::Redis(e),
+        };
+        let was_up = ctx.status.reader_up.swap(false, Ordering::Relaxed);
+        match stop {
+            Stop::HubGone => return,
+            Stop::Redis(e) if was_up => {
+                tracing::warn!(node = %ctx.node_id, "cluster log reader lost Redis: {e}");
+            }
+            Stop::Redis(e) => tracing::debug!("cluster log reader cannot connect: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RECONNECT_MAX);
+    }
+}
+
+async fn read(
+    ctx: &ClusterContext,
+    hub: &HubHandle,
+    scripts: &Scripts,
+    conn: &mut MultiplexedConnection,
+    last_id: &mut Option<String>,
+    history_limit: usize,
+) -> Stop {
+    match read_inner(ctx, hub, scripts, conn, last_id, history_limit).await {
+        Ok(never) => match never {},
+        Err(stop) => stop,
+    }
+}
+
+async fn read_inner(
+    ctx: &ClusterContext,
+    hub: &HubHandle,
+    scripts: &Scripts,
+    conn: &mut MultiplexedConnection,
+    last_id: &mut Option<String>,
+    history_limit: usize,
+) -> Result<std::convert::Infallible, Stop> {
+    let resync = match last_id.as_deref() {
+        None => true,
+        Some(last) => has_gap(ctx, conn, last).await?,
+    };
+    if resync {
+        if last_id.is_some() {
+            tracing::warn!(
+                node = %ctx.node_id,
+                "the cluster log was trimmed past this node's last entry: resynchronizing from a snapshot"
+            );
+        }
+        let (id, snapshot) = snapshot(ctx, scripts, conn, history_limit, last_id.is_some()).await?;
+        ctx.status.resyncs.fetch_add(1, Ordering::Relaxed);
+        if !hub.send(HubEvent::ClusterSnapshot(snapshot)).await {
+            return Err(Stop::HubGone);
+        }
+        *last_id = Some(id);
+    }
+    ctx.status.reader_up.store(true, Ordering::Relaxed);
+    type Reply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
+    loop {
+        let from = last_id.clone().unwrap_or_else(|| "0-0".into());
+        let reply: Reply = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(ctx.keys.log())
+            .arg(&from)
+            .query_async(conn)
+            .await?;
+        let entries = reply.into_iter().flatten().flat_map(|(_, entries)| entries);
+        let mut read_any = false;
+        for (id, fields) in entries {
+            read_any = true;
+            if let Some((ms, _)) = parse_stream_id(&id) {
+                ctx.status.last_applied_ms.store(ms, Ordering::Relaxed);
+            }
+            *last_id = Some(id.clone());
+            let event = field(&fields, "e").and_then(ClusterEvent::from_json);
+            let Some(event) = event else {
+                tracing::warn!(id, "skipping a cluster log entry this version cannot read");
+                continue;
+            };
+            if !hub.send(HubEvent::ClusterApply { event }).await {
+                return Err(Stop::HubGone);
+            }
+        }
+        if !read_any {
+            let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+            ctx.status.caught_up_ms.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The value of `name` in a stream entry's flat field list.
+fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
+    fields
+        .chunks(2)
+        .find(|pair| pair.first().map(String::as_str) == Some(name))
+        .and_then(|p| p.get(1))
+        .map(String::as_str)
+}
+
+/// Does the log still hold what follows `last`? Not if its oldest entry is newer than `last`
+/// (trimmed) or it is empty although we had read something (Redis lost its data).
+async fn has_gap(ctx: &ClusterContext, conn: &mut MultiplexedConnection, last: &str) -> Result<bool, Stop> {
+    let oldest: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(ctx.keys.log())
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(match oldest.first() {
+        Some((first, _)) => parse_stream_id(first) > parse_stream_id(last),
+        None => last != "0-0",
+    })
+}
+
+async fn snapshot(
+    ctx: &ClusterContext,
+    scripts: &Scripts,
+    conn: &mut MultiplexedConnection,
+    history_limit: usize,
+    resync: bool,
+) -> Result<(String, Snapshot), Stop> {
+    type Reply = (String, Vec<(String, Vec<String>)>, Vec<String>, Vec<String>, Vec<String>);
+    let (last_id, newest_first, online, bans, mutes): Reply = scripts
+        .snapshot
+        .key(ctx.keys.log())
+        .key(ctx.keys.history())
+        .key(ctx.keys.online())
+        .key(ctx.keys.bans())
+        .key(ctx.keys.mutes())
+        .arg(history_limit)
+        .invoke_async(conn)
+        .await?;
+    let history: Vec<HistoryEntry> = newest_first
+        .iter()
+        .rev()
+        .filter_map(|(_, fields)| field(fields, "h").and_then(|h| serde_json::from_str(h).ok()))
+        .collect();
+    let pairs = |flat: &[String]| -> Vec<(String, String)> {
+        flat.chunks(2).filter_map(|p| Some((p.first()?.clone(), p.get(1)?.clone()))).collect()
+    };
+    let until = |value: &str| value.parse::<u64>().ok().filter(|&ms| ms > 0);
+    let snapshot = Snapshot {
+        history,
+        online: pairs(&online)
+            .into_iter()
+            .filter_map(|(name, owner)| Some((name, Owner::parse(&owner)?)))
+            .collect(),
+        bans: pairs(&bans).into_iter().map(|(name, value)| (name, until(&value))).collect(),
+        mutes: pairs(&mutes).into_iter().map(|(name, value)| (name, until(&value))).collect(),
+        resync,
+    };
+    Ok((last_id, snapshot))
+}

@@ -1,0 +1,351 @@
+//! The writer: one task that carries out this node's changes to the cluster store, in the order
+//! the hub made them (a claim before the user's first chat, a release after their last), and
+//! the heartbeat that keeps the node and its users' names alive and reaps dead nodes.
+//!
+//! The runner never waits for it: it `try_send`s into a bounded queue (`WRITE_QUEUE`); a full
+//! queue or a failed write comes back to the hub as an answer the user sees ("not sent",
+//! "try again"). What could not be released while Redis was away is kept (bounded) and
+//! released once it is back.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::{Script, ScriptInvocation};
+use tokio::sync::{mpsc, oneshot};
+
+use super::event::{ClusterEvent, Owner};
+use super::scripts::Scripts;
+use super::{ClusterContext, HISTORY_EXACT_TRIM_UP_TO, HISTORY_HARD_CAP, LOG_MAX_ENTRIES};
+use crate::config::HistorySettings;
+use crate::hub::runner::{HubEvent, HubHandle};
+use crate::hub::{ClaimOutcome, ConnId};
+use crate::protocol::{iso_timestamp, HistoryEntry};
+
+/// Releases kept while Redis is away; beyond, the oldest is dropped (its name key still
+/// expires after the presence TTL, but the others keep listing it until this node restarts).
+pub const MAX_PENDING_RELEASES: usize = 65_536;
+/// Dead nodes reaped per heartbeat.
+const MAX_REAPS_PER_HEARTBEAT: usize = 16;
+
+/// One change for the cluster store.
+#[derive(Debug)]
+pub enum ClusterCommand {
+    /// Claim `name` for `conn` (renaming from `previous`); the hub hears `NameClaimed`.
+    Claim { conn: ConnId, name: String, previous: Option<String>, event: ClusterEvent },
+    /// Let go of `name` if `owner` still holds it.
+    Release { name: String, owner: Owner, event: ClusterEvent },
+    /// Log a change (chat, notice, moderation); `origin` hears `PublishFailed` if it fails.
+    Publish { origin: Option<ConnId>, event: ClusterEvent },
+    /// Renew the node and the names it holds.
+    Heartbeat { names: Vec<(String, Owner)> },
+    /// Answered once every command queued before it is done (shutdown).
+    Flush(oneshot::Sender<()>),
+}
+
+/// The history entry an event stores in `{ns}:history`, if any.
+pub fn history_entry(event: &ClusterEvent) -> Option<&HistoryEntry> {
+    match event {
+        ClusterEvent::UserJoined { entry, .. } => entry.as_ref(),
+        ClusterEvent::UserLeft { entry, .. }
+        | ClusterEvent::Chat { entry }
+        | ClusterEvent::System { entry }
+        | ClusterEvent::NickChanged { entry, .. }
+        | ClusterEvent::Ban { entry, .. }
+        | ClusterEvent::Unban { entry, .. }
+        | ClusterEvent::Kick { entry, .. } => Some(entry),
+        ClusterEvent::Mute { .. } | ClusterEvent::Unmute { .. } | ClusterEvent::NodeGone { .. } => None,
+    }
+}
+
+/// The publish script's stored change for an event: op, name, until (0: no end).
+fn stored_change(event: &ClusterEvent) -> (&'static str, &str, u64) {
+    match event {
+        ClusterEvent::Ban { name, until_ms, .. } => ("ban", name, until_ms.unwrap_or(0)),
+        ClusterEvent::Unban { name, .. } => ("unban", name, 0),
+        ClusterEvent::Mute { name, until_ms, .. } => ("mute", name, until_ms.unwrap_or(0)),
+        ClusterEvent::Unmute { name } => ("unmute", name, 0),
+        _ => ("", "", 0),
+    }
+}
+
+fn entry_json(event: &ClusterEvent) -> String {
+    history_entry(event).map(|entry| serde_json::to_string(entry).unwrap_or_default()).unwrap_or_default()
+}
+
+pub struct Writer {
+    ctx: ClusterContext,
+    conn: ConnectionManager,
+    scripts: Scripts,
+    hub: HubHandle,
+    /// This node's record (`{ns}:node:{id}`).
+    node_record: String,
+    history_cap: u64,
+    history: HistorySettings,
+    /// Since when every command has succeeded (reaping others needs a whole TTL of it).
+    up_since: Option<Instant>,
+    pending_releases: VecDeque<(String, Owner, ClusterEvent)>,
+    last_age_trim: Option<Instant>,
+}
+
+impl Writer {
+    pub fn new(
+        ctx: ClusterContext,
+        hub: HubHandle,
+        node_record: String,
+        history: HistorySettings,
+    ) -> anyhow::Result<Self> {
+        let history_cap = match history.retention_max_messages {
+            0 => HISTORY_HARD_CAP,
+            n => n.min(HISTORY_HARD_CAP),
+        };
+        Ok(Self {
+            conn: ctx.manager()?,
+            ctx,
+            scripts: Scripts::new(),
+            hub,
+            node_record,
+            history_cap,
+            history,
+            up_since: None,
+            pending_releases: VecDeque::new(),
+            last_age_trim: None,
+        })
+    }
+
+    /// Runs until the runner drops its sender.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<ClusterCommand>) {
+        while let Some(command) = commands.recv().await {
+            self.carry_out(command).await;
+        }
+    }
+
+    fn set_up(&mut self, ok: bool) {
+        let was = self.ctx.status.writer_up.swap(ok, Ordering::Relaxed);
+        if ok && self.up_since.is_none() {
+            self.up_since = Some(Instant::now());
+        }
+        if !ok {
+            self.up_since = None;
+        }
+        if was != ok {
+            if ok {
+                tracing::info!(node = %self.ctx.node_id, "cluster store reachable again: writing");
+            } else {
+                tracing::warn!(node = %self.ctx.node_id, "cluster store unreachable: changes are refused");
+            }
+        }
+    }
+
+    /// The script with the common keys (log, history, online) and arguments (caps) first.
+    fn invocation<'a>(&self, script: &'a Script, keys: &[String]) -> ScriptInvocation<'a> {
+        let mode = if self.history_cap <= HISTORY_EXACT_TRIM_UP_TO { "=" } else { "~" };
+        let mut invocation = script.key(self.ctx.keys.log());
+        invocation.key(self.ctx.keys.history()).key(self.ctx.keys.online());
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(LOG_MAX_ENTRIES).arg(self.history_cap).arg(mode);
+        invocation
+    }
+
+    async fn carry_out(&mut self, command: ClusterCommand) {
+        match command {
+            ClusterCommand::Claim { conn, name, previous, event } => {
+                let outcome = self.claim(conn, &name, previous.as_deref(), &event).await;
+                self.hub.send(HubEvent::NameClaimed { conn, name, outcome }).await;
+            }
+            ClusterCommand::Release { name, owner, event } => {
+                if !self.release(&name, &owner, &event).await {
+                    if self.pending_releases.len() >= MAX_PENDING_RELEASES {
+                        self.pending_releases.pop_front();
+                    }
+                    self.pending_releases.push_back((name, owner, event));
+                }
+            }
+            ClusterCommand::Publish { origin, event } => {
+                if !self.publish(&event).await {
+                    self.ctx.status.publish_failures.fetch_add(1, Ordering::Relaxed);
+                    if let Some(conn) = origin {
+                        self.hub.send(HubEvent::PublishFailed { conn }).await;
+                    }
+                }
+            }
+            ClusterCommand::Heartbeat { names } => self.heartbeat(names).await,
+            ClusterCommand::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    async fn claim(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        previous: Option<&str>,
+        event: &ClusterEvent,
+    ) -> ClaimOutcome {
+        let owner = Owner { node: self.ctx.node_id.clone(), conn };
+        let ttl = self.ctx.settings.presence_ttl_ms;
+        let result: redis::RedisResult<i64> = match previous {
+            None => {
+                let mut invocation = self.invocation(&self.scripts.claim, &[self.ctx.keys.name(name)]);
+                invocation
+                    .arg(owner.to_string())
+                    .arg(ttl)
+                    .arg(event.to_json())
+                    .arg(entry_json(event))
+                    .arg(name);
+                invocation.invoke_async(&mut self.conn.clone()).await
+            }
+            Some(old) => {
+                let keys = [self.ctx.keys.name(name), self.ctx.keys.name(old)];
+                let mut invocation = self.invocation(&self.scripts.rename, &keys);
+                invocation
+                    .arg(owner.to_string())
+                    .arg(ttl)
+                    .arg(event.to_json())
+                    .arg(entry_json(event))
+                    .arg(name)
+                    .arg(old);
+                invocation.invoke_async(&mut self.conn.clone()).await
+            }
+        };
+        match result {
+            Ok(won) => {
+                self.set_up(true);
+                if won == 1 {
+                    ClaimOutcome::Won
+                } else {
+                    ClaimOutcome::Taken
+                }
+            }
+            Err(e) => {
+                tracing::warn!(user = name, "cluster name claim failed: {e}");
+                self.set_up(false);
+                ClaimOutcome::StoreDown
+            }
+        }
+    }
+
+    /// True once Redis has answered (whether or not the name was still ours).
+    async fn release(&mut self, name: &str, owner: &Owner, event: &ClusterEvent) -> bool {
+        let mut invocation = self.invocation(&self.scripts.release, &[self.ctx.keys.name(name)]);
+        invocation.arg(owner.to_string()).arg(event.to_json()).arg(entry_json(event)).arg(name);
+        let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn.clone()).await;
+        match result {
+            Ok(_) => {
+                self.set_up(true);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(user = name, "cluster name release failed (retried later): {e}");
+                self.set_up(false);
+                false
+            }
+        }
+    }
+
+    async fn publish(&mut self, event: &ClusterEvent) -> bool {
+        let (op, name, until) = stored_change(event);
+        let keys = [self.ctx.keys.bans(), self.ctx.keys.mutes()];
+        let mut invocation = self.invocation(&self.scripts.publish, &keys);
+        invocation.arg(event.to_json()).arg(entry_json(event)).arg(op).arg(name).arg(until);
+        let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn.clone()).await;
+        match result {
+            Ok(_) => {
+                self.set_up(true);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("cluster publish failed: {e}");
+                self.set_up(false);
+                false
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self, names: Vec<(String, Owner)>) {
+        // Releases that failed while Redis was away go first: the hub has forgotten those names.
+        while let Some((name, owner, event)) = self.pending_releases.pop_front() {
+            if !self.release(&name, &owner, &event).await {
+                self.pending_releases.push_front((name, owner, event));
+                return;
+            }
+        }
+        let node = self.ctx.node_id.clone();
+        let keys = [self.ctx.keys.nodes(), self.ctx.keys.node(&node)];
+        let mut invocation = self.invocation(&self.scripts.heartbeat, &keys);
+        invocation
+            .arg(&node)
+            .arg(self.ctx.settings.presence_ttl_ms)
+            .arg(&self.node_record)
+            .arg(self.ctx.keys.name_prefix());
+        for (name, owner) in &names {
+            let rejoin = ClusterEvent::UserJoined { name: name.clone(), owner: owner.clone(), entry: None };
+            invocation.arg(name).arg(owner.to_string()).arg(rejoin.to_json());
+        }
+        let result: redis::RedisResult<(Vec<String>, Vec<String>, u64)> =
+            invocation.invoke_async(&mut self.conn.clone()).await;
+        let (lost, expired, alive) = match result {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::debug!("cluster heartbeat failed: {e}");
+                self.set_up(false);
+                return;
+            }
+        };
+        self.set_up(true);
+        self.ctx.status.nodes_alive.store(alive, Ordering::Relaxed);
+        if !lost.is_empty() {
+            tracing::warn!(?lost, "names taken by another node while this one was cut off");
+            self.hub.send(HubEvent::NamesLost { names: lost }).await;
+        }
+        // Only a node that has itself been connected for a whole TTL reaps: after a Redis
+        // outage every node's record has expired, and the live ones need one heartbeat to renew.
+        let ttl = Duration::from_millis(self.ctx.settings.presence_ttl_ms);
+        if self.up_since.is_some_and(|since| since.elapsed() >= ttl) {
+            for dead in expired.iter().filter(|dead| **dead != node).take(MAX_REAPS_PER_HEARTBEAT) {
+                self.reap(dead).await;
+            }
+        }
+        self.trim_by_age().await;
+    }
+
+    async fn reap(&mut self, dead: &str) {
+        let keys = [self.ctx.keys.nodes(), self.ctx.keys.node(dead)];
+        let mut invocation = self.invocation(&self.scripts.reap, &keys);
+        invocation.arg(dead).arg(self.ctx.keys.name_prefix()).arg(iso_timestamp(chrono::Utc::now()));
+        let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn.clone()).await;
+        match result {
+            Ok(1) => tracing::warn!(node = dead, "reaped a node that stopped renewing its record"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(node = dead, "reaping failed: {e}"),
+        }
+    }
+
+    /// `[history] retention_max_days`: drops entries older than that (stream IDs are ms times).
+    async fn trim_by_age(&mut self) {
+        if self.history.retention_max_days == 0 {
+            return;
+        }
+        let interval = Duration::from_secs(self.history.prune_interval_s.max(1));
+        if self.last_age_trim.is_some_and(|at| at.elapsed() < interval) {
+            return;
+        }
+        self.last_age_trim = Some(Instant::now());
+        let keep_ms = self.history.retention_max_days.min(100_000) * 86_400_000;
+        let cutoff = (chrono::Utc::now().timestamp_millis().max(0) as u64).saturating_sub(keep_ms);
+        let result: redis::RedisResult<u64> = redis::cmd("XTRIM")
+            .arg(self.ctx.keys.history())
+            .arg("MINID")
+            .arg("~")
+            .arg(cutoff)
+            .query_async(&mut self.conn.clone())
+            .await;
+        if let Err(e) = result {
+            tracing::warn!("history trim by age failed: {e}");
+        }
+    }
+}
