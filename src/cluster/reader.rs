@@ -59,6 +59,8 @@ pub async fn run(ctx: ClusterContext, hub: HubHandle, history_limit: usize) {
             Err(e) => Stop::Redis(e),
         };
         let was_up = ctx.status.reader_up.swap(false, Ordering::Relaxed);
+        // The writer's connection went down with ours: it checks it before its next change.
+        ctx.status.writer_up.store(false, Ordering::Relaxed);
         match stop {
             Stop::HubGone => return,
             Stop::Redis(e) if was_up => {

@@ -63,7 +63,10 @@ end
 
 const CLAIM: &str = r"
 -- ARGV[4] owner, ARGV[5] ttl ms, ARGV[6] event, ARGV[7] entry, ARGV[8] name
-if not redis.call('SET', KEYS[4], ARGV[4], 'NX', 'PX', ARGV[5]) then return 0 end
+if not redis.call('SET', KEYS[4], ARGV[4], 'NX', 'PX', ARGV[5]) then
+  if redis.call('GET', KEYS[4]) == ARGV[4] then return 1 end
+  return 0
+end
 redis.call('HSET', KEYS[3], ARGV[8], ARGV[4])
 store_entry(ARGV[7])
 log_event(ARGV[6])

@@ -26,6 +26,8 @@ use crate::protocol::{iso_timestamp, HistoryEntry};
 /// Releases kept while Redis is away; beyond, the oldest is dropped (its name key still
 /// expires after the presence TTL, but the others keep listing it until this node restarts).
 pub const MAX_PENDING_RELEASES: usize = 65_536;
+/// Pause between PINGs while the connection manager reconnects.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 /// Dead nodes reaped per heartbeat.
 const MAX_REAPS_PER_HEARTBEAT: usize = 16;
 
@@ -150,7 +152,27 @@ impl Writer {
         invocation
     }
 
+    /// After a failure (or the reader losing Redis) the connection is suspect: a PING, retried
+    /// once the manager has reconnected, comes first, so that a change is never sent into a
+    /// dead connection and never retried after it may have been applied.
+    async fn ensure_connected(&mut self) {
+        if self.ctx.status.writer_up.load(Ordering::Relaxed) {
+            return;
+        }
+        for _ in 0..3 {
+            let pong: redis::RedisResult<String> =
+                redis::cmd("PING").query_async(&mut self.conn.clone()).await;
+            if pong.is_ok() {
+                return;
+            }
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+        }
+    }
+
     async fn carry_out(&mut self, command: ClusterCommand) {
+        if !matches!(command, ClusterCommand::Flush(_)) {
+            self.ensure_connected().await;
+        }
         match command {
             ClusterCommand::Claim { conn, name, previous, event } => {
                 let outcome = self.claim(conn, &name, previous.as_deref(), &event).await;
@@ -172,7 +194,10 @@ impl Writer {
                     }
                 }
             }
-            ClusterCommand::Heartbeat { names } => self.heartbeat(names).await,
+            ClusterCommand::Heartbeat { names } => {
+                self.ctx.status.heartbeat_queued.store(false, Ordering::Relaxed);
+                self.heartbeat(names).await
+            }
             ClusterCommand::Flush(done) => {
                 let _ = done.send(());
             }

@@ -323,6 +323,10 @@ impl Runner {
                 },
                 _ = tick.tick() => {
                     self.watch_cluster_store();
+                    if !self.cluster_up {
+                        // Notice the store's return sooner than the next heartbeat would.
+                        self.send_heartbeat();
+                    }
                     self.hub.tick(Now::current())
                 }
                 _ = heartbeat.tick(), if clustered => {
@@ -383,8 +387,12 @@ impl Runner {
 
     fn send_heartbeat(&mut self) {
         let Some(cluster) = &self.cluster else { return };
+        if cluster.status.heartbeat_queued.swap(true, Ordering::Relaxed) {
+            return; // the last one is still waiting: Redis is slow or away
+        }
         let names = self.hub.owned_names();
         if cluster.commands.try_send(ClusterCommand::Heartbeat { names }).is_err() {
+            cluster.status.heartbeat_queued.store(false, Ordering::Relaxed);
             tracing::warn!("cluster writer queue full: heartbeat skipped");
         }
     }
@@ -416,6 +424,8 @@ impl Runner {
 
     fn handle(&mut self, event: HubEvent) -> Vec<Effect> {
         let now = Now::current();
+        // Two atomic loads: the hub sees the store's state as /readyz does, at every event.
+        self.watch_cluster_store();
         match event {
             HubEvent::Connected { conn, info, link } => {
                 self.links.insert(conn, link);
