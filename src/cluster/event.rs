@@ -92,13 +92,76 @@ pub enum ClusterEvent {
         notice: String,
         entry: HistoryEntry,
     },
-    /// `node` stopped renewing its record; its users in `names` are gone. Each node shows
-    /// "<name> has left." stamped `timestamp`, as the reaper stored them in the history.
+    /// `node` stopped renewing its record; its users in `names` are gone (and its voice seats
+    /// `seats`). Each node shows "<name> has left." stamped `timestamp`, as the reaper stored
+    /// them in the history.
     NodeGone {
         node: String,
         names: Vec<String>,
+        #[serde(default)]
+        seats: Vec<String>,
         timestamp: String,
     },
+    /// `owner`'s user took a voice seat (`turn_user` is what the relays admit).
+    VoiceJoined {
+        name: String,
+        owner: Owner,
+        turn_user: String,
+        media: Vec<String>,
+        entry: HistoryEntry,
+    },
+    /// The seat of `turn_user` is free again (leave, disconnect, kick, ban, revocation).
+    VoiceLeft {
+        name: String,
+        turn_user: String,
+        entry: HistoryEntry,
+    },
+    MediaChanged {
+        name: String,
+        turn_user: String,
+        media: Vec<String>,
+    },
+}
+
+/// A voice seat as stored in `{ns}:voice` (name -> this, JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeatRecord {
+    pub node: String,
+    pub conn: u64,
+    pub turn_user: String,
+    /// Lua's cjson writes an empty list as `{}`: read either as empty.
+    #[serde(default, deserialize_with = "list_or_empty_object")]
+    pub media: Vec<String>,
+}
+
+fn list_or_empty_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Array(items) => {
+            Ok(items.into_iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Signaling for a voice member on another node, through that node's inbox stream
+/// (`{ns}:inbox:{node}`). Already rebuilt under force_relay by the node that received it from
+/// its client, so nothing a client wrote crosses Redis unsanitized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutedSignal {
+    /// The node holding `to`.
+    pub node: String,
+    pub from: String,
+    pub to: String,
+    pub kind: SignalKind,
+    /// The offer/answer description object or the candidate object, as the target receives it.
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignalKind {
+    Offer,
+    Answer,
+    Candidate,
 }
 
 impl ClusterEvent {
@@ -124,6 +187,8 @@ pub struct Snapshot {
     pub bans: Vec<(String, Option<u64>)>,
     /// Muted names, until when (Unix ms; `None`: no end).
     pub mutes: Vec<(String, Option<u64>)>,
+    /// Voice seats, anywhere.
+    pub seats: Vec<(String, SeatRecord)>,
     /// After a gap (not the start).
     pub resync: bool,
 }

@@ -57,6 +57,9 @@ use crate::config::ClusterSettings;
 /// Log entries kept (approximately: `MAXLEN ~` trims whole stream nodes). A node away longer
 /// than this many changes resynchronizes from a snapshot.
 pub const LOG_MAX_ENTRIES: u64 = 100_000;
+/// Signaling entries kept in a node's inbox (approximately): a node reads its inbox as fast as
+/// its log, so this only matters for a node that is gone.
+pub const INBOX_MAX_ENTRIES: u64 = 10_000;
 /// History entries kept when `[history] retention_max_messages` is 0 (no count limit asked):
 /// Redis holds everything in memory, so there is always a cap.
 pub const HISTORY_HARD_CAP: u64 = 1_000_000;
@@ -108,6 +111,12 @@ impl Keys {
     }
     pub fn name(&self, name: &str) -> String {
         format!("{}{name}", self.name_prefix())
+    }
+    pub fn voice(&self) -> String {
+        self.key("voice")
+    }
+    pub fn inbox(&self, node: &str) -> String {
+        self.key(&format!("inbox:{node}"))
     }
     pub fn accounts(&self) -> String {
         self.key("accounts")

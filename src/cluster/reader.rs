@@ -7,6 +7,11 @@
 //! online list, bans, mutes and the log ID they are current at, in one atomic script) and hands
 //! that to the hub (`HubEvent::ClusterSnapshot`). After a plain reconnect it just continues
 //! from its last ID: the entries it missed are still there, so nothing is skipped or repeated.
+//!
+//! The same blocking read also takes the node's inbox (`{ns}:inbox:{id}`: signaling for its
+//! voice members from other nodes), log first, so an offer is never applied before the join
+//! it follows when both arrive together. The inbox starts at its newest entry: what was sent
+//! to an earlier run of this node id is stale.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,7 +19,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
-use super::event::{ClusterEvent, Owner, Snapshot};
+use super::event::{ClusterEvent, Owner, RoutedSignal, SeatRecord, Snapshot};
 use super::scripts::Scripts;
 use super::{parse_stream_id, ClusterContext, CONNECT_TIMEOUT};
 use crate::hub::runner::{HubEvent, HubHandle};
@@ -49,12 +54,14 @@ pub async fn run(ctx: ClusterContext, hub: HubHandle, history_limit: usize) {
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(Duration::from_millis(BLOCK_MS) + super::COMMAND_TIMEOUT));
     let mut last_id: Option<String> = None;
+    let mut inbox_id: Option<String> = None;
     let mut delay = RECONNECT_FIRST;
     loop {
         let stop = match ctx.client.get_multiplexed_async_connection_with_config(&config).await {
             Ok(mut conn) => {
                 delay = RECONNECT_FIRST;
-                read(&ctx, &hub, &scripts, &mut conn, &mut last_id, history_limit).await
+                let mut cursor = Cursor { log: &mut last_id, inbox: &mut inbox_id };
+                read(&ctx, &hub, &scripts, &mut conn, &mut cursor, history_limit).await
             }
             Err(e) => Stop::Redis(e),
         };
@@ -73,15 +80,21 @@ pub async fn run(ctx: ClusterContext, hub: HubHandle, history_limit: usize) {
     }
 }
 
+/// Where the reader is: the last log entry applied, the last inbox entry delivered.
+struct Cursor<'a> {
+    log: &'a mut Option<String>,
+    inbox: &'a mut Option<String>,
+}
+
 async fn read(
     ctx: &ClusterContext,
     hub: &HubHandle,
     scripts: &Scripts,
     conn: &mut MultiplexedConnection,
-    last_id: &mut Option<String>,
+    cursor: &mut Cursor<'_>,
     history_limit: usize,
 ) -> Stop {
-    match read_inner(ctx, hub, scripts, conn, last_id, history_limit).await {
+    match read_inner(ctx, hub, scripts, conn, cursor, history_limit).await {
         Ok(never) => match never {},
         Err(stop) => stop,
     }
@@ -92,9 +105,22 @@ async fn read_inner(
     hub: &HubHandle,
     scripts: &Scripts,
     conn: &mut MultiplexedConnection,
-    last_id: &mut Option<String>,
+    cursor: &mut Cursor<'_>,
     history_limit: usize,
 ) -> Result<std::convert::Infallible, Stop> {
+    let inbox_key = ctx.keys.inbox(&ctx.node_id);
+    if cursor.inbox.is_none() {
+        let newest: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(&inbox_key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        *cursor.inbox = Some(newest.first().map(|(id, _)| id.clone()).unwrap_or_else(|| "0-0".into()));
+    }
+    let last_id = &mut *cursor.log;
     let resync = match last_id.as_deref() {
         None => true,
         Some(last) => has_gap(ctx, conn, last).await?,
@@ -117,6 +143,7 @@ async fn read_inner(
     type Reply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
     loop {
         let from = last_id.clone().unwrap_or_else(|| "0-0".into());
+        let inbox_from = cursor.inbox.clone().unwrap_or_else(|| "0-0".into());
         let reply: Reply = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(READ_COUNT)
@@ -124,12 +151,22 @@ async fn read_inner(
             .arg(BLOCK_MS)
             .arg("STREAMS")
             .arg(ctx.keys.log())
+            .arg(&inbox_key)
             .arg(&from)
+            .arg(&inbox_from)
             .query_async(conn)
             .await?;
-        let entries = reply.into_iter().flatten().flat_map(|(_, entries)| entries);
         let mut read_any = false;
-        for (id, fields) in entries {
+        let mut log_entries = Vec::new();
+        let mut inbox_entries = Vec::new();
+        for (stream, entries) in reply.into_iter().flatten() {
+            if stream == inbox_key {
+                inbox_entries = entries;
+            } else {
+                log_entries = entries;
+            }
+        }
+        for (id, fields) in log_entries {
             read_any = true;
             if let Some((ms, _)) = parse_stream_id(&id) {
                 ctx.status.last_applied_ms.store(ms, Ordering::Relaxed);
@@ -141,6 +178,18 @@ async fn read_inner(
                 continue;
             };
             if !hub.send(HubEvent::ClusterApply { event }).await {
+                return Err(Stop::HubGone);
+            }
+        }
+        for (id, fields) in inbox_entries {
+            read_any = true;
+            *cursor.inbox = Some(id.clone());
+            let signal = field(&fields, "s").and_then(|s| serde_json::from_str::<RoutedSignal>(s).ok());
+            let Some(signal) = signal else {
+                tracing::warn!(id, "skipping an inbox entry this version cannot read");
+                continue;
+            };
+            if !hub.send(HubEvent::RemoteSignal(signal)).await {
                 return Err(Stop::HubGone);
             }
         }
@@ -184,14 +233,15 @@ async fn snapshot(
     history_limit: usize,
     resync: bool,
 ) -> Result<(String, Snapshot), Stop> {
-    type Reply = (String, Vec<(String, Vec<String>)>, Vec<String>, Vec<String>, Vec<String>);
-    let (last_id, newest_first, online, bans, mutes): Reply = scripts
+    type Reply = (String, Vec<(String, Vec<String>)>, Vec<String>, Vec<String>, Vec<String>, Vec<String>);
+    let (last_id, newest_first, online, bans, mutes, voice): Reply = scripts
         .snapshot
         .key(ctx.keys.log())
         .key(ctx.keys.history())
         .key(ctx.keys.online())
         .key(ctx.keys.bans())
         .key(ctx.keys.mutes())
+        .key(ctx.keys.voice())
         .arg(history_limit)
         .invoke_async(conn)
         .await?;
@@ -212,6 +262,10 @@ async fn snapshot(
             .collect(),
         bans: pairs(&bans).into_iter().map(|(name, value)| (name, until(&value))).collect(),
         mutes: pairs(&mutes).into_iter().map(|(name, value)| (name, until(&value))).collect(),
+        seats: pairs(&voice)
+            .into_iter()
+            .filter_map(|(name, seat)| Some((name, serde_json::from_str::<SeatRecord>(&seat).ok()?)))
+            .collect(),
         resync,
     };
     Ok((last_id, snapshot))

@@ -14,6 +14,8 @@
 //! | `{ns}:mutes` | hash | name → Unix ms the mute ends, `0` for a mute without end |
 //! | `{ns}:nodes` | sorted set | node id → Unix ms (Redis clock) its record expires |
 //! | `{ns}:node:{id}` | string, `PX presence_ttl_ms` | the node's record (JSON: version, start, relay addresses) |
+//! | `{ns}:voice` | hash | name → voice seat JSON `{node, conn, turn_user, media}` (the one voice room) |
+//! | `{ns}:inbox:{id}` | stream, field `s` | signaling for voice members on node `id` (`RoutedSignal` JSON), capped `MAXLEN ~ 10000` |
 //! | `{ns}:accounts` | hash | name → argon2 hash (`HSETNX` for /register: exactly one wins) |
 //! | `{ns}:admins` | set | account names flagged admin |
 //! | `{ns}:turn_secret` | string | the TURN REST secret every node signs and verifies with (`SET NX`, then `GET`) |
@@ -36,10 +38,17 @@
 //!   re-`SET` + log `UserJoined` (no history entry) if it expired meanwhile (Redis was away
 //!   longer than the TTL); reports it lost if someone else holds it now. Returns the lost names,
 //!   the nodes whose expiry has passed and how many nodes are alive.
-//! - `reap` (`KEYS[4]` nodes, `KEYS[5]` dead node's record): only if the node's expiry has passed
-//!   and `ZREM` removes it (one reaper wins), deletes its record, its online entries and name
-//!   keys that still hold its `node/conn`s, stores "<name> has left." for each, logs `NodeGone`.
-//! - `snapshot`: the newest log ID, the newest history entries, online list, bans and mutes, read
+//! - `reap` (`KEYS[4]` nodes, `KEYS[5]` dead node's record, `KEYS[6]` voice): only if the
+//!   node's expiry has passed and `ZREM` removes it (one reaper wins), deletes its record, its
+//!   voice seats ("<name> left voice chat" stored for each), its online entries and name keys
+//!   that still hold its `node/conn`s ("<name> has left." stored for each), logs `NodeGone`.
+//! - `voice_join` (`KEYS[4]` voice): if the name holds no seat and fewer than
+//!   `max_participants` seats are taken, takes one, stores the notice, logs `VoiceJoined`.
+//!   Returns 1 (seated), 0 (full) or -1 (already seated): the room's size holds cluster-wide
+//!   under any number of concurrent joins on any nodes.
+//! - `voice_leave` (`KEYS[4]` voice): frees the seat only if it is still `turn_user`'s (a
+//!   later seat of the same name stays), stores the notice, logs `VoiceLeft`.
+//! - `snapshot`: the newest log ID, the newest history entries, online list, bans, mutes and voice seats, read
 //!   in one atomic step: a node that applies the log from that ID on misses nothing and sees
 //!   nothing twice.
 
@@ -146,6 +155,15 @@ local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
 if not score or tonumber(score) >= redis_now_ms() then return 0 end
 if redis.call('ZREM', KEYS[4], ARGV[4]) ~= 1 then return 0 end
 redis.call('DEL', KEYS[5])
+local seats = {}
+local voice = redis.call('HGETALL', KEYS[6])
+for i = 1, #voice, 2 do
+  if cjson.decode(voice[i + 1]).node == ARGV[4] then
+    redis.call('HDEL', KEYS[6], voice[i])
+    store_entry(cjson.encode({type = 'system', text = voice[i] .. ' left voice chat', timestamp = ARGV[6]}))
+    table.insert(seats, cjson.encode(voice[i]))
+  end
+end
 local prefix = ARGV[4] .. '/'
 local names = {}
 local online = redis.call('HGETALL', KEYS[3])
@@ -160,12 +178,33 @@ for i = 1, #online, 2 do
   end
 end
 log_event('{"kind":"NodeGone","node":' .. cjson.encode(ARGV[4]) .. ',"names":[' ..
-  table.concat(names, ',') .. '],"timestamp":' .. cjson.encode(ARGV[6]) .. '}')
+  table.concat(names, ',') .. '],"seats":[' .. table.concat(seats, ',') .. '],"timestamp":' ..
+  cjson.encode(ARGV[6]) .. '}')
 return 1
 "#;
 
+const VOICE_JOIN: &str = r"
+-- ARGV[4] name, ARGV[5] seat JSON, ARGV[6] max participants, ARGV[7] event, ARGV[8] entry
+if redis.call('HEXISTS', KEYS[4], ARGV[4]) == 1 then return -1 end
+if redis.call('HLEN', KEYS[4]) >= tonumber(ARGV[6]) then return 0 end
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+store_entry(ARGV[8])
+log_event(ARGV[7])
+return 1
+";
+
+const VOICE_LEAVE: &str = r"
+-- ARGV[4] name, ARGV[5] turn user, ARGV[6] event, ARGV[7] entry
+local seat = redis.call('HGET', KEYS[4], ARGV[4])
+if not seat or cjson.decode(seat).turn_user ~= ARGV[5] then return 0 end
+redis.call('HDEL', KEYS[4], ARGV[4])
+store_entry(ARGV[7])
+log_event(ARGV[6])
+return 1
+";
+
 const SNAPSHOT: &str = r"
--- KEYS: log, history, online, bans, mutes; ARGV[1] history entries wanted
+-- KEYS: log, history, online, bans, mutes, voice; ARGV[1] history entries wanted
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local last_id = '0-0'
 if #newest > 0 then last_id = newest[1][1] end
@@ -175,6 +214,7 @@ return {
   redis.call('HGETALL', KEYS[3]),
   redis.call('HGETALL', KEYS[4]),
   redis.call('HGETALL', KEYS[5]),
+  redis.call('HGETALL', KEYS[6]),
 }
 ";
 
@@ -187,6 +227,8 @@ pub struct Scripts {
     pub heartbeat: Script,
     pub reap: Script,
     pub snapshot: Script,
+    pub voice_join: Script,
+    pub voice_leave: Script,
 }
 
 impl Scripts {
@@ -200,6 +242,8 @@ impl Scripts {
             heartbeat: with_append(HEARTBEAT),
             reap: with_append(REAP),
             snapshot: Script::new(SNAPSHOT),
+            voice_join: with_append(VOICE_JOIN),
+            voice_leave: with_append(VOICE_LEAVE),
         }
     }
 }

@@ -15,12 +15,12 @@ use redis::aio::ConnectionManager;
 use redis::{Script, ScriptInvocation};
 use tokio::sync::{mpsc, oneshot};
 
-use super::event::{ClusterEvent, Owner};
+use super::event::{ClusterEvent, Owner, RoutedSignal, SeatRecord};
 use super::scripts::Scripts;
-use super::{ClusterContext, HISTORY_EXACT_TRIM_UP_TO, HISTORY_HARD_CAP, LOG_MAX_ENTRIES};
+use super::{ClusterContext, HISTORY_EXACT_TRIM_UP_TO, HISTORY_HARD_CAP, INBOX_MAX_ENTRIES, LOG_MAX_ENTRIES};
 use crate::config::HistorySettings;
 use crate::hub::runner::{HubEvent, HubHandle};
-use crate::hub::{ClaimOutcome, ConnId};
+use crate::hub::{ClaimOutcome, ConnId, VoiceOutcome};
 use crate::protocol::{iso_timestamp, HistoryEntry};
 
 /// Releases kept while Redis is away; beyond, the oldest is dropped (its name key still
@@ -42,6 +42,10 @@ pub enum ClusterCommand {
     Publish { origin: Option<ConnId>, event: ClusterEvent },
     /// Renew the node and the names it holds.
     Heartbeat { names: Vec<(String, Owner)> },
+    /// Take a voice seat for `conn` (`event` is its `VoiceJoined`); the hub hears `VoiceSeated`.
+    JoinVoice { conn: ConnId, name: String, max: usize, event: ClusterEvent },
+    /// Signaling for a voice member on another node: into that node's inbox.
+    Route(RoutedSignal),
     /// Answered once every command queued before it is done (shutdown).
     Flush(oneshot::Sender<()>),
 }
@@ -56,8 +60,13 @@ pub fn history_entry(event: &ClusterEvent) -> Option<&HistoryEntry> {
         | ClusterEvent::NickChanged { entry, .. }
         | ClusterEvent::Ban { entry, .. }
         | ClusterEvent::Unban { entry, .. }
-        | ClusterEvent::Kick { entry, .. } => Some(entry),
-        ClusterEvent::Mute { .. } | ClusterEvent::Unmute { .. } | ClusterEvent::NodeGone { .. } => None,
+        | ClusterEvent::Kick { entry, .. }
+        | ClusterEvent::VoiceJoined { entry, .. }
+        | ClusterEvent::VoiceLeft { entry, .. } => Some(entry),
+        ClusterEvent::Mute { .. }
+        | ClusterEvent::Unmute { .. }
+        | ClusterEvent::NodeGone { .. }
+        | ClusterEvent::MediaChanged { .. } => None,
     }
 }
 
@@ -87,7 +96,8 @@ pub struct Writer {
     history: HistorySettings,
     /// Since when every command has succeeded (reaping others needs a whole TTL of it).
     up_since: Option<Instant>,
-    pending_releases: VecDeque<(String, Owner, ClusterEvent)>,
+    /// Releases (and voice seat releases) that failed: retried before the next heartbeat.
+    pending_releases: VecDeque<ClusterCommand>,
     last_age_trim: Option<Instant>,
 }
 
@@ -180,10 +190,7 @@ impl Writer {
             }
             ClusterCommand::Release { name, owner, event } => {
                 if !self.release(&name, &owner, &event).await {
-                    if self.pending_releases.len() >= MAX_PENDING_RELEASES {
-                        self.pending_releases.pop_front();
-                    }
-                    self.pending_releases.push_back((name, owner, event));
+                    self.keep_for_retry(ClusterCommand::Release { name, owner, event });
                 }
             }
             ClusterCommand::Publish { origin, event } => {
@@ -192,12 +199,21 @@ impl Writer {
                     if let Some(conn) = origin {
                         self.hub.send(HubEvent::PublishFailed { conn }).await;
                     }
+                    if matches!(event, ClusterEvent::VoiceLeft { .. }) {
+                        // A seat must not outlive its user: freed once Redis is back.
+                        self.keep_for_retry(ClusterCommand::Publish { origin: None, event });
+                    }
                 }
             }
             ClusterCommand::Heartbeat { names } => {
                 self.ctx.status.heartbeat_queued.store(false, Ordering::Relaxed);
                 self.heartbeat(names).await
             }
+            ClusterCommand::JoinVoice { conn, name, max, event } => {
+                let outcome = self.join_voice(&name, max, &event).await;
+                self.hub.send(HubEvent::VoiceSeated { conn, name, outcome }).await;
+            }
+            ClusterCommand::Route(signal) => self.route(signal).await,
             ClusterCommand::Flush(done) => {
                 let _ = done.send(());
             }
@@ -254,6 +270,13 @@ impl Writer {
         }
     }
 
+    fn keep_for_retry(&mut self, command: ClusterCommand) {
+        if self.pending_releases.len() >= MAX_PENDING_RELEASES {
+            self.pending_releases.pop_front();
+        }
+        self.pending_releases.push_back(command);
+    }
+
     /// True once Redis has answered (whether or not the name was still ours).
     async fn release(&mut self, name: &str, owner: &Owner, event: &ClusterEvent) -> bool {
         let mut invocation = self.invocation(&self.scripts.release, &[self.ctx.keys.name(name)]);
@@ -272,7 +295,77 @@ impl Writer {
         }
     }
 
+    async fn join_voice(&mut self, name: &str, max: usize, event: &ClusterEvent) -> VoiceOutcome {
+        let ClusterEvent::VoiceJoined { owner, turn_user, media, .. } = event else {
+            return VoiceOutcome::StoreDown;
+        };
+        let seat = SeatRecord {
+            node: owner.node.clone(),
+            conn: owner.conn,
+            turn_user: turn_user.clone(),
+            media: media.clone(),
+        };
+        let seat = serde_json::to_string(&seat).unwrap_or_default();
+        let mut invocation = self.invocation(&self.scripts.voice_join, &[self.ctx.keys.voice()]);
+        invocation.arg(name).arg(seat).arg(max).arg(event.to_json()).arg(entry_json(event));
+        let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn.clone()).await;
+        match result {
+            Ok(answer) => {
+                self.set_up(true);
+                match answer {
+                    1 => VoiceOutcome::Seated,
+                    0 => VoiceOutcome::Full,
+                    _ => VoiceOutcome::AlreadySeated,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(user = name, "cluster voice join failed: {e}");
+                self.set_up(false);
+                VoiceOutcome::StoreDown
+            }
+        }
+    }
+
+    async fn route(&mut self, signal: RoutedSignal) {
+        let inbox = self.ctx.keys.inbox(&signal.node);
+        let json = serde_json::to_string(&signal).unwrap_or_default();
+        let result: redis::RedisResult<String> = redis::cmd("XADD")
+            .arg(inbox)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(INBOX_MAX_ENTRIES)
+            .arg("*")
+            .arg("s")
+            .arg(json)
+            .query_async(&mut self.conn.clone())
+            .await;
+        match result {
+            Ok(_) => self.set_up(true),
+            Err(e) => {
+                // Like a lost UDP packet to WebRTC: the peers' own retries and ICE restarts cover it.
+                tracing::warn!(to = %signal.node, "routing signaling to another node failed: {e}");
+                self.set_up(false);
+            }
+        }
+    }
+
     async fn publish(&mut self, event: &ClusterEvent) -> bool {
+        if let ClusterEvent::VoiceLeft { name, turn_user, .. } = event {
+            let mut invocation = self.invocation(&self.scripts.voice_leave, &[self.ctx.keys.voice()]);
+            invocation.arg(name).arg(turn_user).arg(event.to_json()).arg(entry_json(event));
+            let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn.clone()).await;
+            return match result {
+                Ok(_) => {
+                    self.set_up(true);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!("cluster voice leave failed: {e}");
+                    self.set_up(false);
+                    false
+                }
+            };
+        }
         let (op, name, until) = stored_change(event);
         let keys = [self.ctx.keys.bans(), self.ctx.keys.mutes()];
         let mut invocation = self.invocation(&self.scripts.publish, &keys);
@@ -292,10 +385,15 @@ impl Writer {
     }
 
     async fn heartbeat(&mut self, names: Vec<(String, Owner)>) {
-        // Releases that failed while Redis was away go first: the hub has forgotten those names.
-        while let Some((name, owner, event)) = self.pending_releases.pop_front() {
-            if !self.release(&name, &owner, &event).await {
-                self.pending_releases.push_front((name, owner, event));
+        // Releases that failed while Redis was away go first: the hub has forgotten those.
+        while let Some(command) = self.pending_releases.pop_front() {
+            let done = match &command {
+                ClusterCommand::Release { name, owner, event } => self.release(name, owner, event).await,
+                ClusterCommand::Publish { event, .. } => self.publish(event).await,
+                _ => true,
+            };
+            if !done {
+                self.pending_releases.push_front(command);
                 return;
             }
         }
@@ -339,7 +437,7 @@ impl Writer {
     }
 
     async fn reap(&mut self, dead: &str) {
-        let keys = [self.ctx.keys.nodes(), self.ctx.keys.node(dead)];
+        let keys = [self.ctx.keys.nodes(), self.ctx.keys.node(dead), self.ctx.keys.voice()];
         let mut invocation = self.invocation(&self.scripts.reap, &keys);
         invocation.arg(dead).arg(self.ctx.keys.name_prefix()).arg(iso_timestamp(chrono::Utc::now()));
         let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn.clone()).await;

@@ -61,6 +61,7 @@ impl Hub {
                 invited: info.member_pass.is_some(),
                 budget: Default::default(),
                 claim: None,
+                voice_pending: None,
             },
         );
         if self.settings.chat.authentication {

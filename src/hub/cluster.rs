@@ -29,6 +29,8 @@ pub const STORE_DOWN_NOT_SENT: &str =
     "Message not sent: the chat cluster's store is unreachable. Try again in a moment.";
 pub const STORE_DOWN_NICK: &str =
     "Nick not changed: the chat cluster's store is unreachable. Try again in a moment.";
+pub const STORE_DOWN_VOICE: &str =
+    "Voice chat is unavailable: the chat cluster's store is unreachable. Try again in a moment.";
 pub const NAME_LOST: &str =
     "Your name was taken on another server while this one was cut off from the cluster. Please reconnect.";
 
@@ -40,6 +42,17 @@ pub enum ClaimOutcome {
     /// Someone holds it.
     Taken,
     /// Redis did not answer.
+    StoreDown,
+}
+
+/// How a voice join ended (the `voice_join` script's answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoiceOutcome {
+    /// Seated; the log's `VoiceJoined` completes it.
+    Seated,
+    /// `max_participants` seats are taken, cluster-wide.
+    Full,
+    AlreadySeated,
     StoreDown,
 }
 
@@ -263,7 +276,7 @@ impl Hub {
 
     /// The shared state as of one log ID (at start, or after a gap): replaces the replica.
     pub fn cluster_snapshot(&mut self, snapshot: Snapshot, now: Now) -> Vec<Effect> {
-        let out = Out::default();
+        let mut out = Out::default();
         let Some(replica) = self.cluster.as_mut() else { return out.effects };
         let mut owners: HashMap<String, Owner> = snapshot.online.into_iter().collect();
         // Our own users stay ours; the next heartbeat re-claims or gives them up.
@@ -302,6 +315,7 @@ impl Hub {
             .filter(|(_, until)| until.is_none_or(|ms| ms > now_ms))
             .map(|(name, until)| (name, until.map(|ms| until_unix_ms(ms, now))))
             .collect();
+        self.replace_remote_seats(&mut out, snapshot.seats, now);
         if snapshot.resync {
             tracing::warn!("cluster replica resynchronized from a snapshot");
         }
@@ -323,14 +337,14 @@ impl Hub {
                 if replica.owners.get(&name) == Some(&owner) {
                     replica.owners.remove(&name);
                     self.arrival_order.retain(|n| n != &name);
-                    self.show_entry(&mut out, entry);
+                    self.show_cluster_entry(&mut out, entry);
                 }
             }
             ClusterEvent::NickChanged { old, new, owner, entry } => {
                 self.apply_nick(&mut out, old, new, owner, entry, now)
             }
             ClusterEvent::Chat { entry } => self.show_chat(&mut out, entry, now),
-            ClusterEvent::System { entry } => self.show_entry(&mut out, entry),
+            ClusterEvent::System { entry } => self.show_cluster_entry(&mut out, entry),
             ClusterEvent::Ban { name, until_ms, notice, entry } => {
                 self.bans.insert(name.clone());
                 match until_ms {
@@ -346,7 +360,7 @@ impl Hub {
             ClusterEvent::Unban { name, entry } => {
                 self.bans.remove(&name);
                 self.timed_bans.remove(&name);
-                self.show_entry(&mut out, entry);
+                self.show_cluster_entry(&mut out, entry);
             }
             ClusterEvent::Mute { name, until_ms, notice } => {
                 self.mutes.insert(name.clone(), until_ms.map(|ms| until_unix_ms(ms, now)));
@@ -364,7 +378,17 @@ impl Hub {
             ClusterEvent::Kick { name, notice, entry } => {
                 self.show_removal(&mut out, &name, &notice, "Kicked", entry, now)
             }
-            ClusterEvent::NodeGone { node, names, timestamp } => {
+            ClusterEvent::VoiceJoined { name, owner, turn_user, media, entry } => {
+                self.apply_voice_joined(&mut out, (name, owner, turn_user, media), entry, now)
+            }
+            ClusterEvent::VoiceLeft { name, turn_user, entry } => {
+                self.apply_voice_left(&mut out, &name, &turn_user, entry)
+            }
+            ClusterEvent::MediaChanged { name, turn_user, media } => {
+                self.apply_media_changed(&mut out, &name, &turn_user, media)
+            }
+            ClusterEvent::NodeGone { node, names, seats, timestamp } => {
+                self.drop_node_seats(&mut out, &node, &seats, &timestamp);
                 for name in names {
                     let Some(replica) = self.cluster.as_mut() else { break };
                     // This node's own users stay: it was only cut off, and its heartbeat
@@ -382,7 +406,7 @@ impl Hub {
                         text: format!("{name} has left."),
                         timestamp: timestamp.clone(),
                     };
-                    self.show_entry(&mut out, entry);
+                    self.show_cluster_entry(&mut out, entry);
                 }
             }
         }
@@ -424,7 +448,7 @@ impl Hub {
                     self.arrival_order.push(name);
                 }
                 if let Some(entry) = entry {
-                    self.show_entry(out, entry);
+                    self.show_cluster_entry(out, entry);
                 }
             }
         }
@@ -446,7 +470,7 @@ impl Hub {
             out.system(conn, &format!("MOTD: {}", self.settings.server.motd));
         }
         if let Some(entry) = entry {
-            self.show_entry(out, entry);
+            self.show_cluster_entry(out, entry);
         }
     }
 
@@ -479,7 +503,7 @@ impl Hub {
             _ if !self.arrival_order.contains(&new) => self.arrival_order.push(new),
             _ => {}
         }
-        self.show_entry(out, entry);
+        self.show_cluster_entry(out, entry);
     }
 
     /// Kick or ban: the user (if here) is told and closed, everyone sees the notice, then the
@@ -498,14 +522,14 @@ impl Hub {
             out.system(conn, notice);
             out.close(conn, CLOSE_POLICY, reason);
         }
-        self.show_entry(out, entry);
+        self.show_cluster_entry(out, entry);
         if let Some(conn) = target {
             self.remove_connection(out, conn, None, now);
         }
     }
 
     /// A persisted notice: into the ring, to every local user.
-    fn show_entry(&mut self, out: &mut Out, entry: HistoryEntry) {
+    pub(super) fn show_cluster_entry(&mut self, out: &mut Out, entry: HistoryEntry) {
         out.broadcast(self.welcomed_connections(), &ServerMessage::System { text: &entry.text });
         self.push_history(entry);
     }

@@ -42,10 +42,10 @@ use limits::{ConnectionLimiter, LoginLimiter, RegisterLimiter, SlidingWindow};
 use relay_only::{PrivacyTally, RelayAddresses};
 use voice::VoiceRoom;
 
-use crate::cluster::event::{ClusterEvent, Owner};
+use crate::cluster::event::{ClusterEvent, Owner, RoutedSignal};
 use admin::Until;
 pub use admin::{AdminError, AdminReply, AdminRequest};
-pub use cluster::{ClaimOutcome, CLOSE_TRY_AGAIN_LATER};
+pub use cluster::{ClaimOutcome, VoiceOutcome, CLOSE_TRY_AGAIN_LATER};
 
 pub type ConnId = u64;
 
@@ -140,6 +140,16 @@ pub enum Effect {
         owner: Owner,
         event: ClusterEvent,
     },
+    /// Cluster mode: take a voice seat if fewer than `max` are taken cluster-wide, logging
+    /// `event` (`VoiceJoined`); answered with `Hub::voice_seated`.
+    JoinVoice {
+        conn: ConnId,
+        name: String,
+        max: usize,
+        event: ClusterEvent,
+    },
+    /// Cluster mode: signaling for a voice member on another node.
+    RouteSignal(RoutedSignal),
 }
 
 /// What a new connection brings: who it claims to be and where it comes from.
@@ -177,6 +187,8 @@ struct Connection {
     budget: budget::MessageBudget,
     /// Cluster mode: a name asked of the store, not yet confirmed by the log.
     claim: Option<cluster::PendingClaim>,
+    /// Cluster mode: the TURN user of a voice seat asked of the store, not yet confirmed.
+    voice_pending: Option<String>,
 }
 
 /// Server-wide counts for /server-info and metrics.
@@ -516,6 +528,10 @@ impl Hub {
         let Some(connection) = self.connections.remove(&conn) else { return };
         self.connection_limiter.release(connection.ip, now.mono);
         if self.is_clustered() {
+            // A seat still being taken is freed too (after it, in the writer's order).
+            if let (Some(turn_user), Some(name)) = (&connection.voice_pending, &connection.name) {
+                self.publish_voice_left(out, name, turn_user.clone(), now);
+            }
             // A claim still under way is released too (after it, in the writer's order).
             if let Some(claim) = connection.claim {
                 self.release_name(out, conn, &claim.name, suffix.unwrap_or(""), now);

@@ -115,6 +115,14 @@ pub enum HubEvent {
     NamesLost {
         names: Vec<String>,
     },
+    /// Cluster mode: the store answered a voice join.
+    VoiceSeated {
+        conn: ConnId,
+        name: String,
+        outcome: super::VoiceOutcome,
+    },
+    /// Cluster mode: signaling from another node for one of this node's voice members.
+    RemoteSignal(crate::cluster::event::RoutedSignal),
 }
 
 /// How the runner reaches the cluster (cluster mode only).
@@ -452,6 +460,8 @@ impl Runner {
             HubEvent::NameClaimed { conn, name, outcome } => self.hub.name_claimed(conn, name, outcome, now),
             HubEvent::PublishFailed { conn } => self.hub.publish_failed(conn, now),
             HubEvent::NamesLost { names } => self.hub.names_lost(names, now),
+            HubEvent::VoiceSeated { conn, name, outcome } => self.hub.voice_seated(conn, name, outcome, now),
+            HubEvent::RemoteSignal(signal) => self.hub.remote_signal(signal, now),
             HubEvent::Shutdown { .. } | HubEvent::Admin(_) => Vec::new(),
         }
     }
@@ -517,6 +527,20 @@ impl Runner {
                     if !self.to_cluster(command) {
                         let outcome = super::ClaimOutcome::StoreDown;
                         queue.extend(self.hub.name_claimed(conn, name, outcome, Now::current()));
+                    }
+                }
+                Effect::JoinVoice { conn, name, max, event } => {
+                    let command = ClusterCommand::JoinVoice { conn, name: name.clone(), max, event };
+                    if !self.to_cluster(command) {
+                        let outcome = super::VoiceOutcome::StoreDown;
+                        queue.extend(self.hub.voice_seated(conn, name, outcome, Now::current()));
+                    }
+                }
+                Effect::RouteSignal(signal) => {
+                    if !self.to_cluster(ClusterCommand::Route(signal)) {
+                        tracing::warn!(
+                            "cluster writer queue full: a signaling message to another node was dropped"
+                        );
                     }
                 }
                 Effect::ReleaseName { name, owner, event } => {

@@ -203,6 +203,7 @@ fn a_dead_nodes_users_leave_and_our_own_stay() {
     let alice = join(&mut h, "alice");
     remote_join(&mut h, "carol", "node-c", 3);
     let gone = |node: &str, names: &[&str]| ClusterEvent::NodeGone {
+        seats: Vec::new(),
         node: node.into(),
         names: names.iter().map(|n| n.to_string()).collect(),
         timestamp: "2026-01-01T00:00:09.000Z".into(),
