@@ -154,6 +154,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
                 handle.clone(),
                 record,
                 settings.history.clone(),
+                relay.as_ref().map(|r| r.cluster_relays.clone()),
             )?;
             tokio::spawn(writer.run(queued));
             tokio::spawn(crate::cluster::reader::run(

@@ -152,3 +152,43 @@ async fn a_kick_on_node_a_ends_the_allocation_on_node_b_within_a_second() {
     assert!(turn.refresh(Duration::from_secs(600)).await.is_err(), "the allocation is gone");
     bob.expect_system("You have been kicked by an admin.").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_to_relay_works_between_nodes_and_nothing_else_opens() {
+    let redis = Redis::start();
+    let relay_range = "[turn]\nmin_port = 51000\nmax_port = 51999\n";
+    let nodes = start_nodes(&redis, 2, relay_range).await;
+    let mut alice = nodes[0].join("alice").await;
+    let mut bob = nodes[1].join("bob").await;
+    let mut turn = Vec::new();
+    for (client, node) in [(&mut alice, &nodes[0]), (&mut bob, &nodes[1])] {
+        client.send("webrtc-join", json!({"mediaTypes": ["audio"]})).await;
+        let joined = join_answer(client).await;
+        assert_eq!(joined["type"], "webrtc-joined", "{joined}");
+        let (user, credential) = ice_credentials(&joined);
+        turn.push(TurnClient::udp(node.turn_udp.expect("relay"), &user, &credential).await);
+    }
+    let alice_relayed = turn[0].allocate().await.expect("alice allocates on node 1");
+    let bob_relayed = turn[1].allocate().await.expect("bob allocates on node 2");
+    // The nodes learn each other's relay addresses from the registry with the next heartbeat;
+    // a peer outside the registry's relays stays refused meanwhile and after.
+    let stranger = loop {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if !(51000..=51999).contains(&socket.local_addr().unwrap().port()) {
+            break socket;
+        }
+    };
+    let stranger_addr = stranger.local_addr().unwrap();
+    assert!(turn[0].create_permission(&[stranger_addr]).await.is_err(), "a non-relay peer is refused");
+    turn[0].create_permission(&[bob_relayed]).await.expect("node 2's relay is a peer for node 1's");
+    turn[1].create_permission(&[alice_relayed]).await.expect("node 1's relay is a peer for node 2's");
+    turn[0].channel_bind(0x4000, bob_relayed).await.unwrap();
+    turn[1].channel_bind(0x4001, alice_relayed).await.unwrap();
+    turn[0].send_channel_data(0x4000, b"from alice via node 1").await;
+    assert_eq!(
+        turn[1].recv_data(Duration::from_secs(2)).await.as_deref(),
+        Some(&b"from alice via node 1"[..])
+    );
+    turn[1].send_channel_data(0x4001, b"from bob via node 2").await;
+    assert_eq!(turn[0].recv_data(Duration::from_secs(2)).await.as_deref(), Some(&b"from bob via node 2"[..]));
+}

@@ -104,7 +104,10 @@ impl Keys {
         self.key("nodes")
     }
     pub fn node(&self, id: &str) -> String {
-        self.key(&format!("node:{id}"))
+        format!("{}{id}", self.node_prefix())
+    }
+    pub fn node_prefix(&self) -> String {
+        self.key("node:")
     }
     pub fn name_prefix(&self) -> String {
         self.key("name:")

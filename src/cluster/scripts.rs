@@ -37,7 +37,8 @@
 //!   ttl) and each name the node holds: `PEXPIRE` if the key still holds our `node/conn`;
 //!   re-`SET` + log `UserJoined` (no history entry) if it expired meanwhile (Redis was away
 //!   longer than the TTL); reports it lost if someone else holds it now. Returns the lost names,
-//!   the nodes whose expiry has passed and how many nodes are alive.
+//!   the nodes whose expiry has passed and the records of the nodes alive (their relay
+//!   addresses open the peer policy to each other's relays).
 //! - `reap` (`KEYS[4]` nodes, `KEYS[5]` dead node's record, `KEYS[6]` voice): only if the
 //!   node's expiry has passed and `ZREM` removes it (one reaper wins), deletes its record, its
 //!   voice seats ("<name> left voice chat" stored for each), its online entries and name keys
@@ -122,13 +123,14 @@ return 1
 
 const HEARTBEAT: &str = r"
 -- ARGV[4] node id, ARGV[5] ttl ms, ARGV[6] node record, ARGV[7] name key prefix,
--- then triples from ARGV[8]: name, owner, UserJoined event (logged if the claim had expired)
+-- ARGV[8] node record key prefix,
+-- then triples from ARGV[9]: name, owner, UserJoined event (logged if the claim had expired)
 local now = redis_now_ms()
 local ttl = tonumber(ARGV[5])
 redis.call('ZADD', KEYS[4], now + ttl, ARGV[4])
 redis.call('SET', KEYS[5], ARGV[6], 'PX', ttl)
 local lost = {}
-for i = 8, #ARGV, 3 do
+for i = 9, #ARGV, 3 do
   local name, owner = ARGV[i], ARGV[i + 1]
   local key = ARGV[7] .. name
   local held = redis.call('GET', key)
@@ -145,8 +147,12 @@ for i = 8, #ARGV, 3 do
   end
 end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)
-local alive = redis.call('ZCOUNT', KEYS[4], now, '+inf')
-return {lost, expired, alive}
+local records = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], now, '+inf')) do
+  local record = redis.call('GET', ARGV[8] .. id)
+  if record then table.insert(records, record) end
+end
+return {lost, expired, records}
 ";
 
 const REAP: &str = r#"

@@ -8,7 +8,9 @@
 //! released once it is back.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
@@ -22,6 +24,7 @@ use crate::config::HistorySettings;
 use crate::hub::runner::{HubEvent, HubHandle};
 use crate::hub::{ClaimOutcome, ConnId, VoiceOutcome};
 use crate::protocol::{iso_timestamp, HistoryEntry};
+use crate::turn::relay_socket::ClusterRelays;
 
 /// Releases kept while Redis is away; beyond, the oldest is dropped (its name key still
 /// expires after the presence TTL, but the others keep listing it until this node restarts).
@@ -99,6 +102,10 @@ pub struct Writer {
     /// Releases (and voice seat releases) that failed: retried before the next heartbeat.
     pending_releases: VecDeque<ClusterCommand>,
     last_age_trim: Option<Instant>,
+    /// The relay peer policy's set of the cluster's relays (none without a relay).
+    relays: Option<Arc<ClusterRelays>>,
+    /// The nodes' relay addresses as last learned.
+    known_relays: Vec<IpAddr>,
 }
 
 impl Writer {
@@ -107,6 +114,7 @@ impl Writer {
         hub: HubHandle,
         node_record: String,
         history: HistorySettings,
+        relays: Option<Arc<ClusterRelays>>,
     ) -> anyhow::Result<Self> {
         let history_cap = match history.retention_max_messages {
             0 => HISTORY_HARD_CAP,
@@ -123,6 +131,8 @@ impl Writer {
             up_since: None,
             pending_releases: VecDeque::new(),
             last_age_trim: None,
+            relays,
+            known_relays: Vec::new(),
         })
     }
 
@@ -404,14 +414,15 @@ impl Writer {
             .arg(&node)
             .arg(self.ctx.settings.presence_ttl_ms)
             .arg(&self.node_record)
-            .arg(self.ctx.keys.name_prefix());
+            .arg(self.ctx.keys.name_prefix())
+            .arg(self.ctx.keys.node_prefix());
         for (name, owner) in &names {
             let rejoin = ClusterEvent::UserJoined { name: name.clone(), owner: owner.clone(), entry: None };
             invocation.arg(name).arg(owner.to_string()).arg(rejoin.to_json());
         }
-        let result: redis::RedisResult<(Vec<String>, Vec<String>, u64)> =
+        let result: redis::RedisResult<(Vec<String>, Vec<String>, Vec<String>)> =
             invocation.invoke_async(&mut self.conn.clone()).await;
-        let (lost, expired, alive) = match result {
+        let (lost, expired, records) = match result {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::debug!("cluster heartbeat failed: {e}");
@@ -420,7 +431,8 @@ impl Writer {
             }
         };
         self.set_up(true);
-        self.ctx.status.nodes_alive.store(alive, Ordering::Relaxed);
+        self.ctx.status.nodes_alive.store(records.len() as u64, Ordering::Relaxed);
+        self.learn_relays(&records).await;
         if !lost.is_empty() {
             tracing::warn!(?lost, "names taken by another node while this one was cut off");
             self.hub.send(HubEvent::NamesLost { names: lost }).await;
@@ -434,6 +446,34 @@ impl Writer {
             }
         }
         self.trim_by_age().await;
+    }
+
+    /// The relay addresses of every live node (their records): the relay's peer policy and the
+    /// hub's force_relay rebuild accept exactly these, plus this node's own.
+    async fn learn_relays(&mut self, records: &[String]) {
+        let mut ips: Vec<IpAddr> = records
+            .iter()
+            .filter_map(|record| serde_json::from_str::<serde_json::Value>(record).ok())
+            .flat_map(|record| {
+                record["relay_addresses"]
+                    .as_array()
+                    .map(|list| {
+                        list.iter().filter_map(|a| a.as_str()?.parse::<IpAddr>().ok()).collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        ips.sort();
+        ips.dedup();
+        if ips == self.known_relays {
+            return;
+        }
+        tracing::info!(?ips, "relay addresses of the cluster's nodes");
+        self.known_relays = ips.clone();
+        if let Some(relays) = &self.relays {
+            relays.set(ips.iter().copied());
+        }
+        self.hub.send(HubEvent::ClusterRelays { ips }).await;
     }
 
     async fn reap(&mut self, dead: &str) {

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 
 use super::admin::Until;
+use super::relay_only::RelayAddresses;
 use super::{ConnId, Effect, Hub, Now, Out, CLOSE_POLICY};
 use crate::cluster::event::{ClusterEvent, Owner, Snapshot};
 use crate::protocol::{iso_timestamp, HistoryEntry, HistoryKind, ServerMessage};
@@ -82,6 +83,8 @@ pub(super) struct Replica {
     pub owners: HashMap<String, Owner>,
     /// The store answers: new users may come in, chat may be sent.
     pub store_up: bool,
+    /// This node's own relay addresses (before the registry's were added).
+    pub own_relays: Option<Vec<std::net::IpAddr>>,
 }
 
 fn system_entry(text: String, now: Now) -> HistoryEntry {
@@ -99,7 +102,7 @@ impl Hub {
     /// Cluster mode: shared state changes go through the log (this module's doc). The store
     /// counts as unreachable until the first snapshot arrives.
     pub fn clustered(mut self, node: String) -> Self {
-        self.cluster = Some(Replica { node, owners: HashMap::new(), store_up: false });
+        self.cluster = Some(Replica { node, owners: HashMap::new(), store_up: false, own_relays: None });
         self
     }
 
@@ -112,6 +115,14 @@ impl Hub {
         if let Some(replica) = self.cluster.as_mut() {
             replica.store_up = up;
         }
+    }
+
+    /// The relay addresses of every live node (from the registry): under force_relay a relayed
+    /// candidate may name these as well as this node's own relays, nothing else.
+    pub fn set_cluster_relays(&mut self, ips: Vec<std::net::IpAddr>) {
+        let Some(replica) = self.cluster.as_mut() else { return };
+        let own = replica.own_relays.get_or_insert_with(|| self.relays.iter().copied().collect()).clone();
+        self.relays = RelayAddresses::new(own.into_iter().chain(ips));
     }
 
     /// The names this node's users hold, for the heartbeat to renew.

@@ -123,6 +123,10 @@ pub enum HubEvent {
     },
     /// Cluster mode: signaling from another node for one of this node's voice members.
     RemoteSignal(crate::cluster::event::RoutedSignal),
+    /// Cluster mode: the relay addresses of every live node (the node registry).
+    ClusterRelays {
+        ips: Vec<IpAddr>,
+    },
 }
 
 /// How the runner reaches the cluster (cluster mode only).
@@ -462,6 +466,10 @@ impl Runner {
             HubEvent::NamesLost { names } => self.hub.names_lost(names, now),
             HubEvent::VoiceSeated { conn, name, outcome } => self.hub.voice_seated(conn, name, outcome, now),
             HubEvent::RemoteSignal(signal) => self.hub.remote_signal(signal, now),
+            HubEvent::ClusterRelays { ips } => {
+                self.hub.set_cluster_relays(ips);
+                Vec::new()
+            }
             HubEvent::Shutdown { .. } | HubEvent::Admin(_) => Vec::new(),
         }
     }
