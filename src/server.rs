@@ -134,6 +134,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
                 status: cluster.status.clone(),
                 accounts: crate::cluster::accounts::ClusterAccounts::new(cluster)?,
                 heartbeat: std::time::Duration::from_millis(settings.cluster.heartbeat_ms),
+                relay: relay.as_ref().map(RelayHandle::control),
             };
             let (handle, task) = runner::spawn_with_cluster(
                 hub,

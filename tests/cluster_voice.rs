@@ -1,15 +1,17 @@
 //! Cluster mode, voice: one voice room across three nodes (real processes, one private
 //! redis-server). `max_participants` holds cluster-wide under concurrent joins on every node;
 //! offers, answers and candidates reach members on other nodes; a kick given on node A ends
-//! the kicked user's TURN allocation on node B's relay within a second.
+//! the kicked user's TURN allocation on node B's relay within a second; relay-to-relay works
+//! between nodes; a secret rotation on one node reaches every node's relay and voice member.
 
+mod admin_support;
 mod cluster_support;
 mod common;
 mod turn_support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{start_nodes, Redis};
+use cluster_support::{start_node, start_nodes, Redis};
 use common::sdp::PLAIN_SDP;
 use common::voice::{answer, candidate, offer, relay, send_candidate};
 use common::{login_admin, Client, Server};
@@ -191,4 +193,36 @@ async fn relay_to_relay_works_between_nodes_and_nothing_else_opens() {
     );
     turn[1].send_channel_data(0x4001, b"from bob via node 2").await;
     assert_eq!(turn[0].recv_data(Duration::from_secs(2)).await.as_deref(), Some(&b"from bob via node 2"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secret_rotated_on_one_node_reaches_every_nodes_relay_and_voice_members() {
+    let redis = Redis::start();
+    let node1 = start_node(&redis, "node-1", &admin_support::admin_config(false)).await;
+    let node2 = start_node(&redis, "node-2", "").await;
+    let mut bob = node2.join("bob").await;
+    bob.send("webrtc-join", json!({"mediaTypes": ["audio"]})).await;
+    let joined = join_answer(&mut bob).await;
+    let (old_user, old_credential) = ice_credentials(&joined);
+
+    let api = admin_support::AdminApi::of(&node1, None);
+    let reply = api.ok(hyper::Method::POST, "/api/v1/turn/rotate-secret", None).await;
+    assert_eq!(reply["announced_to_cluster"], true, "{reply}");
+    // Bob, on the other node, is handed credentials signed with the new secret at once.
+    let pushed = recv_kind(&mut bob, "webrtc-credentials").await;
+    let server = &pushed["iceServers"][0];
+    let (user, credential) = (
+        server["username"].as_str().unwrap().to_string(),
+        server["credential"].as_str().unwrap().to_string(),
+    );
+    assert_ne!(credential, old_credential);
+    // They verify on both nodes' relays, and on a node started after the rotation.
+    let node3 = start_node(&redis, "node-3", "").await;
+    for node in [&node1, &node2, &node3] {
+        let mut turn = TurnClient::udp(node.turn_udp.expect("relay"), &user, &credential).await;
+        turn.allocate().await.unwrap_or_else(|e| panic!("new credential refused on {}: {e:?}", node.http));
+    }
+    // The old one still works on the nodes that knew it, for the grace period.
+    let mut old = TurnClient::udp(node2.turn_udp.expect("relay"), &old_user, &old_credential).await;
+    old.allocate().await.expect("old credential accepted during the grace period");
 }

@@ -121,6 +121,14 @@ pub enum ClusterEvent {
         turn_user: String,
         media: Vec<String>,
     },
+    /// The operator rotated the TURN secret (stored in `{ns}:turn_secret` by the same script):
+    /// every node's relay accepts it, and the previous one for `grace_s` more seconds; every
+    /// node hands out credentials signed with it. The log lives in the same Redis as the
+    /// secret's key, so carrying it here exposes it to no one new; nothing logs events.
+    SecretRotated {
+        secret: String,
+        grace_s: u64,
+    },
 }
 
 /// A voice seat as stored in `{ns}:voice` (name -> this, JSON).

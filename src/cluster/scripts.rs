@@ -31,8 +31,9 @@
 //! - `release` (`KEYS[4]` name key): deletes the name only if it still holds our `node/conn`
 //!   (compare-and-delete) and logs `UserLeft`; if the key already expired but the online list
 //!   still names us, it logs `UserLeft` too (the others must drop the name). Otherwise nothing.
-//! - `publish` (`KEYS[4]` bans, `KEYS[5]` mutes): applies a ban/unban/mute/unmute to its hash,
-//!   stores the history entry if any, logs the event.
+//! - `publish` (`KEYS[4]` bans, `KEYS[5]` mutes, `KEYS[6]` TURN secret): applies a
+//!   ban/unban/mute/unmute to its hash or a rotated secret to its key, stores the history entry
+//!   if any, logs the event.
 //! - `heartbeat` (`KEYS[4]` nodes, `KEYS[5]` own record): renews the node (expiry = Redis time +
 //!   ttl) and each name the node holds: `PEXPIRE` if the key still holds our `node/conn`;
 //!   re-`SET` + log `UserJoined` (no history entry) if it expired meanwhile (Redis was away
@@ -115,6 +116,7 @@ if op == 'ban' then redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
 elseif op == 'unban' then redis.call('HDEL', KEYS[4], ARGV[7])
 elseif op == 'mute' then redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
 elseif op == 'unmute' then redis.call('HDEL', KEYS[5], ARGV[7])
+elseif op == 'secret' then redis.call('SET', KEYS[6], ARGV[7])
 end
 store_entry(ARGV[5])
 log_event(ARGV[4])

@@ -69,7 +69,8 @@ pub fn history_entry(event: &ClusterEvent) -> Option<&HistoryEntry> {
         ClusterEvent::Mute { .. }
         | ClusterEvent::Unmute { .. }
         | ClusterEvent::NodeGone { .. }
-        | ClusterEvent::MediaChanged { .. } => None,
+        | ClusterEvent::MediaChanged { .. }
+        | ClusterEvent::SecretRotated { .. } => None,
     }
 }
 
@@ -80,6 +81,7 @@ fn stored_change(event: &ClusterEvent) -> (&'static str, &str, u64) {
         ClusterEvent::Unban { name, .. } => ("unban", name, 0),
         ClusterEvent::Mute { name, until_ms, .. } => ("mute", name, until_ms.unwrap_or(0)),
         ClusterEvent::Unmute { name } => ("unmute", name, 0),
+        ClusterEvent::SecretRotated { secret, .. } => ("secret", secret, 0),
         _ => ("", "", 0),
     }
 }
@@ -377,7 +379,7 @@ impl Writer {
             };
         }
         let (op, name, until) = stored_change(event);
-        let keys = [self.ctx.keys.bans(), self.ctx.keys.mutes()];
+        let keys = [self.ctx.keys.bans(), self.ctx.keys.mutes(), self.ctx.keys.turn_secret()];
         let mut invocation = self.invocation(&self.scripts.publish, &keys);
         invocation.arg(event.to_json()).arg(entry_json(event)).arg(op).arg(name).arg(until);
         let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn.clone()).await;

@@ -147,6 +147,7 @@ impl Hub {
                 | AdminRequest::Mute { .. }
                 | AdminRequest::Unmute { .. }
                 | AdminRequest::Broadcast { .. }
+                | AdminRequest::RotateTurnSecret { .. }
         );
         if changes_shared_state && self.cluster_store_down() {
             let reply = Err(AdminError::Unavailable("the cluster store (Redis) is unreachable".into()));
@@ -437,6 +438,16 @@ impl Hub {
     }
 
     fn rotate_turn_secret(&mut self, out: &mut Out, secret: Vec<u8>, now: Now) -> AdminReply {
+        if self.cluster.is_some() && matches!(self.ice.endpoints, TurnEndpoints::Integrated { .. }) {
+            // Every node (this one too) switches when `SecretRotated` is read back.
+            let grace_s = match self.settings.admin.turn_secret_grace_s {
+                0 => self.settings.turn.credential_ttl_s,
+                grace => grace,
+            };
+            let secret = String::from_utf8_lossy(&secret).into_owned();
+            self.publish(out, None, ClusterEvent::SecretRotated { secret, grace_s });
+            return Ok(json!({ "credentials_pushed_to": self.voice.len(), "announced_to_cluster": true }));
+        }
         let TurnEndpoints::Integrated { secret: current, .. } = &mut self.ice.endpoints else {
             return Err(AdminError::Conflict("the integrated TURN relay is not running".into()));
         };
@@ -445,6 +456,19 @@ impl Hub {
         self.voice.refresh_credentials_now(now.mono);
         self.refresh_due_credentials(out, now);
         Ok(json!({ "credentials_pushed_to": pushed }))
+    }
+}
+
+impl Hub {
+    /// Cluster mode: a rotation read back from the log, from any node: this node's relay and
+    /// the credentials it hands out switch to the new secret.
+    pub(super) fn apply_secret_rotated(&mut self, out: &mut Out, secret: String, grace_s: u64, now: Now) {
+        let TurnEndpoints::Integrated { secret: current, .. } = &mut self.ice.endpoints else { return };
+        *current = secret.clone().into_bytes();
+        out.push(super::Effect::RotateRelaySecret { secret: secret.into_bytes(), grace_s });
+        self.voice.refresh_credentials_now(now.mono);
+        self.refresh_due_credentials(out, now);
+        tracing::info!("TURN secret rotated cluster-wide");
     }
 }
 

@@ -398,6 +398,9 @@ impl Hub {
             ClusterEvent::MediaChanged { name, turn_user, media } => {
                 self.apply_media_changed(&mut out, &name, &turn_user, media)
             }
+            ClusterEvent::SecretRotated { secret, grace_s } => {
+                self.apply_secret_rotated(&mut out, secret, grace_s, now)
+            }
             ClusterEvent::NodeGone { node, names, seats, timestamp } => {
                 self.drop_node_seats(&mut out, &node, &seats, &timestamp);
                 for name in names {

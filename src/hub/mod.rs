@@ -150,6 +150,12 @@ pub enum Effect {
     },
     /// Cluster mode: signaling for a voice member on another node.
     RouteSignal(RoutedSignal),
+    /// Cluster mode: the relay verifies with `secret` from now on (and the previous one for
+    /// `grace_s` seconds).
+    RotateRelaySecret {
+        secret: Vec<u8>,
+        grace_s: u64,
+    },
 }
 
 /// What a new connection brings: who it claims to be and where it comes from.

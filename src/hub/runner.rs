@@ -136,6 +136,8 @@ pub struct ClusterLink {
     pub status: Arc<ClusterStatus>,
     pub accounts: ClusterAccounts,
     pub heartbeat: Duration,
+    /// The integrated relay, when it runs (secret rotations from the log reach it here).
+    pub relay: Option<crate::turn::RelayControl>,
 }
 
 /// An operator request (admin API) and where its reply goes; answered once its effects are
@@ -542,6 +544,11 @@ impl Runner {
                     if !self.to_cluster(command) {
                         let outcome = super::VoiceOutcome::StoreDown;
                         queue.extend(self.hub.voice_seated(conn, name, outcome, Now::current()));
+                    }
+                }
+                Effect::RotateRelaySecret { secret, grace_s } => {
+                    if let Some(relay) = self.cluster.as_ref().and_then(|c| c.relay.as_ref()) {
+                        relay.rotate_secret(secret, grace_s);
                     }
                 }
                 Effect::RouteSignal(signal) => {
