@@ -62,10 +62,23 @@ async fn a_node_killed_with_9_leaves_within_the_ttl_and_its_users_reconnect_else
     alice.expect_system("carol has joined.").await;
     bob.expect_system("carol has joined.").await;
     assert_eq!(online(&mut alice).await, "alice, bob, carol");
+    // Carol and alice share the voice room across nodes.
+    let mut carol = carol;
+    for client in [&mut alice, &mut carol] {
+        client.send("webrtc-join", serde_json::json!({"mediaTypes": ["audio"]})).await;
+        client.recv_type("webrtc-joined").await;
+    }
+    alice.recv_type("webrtc-peer-joined").await;
+    let (voice_members, _) = nodes[0].get_json("/server-info").await;
+    assert_eq!(voice_members["currentStats"]["voiceParticipants"], 2, "one room across the nodes");
 
     let killed_at = Instant::now();
     kill_9(&nodes[2]);
     drop(carol);
+    // Her seat goes first (as when a user disconnects), then her name.
+    let left = alice.recv_type("webrtc-peer-left").await;
+    assert_eq!(left["username"], "carol");
+    alice.expect_system("carol left voice chat").await;
     alice.expect_system("carol has left.").await;
     let gone_after = killed_at.elapsed();
     // The record expires after the TTL; a heartbeat of another node notices and reaps it.
@@ -74,6 +87,9 @@ async fn a_node_killed_with_9_leaves_within_the_ttl_and_its_users_reconnect_else
     println!("killed node's user gone from presence after {gone_after:?}");
     bob.expect_system("carol has left.").await;
     assert_eq!(online(&mut alice).await, "alice, bob");
+    let (_, metrics) = common::http_get(nodes[0].http, "/metrics").await;
+    assert!(metrics.contains("relaychat_cluster_nodes_alive 2"), "{metrics}");
+    assert!(metrics.contains("relaychat_cluster_redis_up 1"), "{metrics}");
 
     // Carol reconnects to another node under her name and carries on.
     let mut carol = nodes[1].join("carol").await;
@@ -111,6 +127,8 @@ async fn redis_killed_and_restarted_mid_chat_loses_nothing_acknowledged() {
     }
     let (_, body) = common::http_get(nodes[0].http, "/readyz").await;
     assert!(body.contains("cluster store"), "/readyz names the cluster store: {body}");
+    let (_, metrics) = common::http_get(nodes[0].http, "/metrics").await;
+    assert!(metrics.contains("relaychat_cluster_redis_up 0"), "{metrics}");
     // Chat now is refused, visibly, with no echo.
     alice.chat("while down").await;
     let refusal = alice.recv().await;
@@ -164,4 +182,29 @@ async fn redis_killed_and_restarted_mid_chat_loses_nothing_acknowledged() {
         Event::Json(_) => {}
         other => panic!("dave was not welcomed: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_shut_down_says_goodbye_and_a_late_node_starts_from_the_shared_state() {
+    let redis = Redis::start();
+    let mut nodes = start_nodes(&redis, 2, "").await;
+    let mut alice = nodes[0].join("alice").await;
+    let bob = nodes[1].join("bob").await;
+    alice.expect_system("bob has joined.").await;
+    chat_and_see_echo(&mut alice, "hello from before").await;
+    // SIGTERM: the node's users leave like on a single server's shutdown, seen on the others.
+    let (status, _) = nodes[1].terminate();
+    assert!(status.success());
+    drop(bob);
+    alice.expect_system("bob has left. (Server Shutdown)").await;
+    assert_eq!(online(&mut alice).await, "alice");
+    // A node started now reads history, who is online and bans from Redis.
+    nodes.push(cluster_support::start_node(&redis, "node-3", "").await);
+    let mut carol = Client::connect(&nodes[2].url(Some("carol"))).await;
+    let history = carol.recv_type("history").await;
+    let texts = history_texts(&history);
+    assert!(texts.contains(&"hello from before".to_string()), "{texts:?}");
+    assert!(texts.contains(&"bob has left. (Server Shutdown)".to_string()), "{texts:?}");
+    carol.expect_system("carol has joined.").await;
+    assert_eq!(online(&mut carol).await, "alice, carol");
 }

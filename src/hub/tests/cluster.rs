@@ -269,3 +269,85 @@ fn the_store_losing_a_name_to_another_node_disconnects_our_user() {
     assert!(asked(&h).is_empty(), "not ours any more: nothing to release");
     assert!(h.hub.owned_names().is_empty());
 }
+
+fn voice_event(h: &Harness) -> Option<ClusterEvent> {
+    h.effects.iter().find_map(|e| match e {
+        Effect::JoinVoice { event, .. } => Some(event.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_voice_join_takes_a_seat_in_the_store_and_the_room_spans_nodes() {
+    let mut h = clustered();
+    let alice = join(&mut h, "alice");
+    remote_join(&mut h, "bob", "node-b", 9);
+    h.send(alice, json!({"type": "webrtc-join", "mediaTypes": ["audio"]}));
+    let event = voice_event(&h).expect("a seat is asked of the store");
+    assert!(h.frames_to(alice).is_empty(), "joined when the log says so");
+    // Bob, on node b, took a seat first.
+    let bobs_seat = ClusterEvent::VoiceJoined {
+        name: "bob".into(),
+        owner: owner("node-b", 9),
+        turn_user: "bob:0000beef".into(),
+        media: vec!["audio".into()],
+        entry: HistoryEntry {
+            kind: HistoryKind::System,
+            username: None,
+            text: "bob joined voice chat".into(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+        },
+    };
+    apply(&mut h, bobs_seat);
+    assert!(told_relay(&h, true, "bob"), "every node's relay admits every seat");
+    apply(&mut h, event);
+    let joined = h.frames_to(alice);
+    assert_eq!(joined[0]["type"], "webrtc-joined");
+    let names: Vec<&str> = joined[0]["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bob", "alice"]);
+    // An offer for bob goes to node b's inbox, rebuilt already.
+    h.send(
+        alice,
+        json!({"type": "webrtc-offer", "targetUsername": "bob", "offer": {"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"}}),
+    );
+    let routed = h.effects.iter().find_map(|e| match e {
+        Effect::RouteSignal(signal) => Some(signal.clone()),
+        _ => None,
+    });
+    let routed = routed.expect("routed to bob's node");
+    assert_eq!((routed.node.as_str(), routed.from.as_str(), routed.to.as_str()), ("node-b", "alice", "bob"));
+    // Bob's answer comes back through our inbox.
+    let answer = crate::cluster::event::RoutedSignal {
+        node: NODE.into(),
+        from: "bob".into(),
+        to: "alice".into(),
+        kind: crate::cluster::event::SignalKind::Answer,
+        payload: json!({"type": "answer", "sdp": "v=0"}),
+    };
+    let now = h.now;
+    h.effects = h.hub.remote_signal(answer, now);
+    assert_eq!(h.frames_to(alice)[0]["type"], "webrtc-answer");
+    assert_eq!(h.frames_to(alice)[0]["fromUsername"], "bob");
+}
+
+#[test]
+fn a_full_room_answer_from_the_store_is_the_single_node_error() {
+    let mut h = clustered();
+    let alice = join(&mut h, "alice");
+    h.send(alice, json!({"type": "webrtc-join"}));
+    assert!(voice_event(&h).is_some());
+    let now = h.now;
+    h.effects = h.hub.voice_seated(alice, "alice".into(), VoiceOutcome::Full, now);
+    let error = &h.frames_to(alice)[0];
+    assert_eq!(error["type"], "webrtc-error");
+    let max = h.hub.settings.webrtc.max_participants;
+    assert_eq!(error["error"], format!("Voice chat is full ({max} maximum)"));
+    // The seat request is over: a new join may be asked.
+    h.send(alice, json!({"type": "webrtc-join"}));
+    assert!(voice_event(&h).is_some());
+}
