@@ -208,3 +208,46 @@ async fn a_node_shut_down_says_goodbye_and_a_late_node_starts_from_the_shared_st
     carol.expect_system("carol has joined.").await;
     assert_eq!(online(&mut carol).await, "alice, carol");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_missed_trimmed_log_entries_notices_the_gap_and_resynchronizes() {
+    let redis = Redis::start();
+    let nodes = start_nodes(&redis, 2, "[chat]\nmax_messages_per_second = 50\n").await;
+    let mut alice = nodes[0].join("alice").await;
+    let mut bob = nodes[1].join("bob").await;
+    alice.expect_system("bob has joined.").await;
+    // Node 2 stops reading (frozen), the log moves on and is trimmed past where node 2 was.
+    let pid = nodes[1].pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    chat_and_see_echo(&mut alice, "missed 1").await;
+    let carol = nodes[0].join("carol").await;
+    chat_and_see_echo(&mut alice, "missed 2").await;
+    let trimmed = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "XTRIM", "relaychat:log", "MAXLEN", "0"])
+        .output()
+        .expect("redis-cli");
+    assert!(trimmed.status.success());
+    chat_and_see_echo(&mut alice, "after the trim").await;
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // Node 2 sees the numbers jump, reloads the shared state, and carries on from there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = nodes[1].log_text();
+        if log.contains("resynchronizing from a snapshot") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no resync on node 2:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(online(&mut bob).await, "alice, bob, carol", "carol's join, never read, is known");
+    chat_and_see_echo(&mut bob, "bob again").await;
+    let message = alice.recv_type("chat").await;
+    assert_eq!(message["text"], "bob again");
+    // A newcomer on node 2 replays the history the others have, missed entries included.
+    let mut dave = Client::connect(&nodes[1].url(Some("dave"))).await;
+    let texts = history_texts(&dave.recv_type("history").await);
+    for text in ["missed 1", "missed 2", "after the trim", "bob again"] {
+        assert!(texts.contains(&text.to_string()), "{text} missing: {texts:?}");
+    }
+    drop(carol);
+}

@@ -12,14 +12,16 @@
 //!
 //! - **one order everywhere**: every node applies the same entries in the same order; a node
 //!   delivers even its own users' chat only when it reads it back from the log;
-//! - **per-room sequence number**: the stream ID of the entry (Redis makes them strictly
-//!   increasing). A node remembers the last ID it applied;
+//! - **per-room sequence number**: each entry carries `n`, taken with `INCR {ns}:log:seq` in
+//!   the same script as its `XADD`, so the numbers are consecutive (the stream ID orders them
+//!   too, and is where a reader resumes). A node remembers the last ID and number it applied;
 //! - **gap detection and repair**: after a reconnect the node continues with `XREAD` from its
-//!   last ID, so it gets exactly what it missed (repair by construction). If the entry with
-//!   that ID was trimmed away meanwhile (the log is capped at `MAXLEN ~ 100000`), the oldest ID
-//!   left is newer than its last one: that is a gap the log cannot fill, and the node
-//!   resynchronizes from a snapshot (`scripts::SNAPSHOT`: history, online list, bans, mutes and
-//!   the log ID they are current at, read atomically) and logs that it did;
+//!   last ID, so it gets exactly what it missed (repair by construction). If entries it had not
+//!   read were trimmed meanwhile (the log is capped at `MAXLEN ~ 100000`), the next number it
+//!   reads is not last + 1 (or, checked at reconnect, the oldest ID left is newer than its
+//!   last): that is a gap the log cannot fill, and the node resynchronizes from a snapshot
+//!   (`scripts::SNAPSHOT`: history, online list, bans, mutes, voice seats and the log ID and
+//!   number they are current at, read atomically) and logs that it did;
 //! - **durability**: the history entry is in `{ns}:history` before the log entry can be read,
 //!   and run Redis with `appendonly yes`, `appendfsync always`: Redis then fsyncs the AOF before
 //!   it answers anyone, readers included. A sender who saw its echo holds a durably written

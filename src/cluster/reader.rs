@@ -55,12 +55,13 @@ pub async fn run(ctx: ClusterContext, hub: HubHandle, history_limit: usize) {
         .set_response_timeout(Some(Duration::from_millis(BLOCK_MS) + super::COMMAND_TIMEOUT));
     let mut last_id: Option<String> = None;
     let mut inbox_id: Option<String> = None;
+    let mut seq: Option<u64> = None;
     let mut delay = RECONNECT_FIRST;
     loop {
         let stop = match ctx.client.get_multiplexed_async_connection_with_config(&config).await {
             Ok(mut conn) => {
                 delay = RECONNECT_FIRST;
-                let mut cursor = Cursor { log: &mut last_id, inbox: &mut inbox_id };
+                let mut cursor = Cursor { log: &mut last_id, seq: &mut seq, inbox: &mut inbox_id };
                 read(&ctx, &hub, &scripts, &mut conn, &mut cursor, history_limit).await
             }
             Err(e) => Stop::Redis(e),
@@ -80,9 +81,11 @@ pub async fn run(ctx: ClusterContext, hub: HubHandle, history_limit: usize) {
     }
 }
 
-/// Where the reader is: the last log entry applied, the last inbox entry delivered.
+/// Where the reader is: the last log entry applied (ID and sequence number), the last inbox
+/// entry delivered.
 struct Cursor<'a> {
     log: &'a mut Option<String>,
+    seq: &'a mut Option<u64>,
     inbox: &'a mut Option<String>,
 }
 
@@ -120,29 +123,17 @@ async fn read_inner(
             .await?;
         *cursor.inbox = Some(newest.first().map(|(id, _)| id.clone()).unwrap_or_else(|| "0-0".into()));
     }
-    let last_id = &mut *cursor.log;
-    let resync = match last_id.as_deref() {
+    let resync = match cursor.log.as_deref() {
         None => true,
         Some(last) => has_gap(ctx, conn, last).await?,
     };
     if resync {
-        if last_id.is_some() {
-            tracing::warn!(
-                node = %ctx.node_id,
-                "the cluster log was trimmed past this node's last entry: resynchronizing from a snapshot"
-            );
-        }
-        let (id, snapshot) = snapshot(ctx, scripts, conn, history_limit, last_id.is_some()).await?;
-        ctx.status.resyncs.fetch_add(1, Ordering::Relaxed);
-        if !hub.send(HubEvent::ClusterSnapshot(snapshot)).await {
-            return Err(Stop::HubGone);
-        }
-        *last_id = Some(id);
+        resynchronize(ctx, hub, scripts, conn, cursor, history_limit).await?;
     }
     ctx.status.reader_up.store(true, Ordering::Relaxed);
     type Reply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
     loop {
-        let from = last_id.clone().unwrap_or_else(|| "0-0".into());
+        let from = cursor.log.clone().unwrap_or_else(|| "0-0".into());
         let inbox_from = cursor.inbox.clone().unwrap_or_else(|| "0-0".into());
         let reply: Reply = redis::cmd("XREAD")
             .arg("COUNT")
@@ -168,10 +159,22 @@ async fn read_inner(
         }
         for (id, fields) in log_entries {
             read_any = true;
+            let n = field(&fields, "n").and_then(|n| n.parse::<u64>().ok());
+            if let (Some(last), Some(n)) = (*cursor.seq, n) {
+                if n > last + 1 {
+                    // Entries last+1 .. n-1 were trimmed before this node read them: the log
+                    // cannot fill the gap, a snapshot (newer than this whole batch) does.
+                    resynchronize(ctx, hub, scripts, conn, cursor, history_limit).await?;
+                    break;
+                }
+            }
+            if n.is_some() {
+                *cursor.seq = n;
+            }
             if let Some((ms, _)) = parse_stream_id(&id) {
                 ctx.status.last_applied_ms.store(ms, Ordering::Relaxed);
             }
-            *last_id = Some(id.clone());
+            *cursor.log = Some(id.clone());
             let event = field(&fields, "e").and_then(ClusterEvent::from_json);
             let Some(event) = event else {
                 tracing::warn!(id, "skipping a cluster log entry this version cannot read");
@@ -198,6 +201,33 @@ async fn read_inner(
             ctx.status.caught_up_ms.store(now, Ordering::Relaxed);
         }
     }
+}
+
+/// Replaces the hub's replica with a snapshot and continues from the log position it is
+/// current at. After a gap (not at start) it says so in the log.
+async fn resynchronize(
+    ctx: &ClusterContext,
+    hub: &HubHandle,
+    scripts: &Scripts,
+    conn: &mut MultiplexedConnection,
+    cursor: &mut Cursor<'_>,
+    history_limit: usize,
+) -> Result<(), Stop> {
+    let after_gap = cursor.log.is_some();
+    if after_gap {
+        tracing::warn!(
+            node = %ctx.node_id,
+            "the cluster log was trimmed past this node's last entry: resynchronizing from a snapshot"
+        );
+    }
+    let (id, seq, snapshot) = snapshot(ctx, scripts, conn, history_limit, after_gap).await?;
+    ctx.status.resyncs.fetch_add(1, Ordering::Relaxed);
+    if !hub.send(HubEvent::ClusterSnapshot(snapshot)).await {
+        return Err(Stop::HubGone);
+    }
+    *cursor.log = Some(id);
+    *cursor.seq = Some(seq);
+    Ok(())
 }
 
 /// The value of `name` in a stream entry's flat field list.
@@ -232,9 +262,10 @@ async fn snapshot(
     conn: &mut MultiplexedConnection,
     history_limit: usize,
     resync: bool,
-) -> Result<(String, Snapshot), Stop> {
-    type Reply = (String, Vec<(String, Vec<String>)>, Vec<String>, Vec<String>, Vec<String>, Vec<String>);
-    let (last_id, newest_first, online, bans, mutes, voice): Reply = scripts
+) -> Result<(String, u64, Snapshot), Stop> {
+    type Reply =
+        (String, u64, Vec<(String, Vec<String>)>, Vec<String>, Vec<String>, Vec<String>, Vec<String>);
+    let (last_id, seq, newest_first, online, bans, mutes, voice): Reply = scripts
         .snapshot
         .key(ctx.keys.log())
         .key(ctx.keys.history())
@@ -268,5 +299,5 @@ async fn snapshot(
             .collect(),
         resync,
     };
-    Ok((last_id, snapshot))
+    Ok((last_id, seq, snapshot))
 }

@@ -6,7 +6,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{ns}:log` | stream, field `e` | the shared log: one `ClusterEvent` JSON per entry, capped `MAXLEN ~ 100000` |
+//! | `{ns}:log` | stream, fields `n`, `e` | the shared log: `n` the entry's sequence number (1, 2, 3... with no gaps), `e` one `ClusterEvent` JSON; capped `MAXLEN ~ 100000` |
+//! | `{ns}:log:seq` | string | the last sequence number given (`INCR` in the same script as the `XADD`) |
 //! | `{ns}:history` | stream, field `h` | the chat history: one `HistoryEntry` JSON per entry, capped by `[history] retention_max_messages` (exact `MAXLEN` up to 100000, `~` above), trimmed by age with `XTRIM MINID` |
 //! | `{ns}:name:{name}` | string, `PX presence_ttl_ms` | `node/conn` holding the name (renewed by that node's heartbeat) |
 //! | `{ns}:online` | hash | name → `node/conn`: who is listed online (the snapshot a node starts from) |
@@ -19,6 +20,11 @@
 //! | `{ns}:accounts` | hash | name → argon2 hash (`HSETNX` for /register: exactly one wins) |
 //! | `{ns}:admins` | set | account names flagged admin |
 //! | `{ns}:turn_secret` | string | the TURN REST secret every node signs and verifies with (`SET NX`, then `GET`) |
+//!
+//! Every script that logs takes the next sequence number and appends in the same step, so the
+//! numbers in the log are consecutive: a reader that sees `n` after `n - 2` knows it missed one
+//! (the log was trimmed past it) and resynchronizes. (`{ns}:log:seq` is derived from `KEYS[1]`
+//! inside the scripts: fine on a single Redis, which is what cluster mode runs on.)
 //!
 //! Scripts (common `KEYS[1..3]` = log, history, online; `ARGV[1..3]` = log cap, history cap,
 //! history trim mode `=` or `~`):
@@ -50,7 +56,7 @@
 //!   under any number of concurrent joins on any nodes.
 //! - `voice_leave` (`KEYS[4]` voice): frees the seat only if it is still `turn_user`'s (a
 //!   later seat of the same name stays), stores the notice, logs `VoiceLeft`.
-//! - `snapshot`: the newest log ID, the newest history entries, online list, bans, mutes and voice seats, read
+//! - `snapshot`: the newest log ID and sequence number, the newest history entries, online list, bans, mutes and voice seats, read
 //!   in one atomic step: a node that applies the log from that ID on misses nothing and sees
 //!   nothing twice.
 
@@ -59,7 +65,8 @@ use redis::Script;
 /// Shared by every writing script: append to the log and the history with their caps.
 const APPEND: &str = r"
 local function log_event(event)
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', event)
+  local n = redis.call('INCR', KEYS[1] .. ':seq')
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', n, 'e', event)
 end
 local function store_entry(entry)
   if entry ~= '' then
@@ -218,6 +225,7 @@ local last_id = '0-0'
 if #newest > 0 then last_id = newest[1][1] end
 return {
   last_id,
+  tonumber(redis.call('GET', KEYS[1] .. ':seq') or '0'),
   redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[1]),
   redis.call('HGETALL', KEYS[3]),
   redis.call('HGETALL', KEYS[4]),
