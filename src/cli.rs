@@ -103,6 +103,9 @@ pub fn user_add(settings: &Settings, name: &str, admin: bool) -> anyhow::Result<
         crate::hub::is_valid_username(name),
         "\"{name}\" is not a valid name: 3-20 letters, digits, _ or -"
     );
+    if settings.cluster.enabled() {
+        return cluster_user_add(settings, name, admin);
+    }
     let data_dir = &settings.server.data_dir;
     let db = crate::store::open_database(data_dir)?;
     ensure!(
@@ -125,6 +128,19 @@ pub fn user_add(settings: &Settings, name: &str, admin: bool) -> anyhow::Result<
 
 /// `relaychat user set-admin NAME on|off`; a running server picks it up within seconds.
 pub fn user_set_admin(settings: &Settings, name: &str, admin: bool) -> anyhow::Result<()> {
+    if settings.cluster.enabled() {
+        let done =
+            with_cluster_accounts(settings, |accounts| async move { accounts.set_admin(name, admin).await })?;
+        ensure!(
+            done,
+            "no account named {name} in the cluster store (create it with `relaychat user add {name}`)"
+        );
+        println!(
+            "{name} is {}an admin (every node picks it up within seconds)",
+            if admin { "" } else { "no longer " }
+        );
+        return Ok(());
+    }
     let data_dir = &settings.server.data_dir;
     let db = crate::store::open_database(data_dir)?;
     ensure!(
@@ -139,6 +155,17 @@ pub fn user_set_admin(settings: &Settings, name: &str, admin: bool) -> anyhow::R
 
 /// `relaychat user list`: name, admin flag, creation time.
 pub fn user_list(settings: &Settings) -> anyhow::Result<()> {
+    if settings.cluster.enabled() {
+        let (names, admins) = with_cluster_accounts(settings, |accounts| async move {
+            Ok::<_, redis::RedisError>((accounts.names().await?, accounts.admin_names().await?))
+        })?;
+        for name in &names {
+            // The cluster store keeps no creation time.
+            println!("{:<20}  {:<5}  -", name, if admins.contains(name) { "admin" } else { "" });
+        }
+        eprintln!("{} account(s) in the cluster store", names.len());
+        return Ok(());
+    }
     let data_dir = &settings.server.data_dir;
     let db = crate::store::open_database(data_dir)?;
     let accounts = crate::accounts::list(&db)?;
@@ -153,6 +180,49 @@ pub fn user_list(settings: &Settings) -> anyhow::Result<()> {
         );
     }
     eprintln!("{} account(s)", accounts.len());
+    Ok(())
+}
+
+/// Cluster mode: accounts live in Redis (`{ns}:accounts`, `{ns}:admins`), not in this
+/// machine's SQLite file, so the operator commands go there.
+fn with_cluster_accounts<T, E, F, Fut>(settings: &Settings, work: F) -> anyhow::Result<T>
+where
+    E: Into<anyhow::Error>,
+    F: FnOnce(crate::cluster::accounts::ClusterAccounts) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let context = crate::cluster::ClusterContext::new(&settings.cluster)?;
+    // One runtime for the whole command: the connection lives on it.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let accounts = crate::cluster::accounts::ClusterAccounts::new(&context)?;
+        let done = tokio::time::timeout(std::time::Duration::from_secs(10), work(accounts))
+            .await
+            .map_err(|_| anyhow::anyhow!("the cluster store (Redis) did not answer within 10 s"))?;
+        done.map_err(Into::into).context("the cluster store (Redis) refused or failed")
+    })
+}
+
+fn cluster_user_add(settings: &Settings, name: &str, admin: bool) -> anyhow::Result<()> {
+    let exists = with_cluster_accounts(settings, |accounts| async move { accounts.exists(name).await })?;
+    ensure!(
+        !exists,
+        "an account named {name} already exists in the cluster store (change its admin flag with `relaychat user set-admin {name} on|off`)"
+    );
+    let password = read_new_password()?;
+    let hash = crate::hub::runner::hash_password(&password).map_err(anyhow::Error::msg)?;
+    let admin = admin || settings.chat.admins.iter().any(|a| a == name);
+    let created = with_cluster_accounts(settings, |accounts| async move {
+        if !accounts.create(name, &hash).await? {
+            return Ok(false);
+        }
+        if admin {
+            accounts.set_admin(name, true).await?;
+        }
+        Ok::<_, redis::RedisError>(true)
+    })?;
+    ensure!(created, "an account named {name} already exists in the cluster store");
+    println!("created account {name} in the cluster store{}", if admin { " (admin)" } else { "" });
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 //! stops the start with a message naming the key: failing closed beats running half-configured.
 //!
 //! Sections with rules of their own live in submodules: `server` (listener, TLS, proxies),
-//! `admin` (the operator API), `turn` (the relay), `settings_json` (the original's file).
+//! `admin` (the operator API), `turn` (the relay), `cluster` (Redis-backed cluster mode),
+//! `settings_json` (the original's file).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -17,11 +18,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod admin;
+mod cluster;
 mod server;
 mod settings_json;
 mod turn;
 
 pub use admin::{AdminSettings, MIN_ADMIN_TOKEN_CHARS};
+pub use cluster::ClusterSettings;
 pub use server::{ServerSettings, TlsSettings};
 use settings_json::{is_js_settings, js_settings_overrides};
 pub use turn::{ExternalTurnServer, PeerPolicyKind, TurnConfig, TurnContext, TurnSettings};
@@ -62,6 +65,9 @@ pub struct Settings {
     /// The operator API (`[admin]`, docs/ADMIN.md); off unless `listen` is set.
     #[serde(default)]
     pub admin: AdminSettings,
+    /// Cluster mode (`[cluster]`, docs/CLUSTER.md); off unless `redis_url` is set.
+    #[serde(default)]
+    pub cluster: ClusterSettings,
 }
 
 /// How long a peer may stall us at each step before its connection is closed.
@@ -288,6 +294,7 @@ impl Settings {
         }
         self.turn_config()?;
         self.admin.validate()?;
+        self.cluster.validate()?;
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ pub mod accounts;
 pub mod addr;
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod doctor;
 pub mod http;

@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::ClusterStatus;
 use crate::hub::relay_only::{DropReason, SanitizedField};
 use crate::hub::runner::SharedStats;
 use crate::turn::RelayCounters;
@@ -21,6 +22,51 @@ use crate::turn::RelayCounters;
 struct LiveCollector {
     hub: Arc<SharedStats>,
     relay: Option<Arc<RelayCounters>>,
+    cluster: Option<Arc<ClusterStatus>>,
+}
+
+fn plain_gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// Cluster mode's gauges: is Redis reachable, how many nodes, how far behind the log this node is.
+fn cluster_metrics(encoder: &mut DescriptorEncoder, cluster: &ClusterStatus) -> std::fmt::Result {
+    plain_gauge(
+        encoder,
+        "relaychat_cluster_redis_up",
+        "1 if both the writer and the log reader reach the cluster store (Redis).",
+        i64::from(cluster.is_up()),
+    )?;
+    plain_gauge(
+        encoder,
+        "relaychat_cluster_nodes_alive",
+        "Nodes whose record has not expired, as of this node's last heartbeat.",
+        cluster.nodes_alive.load(Ordering::Relaxed) as i64,
+    )?;
+    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let last =
+        cluster.last_applied_ms.load(Ordering::Relaxed).max(cluster.caught_up_ms.load(Ordering::Relaxed));
+    let lag_s = if last == 0 { 0.0 } else { now_ms.saturating_sub(last) as f64 / 1000.0 };
+    let lag = ConstGauge::new(lag_s);
+    lag.encode(encoder.encode_descriptor(
+        "relaychat_cluster_log_lag_seconds",
+        "Seconds since this node last applied a log entry or found the log fully read.",
+        None,
+        lag.metric_type(),
+    )?)?;
+    counter(
+        encoder,
+        "relaychat_cluster_publish_failures",
+        "Changes this node could not write to the cluster store (each sender was told).",
+        &cluster.publish_failures,
+    )?;
+    counter(
+        encoder,
+        "relaychat_cluster_resyncs",
+        "Times this node loaded the shared state from a snapshot (start-up, or a gap in the log).",
+        &cluster.resyncs,
+    )
 }
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: &AtomicUsize) -> std::fmt::Result {
@@ -138,6 +184,9 @@ impl Collector for LiveCollector {
             "field",
             SanitizedField::ALL.map(|f| (f.label(), privacy.sanitized(f))),
         )?;
+        if let Some(cluster) = &self.cluster {
+            cluster_metrics(&mut encoder, cluster)?;
+        }
         let Some(relay) = &self.relay else { return Ok(()) };
         let active = ConstGauge::new(relay.allocations_active.load(Ordering::Relaxed) as i64);
         active.encode(encoder.encode_descriptor(
@@ -240,9 +289,13 @@ impl Collector for LiveCollector {
 }
 
 /// The registry served at `/metrics`.
-pub fn registry(hub: Arc<SharedStats>, relay: Option<Arc<RelayCounters>>) -> Registry {
+pub fn registry(
+    hub: Arc<SharedStats>,
+    relay: Option<Arc<RelayCounters>>,
+    cluster: Option<Arc<ClusterStatus>>,
+) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(LiveCollector { hub, relay }));
+    registry.register_collector(Box::new(LiveCollector { hub, relay, cluster }));
     registry
 }
 

@@ -9,7 +9,7 @@
 //! they are rebuilt from the validated fields parsed here.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::ice_servers::IceServer;
@@ -275,7 +275,7 @@ pub fn iso_timestamp(at: DateTime<Utc>) -> String {
 }
 
 /// One persisted history item, as sent in `history.messages`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     #[serde(rename = "type")]
     pub kind: HistoryKind,
@@ -284,7 +284,7 @@ pub struct HistoryEntry {
     pub timestamp: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HistoryKind {
     Chat,

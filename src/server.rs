@@ -58,8 +58,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         None
     };
     let presence = Arc::new(VoicePresence::new());
+    let cluster = match settings.cluster.enabled() {
+        true => Some(crate::cluster::ClusterContext::new(&settings.cluster).context("cluster.redis_url")?),
+        false => None,
+    };
+    if let Some(cluster) = &cluster {
+        tracing::info!(node = %cluster.node_id, namespace = %cluster.keys.namespace, "cluster mode");
+    }
     let relay = if settings.turn.enabled {
-        let secret = load_or_create_secret(&settings)?;
+        let secret = match &cluster {
+            // Every node must verify every node's credentials: one secret, kept in Redis.
+            Some(cluster) if settings.turn.secret.trim().is_empty() => cluster
+                .shared_turn_secret()
+                .await
+                .context("cannot read the shared TURN secret from the cluster store (is Redis up?)")?,
+            _ => load_or_create_secret(&settings)?,
+        };
         let mut relay = start_relay(&settings, secret.clone(), presence.clone()).await?;
         tracing::info!("turn listening on udp {} and tcp {}", relay.udp_addr, relay.tcp_addr);
         if let Some(addr6) = relay.listen6_addr {
@@ -94,15 +108,64 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         }
     }
 
-    let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rand::rngs::StdRng::from_os_rng())
-        .with_admins(loaded.admins)
-        .with_relay_addresses(relays);
-    let (hub_handle, hub_task) = runner::spawn_with_gate(
-        hub,
-        store.clone(),
-        presence.clone(),
-        crate::password_gate::PasswordGate::from_settings(&settings),
-    );
+    let relay_list: Vec<String> = relays.iter().map(ToString::to_string).collect();
+    let rng = rand::rngs::StdRng::from_os_rng();
+    let (hub_handle, hub_task) = match &cluster {
+        None => {
+            let hub = Hub::new(settings.clone(), ice, loaded.history, loaded.bans, rng)
+                .with_admins(loaded.admins)
+                .with_relay_addresses(relays);
+            runner::spawn_with_gate(
+                hub,
+                store.clone(),
+                presence.clone(),
+                crate::password_gate::PasswordGate::from_settings(&settings),
+            )
+        }
+        // History, bans and admins come from the cluster store (the first snapshot, the
+        // admin refresh), never from this node's SQLite file.
+        Some(cluster) => {
+            let hub = Hub::new(settings.clone(), ice, Vec::new(), Default::default(), rng)
+                .clustered(cluster.node_id.clone())
+                .with_relay_addresses(relays);
+            let (commands, queued) = tokio::sync::mpsc::channel(crate::cluster::WRITE_QUEUE);
+            let link = runner::ClusterLink {
+                commands,
+                status: cluster.status.clone(),
+                accounts: crate::cluster::accounts::ClusterAccounts::new(cluster)?,
+                heartbeat: std::time::Duration::from_millis(settings.cluster.heartbeat_ms),
+                relay: relay.as_ref().map(RelayHandle::control),
+            };
+            let (handle, task) = runner::spawn_with_cluster(
+                hub,
+                store.clone(),
+                presence.clone(),
+                crate::password_gate::PasswordGate::from_settings(&settings),
+                Some(link),
+            );
+            let record = serde_json::json!({
+                "node": cluster.node_id,
+                "version": env!("CARGO_PKG_VERSION"),
+                "started_at": crate::protocol::iso_timestamp(chrono::Utc::now()),
+                "relay_addresses": relay_list,
+            })
+            .to_string();
+            let writer = crate::cluster::writer::Writer::new(
+                cluster.clone(),
+                handle.clone(),
+                record,
+                settings.history.clone(),
+                relay.as_ref().map(|r| r.cluster_relays.clone()),
+            )?;
+            tokio::spawn(writer.run(queued));
+            tokio::spawn(crate::cluster::reader::run(
+                cluster.clone(),
+                handle.clone(),
+                settings.chat.history_limit,
+            ));
+            (handle, task)
+        }
+    };
 
     let bind_addr =
         SocketAddr::new(settings.server.host.parse().context("server.host")?, settings.server.port);
@@ -129,9 +192,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         metrics: crate::metrics::registry(
             hub_handle.stats.clone(),
             relay.as_ref().map(|r| r.counters.clone()),
+            cluster.as_ref().map(|c| c.status.clone()),
         ),
         relay_ready: !settings.turn.enabled || relay.is_some(),
         invites,
+        cluster: cluster.as_ref().map(|c| c.status.clone()),
     });
     let (admin_addr, stop_admin) = match crate::admin::bind(&settings).await? {
         Some((listener, addr)) => {

@@ -201,6 +201,7 @@ fn hub_error(e: AdminError) -> Reply {
         AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
         AdminError::NotFound(_) => StatusCode::NOT_FOUND,
         AdminError::Conflict(_) => StatusCode::CONFLICT,
+        AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
 }
@@ -242,6 +243,20 @@ async fn rotate_turn_secret(state: &AdminState) -> Reply {
             "the integrated TURN relay is not running ([turn] enabled = false)",
         );
     };
+    if state.settings.cluster.enabled() {
+        // Stored in Redis and announced through the shared log: every node's relay and issuer
+        // switch when they read it (this node's too), with the same grace period.
+        if !state.settings.turn.secret.trim().is_empty() {
+            return error(StatusCode::CONFLICT, RotationError::Configured.to_string());
+        }
+        let secret = hex::encode(rand::random::<[u8; 32]>()).into_bytes();
+        let mut reply = match ask_hub(state, AdminRequest::RotateTurnSecret { secret }).await {
+            Ok(value) => value,
+            Err(reply) => return reply,
+        };
+        reply["rotated"] = json!(true);
+        return (StatusCode::OK, reply);
+    }
     let secret = match replace_secret(&state.settings) {
         Ok(secret) => secret,
         Err(e @ RotationError::Configured) => return error(StatusCode::CONFLICT, e.to_string()),

@@ -31,6 +31,8 @@ pub struct HttpState {
     pub relay_ready: bool,
     /// Checks invites when `[chat] invite_only` or `registration = "invite"`.
     pub invites: Option<crate::invite::InviteGate>,
+    /// Cluster mode: the link to the cluster store (Redis).
+    pub cluster: Option<Arc<crate::cluster::ClusterStatus>>,
 }
 
 pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
@@ -55,6 +57,12 @@ pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Err
             let mut problems = Vec::new();
             if let Err(e) = state.store.ping().await {
                 problems.push(format!("store: {e}"));
+            }
+            if state.cluster.as_ref().is_some_and(|cluster| !cluster.is_up()) {
+                problems.push(
+                    "cluster store: Redis is unreachable (no new users, no chat until it is back)"
+                        .to_string(),
+                );
             }
             if !state.relay_ready {
                 problems.push("turn: relay sockets are not bound".to_string());

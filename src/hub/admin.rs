@@ -24,8 +24,10 @@ use serde_json::{json, Value};
 
 use super::chat::MAX_CHAT_CHARS;
 use super::{is_valid_username, Hub, Now, Out, CLOSE_POLICY};
+use crate::cluster::event::ClusterEvent;
 use crate::ice_servers::TurnEndpoints;
 use crate::protocol::iso_timestamp;
+use crate::protocol::{HistoryEntry, HistoryKind};
 
 /// Who the notices name as the actor of an operator action.
 const OPERATOR: &str = "the server operator";
@@ -38,7 +40,7 @@ pub(super) struct Until {
 }
 
 impl Until {
-    fn after(now: Now, duration: Duration) -> Until {
+    pub(super) fn after(now: Now, duration: Duration) -> Until {
         Until {
             mono: now.mono + duration,
             wall: now.wall + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX),
@@ -125,6 +127,9 @@ pub enum AdminError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Cluster mode: the shared store cannot be written right now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub type AdminReply = Result<Value, AdminError>;
@@ -134,6 +139,20 @@ impl Hub {
     pub fn admin(&mut self, request: AdminRequest, now: Now) -> (Vec<super::Effect>, AdminReply) {
         let mut out = Out::default();
         self.expire_operator_limits(now);
+        let changes_shared_state = matches!(
+            request,
+            AdminRequest::Kick { .. }
+                | AdminRequest::Ban { .. }
+                | AdminRequest::Unban { .. }
+                | AdminRequest::Mute { .. }
+                | AdminRequest::Unmute { .. }
+                | AdminRequest::Broadcast { .. }
+                | AdminRequest::RotateTurnSecret { .. }
+        );
+        if changes_shared_state && self.cluster_store_down() {
+            let reply = Err(AdminError::Unavailable("the cluster store (Redis) is unreachable".into()));
+            return (out.effects, reply);
+        }
         let reply = match request {
             AdminRequest::Sessions { show_addresses } => Ok(self.sessions(show_addresses, now)),
             AdminRequest::Rooms => Ok(self.rooms(now)),
@@ -141,7 +160,7 @@ impl Hub {
             AdminRequest::Ban { name, duration } => self.operator_ban(&mut out, &name, duration, now),
             AdminRequest::Unban { name } => self.operator_unban(&mut out, &name, now),
             AdminRequest::Mute { name, duration } => self.operator_mute(&mut out, &name, duration, now),
-            AdminRequest::Unmute { name } => self.operator_unmute(&mut out, &name),
+            AdminRequest::Unmute { name } => self.operator_unmute(&mut out, &name, now),
             AdminRequest::Broadcast { text } => self.operator_broadcast(&mut out, &text, now),
             AdminRequest::RevokeTurn { name, duration } => {
                 self.operator_revoke_turn(&mut out, &name, duration, now)
@@ -230,6 +249,19 @@ impl Hub {
 
     fn operator_kick(&mut self, out: &mut Out, name: &str, now: Now) -> AdminReply {
         let target = checked_name(name)?;
+        if self.is_clustered() {
+            if !self.online_anywhere(&target) {
+                return Err(AdminError::NotFound(format!("{target} is not online")));
+            }
+            let was_in_voice = self.voice.contains(&target);
+            let event = ClusterEvent::Kick {
+                name: target.clone(),
+                notice: "You have been kicked by the server operator.".into(),
+                entry: operator_notice(format!("{target} was kicked by {OPERATOR}."), now),
+            };
+            self.publish(out, None, event);
+            return Ok(json!({ "kicked": target, "was_in_voice": was_in_voice }));
+        }
         let Some(conn) = self.names.get(&target).copied() else {
             return Err(AdminError::NotFound(format!("{target} is not online")));
         };
@@ -254,8 +286,21 @@ impl Hub {
                 "{target} is already banned (unban first to change it)"
             )));
         }
-        self.bans.insert(target.clone());
         let until = duration.map(|d| Until::after(now, d));
+        if self.is_clustered() {
+            let was_online = self.online_anywhere(&target);
+            let event = ClusterEvent::Ban {
+                name: target.clone(),
+                until_ms: until.map(|u| u.wall.timestamp_millis().max(0) as u64),
+                notice: "You have been banned by the server operator.".into(),
+                entry: operator_notice(format!("{target} was banned by {OPERATOR}."), now),
+            };
+            self.publish(out, None, event);
+            return Ok(
+                json!({ "banned": target, "until": until.map(|u| u.iso()), "was_online": was_online }),
+            );
+        }
+        self.bans.insert(target.clone());
         match until {
             Some(until) => {
                 self.timed_bans.insert(target.clone(), until);
@@ -280,6 +325,14 @@ impl Hub {
 
     fn operator_unban(&mut self, out: &mut Out, name: &str, now: Now) -> AdminReply {
         let target = checked_name(name)?;
+        if self.is_clustered() {
+            if !self.bans.contains(&target) {
+                return Err(AdminError::NotFound(format!("{target} is not banned")));
+            }
+            let entry = operator_notice(format!("{target} was unbanned by {OPERATOR}."), now);
+            self.publish(out, None, ClusterEvent::Unban { name: target.clone(), entry });
+            return Ok(json!({ "unbanned": target }));
+        }
         if !self.bans.remove(&target) {
             return Err(AdminError::NotFound(format!("{target} is not banned")));
         }
@@ -299,6 +352,19 @@ impl Hub {
     ) -> AdminReply {
         let target = checked_name(name)?;
         let until = duration.map(|d| Until::after(now, d));
+        if self.is_clustered() {
+            let notice = match until {
+                Some(until) => format!("You have been muted by the server operator until {}.", until.iso()),
+                None => "You have been muted by the server operator.".to_string(),
+            };
+            let until_ms = until.map(|u| u.wall.timestamp_millis().max(0) as u64);
+            self.publish(out, None, ClusterEvent::Mute { name: target.clone(), until_ms, notice });
+            return Ok(json!({
+                "muted": target,
+                "until": until.map(|u| u.iso()),
+                "online": self.online_anywhere(&target),
+            }));
+        }
         self.mutes.insert(target.clone(), until);
         if let Some(conn) = self.names.get(&target).copied() {
             let text = match until {
@@ -314,8 +380,15 @@ impl Hub {
         }))
     }
 
-    fn operator_unmute(&mut self, out: &mut Out, name: &str) -> AdminReply {
+    fn operator_unmute(&mut self, out: &mut Out, name: &str, now: Now) -> AdminReply {
         let target = checked_name(name)?;
+        if self.is_clustered() {
+            if self.muted(&target, now).is_none() {
+                return Err(AdminError::NotFound(format!("{target} is not muted")));
+            }
+            self.publish(out, None, ClusterEvent::Unmute { name: target.clone() });
+            return Ok(json!({ "unmuted": target }));
+        }
         if self.mutes.remove(&target).is_none() {
             return Err(AdminError::NotFound(format!("{target} is not muted")));
         }
@@ -335,7 +408,7 @@ impl Hub {
                 "the notice is longer than {MAX_CHAT_CHARS} characters"
             )));
         }
-        let recipients = self.names.len();
+        let recipients = if self.is_clustered() { self.arrival_order.len() } else { self.names.len() };
         self.announce(out, &format!("Server notice: {text}"), now);
         Ok(json!({ "delivered_to": recipients }))
     }
@@ -365,6 +438,16 @@ impl Hub {
     }
 
     fn rotate_turn_secret(&mut self, out: &mut Out, secret: Vec<u8>, now: Now) -> AdminReply {
+        if self.cluster.is_some() && matches!(self.ice.endpoints, TurnEndpoints::Integrated { .. }) {
+            // Every node (this one too) switches when `SecretRotated` is read back.
+            let grace_s = match self.settings.admin.turn_secret_grace_s {
+                0 => self.settings.turn.credential_ttl_s,
+                grace => grace,
+            };
+            let secret = String::from_utf8_lossy(&secret).into_owned();
+            self.publish(out, None, ClusterEvent::SecretRotated { secret, grace_s });
+            return Ok(json!({ "credentials_pushed_to": self.voice.len(), "announced_to_cluster": true }));
+        }
         let TurnEndpoints::Integrated { secret: current, .. } = &mut self.ice.endpoints else {
             return Err(AdminError::Conflict("the integrated TURN relay is not running".into()));
         };
@@ -373,6 +456,29 @@ impl Hub {
         self.voice.refresh_credentials_now(now.mono);
         self.refresh_due_credentials(out, now);
         Ok(json!({ "credentials_pushed_to": pushed }))
+    }
+}
+
+impl Hub {
+    /// Cluster mode: a rotation read back from the log, from any node: this node's relay and
+    /// the credentials it hands out switch to the new secret.
+    pub(super) fn apply_secret_rotated(&mut self, out: &mut Out, secret: String, grace_s: u64, now: Now) {
+        let TurnEndpoints::Integrated { secret: current, .. } = &mut self.ice.endpoints else { return };
+        *current = secret.clone().into_bytes();
+        out.push(super::Effect::RotateRelaySecret { secret: secret.into_bytes(), grace_s });
+        self.voice.refresh_credentials_now(now.mono);
+        self.refresh_due_credentials(out, now);
+        tracing::info!("TURN secret rotated cluster-wide");
+    }
+}
+
+/// A persisted notice of an operator action, stamped now.
+fn operator_notice(text: String, now: Now) -> HistoryEntry {
+    HistoryEntry {
+        kind: HistoryKind::System,
+        username: None,
+        text,
+        timestamp: crate::protocol::iso_timestamp(now.wall),
     }
 }
 

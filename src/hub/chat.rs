@@ -6,8 +6,11 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::budget::{Admission, MessageClass};
+use super::cluster::{ClaimPurpose, CLOSE_TRY_AGAIN_LATER, STORE_DOWN_CONNECT, STORE_DOWN_NOT_SENT};
 use super::{is_valid_username, ConnId, ConnectInfo, Connection, Effect, Hub, Now, Out, CLOSE_POLICY};
+use crate::cluster::event::ClusterEvent;
 use crate::config::Registration;
+use crate::protocol::HistoryEntry;
 use crate::protocol::{iso_timestamp, ClientMessage, HistoryKind, Inbound, ServerMessage};
 
 pub const MAX_CHAT_CHARS: usize = 2000;
@@ -20,6 +23,11 @@ pub const REGISTRATION_NEEDS_INVITE: &str =
 
 impl Hub {
     pub(super) fn on_connect(&mut self, out: &mut Out, conn: ConnId, info: ConnectInfo, now: Now) {
+        if self.cluster_store_down() {
+            out.system(conn, STORE_DOWN_CONNECT);
+            out.close(conn, CLOSE_TRY_AGAIN_LATER, "Cluster store unreachable");
+            return;
+        }
         if let Err(refusal) = self.connection_limiter.admit(info.ip, now.mono) {
             out.system(conn, &refusal.to_string());
             out.close(conn, CLOSE_POLICY, "Connection refused");
@@ -52,6 +60,8 @@ impl Hub {
                 login_in_progress: false,
                 invited: info.member_pass.is_some(),
                 budget: Default::default(),
+                claim: None,
+                voice_pending: None,
             },
         );
         if self.settings.chat.authentication {
@@ -73,16 +83,18 @@ impl Hub {
         } else if self.bans.contains(&name) {
             out.system(conn, "You are banned.");
             self.refuse(out, conn, now);
-        } else if self.names.contains_key(&name) {
+        } else if self.name_taken(&name) {
             out.system(conn, "Username taken.");
             self.refuse(out, conn, now);
+        } else if self.is_clustered() {
+            self.claim_name(out, conn, name, ClaimPurpose::Connect, now);
         } else {
             self.welcome(out, conn, name, now);
         }
     }
 
     /// Closes a connection that never became a user.
-    fn refuse(&mut self, out: &mut Out, conn: ConnId, now: Now) {
+    pub(super) fn refuse(&mut self, out: &mut Out, conn: ConnId, now: Now) {
         out.close(conn, CLOSE_POLICY, "Refused");
         self.remove_connection(out, conn, None, now);
     }
@@ -96,7 +108,7 @@ impl Hub {
                 self.rng.random_range(0..10u64.pow(digits)),
                 width = digits as usize
             );
-            if !self.names.contains_key(&name) {
+            if !self.name_taken(&name) {
                 return name;
             }
         }
@@ -249,6 +261,21 @@ impl Hub {
             out.system(conn, &text);
             return;
         }
+        if self.is_clustered() {
+            // Delivered (to the sender too) when read back from the log.
+            if self.cluster_store_down() {
+                out.system(conn, STORE_DOWN_NOT_SENT);
+                return;
+            }
+            let entry = HistoryEntry {
+                kind: HistoryKind::Chat,
+                username: Some(name),
+                text: text.to_string(),
+                timestamp: iso_timestamp(now.wall),
+            };
+            self.publish(out, Some(conn), ClusterEvent::Chat { entry });
+            return;
+        }
         self.record(out, HistoryKind::Chat, Some(&name), text, now);
         let timestamp = iso_timestamp(now.wall);
         let recipients: Vec<ConnId> = self
@@ -363,10 +390,14 @@ impl Hub {
             self.remove_connection(out, conn, None, now);
             return;
         }
-        if self.names.contains_key(&name) {
+        if self.name_taken(&name) {
             out.system(conn, "Username in use.");
             out.close(conn, CLOSE_POLICY, "Username in use");
             self.remove_connection(out, conn, None, now);
+            return;
+        }
+        if self.is_clustered() {
+            self.claim_name(out, conn, name, ClaimPurpose::Login, now);
             return;
         }
         self.welcome(out, conn, name, now);

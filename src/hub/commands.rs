@@ -3,8 +3,16 @@
 
 use std::time::Duration;
 
+use super::cluster::{ClaimPurpose, STORE_DOWN_NICK, STORE_DOWN_NOT_SENT};
 use super::limits::js_seconds;
 use super::{is_valid_username, ConnId, Effect, Hub, Now, Out, CLOSE_POLICY};
+use crate::cluster::event::ClusterEvent;
+use crate::protocol::{iso_timestamp, HistoryEntry, HistoryKind};
+
+/// A persisted notice stamped now.
+fn notice(text: String, now: Now) -> HistoryEntry {
+    HistoryEntry { kind: HistoryKind::System, username: None, text, timestamp: iso_timestamp(now.wall) }
+}
 
 pub const HELP_TEXT: &str = "/nick <name> - Change your nickname (disabled if authentication is enabled).\n\
 /list - List online users.\n\
@@ -106,7 +114,7 @@ impl Hub {
         }
         // Your own name counts as taken, as in the original; a banned name too (the original
         // let anyone take it).
-        if self.names.contains_key(&new) || self.bans.contains(&new) {
+        if self.name_taken(&new) || self.bans.contains(&new) {
             out.system(conn, &format!("Username \"{new}\" is already taken."));
             return;
         }
@@ -114,6 +122,17 @@ impl Hub {
         // would tear the call down, so ask the user to leave first.
         if self.voice.contains(old) {
             out.system(conn, "Leave voice chat before changing your nick.");
+            return;
+        }
+        if self.is_clustered() {
+            // Renamed when the log confirms it (`NickChanged`), on every node alike.
+            if self.cluster_store_down() {
+                out.system(conn, STORE_DOWN_NICK);
+            } else if connection.claim.is_some() {
+                out.system(conn, "Please wait, your previous request is still being processed.");
+            } else {
+                self.claim_name(out, conn, new, ClaimPurpose::Nick { old: old.to_string() }, now);
+            }
             return;
         }
         if let Some(connection) = self.connections.get_mut(&conn) {
@@ -133,7 +152,7 @@ impl Hub {
     /// The online user `wanted` names, ignoring case like the original's /block and /unblock
     /// (an exact match first: names are case-sensitive, so "bob" and "Bob" may both be online).
     fn find_online_ignoring_case(&self, wanted: &str) -> Option<String> {
-        if self.names.contains_key(wanted) {
+        if self.name_taken(wanted) {
             return Some(wanted.to_string());
         }
         let lower = wanted.to_lowercase();
@@ -217,6 +236,22 @@ impl Hub {
 
     fn kick(&mut self, out: &mut Out, conn: ConnId, admin: &str, rest: &str, now: Now) {
         let Some(target) = self.moderation_target(out, conn, admin, "kick", rest) else { return };
+        if self.is_clustered() {
+            // The user may be on any node; the node holding them closes them.
+            if !self.online_anywhere(&target) || target == admin {
+                out.system(conn, &format!("User \"{target}\" not found."));
+            } else if self.cluster_store_down() {
+                out.system(conn, STORE_DOWN_NOT_SENT);
+            } else {
+                let event = ClusterEvent::Kick {
+                    name: target.clone(),
+                    notice: "You have been kicked by an admin.".into(),
+                    entry: notice(format!("{target} was kicked by {admin}."), now),
+                };
+                self.publish(out, Some(conn), event);
+            }
+            return;
+        }
         // Yourself is "not found", as in the original.
         let Some(target_conn) = self.names.get(&target).copied().filter(|&c| c != conn) else {
             out.system(conn, &format!("User \"{target}\" not found."));
@@ -239,6 +274,23 @@ impl Hub {
             out.system(conn, &format!("{target} is already banned."));
             return;
         }
+        if self.is_clustered() {
+            if self.cluster_store_down() {
+                out.system(conn, STORE_DOWN_NOT_SENT);
+                return;
+            }
+            let event = ClusterEvent::Ban {
+                name: target.clone(),
+                until_ms: None,
+                notice: "You have been banned by an admin.".into(),
+                entry: notice(format!("{target} was banned by {admin}."), now),
+            };
+            self.publish(out, Some(conn), event);
+            if !self.online_anywhere(&target) {
+                out.system(conn, &format!("User \"{target}\" is now banned."));
+            }
+            return;
+        }
         self.bans.insert(target.clone());
         out.push(Effect::SaveBan { name: target.clone(), banned: true });
         let target_conn = self.names.get(&target).copied();
@@ -255,6 +307,18 @@ impl Hub {
 
     fn unban(&mut self, out: &mut Out, conn: ConnId, admin: &str, rest: &str, now: Now) {
         let Some(target) = self.moderation_target(out, conn, admin, "unban", rest) else { return };
+        if self.is_clustered() {
+            if !self.bans.contains(&target) {
+                out.system(conn, &format!("{target} is not banned."));
+            } else if self.cluster_store_down() {
+                out.system(conn, STORE_DOWN_NOT_SENT);
+            } else {
+                let entry = notice(format!("{target} was unbanned by {admin}."), now);
+                self.publish(out, Some(conn), ClusterEvent::Unban { name: target.clone(), entry });
+                out.system(conn, &format!("{target} has been unbanned."));
+            }
+            return;
+        }
         if !self.bans.remove(&target) {
             out.system(conn, &format!("{target} is not banned."));
             return;

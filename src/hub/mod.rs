@@ -12,10 +12,13 @@
 //! - `lanes`: the runner's inbound lanes (signaling before connects/disconnects before chat).
 //! - `relay_only`: the privacy boundary (force_relay rebuilds everything a peer receives).
 //! - `admin`: operator requests from the admin API (list, kick, ban, mute, revoke, rotate).
+//! - `cluster`: cluster mode, where shared changes go through the Redis log and come back as
+//!   `ClusterEvent`s every node applies in the same order.
 
 mod admin;
 pub mod budget;
 mod chat;
+mod cluster;
 mod commands;
 pub mod lanes;
 pub mod limits;
@@ -39,8 +42,10 @@ use limits::{ConnectionLimiter, LoginLimiter, RegisterLimiter, SlidingWindow};
 use relay_only::{PrivacyTally, RelayAddresses};
 use voice::VoiceRoom;
 
+use crate::cluster::event::{ClusterEvent, Owner, RoutedSignal};
 use admin::Until;
 pub use admin::{AdminError, AdminReply, AdminRequest};
+pub use cluster::{ClaimOutcome, VoiceOutcome, CLOSE_TRY_AGAIN_LATER};
 
 pub type ConnId = u64;
 
@@ -115,6 +120,42 @@ pub enum Effect {
     VoiceLeft {
         turn_user: String,
     },
+    /// Cluster mode: append this change to the shared log (it takes effect when read back);
+    /// `origin` is told if it cannot be written.
+    Publish {
+        origin: Option<ConnId>,
+        event: ClusterEvent,
+    },
+    /// Cluster mode: claim `name` for `conn` (renaming from `previous`), logging `event` if won;
+    /// answered with `Hub::name_claimed`.
+    ClaimName {
+        conn: ConnId,
+        name: String,
+        previous: Option<String>,
+        event: ClusterEvent,
+    },
+    /// Cluster mode: let go of `name` if `owner` still holds it, logging `event`.
+    ReleaseName {
+        name: String,
+        owner: Owner,
+        event: ClusterEvent,
+    },
+    /// Cluster mode: take a voice seat if fewer than `max` are taken cluster-wide, logging
+    /// `event` (`VoiceJoined`); answered with `Hub::voice_seated`.
+    JoinVoice {
+        conn: ConnId,
+        name: String,
+        max: usize,
+        event: ClusterEvent,
+    },
+    /// Cluster mode: signaling for a voice member on another node.
+    RouteSignal(RoutedSignal),
+    /// Cluster mode: the relay verifies with `secret` from now on (and the previous one for
+    /// `grace_s` seconds).
+    RotateRelaySecret {
+        secret: Vec<u8>,
+        grace_s: u64,
+    },
 }
 
 /// What a new connection brings: who it claims to be and where it comes from.
@@ -150,6 +191,10 @@ struct Connection {
     invited: bool,
     /// What this connection may still send, per message type.
     budget: budget::MessageBudget,
+    /// Cluster mode: a name asked of the store, not yet confirmed by the log.
+    claim: Option<cluster::PendingClaim>,
+    /// Cluster mode: the TURN user of a voice seat asked of the store, not yet confirmed.
+    voice_pending: Option<String>,
 }
 
 /// Server-wide counts for /server-info and metrics.
@@ -163,8 +208,9 @@ pub struct Hub {
     settings: Arc<Settings>,
     ice: IceServerIssuer,
     connections: HashMap<ConnId, Connection>,
-    /// Welcomed users by name, in order of arrival (for /list).
+    /// Welcomed users of this node by name.
     names: HashMap<String, ConnId>,
+    /// Online names in order of arrival (for /list); clustered, those on other nodes too.
     arrival_order: Vec<String>,
     history: VecDeque<HistoryEntry>,
     bans: HashSet<String>,
@@ -193,6 +239,8 @@ pub struct Hub {
     voice_notice_persisted: HashMap<String, VoiceNotices>,
     rng: StdRng,
     last_prune: Option<Instant>,
+    /// Cluster mode (`None`: single node).
+    cluster: Option<cluster::Replica>,
 }
 
 /// One user's persisted voice notices in the current interval.
@@ -278,6 +326,7 @@ impl Hub {
             voice_notice_persisted: HashMap::new(),
             rng,
             last_prune: None,
+            cluster: None,
         }
     }
 
@@ -378,8 +427,17 @@ impl Hub {
     /// told everyone left voice, every socket is closed.
     pub fn shutdown(&mut self, now: Now) -> Vec<Effect> {
         let mut out = Out::default();
-        for name in self.arrival_order.clone() {
-            self.announce(&mut out, &format!("{name} has left. (Server Shutdown)"), now);
+        if self.is_clustered() {
+            // The others see this node's users leave; its own closes follow.
+            for name in self.arrival_order.clone() {
+                if let Some(&conn) = self.names.get(&name) {
+                    self.release_name(&mut out, conn, &name, " (Server Shutdown)", now);
+                }
+            }
+        } else {
+            for name in self.arrival_order.clone() {
+                self.announce(&mut out, &format!("{name} has left. (Server Shutdown)"), now);
+            }
         }
         for turn_user in std::mem::take(&mut self.voice).turn_users() {
             out.push(Effect::VoiceLeft { turn_user });
@@ -436,7 +494,9 @@ impl Hub {
 
     fn announce(&mut self, out: &mut Out, text: &str, now: Now) {
         self.record(out, HistoryKind::System, None, text, now);
-        out.broadcast(self.welcomed_connections(), &ServerMessage::System { text });
+        if !self.is_clustered() {
+            out.broadcast(self.welcomed_connections(), &ServerMessage::System { text });
+        }
     }
 
     /// Appends to the in-memory history and asks the runner to persist it.
@@ -447,6 +507,15 @@ impl Hub {
             text: text.to_string(),
             timestamp: iso_timestamp(now.wall),
         };
+        if self.is_clustered() {
+            // Shown and kept when read back from the log, on every node alike.
+            let event = match kind {
+                HistoryKind::Chat => ClusterEvent::Chat { entry },
+                HistoryKind::System => ClusterEvent::System { entry },
+            };
+            self.publish(out, None, event);
+            return;
+        }
         self.history.push_back(entry.clone());
         while self.history.len() > self.settings.chat.history_limit {
             self.history.pop_front();
@@ -464,6 +533,23 @@ impl Hub {
     fn remove_connection(&mut self, out: &mut Out, conn: ConnId, suffix: Option<&str>, now: Now) {
         let Some(connection) = self.connections.remove(&conn) else { return };
         self.connection_limiter.release(connection.ip, now.mono);
+        if self.is_clustered() {
+            // A seat still being taken is freed too (after it, in the writer's order).
+            if let (Some(turn_user), Some(name)) = (&connection.voice_pending, &connection.name) {
+                self.publish_voice_left(out, name, turn_user.clone(), now);
+            }
+            // A claim still under way is released too (after it, in the writer's order).
+            if let Some(claim) = connection.claim {
+                self.release_name(out, conn, &claim.name, suffix.unwrap_or(""), now);
+            }
+            if let Some(name) = connection.name {
+                self.leave_voice(out, &name, now);
+                self.names.remove(&name);
+                // Listed until the log says it left, like on every other node.
+                self.release_name(out, conn, &name, suffix.unwrap_or(""), now);
+            }
+            return;
+        }
         if let Some(name) = connection.name {
             self.leave_voice(out, &name, now);
             self.names.remove(&name);

@@ -10,6 +10,11 @@
 //! per wake-up. History entries are committed to the store before the frames that follow them are
 //! sent, so a message someone saw is a message on disk. Password hashing runs on the blocking
 //! pool, never on this task, behind the `PasswordGate` (global concurrency, per-IP pacing).
+//!
+//! In cluster mode (`ClusterLink`) the runner also hands the hub's `Publish`/`ClaimName`/
+//! `ReleaseName` effects to the cluster writer (a bounded queue it never waits on: a full queue
+//! is answered at once as a failure), sends the heartbeat with the names this node holds, tells
+//! the hub when the store comes or goes, and keeps accounts and admin flags in Redis.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -24,6 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::lanes::{self, ConnOrder, InboundLane, LaneReceivers, LaneSenders};
 use super::relay_only::PrivacyTally;
 use super::{AdminReply, AdminRequest, ConnId, ConnectInfo, Effect, Hub, Now, Stats};
+use crate::cluster::accounts::ClusterAccounts;
+use crate::cluster::event::{ClusterEvent, Snapshot};
+use crate::cluster::writer::ClusterCommand;
+use crate::cluster::ClusterStatus;
 use crate::password_gate::PasswordGate;
 use crate::presence::VoicePresence;
 use crate::protocol::{Frame, HistoryEntry, Inbound, Lane};
@@ -44,6 +53,8 @@ const STEP_EVENTS: usize = 16;
 /// How often the admin flags are read again from the store: `relaychat user set-admin` (another
 /// process) takes effect within this, also for someone already logged in.
 const ADMIN_REFRESH: Duration = Duration::from_secs(3);
+/// How long shutdown waits for the cluster writer to log this node's users leaving.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 
 /// How a session receives what the hub sends it.
 pub struct ConnLink {
@@ -56,14 +67,77 @@ pub struct ConnLink {
 }
 
 pub enum HubEvent {
-    Connected { conn: ConnId, info: ConnectInfo, link: ConnLink },
-    Message { conn: ConnId, inbound: Inbound },
-    Disconnected { conn: ConnId },
-    AccountCreated { conn: ConnId, result: Result<bool, String> },
-    LoginChecked { conn: ConnId, name: String, ok: bool },
-    AdminsLoaded { admins: std::collections::HashSet<String> },
+    Connected {
+        conn: ConnId,
+        info: ConnectInfo,
+        link: ConnLink,
+    },
+    Message {
+        conn: ConnId,
+        inbound: Inbound,
+    },
+    Disconnected {
+        conn: ConnId,
+    },
+    AccountCreated {
+        conn: ConnId,
+        result: Result<bool, String>,
+    },
+    LoginChecked {
+        conn: ConnId,
+        name: String,
+        ok: bool,
+    },
+    AdminsLoaded {
+        admins: std::collections::HashSet<String>,
+    },
     Admin(AdminCall),
-    Shutdown { done: oneshot::Sender<()> },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+    /// Cluster mode: one event read from the shared log, in log order.
+    ClusterApply {
+        event: ClusterEvent,
+    },
+    /// Cluster mode: the shared state to start from (or resynchronize from after a gap).
+    ClusterSnapshot(Snapshot),
+    /// Cluster mode: the store answered a name claim.
+    NameClaimed {
+        conn: ConnId,
+        name: String,
+        outcome: super::ClaimOutcome,
+    },
+    /// Cluster mode: a change from `conn` could not be written.
+    PublishFailed {
+        conn: ConnId,
+    },
+    /// Cluster mode: names this node held are now someone else's.
+    NamesLost {
+        names: Vec<String>,
+    },
+    /// Cluster mode: the store answered a voice join.
+    VoiceSeated {
+        conn: ConnId,
+        name: String,
+        outcome: super::VoiceOutcome,
+    },
+    /// Cluster mode: signaling from another node for one of this node's voice members.
+    RemoteSignal(crate::cluster::event::RoutedSignal),
+    /// Cluster mode: the relay addresses of every live node (the node registry).
+    ClusterRelays {
+        ips: Vec<IpAddr>,
+    },
+}
+
+/// How the runner reaches the cluster (cluster mode only).
+pub struct ClusterLink {
+    /// The writer's queue (`cluster::WRITE_QUEUE`).
+    pub commands: mpsc::Sender<ClusterCommand>,
+    pub status: Arc<ClusterStatus>,
+    pub accounts: ClusterAccounts,
+    pub heartbeat: Duration,
+    /// The integrated relay, when it runs (secret rotations from the log reach it here).
+    pub relay: Option<crate::turn::RelayControl>,
 }
 
 /// An operator request (admin API) and where its reply goes; answered once its effects are
@@ -151,6 +225,9 @@ struct Runner {
     ips: HashMap<ConnId, IpAddr>,
     /// A call frame was queued since the runner last yielded.
     call_frame_queued: bool,
+    cluster: Option<ClusterLink>,
+    /// The store's state as last told to the hub.
+    cluster_up: bool,
 }
 
 /// Starts the runner task with a default password gate (one hash per core, 20 per minute
@@ -170,6 +247,18 @@ pub fn spawn_with_gate(
     presence: Arc<VoicePresence>,
     passwords: PasswordGate,
 ) -> (HubHandle, tokio::task::JoinHandle<()>) {
+    spawn_with_cluster(hub, store, presence, passwords, None)
+}
+
+/// Like `spawn_with_gate`, in cluster mode when `cluster` is given (the hub must be
+/// `Hub::clustered`).
+pub fn spawn_with_cluster(
+    hub: Hub,
+    store: Store,
+    presence: Arc<VoicePresence>,
+    passwords: PasswordGate,
+    cluster: Option<ClusterLink>,
+) -> (HubHandle, tokio::task::JoinHandle<()>) {
     let (events, receiver) = lanes::channels();
     let stats = Arc::new(SharedStats::default());
     let runner = Runner {
@@ -182,6 +271,8 @@ pub fn spawn_with_gate(
         passwords,
         ips: HashMap::new(),
         call_frame_queued: false,
+        cluster,
+        cluster_up: false,
     };
     let task = tokio::spawn(runner.run(receiver));
     (HubHandle { events, next_conn: Arc::new(AtomicU64::new(1)), stats }, task)
@@ -193,6 +284,10 @@ impl Runner {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut admin_refresh = tokio::time::interval(ADMIN_REFRESH);
         admin_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeat_every = self.cluster.as_ref().map_or(Duration::from_secs(3600), |c| c.heartbeat);
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let clustered = self.cluster.is_some();
         loop {
             let effects = tokio::select! {
                 event = receiver.next() => match event {
@@ -240,7 +335,18 @@ impl Runner {
                     }
                     None => return,
                 },
-                _ = tick.tick() => self.hub.tick(Now::current()),
+                _ = tick.tick() => {
+                    self.watch_cluster_store();
+                    if !self.cluster_up {
+                        // Notice the store's return sooner than the next heartbeat would.
+                        self.send_heartbeat();
+                    }
+                    self.hub.tick(Now::current())
+                }
+                _ = heartbeat.tick(), if clustered => {
+                    self.send_heartbeat();
+                    Vec::new()
+                }
                 _ = admin_refresh.tick() => {
                     self.refresh_admins();
                     Vec::new()
@@ -273,7 +379,50 @@ impl Runner {
     async fn shut_down(&mut self, done: oneshot::Sender<()>) {
         let effects = self.hub.shutdown(Now::current());
         self.carry_out(effects).await;
+        if let Some(cluster) = &self.cluster {
+            // The others should see this node's users leave: wait (briefly) for the writer.
+            let (flushed, written) = oneshot::channel();
+            if cluster.commands.try_send(ClusterCommand::Flush(flushed)).is_ok() {
+                let _ = tokio::time::timeout(SHUTDOWN_FLUSH, written).await;
+            }
+        }
         let _ = done.send(());
+    }
+
+    /// Tells the hub when the cluster store comes or goes (new users and chat depend on it).
+    fn watch_cluster_store(&mut self) {
+        let Some(cluster) = &self.cluster else { return };
+        let up = cluster.status.is_up();
+        if up != self.cluster_up {
+            self.cluster_up = up;
+            self.hub.set_cluster_store_up(up);
+        }
+    }
+
+    fn send_heartbeat(&mut self) {
+        let Some(cluster) = &self.cluster else { return };
+        if cluster.status.heartbeat_queued.swap(true, Ordering::Relaxed) {
+            return; // the last one is still waiting: Redis is slow or away
+        }
+        let names = self.hub.owned_names();
+        if cluster.commands.try_send(ClusterCommand::Heartbeat { names }).is_err() {
+            cluster.status.heartbeat_queued.store(false, Ordering::Relaxed);
+            tracing::warn!("cluster writer queue full: heartbeat skipped");
+        }
+    }
+
+    /// Hands a change to the cluster writer; false if its queue is full (or it is gone).
+    fn to_cluster(&self, command: ClusterCommand) -> bool {
+        match &self.cluster {
+            Some(cluster) => match cluster.commands.try_send(command) {
+                Ok(()) => true,
+                Err(_) => {
+                    cluster.status.publish_failures.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+            },
+            None => false,
+        }
     }
 
     fn publish_stats(&self) {
@@ -289,6 +438,8 @@ impl Runner {
 
     fn handle(&mut self, event: HubEvent) -> Vec<Effect> {
         let now = Now::current();
+        // Two atomic loads: the hub sees the store's state as /readyz does, at every event.
+        self.watch_cluster_store();
         match event {
             HubEvent::Connected { conn, info, link } => {
                 self.links.insert(conn, link);
@@ -308,6 +459,17 @@ impl Runner {
             HubEvent::LoginChecked { conn, name, ok } => self.hub.login_checked(conn, name, ok, now),
             HubEvent::AdminsLoaded { admins } => {
                 self.hub.set_admins(admins);
+                Vec::new()
+            }
+            HubEvent::ClusterApply { event } => self.hub.cluster_event(event, now),
+            HubEvent::ClusterSnapshot(snapshot) => self.hub.cluster_snapshot(snapshot, now),
+            HubEvent::NameClaimed { conn, name, outcome } => self.hub.name_claimed(conn, name, outcome, now),
+            HubEvent::PublishFailed { conn } => self.hub.publish_failed(conn, now),
+            HubEvent::NamesLost { names } => self.hub.names_lost(names, now),
+            HubEvent::VoiceSeated { conn, name, outcome } => self.hub.voice_seated(conn, name, outcome, now),
+            HubEvent::RemoteSignal(signal) => self.hub.remote_signal(signal, now),
+            HubEvent::ClusterRelays { ips } => {
+                self.hub.set_cluster_relays(ips);
                 Vec::new()
             }
             HubEvent::Shutdown { .. } | HubEvent::Admin(_) => Vec::new(),
@@ -363,6 +525,44 @@ impl Runner {
                 }
                 Effect::VoiceJoined { turn_user } => self.presence.joined(&turn_user),
                 Effect::VoiceLeft { turn_user } => self.presence.left(&turn_user),
+                Effect::Publish { origin, event } => {
+                    if !self.to_cluster(ClusterCommand::Publish { origin, event }) {
+                        if let Some(conn) = origin {
+                            queue.extend(self.hub.publish_failed(conn, Now::current()));
+                        }
+                    }
+                }
+                Effect::ClaimName { conn, name, previous, event } => {
+                    let command = ClusterCommand::Claim { conn, name: name.clone(), previous, event };
+                    if !self.to_cluster(command) {
+                        let outcome = super::ClaimOutcome::StoreDown;
+                        queue.extend(self.hub.name_claimed(conn, name, outcome, Now::current()));
+                    }
+                }
+                Effect::JoinVoice { conn, name, max, event } => {
+                    let command = ClusterCommand::JoinVoice { conn, name: name.clone(), max, event };
+                    if !self.to_cluster(command) {
+                        let outcome = super::VoiceOutcome::StoreDown;
+                        queue.extend(self.hub.voice_seated(conn, name, outcome, Now::current()));
+                    }
+                }
+                Effect::RotateRelaySecret { secret, grace_s } => {
+                    if let Some(relay) = self.cluster.as_ref().and_then(|c| c.relay.as_ref()) {
+                        relay.rotate_secret(secret, grace_s);
+                    }
+                }
+                Effect::RouteSignal(signal) => {
+                    if !self.to_cluster(ClusterCommand::Route(signal)) {
+                        tracing::warn!(
+                            "cluster writer queue full: a signaling message to another node was dropped"
+                        );
+                    }
+                }
+                Effect::ReleaseName { name, owner, event } => {
+                    if !self.to_cluster(ClusterCommand::Release { name: name.clone(), owner, event }) {
+                        tracing::warn!(user = %name, "cluster writer queue full: the name expires with its TTL");
+                    }
+                }
             }
         }
     }
@@ -408,6 +608,18 @@ impl Runner {
 
     /// Reads the admin flags off the store thread and hands them to the hub.
     fn refresh_admins(&self) {
+        if let Some(cluster) = &self.cluster {
+            let (accounts, events) = (cluster.accounts.clone(), self.events.clone());
+            tokio::spawn(async move {
+                match accounts.admin_names().await {
+                    Ok(admins) => {
+                        events.send(HubEvent::AdminsLoaded { admins }).await.ok();
+                    }
+                    Err(e) => tracing::debug!("could not read the admin flags from the cluster store: {e}"),
+                }
+            });
+            return;
+        }
         let (store, events) = (self.store.clone(), self.events.clone());
         tokio::spawn(async move {
             match store.admin_names().await {
@@ -422,6 +634,21 @@ impl Runner {
     /// Hashes first, whatever the name: a taken or reserved name costs the same time as a new
     /// one, so the answer's timing does not tell which names exist.
     fn create_account(&self, conn: ConnId, name: String, password: String, reserved: bool) {
+        if let Some(cluster) = &self.cluster {
+            let (accounts, events, gate, ip) =
+                (cluster.accounts.clone(), self.events.clone(), self.passwords.clone(), self.conn_ip(conn));
+            tokio::spawn(async move {
+                let hashed = gate.run(ip, move || hash_password(&password)).await;
+                let result = match hashed {
+                    Some(Ok(_)) if reserved => Ok(false),
+                    Some(Ok(hash)) => accounts.create(&name, &hash).await.map_err(|e| e.to_string()),
+                    Some(Err(e)) => Err(e),
+                    None => Err("password hashing failed".to_string()),
+                };
+                events.send(HubEvent::AccountCreated { conn, result }).await.ok();
+            });
+            return;
+        }
         let (store, events, gate, ip) =
             (self.store.clone(), self.events.clone(), self.passwords.clone(), self.conn_ip(conn));
         tokio::spawn(async move {
@@ -437,6 +664,30 @@ impl Runner {
     }
 
     fn check_login(&self, conn: ConnId, name: String, password: String) {
+        if let Some(cluster) = &self.cluster {
+            let (accounts, events, gate, ip) =
+                (cluster.accounts.clone(), self.events.clone(), self.passwords.clone(), self.conn_ip(conn));
+            tokio::spawn(async move {
+                let stored = match accounts.password_hash(&name).await {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        tracing::error!("account lookup in the cluster store failed: {e}");
+                        None
+                    }
+                };
+                let ok = gate
+                    .run(ip, move || verify_password(&password, stored.as_deref()))
+                    .await
+                    .unwrap_or(false);
+                if ok {
+                    if let Ok(admins) = accounts.admin_names().await {
+                        events.send(HubEvent::AdminsLoaded { admins }).await.ok();
+                    }
+                }
+                events.send(HubEvent::LoginChecked { conn, name, ok }).await.ok();
+            });
+            return;
+        }
         let (store, events, gate, ip) =
             (self.store.clone(), self.events.clone(), self.passwords.clone(), self.conn_ip(conn));
         tokio::spawn(async move {

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::relay_only;
 use super::{ConnId, Effect, Hub, Now, Out};
+use crate::cluster::event::{ClusterEvent, RoutedSignal, SignalKind};
 use crate::protocol::{
     iso_timestamp, ClientMessage, IceCandidate, Participant, ServerMessage, SessionDescription, VoiceConfig,
 };
@@ -27,7 +28,10 @@ struct Seat {
     /// admits it only while this seat exists. A later holder of the same name gets another
     /// tag, so an earlier holder's unexpired credential never becomes valid again.
     turn_user: String,
+    /// The connection holding the seat (on `remote`'s node when that is set).
     conn: ConnId,
+    /// Cluster mode: the node holding a seat of another node's user (`None`: ours).
+    remote: Option<String>,
     media_types: Vec<String>,
     credentials_refresh_at: Instant,
     joined_at: chrono::DateTime<chrono::Utc>,
@@ -83,8 +87,23 @@ impl VoiceRoom {
         }
     }
 
+    /// The local connection of `name`'s seat (none for a seat on another node).
     fn conn_of(&self, name: &str) -> Option<ConnId> {
-        self.seats.iter().find(|s| s.name == name).map(|s| s.conn)
+        self.seats.iter().find(|s| s.name == name && s.remote.is_none()).map(|s| s.conn)
+    }
+
+    /// The node holding `name`'s seat, when that is another node.
+    pub(super) fn remote_node_of(&self, name: &str) -> Option<&str> {
+        self.seats.iter().find(|s| s.name == name).and_then(|s| s.remote.as_deref())
+    }
+
+    /// The local connections of the seated, in order of joining.
+    fn local_conns(&self) -> Vec<ConnId> {
+        self.seats.iter().filter(|s| s.remote.is_none()).map(|s| s.conn).collect()
+    }
+
+    pub(super) fn turn_user_of(&self, name: &str) -> Option<&str> {
+        self.seats.iter().find(|s| s.name == name).map(|s| s.turn_user.as_str())
     }
 
     fn participants(&self) -> Vec<Participant> {
@@ -224,13 +243,18 @@ impl Hub {
             self.webrtc_error(out, conn, "No valid media types requested", now);
             return;
         }
-        let others: Vec<ConnId> = self.voice.seats.iter().map(|s| s.conn).collect();
-        let credentials_refresh_at = self.credentials_refresh_at(now);
         let turn_user = format!("{name}:{:08x}", self.rng.random::<u32>());
+        if self.is_clustered() {
+            self.join_voice_clustered(out, conn, name, turn_user, media_types, now);
+            return;
+        }
+        let others: Vec<ConnId> = self.voice.local_conns();
+        let credentials_refresh_at = self.credentials_refresh_at(now);
         self.voice.seats.push(Seat {
             name: name.clone(),
             turn_user: turn_user.clone(),
             conn,
+            remote: None,
             media_types: media_types.clone(),
             credentials_refresh_at,
             joined_at: now.wall,
@@ -250,14 +274,45 @@ impl Hub {
     /// Takes `name` out of the room (leave, disconnect, kick, ban). False if not in it.
     pub(super) fn leave_voice(&mut self, out: &mut Out, name: &str, now: Now) -> bool {
         let Some(index) = self.voice.seats.iter().position(|s| s.name == name) else { return false };
-        let seat = self.voice.seats.remove(index);
-        self.voice.buffered.retain(|(from, to), _| from != name && to != name);
-        self.voice.answered.retain(|(a, b)| a != name && b != name);
-        out.push(Effect::VoiceLeft { turn_user: seat.turn_user });
-        let seated = self.voice.seats.iter().map(|seat| seat.conn).collect();
-        out.broadcast(seated, &ServerMessage::WebrtcPeerLeft { username: name });
+        if self.is_clustered() {
+            if self.voice.seats[index].remote.is_some() {
+                // Another node's user (an operator's revocation here): that node frees it.
+                let turn_user = self.voice.seats[index].turn_user.clone();
+                self.publish_voice_left(out, name, turn_user, now);
+                return true;
+            }
+            let seat = self.remove_seat(out, index);
+            self.publish_voice_left(out, name, seat.turn_user, now);
+            return true;
+        }
+        self.remove_seat(out, index);
         self.announce_voice(out, name, false, now);
         true
+    }
+
+    /// Frees a seat here: the relay is told, the other local members see the peer leave.
+    fn remove_seat(&mut self, out: &mut Out, index: usize) -> Seat {
+        let seat = self.voice.seats.remove(index);
+        let name = seat.name.as_str();
+        self.voice.buffered.retain(|(from, to), _| from != name && to != name);
+        self.voice.answered.retain(|(a, b)| a != name && b != name);
+        out.push(Effect::VoiceLeft { turn_user: seat.turn_user.clone() });
+        let seated = self.voice.local_conns();
+        out.broadcast(seated, &ServerMessage::WebrtcPeerLeft { username: name });
+        seat
+    }
+
+    /// Cluster mode: a seat leaves (the seat record, the notice and every other node's part
+    /// happen when `VoiceLeft` is read back).
+    pub(super) fn publish_voice_left(&mut self, out: &mut Out, name: &str, turn_user: String, now: Now) {
+        let entry = crate::protocol::HistoryEntry {
+            kind: crate::protocol::HistoryKind::System,
+            username: None,
+            text: super::voice_notice(name, false),
+            timestamp: iso_timestamp(now.wall),
+        };
+        let event = ClusterEvent::VoiceLeft { name: name.to_string(), turn_user, entry };
+        self.publish(out, None, event);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -283,8 +338,8 @@ impl Hub {
             self.webrtc_error(out, conn, error, now);
             return;
         };
-        let target_conn = target.as_deref().filter(|t| *t != name).and_then(|t| self.voice.conn_of(t));
-        let (Some(target), Some(target_conn)) = (target, target_conn) else {
+        let target = target.filter(|t| t != name && self.voice.contains(t));
+        let Some(target) = target else {
             self.webrtc_error(out, conn, "Target user not in voice chat", now);
             return;
         };
@@ -303,16 +358,52 @@ impl Hub {
         } else {
             Value::Object(description.raw)
         };
+        let kind = match kind {
+            Description::Offer => SignalKind::Offer,
+            Description::Answer => SignalKind::Answer,
+        };
+        self.deliver_signal(out, name, &target, kind, relayed);
+    }
+
+    /// Hands rebuilt signaling to `to`: its connection here, or its node's inbox. An offer
+    /// reopens the pair's negotiation, an answer closes it and releases buffered candidates.
+    pub(super) fn deliver_signal(
+        &mut self,
+        out: &mut Out,
+        from: &str,
+        to: &str,
+        kind: SignalKind,
+        payload: Value,
+    ) {
+        if let Some(node) = self.voice.remote_node_of(to) {
+            let signal =
+                RoutedSignal { node: node.to_string(), from: from.into(), to: to.into(), kind, payload };
+            out.push(Effect::RouteSignal(signal));
+        } else if let Some(to_conn) = self.voice.conn_of(to) {
+            match kind {
+                SignalKind::Offer => {
+                    out.send(to_conn, &ServerMessage::WebrtcOffer { from_username: from, offer: &payload })
+                }
+                SignalKind::Answer => {
+                    out.send(to_conn, &ServerMessage::WebrtcAnswer { from_username: from, answer: &payload })
+                }
+                SignalKind::Candidate => out.send(
+                    to_conn,
+                    &ServerMessage::WebrtcIceCandidate { from_username: from, candidate: &payload },
+                ),
+            }
+        } else {
+            return;
+        }
         match kind {
-            Description::Offer => {
-                out.send(target_conn, &ServerMessage::WebrtcOffer { from_username: name, offer: &relayed });
-                self.voice.answered.remove(&pair(name, &target));
+            SignalKind::Offer => {
+                self.voice.answered.remove(&pair(from, to));
             }
-            Description::Answer => {
-                out.send(target_conn, &ServerMessage::WebrtcAnswer { from_username: name, answer: &relayed });
-                self.voice.answered.insert(pair(name, &target));
-                self.flush_buffered(out, name, &target);
+            SignalKind::Answer => {
+                self.voice.answered.insert(pair(from, to));
+                self.flush_buffered(out, from, to);
             }
+            SignalKind::Candidate => {}
         }
     }
 
@@ -322,12 +413,8 @@ impl Hub {
             let Some(queue) = self.voice.buffered.remove(&(from.to_string(), to.to_string())) else {
                 continue;
             };
-            let Some(to_conn) = self.voice.conn_of(to) else { continue };
             for candidate in queue {
-                out.send(
-                    to_conn,
-                    &ServerMessage::WebrtcIceCandidate { from_username: from, candidate: &candidate },
-                );
+                self.deliver_signal(out, from, to, SignalKind::Candidate, candidate);
             }
         }
     }
@@ -342,10 +429,9 @@ impl Hub {
         buffer: bool,
     ) {
         let (Some(target), Some(candidate)) = (target, candidate) else { return };
-        if !self.voice.contains(name) || target == name {
+        if !self.voice.contains(name) || target == name || !self.voice.contains(&target) {
             return;
         }
-        let Some(target_conn) = self.voice.conn_of(&target) else { return };
         let candidate = if self.settings.webrtc.force_relay {
             // Dropped candidates are counted (and logged at debug, without the address) there.
             match relay_only::candidate_object(&candidate, &self.relays, &mut self.privacy) {
@@ -369,10 +455,7 @@ impl Hub {
             queue.push_back(candidate);
             return;
         }
-        out.send(
-            target_conn,
-            &ServerMessage::WebrtcIceCandidate { from_username: name, candidate: &candidate },
-        );
+        self.deliver_signal(out, name, &target, SignalKind::Candidate, candidate);
     }
 
     fn change_media(
@@ -400,10 +483,17 @@ impl Hub {
                 allowed
             }
         };
+        if self.is_clustered() {
+            // Every node updates the seat and tells its members when this is read back.
+            let turn_user = self.voice.turn_user_of(name).unwrap_or_default().to_string();
+            let event = ClusterEvent::MediaChanged { name: name.to_string(), turn_user, media: media_types };
+            self.publish(out, Some(conn), event);
+            return;
+        }
         if let Some(seat) = self.voice.seat_mut(name) {
             seat.media_types = media_types.clone();
         }
-        let others = self.voice.seats.iter().map(|seat| seat.conn).filter(|&other| other != conn).collect();
+        let others = self.voice.local_conns().into_iter().filter(|&other| other != conn).collect();
         out.broadcast(
             others,
             &ServerMessage::WebrtcMediaChanged { username: name, media_types: &media_types },
@@ -417,7 +507,7 @@ impl Hub {
             .voice
             .seats
             .iter_mut()
-            .filter(|s| s.credentials_refresh_at <= now.mono)
+            .filter(|s| s.remote.is_none() && s.credentials_refresh_at <= now.mono)
             .map(|s| {
                 s.credentials_refresh_at = next;
                 (s.conn, s.turn_user.clone())
@@ -433,5 +523,208 @@ impl Hub {
                 },
             );
         }
+    }
+}
+
+/// Cluster mode: the one voice room spans the nodes. Seats are taken with the `voice_join`
+/// script (the room's size holds cluster-wide) and come and go on every node as the log says;
+/// signaling for a member on another node goes to that node's inbox.
+impl Hub {
+    fn join_voice_clustered(
+        &mut self,
+        out: &mut Out,
+        conn: ConnId,
+        name: String,
+        turn_user: String,
+        media_types: Vec<String>,
+        now: Now,
+    ) {
+        if self.cluster_store_down() {
+            self.webrtc_error(out, conn, super::cluster::STORE_DOWN_VOICE, now);
+            return;
+        }
+        let Some(connection) = self.connections.get_mut(&conn) else { return };
+        if connection.voice_pending.is_some() {
+            self.webrtc_error(out, conn, "Already joining voice chat", now);
+            return;
+        }
+        connection.voice_pending = Some(turn_user.clone());
+        let Some(replica) = &self.cluster else { return };
+        let entry = crate::protocol::HistoryEntry {
+            kind: crate::protocol::HistoryKind::System,
+            username: None,
+            text: super::voice_notice(&name, true),
+            timestamp: iso_timestamp(now.wall),
+        };
+        let owner = crate::cluster::event::Owner { node: replica.node.clone(), conn };
+        let event =
+            ClusterEvent::VoiceJoined { name: name.clone(), owner, turn_user, media: media_types, entry };
+        out.push(Effect::JoinVoice { conn, name, max: self.settings.webrtc.max_participants, event });
+    }
+
+    /// The store answered a `JoinVoice`.
+    pub fn voice_seated(
+        &mut self,
+        conn: ConnId,
+        name: String,
+        outcome: super::VoiceOutcome,
+        now: Now,
+    ) -> Vec<Effect> {
+        let mut out = Out::default();
+        let max = self.settings.webrtc.max_participants;
+        let error = match outcome {
+            // `VoiceJoined`, read back from the log, seats the user.
+            super::VoiceOutcome::Seated => return out.effects,
+            super::VoiceOutcome::Full => format!("Voice chat is full ({max} maximum)"),
+            super::VoiceOutcome::AlreadySeated => "Already in voice chat".to_string(),
+            super::VoiceOutcome::StoreDown => super::cluster::STORE_DOWN_VOICE.to_string(),
+        };
+        let Some(connection) = self.connections.get_mut(&conn) else { return out.effects };
+        if connection.name.as_deref() != Some(name.as_str()) {
+            return out.effects;
+        }
+        connection.voice_pending = None;
+        self.webrtc_error(&mut out, conn, &error, now);
+        out.effects
+    }
+
+    pub(super) fn apply_voice_joined(
+        &mut self,
+        out: &mut Out,
+        event: (String, crate::cluster::event::Owner, String, Vec<String>),
+        entry: crate::protocol::HistoryEntry,
+        now: Now,
+    ) {
+        let (name, owner, turn_user, media_types) = event;
+        if self.voice.turn_user_of(&name) == Some(turn_user.as_str()) {
+            return;
+        }
+        let Some(replica) = &self.cluster else { return };
+        let ours = owner.node == replica.node;
+        let waiting = ours
+            && self
+                .connections
+                .get(&owner.conn)
+                .is_some_and(|c| c.voice_pending.as_deref() == Some(turn_user.as_str()));
+        let others = self.voice.local_conns();
+        let remote = if waiting { None } else { Some(owner.node.clone()) };
+        self.voice.seats.push(Seat {
+            name: name.clone(),
+            turn_user: turn_user.clone(),
+            conn: owner.conn,
+            remote,
+            media_types: media_types.clone(),
+            credentials_refresh_at: self.credentials_refresh_at(now),
+            joined_at: now.wall,
+        });
+        // Every node's relay admits the seat: credentials verify on any node.
+        out.push(Effect::VoiceJoined { turn_user: turn_user.clone() });
+        if waiting {
+            if let Some(connection) = self.connections.get_mut(&owner.conn) {
+                connection.voice_pending = None;
+            }
+            let config = self.voice_config(owner.conn, &turn_user, now);
+            let participants = self.voice.participants();
+            out.send(
+                owner.conn,
+                &ServerMessage::WebrtcJoined { participants: &participants, config: &config },
+            );
+        }
+        out.broadcast(
+            others,
+            &ServerMessage::WebrtcPeerJoined { username: &name, media_types: &media_types },
+        );
+        self.show_cluster_entry(out, entry);
+    }
+
+    pub(super) fn apply_voice_left(
+        &mut self,
+        out: &mut Out,
+        name: &str,
+        turn_user: &str,
+        entry: crate::protocol::HistoryEntry,
+    ) {
+        let index = self.voice.seats.iter().position(|s| s.name == name && s.turn_user == turn_user);
+        if let Some(index) = index {
+            self.remove_seat(out, index);
+        }
+        self.show_cluster_entry(out, entry);
+    }
+
+    pub(super) fn apply_media_changed(
+        &mut self,
+        out: &mut Out,
+        name: &str,
+        turn_user: &str,
+        media: Vec<String>,
+    ) {
+        let Some(seat) = self.voice.seats.iter_mut().find(|s| s.name == name && s.turn_user == turn_user)
+        else {
+            return;
+        };
+        seat.media_types = media.clone();
+        let own = (seat.remote.is_none()).then_some(seat.conn);
+        let others = self.voice.local_conns().into_iter().filter(|&c| Some(c) != own).collect();
+        out.broadcast(others, &ServerMessage::WebrtcMediaChanged { username: name, media_types: &media });
+    }
+
+    /// A dead node's seats: gone, with the notices the reaper stored.
+    pub(super) fn drop_node_seats(&mut self, out: &mut Out, node: &str, seats: &[String], timestamp: &str) {
+        for name in seats {
+            let index =
+                self.voice.seats.iter().position(|s| &s.name == name && s.remote.as_deref() == Some(node));
+            let Some(index) = index else { continue };
+            self.remove_seat(out, index);
+            let entry = crate::protocol::HistoryEntry {
+                kind: crate::protocol::HistoryKind::System,
+                username: None,
+                text: super::voice_notice(name, false),
+                timestamp: timestamp.to_string(),
+            };
+            self.show_cluster_entry(out, entry);
+        }
+    }
+
+    /// The seats of a snapshot: other nodes' seats replace what we knew of them (ours stay).
+    pub(super) fn replace_remote_seats(
+        &mut self,
+        out: &mut Out,
+        seats: Vec<(String, crate::cluster::event::SeatRecord)>,
+        now: Now,
+    ) {
+        let Some(replica) = &self.cluster else { return };
+        let node = replica.node.clone();
+        for seat in std::mem::take(&mut self.voice.seats) {
+            if seat.remote.is_some() {
+                out.push(Effect::VoiceLeft { turn_user: seat.turn_user });
+            } else {
+                self.voice.seats.push(seat);
+            }
+        }
+        for (name, record) in seats {
+            if record.node == node || self.voice.contains(&name) {
+                continue;
+            }
+            out.push(Effect::VoiceJoined { turn_user: record.turn_user.clone() });
+            self.voice.seats.push(Seat {
+                name,
+                turn_user: record.turn_user,
+                conn: record.conn,
+                remote: Some(record.node),
+                media_types: record.media,
+                credentials_refresh_at: now.mono,
+                joined_at: now.wall,
+            });
+        }
+    }
+
+    /// Signaling from another node's voice member for one of ours (already rebuilt there).
+    pub fn remote_signal(&mut self, signal: RoutedSignal, _now: Now) -> Vec<Effect> {
+        let mut out = Out::default();
+        if self.voice.conn_of(&signal.to).is_none() {
+            return out.effects; // left meanwhile: dropped, as a local target that left would be
+        }
+        self.deliver_signal(&mut out, &signal.from, &signal.to, signal.kind, signal.payload);
+        out.effects
     }
 }

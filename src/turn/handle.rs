@@ -25,7 +25,7 @@ use crate::turn::per_ip::ConnectionsPerIp;
 use crate::turn::policy::PeerPolicy;
 use crate::turn::quota::QuotaLimits;
 use crate::turn::relay_ip::resolve_relay_ip;
-use crate::turn::relay_socket::{OwnRelays, PeerGuard, RelayAddress, RelayBinder};
+use crate::turn::relay_socket::{ClusterRelays, OwnRelays, PeerGuard, RelayAddress, RelayBinder};
 use crate::turn::sockets::{bind_listeners, bind_tcp_with};
 use crate::turn::{tcp, teardown, udp};
 
@@ -50,6 +50,8 @@ pub struct RelayHandle {
     /// TURN over TLS on the IPv6 listener's IP, once `start_tls` was called with `listen6` set.
     pub tls6_addr: Option<SocketAddr>,
     pub counters: Arc<RelayCounters>,
+    /// Cluster mode: the other nodes' relay addresses the peer policy lets through.
+    pub cluster_relays: Arc<ClusterRelays>,
     dispatcher: Arc<Dispatcher>,
     per_ip: Arc<ConnectionsPerIp>,
     /// `[turn] proxy_protocol`, for the TCP and TLS listeners.
@@ -233,9 +235,11 @@ pub async fn start_relay(
         .with_own_services(own_services);
 
     let counters = Arc::new(RelayCounters::default());
+    let cluster_relays = Arc::new(ClusterRelays::new(turn.relay_ports.clone()));
     let guard = Arc::new(PeerGuard {
         policy,
         own: Arc::new(OwnRelays::default()),
+        cluster: cluster_relays.clone(),
         counters: counters.clone(),
         bandwidth_bytes_per_s: turn.allocation_bandwidth_bytes_per_s,
     });
@@ -335,6 +339,7 @@ pub async fn start_relay(
         listen6_addr,
         tls6_addr: None,
         counters,
+        cluster_relays,
         dispatcher,
         per_ip,
         proxy_protocol,

@@ -110,6 +110,11 @@ impl PeerPolicy {
         self
     }
 
+    /// `addr` (canonical) is one of this server's own listening sockets.
+    pub fn is_own_service(&self, addr: SocketAddr) -> bool {
+        self.own_services.contains(&addr)
+    }
+
     pub fn kind(&self) -> PeerPolicyKind {
         self.kind
     }

@@ -69,11 +69,42 @@ impl OwnRelays {
     }
 }
 
+/// Cluster mode: the relay addresses of every node of the cluster (from the node registry,
+/// refreshed with each heartbeat). A peer on one of these IPs, in the relay port range, counts as
+/// one of our relays, so relay-to-relay media works between nodes; the policy's own-service
+/// denials still hold, and nothing else opens. Empty outside cluster mode.
+pub struct ClusterRelays {
+    ips: RwLock<Vec<IpAddr>>,
+    ports: std::ops::RangeInclusive<u16>,
+}
+
+impl ClusterRelays {
+    pub fn new(ports: std::ops::RangeInclusive<u16>) -> Self {
+        Self { ips: RwLock::new(Vec::new()), ports }
+    }
+
+    /// The nodes' relay IPs as the registry lists them now.
+    pub fn set(&self, ips: impl IntoIterator<Item = IpAddr>) {
+        let mut ips: Vec<IpAddr> =
+            ips.into_iter().map(|ip| canonical_addr(SocketAddr::new(ip, 0)).ip()).collect();
+        ips.sort();
+        ips.dedup();
+        *self.ips.write().unwrap_or_else(|e| e.into_inner()) = ips;
+    }
+
+    /// `addr` (canonical) is a relayed address some node of the cluster could have allocated.
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.ports.contains(&addr.port())
+            && self.ips.read().unwrap_or_else(|e| e.into_inner()).contains(&addr.ip())
+    }
+}
+
 /// What every relay socket shares: the peer policy with the live set of our own relayed
-/// addresses, the counters, and the bandwidth cap.
+/// addresses (and, clustered, the other nodes' relays), the counters, and the bandwidth cap.
 pub struct PeerGuard {
     pub policy: PeerPolicy,
     pub own: Arc<OwnRelays>,
+    pub cluster: Arc<ClusterRelays>,
     pub counters: Arc<RelayCounters>,
     /// Bytes per second per allocation, both directions together; 0 = unlimited.
     pub bandwidth_bytes_per_s: u64,
@@ -81,8 +112,13 @@ pub struct PeerGuard {
 
 impl PeerGuard {
     /// The policy's verdict on one datagram's peer; a denial is counted.
+    /// One of our relays, or (clustered) another node's, but never one of our own listeners.
+    fn is_relay(&self, addr: SocketAddr) -> bool {
+        self.own.contains(addr) || (self.cluster.contains(addr) && !self.policy.is_own_service(addr))
+    }
+
     fn allows(&self, peer: SocketAddr) -> bool {
-        let verdict = self.policy.check(peer, |a| self.own.contains(a));
+        let verdict = self.policy.check(peer, |a| self.is_relay(a));
         if !verdict.is_allowed() {
             RelayCounters::bump(&self.counters.denied_peers);
             tracing::debug!(?verdict, "relay dropped a datagram for a denied peer");
@@ -92,7 +128,7 @@ impl PeerGuard {
 
     /// True if every address would be accepted (used to answer 403 up front).
     pub fn permits(&self, peer: SocketAddr) -> bool {
-        self.policy.check(peer, |a| self.own.contains(a)).is_allowed()
+        self.policy.check(peer, |a| self.is_relay(a)).is_allowed()
     }
 
     /// A datagram arrived on a relay socket from `from`: the peer it counts as (our own relays
@@ -253,5 +289,24 @@ impl RelayBinder {
             }
         }
         Err(io::Error::new(io::ErrorKind::AddrInUse, "no free relay port in turn.min_port..=turn.max_port"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_relays_are_the_registry_ips_in_the_relay_port_range_only() {
+        let relays = ClusterRelays::new(50000..=50999);
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(!relays.contains(addr("192.0.2.7:50001")), "empty until the registry is read");
+        relays.set(["192.0.2.7".parse().unwrap(), "::ffff:198.51.100.9".parse().unwrap()]);
+        assert!(relays.contains(addr("192.0.2.7:50001")));
+        assert!(relays.contains(addr("198.51.100.9:50999")), "IPv4-mapped spelled canonically");
+        assert!(!relays.contains(addr("192.0.2.7:3478")), "not a relay port: the node's listener");
+        assert!(!relays.contains(addr("192.0.2.8:50001")), "not a node");
+        relays.set([]);
+        assert!(!relays.contains(addr("192.0.2.7:50001")), "a node gone from the registry closes");
     }
 }

@@ -27,6 +27,7 @@ mod accounts;
 mod address_privacy;
 mod admin;
 mod budgets;
+mod cluster;
 mod commands;
 mod lanes;
 mod session;

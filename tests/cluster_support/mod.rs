@@ -1,0 +1,135 @@
+//! Cluster test support: a private `redis-server` (Debian's package) on a free loopback port in
+//! a temporary directory, with the durability the docs ask for (`appendonly yes`,
+//! `appendfsync always`, no RDB snapshots), and relaychat nodes pointed at it as real processes.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::common::{http_get, Server};
+
+/// Test presence TTL and heartbeat: short, so a killed node is reaped within seconds.
+pub const PRESENCE_TTL_MS: u64 = 2000;
+pub const HEARTBEAT_MS: u64 = 400;
+
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut redis = Redis { child: None, port: free_port(), dir };
+        redis.spawn();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args(["--daemonize", "no", "--logfile", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.answers_ping() {
+            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        if stream.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    }
+
+    /// SIGKILL: no shutdown save, no goodbye; the AOF is all that survives.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port and directory (the AOF is replayed).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `[cluster]` section for a node of this test's cluster.
+pub fn cluster_config(redis: &Redis, node: &str, extra: &str) -> String {
+    format!(
+        "[cluster]\nredis_url = \"{}\"\nnode_id = \"{node}\"\npresence_ttl_ms = {PRESENCE_TTL_MS}\nheartbeat_ms = {HEARTBEAT_MS}\n{extra}",
+        redis.url()
+    )
+}
+
+/// Starts a node and waits until it is ready (it has read the shared state).
+pub async fn start_node(redis: &Redis, node: &str, extra: &str) -> Server {
+    let server = Server::start(&cluster_config(redis, node, extra));
+    wait_ready(server.http, true).await;
+    server
+}
+
+/// Starts `n` nodes named node-1 .. node-n.
+pub async fn start_nodes(redis: &Redis, n: usize, extra: &str) -> Vec<Server> {
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        nodes.push(start_node(redis, &format!("node-{i}"), extra).await);
+    }
+    nodes
+}
+
+/// The status code of `/readyz`.
+pub async fn readyz(addr: SocketAddr) -> u16 {
+    let (head, _) = http_get(addr, "/readyz").await;
+    head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+/// Waits (up to 15 s) until `/readyz` says ready (`true`) or not (`false`); panics otherwise.
+pub async fn wait_ready(addr: SocketAddr, ready: bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let code = readyz(addr).await;
+        if (code == 200) == ready {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "/readyz stayed {code} on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
