@@ -39,6 +39,10 @@ use super::ws_session::{self, Behaviour, Counters, Event, Session};
 const LATENCY_DRAIN: Duration = Duration::from_secs(5);
 /// Pause after closing a run's sessions, so their leaves have propagated before the next phase.
 const CLOSE_PAUSE: Duration = Duration::from_secs(1);
+/// The cluster counts as quiet once no `XADD` ran for this long (joins and leaves all written).
+const QUIET_FOR: Duration = Duration::from_millis(500);
+/// Longest wait for quiet before measuring the background rate anyway.
+const QUIET_MAX: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClusterCli {
@@ -69,6 +73,10 @@ pub struct ClusterCli {
     /// Seconds of quiet before each measured phase, for the background Redis command rate.
     #[arg(long, default_value_t = 2.0)]
     pub idle_secs: f64,
+    /// The cluster's `[cluster] namespace`: with it, the size of its keys in Redis is reported
+    /// (bytes per history entry, log entry, online user, name claim).
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// A process to read CPU time from during each phase, as LABEL=PID (repeat: nodes, redis).
     #[arg(long = "pid")]
     pub pids: Vec<String>,
@@ -90,6 +98,25 @@ pub struct ClusterReport {
     pub nodes: usize,
     pub latency: LatencyReport,
     pub fanout: Vec<FanoutRun>,
+    /// Size of the cluster's keys at the end of the last fan-out run (with --namespace).
+    pub key_memory: Option<KeyMemory>,
+}
+
+/// What the cluster's data takes in Redis, from `MEMORY USAGE` (all elements counted).
+#[derive(Debug, Serialize, Default)]
+pub struct KeyMemory {
+    pub history_entries: u64,
+    pub history_bytes: u64,
+    pub history_bytes_per_entry: Option<f64>,
+    pub log_entries: u64,
+    pub log_bytes: u64,
+    pub log_bytes_per_entry: Option<f64>,
+    /// Users listed in `{ns}:online`.
+    pub online_users: u64,
+    pub online_bytes: u64,
+    pub online_bytes_per_user: Option<f64>,
+    /// One `{ns}:name:{name}` claim key.
+    pub name_key_bytes: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -134,7 +161,7 @@ pub struct RedisPerMessage {
     pub background_calls_per_s: f64,
     /// (calls - background) / messages.
     pub calls_per_message: f64,
-    /// Per command, raw calls during the phase / messages (background not subtracted).
+    /// Per command, (calls - background) / messages.
     pub per_command_per_message: BTreeMap<String, f64>,
     /// Per command, calls per second while idle.
     pub background_per_command_per_s: BTreeMap<String, f64>,
@@ -159,6 +186,8 @@ pub struct FanoutRun {
     pub redis_bytes_per_session: Option<f64>,
     /// Redis `used_memory` growth over the fan-out / chat messages (the history and log entries).
     pub redis_bytes_per_message: Option<f64>,
+    /// Redis commands per second per connected session while nobody chats (heartbeat renewals).
+    pub redis_idle_calls_per_s_per_session: Option<f64>,
 }
 
 /// CPU seconds of the named processes and of this generator.
@@ -225,12 +254,46 @@ impl RedisProbe {
         Ok(Some(RedisProbe { conn: RedisStats::connect(&target).await? }))
     }
 
-    /// Background command rate: calls over `secs` of quiet, per second, per command.
+    /// Background command rate: once nothing is being written to the log any more (the joins
+    /// before a phase reach Redis a while after the clients saw their welcome), calls over `secs`,
+    /// per second, per command.
     async fn idle_rate(&mut self, secs: f64) -> anyhow::Result<BTreeMap<String, f64>> {
-        let a = self.conn.command_calls().await?;
+        let t0 = Instant::now();
+        let mut last = self.conn.command_calls().await?;
+        while t0.elapsed() < QUIET_MAX {
+            tokio::time::sleep(QUIET_FOR).await;
+            let now = self.conn.command_calls().await?;
+            let writes = calls_delta(&last, &now).get("xadd").copied().unwrap_or(0);
+            last = now;
+            if writes == 0 {
+                break;
+            }
+        }
+        let a = last;
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
         let b = self.conn.command_calls().await?;
         Ok(calls_delta(&a, &b).into_iter().map(|(k, v)| (k, v as f64 / secs)).collect())
+    }
+
+    /// Sizes of the cluster's keys; `user` is a connected user whose name key is measured.
+    async fn key_memory(&mut self, ns: &str, user: &str) -> anyhow::Result<KeyMemory> {
+        let per = |bytes: u64, n: u64| (n > 0).then(|| bytes as f64 / n as f64);
+        let c = &mut self.conn;
+        let (history, log, online) = (format!("{ns}:history"), format!("{ns}:log"), format!("{ns}:online"));
+        let mut k = KeyMemory {
+            history_entries: c.length("XLEN", &history).await?,
+            history_bytes: c.key_bytes(&history).await?.unwrap_or(0),
+            log_entries: c.length("XLEN", &log).await?,
+            log_bytes: c.key_bytes(&log).await?.unwrap_or(0),
+            online_users: c.length("HLEN", &online).await?,
+            online_bytes: c.key_bytes(&online).await?.unwrap_or(0),
+            name_key_bytes: c.key_bytes(&format!("{ns}:name:{user}")).await?,
+            ..Default::default()
+        };
+        k.history_bytes_per_entry = per(k.history_bytes, k.history_entries);
+        k.log_bytes_per_entry = per(k.log_bytes, k.log_entries);
+        k.online_bytes_per_user = per(k.online_bytes, k.online_users);
+        Ok(k)
     }
 
     async fn mark(&mut self) -> anyhow::Result<(BTreeMap<String, u64>, u64)> {
@@ -256,7 +319,13 @@ fn per_message(
         background_calls: background,
         background_calls_per_s: background_per_s,
         calls_per_message: (calls as f64 - background).max(0.0) / m,
-        per_command_per_message: delta.iter().map(|(k, v)| (k.clone(), *v as f64 / m)).collect(),
+        per_command_per_message: delta
+            .iter()
+            .map(|(k, v)| {
+                let bg = idle.get(k).copied().unwrap_or(0.0) * secs;
+                (k.clone(), (*v as f64 - bg).max(0.0) / m)
+            })
+            .collect(),
         background_per_command_per_s: idle.clone(),
         used_memory_delta_bytes: Some(after.1 as i64 - before.1 as i64),
     }
@@ -294,12 +363,14 @@ pub async fn run(c: ClusterCli) -> anyhow::Result<ClusterReport> {
     );
 
     let mut fanout = Vec::new();
+    let mut key_memory = None;
     let mut spreads = vec![1];
     if nodes.len() > 1 {
         spreads.push(nodes.len());
     }
     for (run_no, k) in spreads.into_iter().enumerate() {
-        let r = fanout_run(&c, &nodes[..k], run_no, &pids, redis.as_mut()).await?;
+        let (r, keys) = fanout_run(&c, &nodes[..k], run_no, &pids, redis.as_mut()).await?;
+        key_memory = keys.or(key_memory);
         eprintln!(
             "[{}] fan-out over {} node(s): {:.0} deliveries/s ({:.0} msgs/s to {} sessions), cpu {:?}, \
              redis {} cmds/msg, {} B/session, {} B/msg",
@@ -315,7 +386,17 @@ pub async fn run(c: ClusterCli) -> anyhow::Result<ClusterReport> {
         );
         fanout.push(r);
     }
-    Ok(ClusterReport { label: c.label, urls: c.urls, nodes: nodes.len(), latency, fanout })
+    if let Some(k) = &key_memory {
+        eprintln!(
+            "[{}] Redis keys: history {} B/entry, log {} B/entry, online {} B/user, name key {} B",
+            c.label,
+            k.history_bytes_per_entry.map_or("-".into(), |v| format!("{v:.0}")),
+            k.log_bytes_per_entry.map_or("-".into(), |v| format!("{v:.0}")),
+            k.online_bytes_per_user.map_or("-".into(), |v| format!("{v:.0}")),
+            k.name_key_bytes.map_or("-".into(), |v| v.to_string()),
+        );
+    }
+    Ok(ClusterReport { label: c.label, urls: c.urls, nodes: nodes.len(), latency, fanout, key_memory })
 }
 
 /// What one latency receiver saw.
@@ -493,7 +574,7 @@ async fn fanout_run(
     run_no: usize,
     pids: &[(String, u32)],
     mut redis: Option<&mut RedisProbe>,
-) -> anyhow::Result<FanoutRun> {
+) -> anyhow::Result<(FanoutRun, Option<KeyMemory>)> {
     let counters = Arc::new(Counters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let k = nodes.len();
@@ -540,9 +621,14 @@ async fn fanout_run(
     let dur = Duration::from_secs_f64(c.fanout_secs);
     let (fanout, senders_back) = fan_out(dur, None, senders, &counters, sessions as u64).await;
     let (cpu_s, _) = CpuMark::take(pids).since(&cpu0);
+    let idle_per_session = idle.as_ref().map(|i| i.values().fold(0.0, |a, b| a + b) / sessions.max(1) as f64);
+    let mut key_memory = None;
     let redis_report = match (redis, before, idle) {
         (Some(r), Some(b), Some(idle)) => {
             let after = r.mark().await?;
+            if let (Some(ns), Some(user)) = (&c.namespace, senders_back.first()) {
+                key_memory = Some(r.key_memory(ns, &user.name).await?);
+            }
             Some(per_message(&idle, &b, &after, fanout.seconds, fanout.messages_sent))
         }
         _ => None,
@@ -564,7 +650,7 @@ async fn fanout_run(
         .and_then(|r| r.used_memory_delta_bytes)
         .filter(|_| fanout.messages_sent > 0)
         .map(|d| d as f64 / fanout.messages_sent as f64);
-    Ok(FanoutRun {
+    let run = FanoutRun {
         nodes: k,
         sessions_per_node: per_node,
         sessions_connected: sessions,
@@ -576,7 +662,9 @@ async fn fanout_run(
         redis: redis_report,
         redis_bytes_per_session: per_session,
         redis_bytes_per_message: per_message_bytes,
-    })
+        redis_idle_calls_per_s_per_session: idle_per_session,
+    };
+    Ok((run, key_memory))
 }
 
 #[cfg(test)]
@@ -609,6 +697,7 @@ mod tests {
         assert_eq!(r.calls, 420);
         assert!((r.calls_per_message - 4.0).abs() < 1e-9, "{}", r.calls_per_message);
         assert_eq!(r.per_command_per_message.get("evalsha"), Some(&1.0));
+        assert_eq!(r.per_command_per_message.get("xread"), Some(&3.0), "background subtracted");
         assert_eq!(r.used_memory_delta_bytes, Some(20_000));
     }
 

@@ -1,10 +1,11 @@
 //! Read-only statistics from the cluster's Redis for the cluster benchmark: `INFO commandstats`
-//! (calls per command, to count Redis operations per chat message), and `INFO memory`.
+//! (calls per command, to count Redis operations per chat message), `INFO memory`, and the size
+//! of the cluster's keys (`MEMORY USAGE`, `XLEN`, `HLEN`).
 //!
 //! A few lines of RESP over one TCP connection rather than a Redis client crate: the benchmark
-//! only ever sends `AUTH`, `SELECT` and `INFO` and reads one reply each, so a client library's
-//! build time (and its own commands on the server, which would pollute the counts) is not worth
-//! it. The commands this module sends itself are left out of every count it reports.
+//! only sends those commands (plus `AUTH`, `SELECT`) and reads one scalar reply each, so a client
+//! library's build time (and its own commands on the server, which would pollute the counts) is
+//! not worth it. Commands only this module sends are left out of every count it reports.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,8 +14,9 @@ use anyhow::{anyhow, bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// Commands this module sends; never counted as the cluster's work.
-const OWN_COMMANDS: [&str; 3] = ["auth", "info", "select"];
+/// Commands this module sends that the cluster never does; never counted as the cluster's work.
+/// (Its `XLEN`/`HLEN` run outside the measured windows.)
+const OWN_COMMANDS: [&str; 4] = ["auth", "info", "select", "memory|usage"];
 /// Largest reply read (INFO is a few KiB); a bigger one is refused, not buffered.
 const MAX_REPLY_BYTES: usize = 4 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,6 +106,24 @@ impl RedisStats {
         info_field(&info, "used_memory")
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow!("INFO memory without used_memory"))
+    }
+
+    /// Bytes a key and its value take (`MEMORY USAGE key SAMPLES 0`: every element counted);
+    /// None if the key does not exist.
+    pub async fn key_bytes(&mut self, key: &str) -> anyhow::Result<Option<u64>> {
+        match self.command(&["MEMORY", "USAGE", key, "SAMPLES", "0"]).await? {
+            Reply::Int(n) => Ok(Some(n.max(0) as u64)),
+            Reply::Bulk(None) => Ok(None),
+            other => bail!("MEMORY USAGE answered {other:?}"),
+        }
+    }
+
+    /// Entries of a stream (`XLEN`) or fields of a hash (`HLEN`): `command` is one of them.
+    pub async fn length(&mut self, command: &str, key: &str) -> anyhow::Result<u64> {
+        match self.command(&[command, key]).await? {
+            Reply::Int(n) => Ok(n.max(0) as u64),
+            other => bail!("{command} answered {other:?}"),
+        }
     }
 
     async fn info(&mut self, section: &str) -> anyhow::Result<String> {
@@ -240,6 +260,8 @@ mod tests {
         let mut s = stats.expect("redis-server did not start");
         let before = s.command_calls().await.unwrap();
         assert!(s.used_memory().await.unwrap() > 0);
+        assert_eq!(s.key_bytes("no-such-key").await.unwrap(), None);
+        assert_eq!(s.length("XLEN", "no-such-stream").await.unwrap(), 0);
         let after = s.command_calls().await.unwrap();
         assert!(calls_delta(&before, &after).is_empty(), "our own INFO calls are not counted: {after:?}");
         let _ = child.kill();
