@@ -187,25 +187,33 @@ def section(entry):
               f"machine's {cores} cores; Redis used {_fmt(redis_cpu / msgs * 1e6 if redis_cpu is not None else None, 0)} "
               f"us of CPU per message{ceiling}.")
     w("")
-    if runs and busiest < 0.8:
+    if len(runs) >= 2:
+        one, many = runs[0], runs[-1]
+        f1, fn = one.get("fanout") or {}, many.get("fanout") or {}
+        gain = (fn.get("messages_per_s") or 0) / (f1.get("messages_per_s") or 1)
+        node_cpu = [(k, v) for k, v in (one.get("cpu_s") or {}).items() if k.startswith("node")]
+        top = max(node_cpu, key=lambda kv: kv[1]) if node_cpu else None
+        if top and f1.get("seconds"):
+            w(f"With every session on one node, {top[0]} alone used {_fmt(top[1], 2)} CPU-seconds in "
+              f"{_fmt(f1.get('seconds'), 1)} s ({_fmt(100 * top[1] / f1['seconds'], 0)}% of one core). What bounds "
+              "one node: its hub (one task, src/hub/runner.rs) applies every log entry and queues every frame for its sessions on one task, and each node "
+              "writes its changes to Redis one at a time, in order, each write answered only after Redis's "
+              "fsync (src/cluster/writer.rs). Spread over "
+              f"{many.get('nodes')} nodes, the same load ran {gain:.2f}x the messages per second: three hubs "
+              "and three write pipelines side by side.")
+            w("")
+    if runs and busiest >= 0.8:
+        w(f"At {_fmt(100 * busiest, 0)}% of the machine's {cores} cores, shared by every node, Redis and the "
+          "load generator, the machine itself was then the limit: more nodes on it only move the work "
+          "(each message is still delivered to every session, and every node also reads and decodes "
+          "every log entry).")
+    elif runs:
         w("These processes left CPU unused (other work on the shared machine aside, see the load average "
-          "above), so CPU was not what held them back: the write path was. Each node writes "
-          "its changes to Redis one at a time, in the order its hub made them (src/cluster/writer.rs), and "
-          "each write is answered only after Redis has fsynced its AOF (`appendfsync always`); a sender's "
-          "next message waits for its echo, which comes back through the log. So one node commits about "
-          "one message per write round trip, and spreading the senders over three nodes runs three such "
-          "pipelines side by side. Beyond that, the ceiling is Redis itself (single-threaded, a fixed "
-          "cost per message: one script, two stream appends, one log read per node) and the disk's "
-          "fsync rate.")
-    else:
-        w("The machine was saturated: every node, Redis and the load generator share the same cores, so "
-          "spreading the sessions over three nodes cannot add CPU, it only moves the work. Each message "
-          "is still delivered to every session, and every node also reads and decodes every log entry, "
-          "so the cluster does more work per message than one node does.")
+          "above): the write path (one write at a time per node, each after an fsync) held them back.")
     w("")
-    w("On one machine three nodes buy no capacity. On three machines each node carries a third of the "
-      "sessions (WebSocket writes are most of the cost of fan-out) and its own write pipeline, while "
-      "Redis, one core and one disk for the whole cluster, is the part that does not scale out.")
+    w("On separate machines each node carries its share of the sessions (WebSocket writes are most of "
+      "the cost of fan-out) and its own write pipeline, while Redis, one core and one disk for the "
+      "whole cluster, is the part that does not scale out: its CPU per message above gives its ceiling.")
     w("")
     w(END)
     return lines
