@@ -269,18 +269,6 @@ else:
     w("Not run (`--no-signaling`), or it failed: see the script output.")
 w("")
 
-# The cluster section: this run's, or (not run this time) the one already in BENCHMARKS.md.
-previous_md = open(md_path).read() if os.path.exists(md_path) else ""
-if cluster_ran:
-    lines.extend(cluster_render.section(cluster_entry))
-else:
-    a, b = previous_md.find(cluster_render.START), previous_md.find(cluster_render.END)
-    if 0 <= a < b:
-        w(previous_md[a:b + len(cluster_render.END)])
-    else:
-        lines.extend(cluster_render.section(None))
-w("")
-
 commentary = os.path.join(here, "commentary.md")
 if os.path.exists(commentary):
     with open(commentary) as f:
@@ -313,6 +301,18 @@ if os.path.exists(method):
     with open(method) as f:
         w(f.read().rstrip())
     w("")
+
+# The cluster section: this run's, or (not run this time) the one already in BENCHMARKS.md.
+previous_md = open(md_path).read() if os.path.exists(md_path) else ""
+if cluster_ran:
+    lines.extend(cluster_render.section(cluster_entry))
+else:
+    a, b = previous_md.find(cluster_render.START), previous_md.find(cluster_render.END)
+    if 0 <= a < b:
+        w(previous_md[a:b + len(cluster_render.END)])
+    else:
+        lines.extend(cluster_render.section(None))
+w("")
 
 # The soak section (scripts/soak) comes from another run: keep it as it is.
 if os.path.exists(md_path):
