@@ -170,50 +170,43 @@ def section(entry):
     w("### What limits scaling here")
     w("")
     cores = m.get("cpus") or 2
-    busiest = 0.0
+    light_echo = _ms(lat.get("sender_echo"), "p50_us")
     for r in runs:
         f = r.get("fanout") or {}
         secs = f.get("seconds") or 0
         cpu = r.get("cpu_s") or {}
         total = sum(cpu.values()) + (f.get("generator_cpu_s") or 0)
-        msgs = f.get("messages_sent") or 0
+        msgs, deliveries = f.get("messages_sent") or 0, f.get("deliveries") or 0
         redis_cpu = cpu.get("redis")
-        if secs and msgs:
-            share = total / (secs * cores)
-            busiest = max(busiest, share)
-            ceiling = f" (so one Redis core would carry about {_fmt(msgs / redis_cpu, 0)} messages/s)" if redis_cpu else ""
-            w(f"- {r.get('nodes')} node(s): {_fmt(f.get('messages_per_s'), 0)} messages/s; the nodes, Redis and the "
-              f"generator used {_fmt(total, 2)} CPU-seconds in {_fmt(secs, 1)} s, {_fmt(100 * share, 0)}% of the "
-              f"machine's {cores} cores; Redis used {_fmt(redis_cpu / msgs * 1e6 if redis_cpu is not None else None, 0)} "
-              f"us of CPU per message{ceiling}.")
+        node_cpu = sum(v for k, v in cpu.items() if k.startswith("node"))
+        if not (secs and msgs and deliveries):
+            continue
+        echo = _ms(f.get("sender_echo"), "p50_us")
+        closed_loop = (f.get("senders") or 0) / (echo / 1000.0) if echo else None
+        ceiling = f" (one Redis core: about {_fmt(msgs / redis_cpu, 0)} messages/s)" if redis_cpu else ""
+        w(f"- {r.get('nodes')} node(s): {_fmt(f.get('messages_per_s'), 0)} messages/s, "
+          f"{_fmt(f.get('senders'))} senders each waiting for its echo (p50 {_fmt(echo, 1)} ms under this load, "
+          f"{_fmt(light_echo, 1)} ms at light load; {_fmt(f.get('senders'))} / echo = {_fmt(closed_loop, 0)}/s). "
+          f"The nodes, Redis and the generator used {_fmt(total, 2)} CPU-seconds in {_fmt(secs, 1)} s "
+          f"({_fmt(100 * total / (secs * cores), 0)}% of {cores} cores); the nodes "
+          f"{_fmt(node_cpu / deliveries * 1e6, 1)} us of CPU per delivery, Redis "
+          f"{_fmt(redis_cpu / msgs * 1e6 if redis_cpu is not None else None, 0)} us per message{ceiling}.")
     w("")
     if len(runs) >= 2:
-        one, many = runs[0], runs[-1]
-        f1, fn = one.get("fanout") or {}, many.get("fanout") or {}
+        f1, fn = runs[0].get("fanout") or {}, runs[-1].get("fanout") or {}
         gain = (fn.get("messages_per_s") or 0) / (f1.get("messages_per_s") or 1)
-        node_cpu = [(k, v) for k, v in (one.get("cpu_s") or {}).items() if k.startswith("node")]
-        top = max(node_cpu, key=lambda kv: kv[1]) if node_cpu else None
-        if top and f1.get("seconds"):
-            w(f"With every session on one node, {top[0]} alone used {_fmt(top[1], 2)} CPU-seconds in "
-              f"{_fmt(f1.get('seconds'), 1)} s ({_fmt(100 * top[1] / f1['seconds'], 0)}% of one core). What bounds "
-              "one node: its hub (one task, src/hub/runner.rs) applies every log entry and queues every frame for its sessions on one task, and each node "
-              "writes its changes to Redis one at a time, in order, each write answered only after Redis's "
-              "fsync (src/cluster/writer.rs). Spread over "
-              f"{many.get('nodes')} nodes, the same load ran {gain:.2f}x the messages per second: three hubs "
-              "and three write pipelines side by side.")
-            w("")
-    if runs and busiest >= 0.8:
-        w(f"At {_fmt(100 * busiest, 0)}% of the machine's {cores} cores, shared by every node, Redis and the "
-          "load generator, the machine itself was then the limit: more nodes on it only move the work "
-          "(each message is still delivered to every session, and every node also reads and decodes "
-          "every log entry).")
-    elif runs:
-        w("These processes left CPU unused (other work on the shared machine aside, see the load average "
-          "above): the write path (one write at a time per node, each after an fsync) held them back.")
-    w("")
-    w("On separate machines each node carries its share of the sessions (WebSocket writes are most of "
-      "the cost of fan-out) and its own write pipeline, while Redis, one core and one disk for the "
-      "whole cluster, is the part that does not scale out: its CPU per message above gives its ceiling.")
+        w(f"Spreading the sessions over {runs[-1].get('nodes')} nodes changed the message rate {gain:.2f}x. "
+          "Every process here shares the same cores (and this machine is shared with other work: see the "
+          "load average above), so more nodes on it cannot add CPU, only move it; each message is still "
+          "delivered to every session, and every node also reads and decodes every log entry. The echo "
+          "time under load is time spent queued: in each node's hub (one task, src/hub/runner.rs), in its "
+          "writer (one Redis write at a time, in order, src/cluster/writer.rs), in Redis, and in the "
+          "generator's own sessions.")
+        w("")
+    w("On separate machines each node carries its share of the sessions (the per-delivery CPU above) "
+      "and its own hub and writer, while Redis, one core and one disk for the whole cluster, does a "
+      "fixed amount of work per message and is the part that does not scale out: its CPU per message "
+      "above gives its ceiling.")
     w("")
     w(END)
     return lines
