@@ -4,6 +4,9 @@
 //! (TOML, or a js-chat-server `settings.json`, read with the original's keys, meanings and
 //! fallbacks so operators can migrate by pointing at the old file) < `RELAYCHAT__SECTION__KEY` environment variables < command-line flags. A bad value
 //! stops the start with a message naming the key: failing closed beats running half-configured.
+//!
+//! Sections with rules of their own live in submodules: `server` (listener, TLS, proxies),
+//! `admin` (the operator API), `turn` (the relay), `settings_json` (the original's file).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -13,9 +16,13 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod admin;
+mod server;
 mod settings_json;
 mod turn;
 
+pub use admin::{AdminSettings, MIN_ADMIN_TOKEN_CHARS};
+pub use server::{ServerSettings, TlsSettings};
 use settings_json::{is_js_settings, js_settings_overrides};
 pub use turn::{ExternalTurnServer, PeerPolicyKind, TurnConfig, TurnContext, TurnSettings};
 
@@ -57,104 +64,6 @@ pub struct Settings {
     pub admin: AdminSettings,
 }
 
-/// `[admin]`: the admin HTTP API's own listener and its bearer token.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct AdminSettings {
-    /// "127.0.0.1:3001"; empty: the admin API is off.
-    pub listen: String,
-    /// The bearer token (or `RELAYCHAT__ADMIN__TOKEN`); required unless `listen` is loopback.
-    pub token: String,
-    /// A file holding the token (systemd `LoadCredential=`: a relative path is looked up in
-    /// `$CREDENTIALS_DIRECTORY`). Used when `token` is empty.
-    pub token_file: String,
-    /// How long the previous TURN secret is still accepted after a rotation; 0: the credential
-    /// lifetime (`turn.credential_ttl_s`), so every credential handed out before stays usable.
-    pub turn_secret_grace_s: u64,
-}
-
-/// Admin tokens shorter than this are refused: the token is all that guards the API.
-pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
-
-impl AdminSettings {
-    /// The address to listen on, when the API is on.
-    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-        let listen = self.listen.trim();
-        if listen.is_empty() {
-            return Ok(None);
-        }
-        listen.parse().map(Some).map_err(|_| {
-            invalid(
-                "admin.listen",
-                format!("{listen:?} is not an address with a port, e.g. \"127.0.0.1:3001\""),
-            )
-        })
-    }
-
-    /// The token: `token`, else the content of `token_file`; `None` when neither is set.
-    pub fn resolve_token(&self) -> Result<Option<String>, ConfigError> {
-        let token = if !self.token.trim().is_empty() {
-            self.token.trim().to_string()
-        } else if !self.token_file.trim().is_empty() {
-            let mut path = PathBuf::from(self.token_file.trim());
-            if path.is_relative() {
-                if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-                    path = PathBuf::from(dir).join(path);
-                }
-            }
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| invalid("admin.token_file", format!("cannot read {}: {e}", path.display())))?;
-            text.trim().to_string()
-        } else {
-            return Ok(None);
-        };
-        if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
-            let key = if self.token.trim().is_empty() { "admin.token_file" } else { "admin.token" };
-            return Err(invalid(
-                key,
-                format!("must be at least {MIN_ADMIN_TOKEN_CHARS} characters (try: openssl rand -hex 32)"),
-            ));
-        }
-        Ok(Some(token))
-    }
-
-    /// Off, loopback, or protected by a token: never reachable from outside without one. (The
-    /// token file itself is read at start, where `$CREDENTIALS_DIRECTORY` exists: see
-    /// [`Self::resolve_token`].)
-    fn validate(&self) -> Result<(), ConfigError> {
-        let token = self.token.trim();
-        if !token.is_empty() && token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
-            return Err(invalid(
-                "admin.token",
-                format!("must be at least {MIN_ADMIN_TOKEN_CHARS} characters (try: openssl rand -hex 32)"),
-            ));
-        }
-        let has_token = !token.is_empty() || !self.token_file.trim().is_empty();
-        if let Some(addr) = self.listen_addr()? {
-            if !addr.ip().is_loopback() && !has_token {
-                return Err(invalid(
-                    "admin.token",
-                    format!(
-                        "must be set when admin.listen ({addr}) is not a loopback address: anyone who \
-                         reaches it could kick, ban and revoke (set [admin] token, token_file or \
-                         RELAYCHAT__ADMIN__TOKEN, or listen on 127.0.0.1)"
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether `token_file` can be read from here: a relative path is looked up in
-    /// `$CREDENTIALS_DIRECTORY`, which only the service has.
-    pub fn token_file_readable_here(&self) -> bool {
-        let file = self.token_file.trim();
-        file.is_empty()
-            || std::path::Path::new(file).is_absolute()
-            || std::env::var_os("CREDENTIALS_DIRECTORY").is_some()
-    }
-}
-
 /// How long a peer may stall us at each step before its connection is closed.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TimeoutSettings {
@@ -184,35 +93,6 @@ pub struct HistorySettings {
     pub retention_max_messages: u64,
     pub retention_max_days: u64,
     pub prune_interval_s: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ServerSettings {
-    pub host: String,
-    pub port: u16,
-    pub server_name: String,
-    pub motd: String,
-    pub data_dir: PathBuf,
-    pub trusted_proxies: Vec<String>,
-    /// true: connections from `proxy_protocol_from` must start with a PROXY protocol header.
-    #[serde(default)]
-    pub proxy_protocol: bool,
-    /// TCP load balancers (IPs or CIDRs) that send the PROXY protocol header.
-    #[serde(default)]
-    pub proxy_protocol_from: Vec<String>,
-    pub tls: TlsSettings,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct TlsSettings {
-    pub cert_file: String,
-    pub key_file: String,
-}
-
-impl TlsSettings {
-    pub fn is_enabled(&self) -> bool {
-        !self.cert_file.is_empty() && !self.key_file.is_empty()
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -266,35 +146,6 @@ pub struct WebrtcSettings {
     pub allow_video: bool,
     pub allow_screen_share: bool,
     pub force_relay: bool,
-}
-
-impl ServerSettings {
-    /// `trusted_proxies` parsed; validation guarantees every entry parses.
-    pub fn trusted_proxy_nets(&self) -> Vec<IpNet> {
-        self.trusted_proxies.iter().filter_map(|s| parse_net(s)).collect()
-    }
-
-    /// The HTTP listener's PROXY protocol setting; `None` when off. Validation guarantees the
-    /// entries parse.
-    pub fn proxy_protocol(&self) -> Option<crate::proxy_protocol::ProxyProtocol> {
-        let nets =
-            proxy_protocol_nets("server.proxy_protocol_from", self.proxy_protocol, &self.proxy_protocol_from);
-        crate::proxy_protocol::ProxyProtocol::from_trusted(nets.unwrap_or_default())
-    }
-}
-
-/// A listener's `proxy_protocol_from`, parsed: empty when `proxy_protocol` is off (the list is
-/// then ignored), an error when it is on with no balancer listed or with a malformed entry.
-fn proxy_protocol_nets(key: &'static str, enabled: bool, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
-    if !enabled {
-        return Ok(Vec::new());
-    }
-    if list.is_empty() {
-        return Err(invalid(key, "must list the load balancers' addresses when proxy_protocol is on"));
-    }
-    list.iter()
-        .map(|entry| parse_net(entry).ok_or_else(|| invalid(key, format!("{entry:?} is not an IP or CIDR"))))
-        .collect()
 }
 
 /// Dotted names of the keys whose values differ between `a` and `b` (values are not shown:
@@ -397,22 +248,7 @@ impl Settings {
                 Ok(())
             }
         };
-        if self.server.host.parse::<IpAddr>().is_err() {
-            return Err(invalid("server.host", format!("{:?} is not an IP address", self.server.host)));
-        }
-        for entry in &self.server.trusted_proxies {
-            if parse_net(entry).is_none() {
-                return Err(invalid("server.trusted_proxies", format!("{entry:?} is not an IP or CIDR")));
-            }
-        }
-        proxy_protocol_nets(
-            "server.proxy_protocol_from",
-            self.server.proxy_protocol,
-            &self.server.proxy_protocol_from,
-        )?;
-        if self.server.tls.cert_file.is_empty() != self.server.tls.key_file.is_empty() {
-            return Err(invalid("server.tls", "cert_file and key_file must be set together"));
-        }
+        self.server.validate()?;
         positive("chat.max_messages_per_second", self.chat.max_messages_per_second.into())?;
         positive("chat.heartbeat_interval_ms", self.chat.heartbeat_interval_ms)?;
         positive("chat.heartbeat_timeout_ms", self.chat.heartbeat_timeout_ms)?;
@@ -480,36 +316,6 @@ fn nest_dotted(pairs: Vec<(String, Value)>) -> Value {
 mod tests {
     use super::*;
     use std::path::Path;
-
-    #[test]
-    fn the_admin_api_is_loopback_or_token_protected() {
-        let mut s = Settings::defaults();
-        assert!(s.admin.validate().is_ok(), "off by default");
-        s.admin.listen = "0.0.0.0:3001".into();
-        let err = s.admin.validate().unwrap_err().to_string();
-        assert!(err.contains("admin.token") && err.contains("loopback"), "{err}");
-        s.admin.listen = "[::1]:3001".into();
-        assert!(s.admin.validate().is_ok());
-        s.admin.listen = "0.0.0.0:3001".into();
-        s.admin.token = "too-short".into();
-        assert!(s.admin.validate().unwrap_err().to_string().contains("at least 16"));
-        s.admin.token = "a-long-enough-admin-token".into();
-        assert!(s.admin.validate().is_ok());
-        assert_eq!(s.admin.resolve_token().unwrap().as_deref(), Some("a-long-enough-admin-token"));
-        // From a file (what systemd's LoadCredential hands over), trimmed.
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("admin_token");
-        std::fs::write(&file, "file-token-0123456789\n").unwrap();
-        s.admin.token.clear();
-        s.admin.token_file = file.display().to_string();
-        assert!(s.admin.validate().is_ok());
-        assert!(s.admin.token_file_readable_here());
-        assert_eq!(s.admin.resolve_token().unwrap().as_deref(), Some("file-token-0123456789"));
-        s.admin.token_file = dir.path().join("missing").display().to_string();
-        assert!(s.admin.resolve_token().unwrap_err().to_string().contains("admin.token_file"));
-        s.admin.listen = "nonsense".into();
-        assert!(s.admin.validate().unwrap_err().to_string().contains("admin.listen"));
-    }
 
     #[test]
     fn changed_keys_names_every_differing_leaf() {
@@ -670,24 +476,6 @@ mod tests {
         std::fs::write(&path, "[server]\nport = \"abc\"\n").unwrap();
         let err = Settings::load(&Sources { config_file: Some(path), port: None }).unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
-    }
-
-    #[test]
-    fn the_http_listeners_proxy_protocol_needs_its_balancers() {
-        let mut s = Settings::defaults();
-        assert!(s.server.proxy_protocol().is_none(), "off by default");
-        s.server.proxy_protocol_from = vec!["10.0.0.0/8".into()];
-        assert!(s.server.proxy_protocol().is_none(), "a list alone does not turn it on");
-        s.server.proxy_protocol = true;
-        s.validate().unwrap();
-        let proxy = s.server.proxy_protocol().expect("on");
-        assert!(proxy.expects_header_from("10.1.2.3".parse().unwrap()));
-        assert!(!proxy.expects_header_from("192.0.2.1".parse().unwrap()));
-        for bad in [vec![], vec!["10.0.0.0/33".to_string()], vec!["lb.example.org".to_string()]] {
-            s.server.proxy_protocol_from = bad;
-            let err = s.validate().unwrap_err();
-            assert!(err.to_string().contains("server.proxy_protocol_from"), "{err}");
-        }
     }
 
     #[test]

@@ -10,7 +10,9 @@ mod turn_support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use admin_support::{admin_config, metric, AdminApi, TOKEN};
+use admin_support::{
+    admin_config, credential_of, metric, relayed_call, AdminApi, RelayedCall, CALL_CHANNEL, TOKEN,
+};
 use common::voice::join_voice;
 use common::{expect_only_pong, merged_config, run_cli, Client, Server};
 use hyper::{Method, StatusCode};
@@ -179,34 +181,22 @@ async fn a_broadcast_reaches_everyone_online() {
         .any(|m| m["text"] == "Server notice: restart at 22:00"));
 }
 
-/// The TURN credential in `webrtc-joined` (or `webrtc-credentials`): (username, credential).
-fn credential_of(ice_servers: &Value) -> (String, String) {
-    let server = &ice_servers[0];
-    (server["username"].as_str().unwrap().to_string(), server["credential"].as_str().unwrap().to_string())
-}
-
 #[tokio::test]
 async fn revocation_kills_a_live_allocation_within_a_second_and_refuses_its_credential() {
     let server = Server::start(&admin_config(false));
     let api = AdminApi::of(&server, None);
     let turn = server.turn_udp.expect("turn is on");
-    let mut alice = server.join("alice").await;
-    let mut bob = server.join("bob").await;
-    alice.expect_system("bob has joined.").await;
-    let joined = join_voice(&mut alice, "alice", None).await;
-    let (username, credential) = credential_of(&joined["config"]["iceServers"]);
-    bob.expect_system("alice joined voice chat").await;
-    let bob_joined = join_voice(&mut bob, "bob", None).await;
-    let (bob_user, bob_credential) = credential_of(&bob_joined["config"]["iceServers"]);
     // A relayed call between them: bob sends to alice's relayed address over a channel.
-    let mut client = TurnClient::udp(turn, &username, &credential).await;
-    let alice_relay = client.allocate().await.expect("alice allocates while in voice");
-    let mut peer = TurnClient::udp(turn, &bob_user, &bob_credential).await;
-    let bob_relay = peer.allocate().await.expect("bob allocates while in voice");
-    client.create_permission(&[bob_relay]).await.unwrap();
-    peer.create_permission(&[alice_relay]).await.unwrap();
-    peer.channel_bind(0x4000, alice_relay).await.unwrap();
-    peer.send_channel_data(0x4000, b"before").await;
+    let RelayedCall {
+        mut alice,
+        bob: _bob, // stays in the chat and in the call
+        alice_credential,
+        alice_turn: mut client,
+        bob_turn: mut peer,
+        ..
+    } = relayed_call(&server).await;
+    let (username, credential) = alice_credential;
+    peer.send_channel_data(CALL_CHANNEL, b"before").await;
     assert_eq!(client.recv_data(Duration::from_secs(2)).await.as_deref(), Some(&b"before"[..]));
     // (The gauge is bumped once the crate has answered: wait for it.)
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -228,7 +218,7 @@ async fn revocation_kills_a_live_allocation_within_a_second_and_refuses_its_cred
     let gone_after = started.elapsed();
     // Media through the relay stops.
     for _ in 0..5 {
-        peer.send_channel_data(0x4000, b"after").await;
+        peer.send_channel_data(CALL_CHANNEL, b"after").await;
     }
     assert_eq!(client.recv_data(Duration::from_secs(1)).await, None, "relayed data after the revocation");
     // The credential (unexpired) is refused from now on.
@@ -315,24 +305,11 @@ async fn rotation_is_refused_when_the_secret_comes_from_the_configuration() {
 async fn sessions_show_each_users_turn_allocations_and_traffic() {
     let server = Server::start(&admin_config(false));
     let api = AdminApi::of(&server, None);
-    let turn = server.turn_udp.expect("turn is on");
-    let mut alice = server.join("alice").await;
-    let mut bob = server.join("bob").await;
-    alice.expect_system("bob has joined.").await;
-    let joined = join_voice(&mut alice, "alice", None).await;
-    let (username, credential) = credential_of(&joined["config"]["iceServers"]);
-    bob.expect_system("alice joined voice chat").await;
-    let bob_joined = join_voice(&mut bob, "bob", None).await;
-    let (bob_user, bob_credential) = credential_of(&bob_joined["config"]["iceServers"]);
-    let mut client = TurnClient::udp(turn, &username, &credential).await;
-    let alice_relay = client.allocate().await.expect("alice allocates while in voice");
-    let mut peer = TurnClient::udp(turn, &bob_user, &bob_credential).await;
-    let bob_relay = peer.allocate().await.expect("bob allocates while in voice");
-    client.create_permission(&[bob_relay]).await.unwrap();
-    peer.create_permission(&[alice_relay]).await.unwrap();
-    peer.channel_bind(0x4000, alice_relay).await.unwrap();
+    // (Alice and Bob stay in the chat, and so in voice, while `call` lives.)
+    let call = relayed_call(&server).await;
+    let (client, peer, alice_relay) = (&call.alice_turn, &call.bob_turn, call.alice_relay);
     for _ in 0..3 {
-        peer.send_channel_data(0x4000, b"hello").await;
+        peer.send_channel_data(CALL_CHANNEL, b"hello").await;
         assert_eq!(client.recv_data(Duration::from_secs(2)).await.as_deref(), Some(&b"hello"[..]));
     }
 

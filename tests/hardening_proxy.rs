@@ -3,13 +3,14 @@
 //! clients of one /64 share one per-IP limit. Behind a TCP load balancer speaking the PROXY
 //! protocol (hand-made v2 headers, sent from 127.0.0.2, the listed balancer), the header's
 //! source is the client for the hub's per-IP limit and the TURN per-IP TCP cap, and a header
-//! from anyone else is just bad input.
+//! from anyone else is just bad input. A balancer that trickles its header a byte a second is
+//! cut off at the header deadline, counted from the connect, not from its latest byte.
 
 mod common;
 mod turn_support;
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{http_get, Client, Server};
 use stun::agent::TransactionId;
@@ -239,6 +240,73 @@ async fn turn_over_tcp_behind_the_balancer_is_capped_by_the_header_source() {
         metrics.lines().any(|line| line == "relaychat_turn_tcp_per_ip_refusals_total 1"),
         "exactly the second connection from the header's address was refused:\n{metrics}"
     );
+}
+
+/// Connects from the balancer and sends `header` one byte a second; how long after the connect
+/// the server closed the connection (read EOF, a reset, or a refused write), if it did within
+/// `give_up`.
+async fn trickle(server: SocketAddr, header: &[u8], give_up: Duration) -> Option<Duration> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{BALANCER}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(server).await.unwrap();
+    let connected = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let closed = async {
+        let mut byte = [0u8; 1];
+        let _ = reader.read(&mut byte).await; // nothing is ever answered: 0 bytes or an error
+        connected.elapsed()
+    };
+    let header = header.to_vec();
+    let dribble = async move {
+        for byte in header {
+            if writer.write_all(&[byte]).await.is_err() {
+                return connected.elapsed();
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        std::future::pending().await
+    };
+    let first = async {
+        tokio::select! {
+            at = closed => at,
+            at = dribble => at,
+        }
+    };
+    tokio::time::timeout(give_up, first).await.ok()
+}
+
+#[tokio::test]
+async fn a_header_trickled_a_byte_a_second_is_cut_off_at_the_deadline_on_http_and_turn_tcp() {
+    let server = Server::start(&format!(
+        "{PROXY_PROTOCOL_CONFIG}
+[turn]
+enabled = true
+proxy_protocol = true
+         proxy_protocol_from = [\"{BALANCER}\"]
+"
+    ));
+    let (http, turn) = (server.http, server.turn_tcp.expect("turn tcp is on"));
+    let deadline = relaychat::proxy_protocol::HEADER_DEADLINE;
+    // A v1 line (read byte by byte after its first 12) on HTTP, a v2 header on TURN: both far
+    // longer than the deadline in seconds, so only the deadline can end them.
+    let v1 = format!("PROXY TCP4 203.0.113.1 127.0.0.1 40001 {}\r\n", http.port());
+    let v2 = proxy_v2("203.0.113.1:40001".parse().unwrap(), turn);
+    assert!(v1.len() as u64 > 2 * deadline.as_secs() && v2.len() as u64 > 2 * deadline.as_secs());
+    let give_up = 3 * deadline;
+    let (http_closed, turn_closed) =
+        tokio::join!(trickle(http, v1.as_bytes(), give_up), trickle(turn, &v2, give_up));
+    eprintln!("trickled header closed after: http {http_closed:?}, turn tcp {turn_closed:?}");
+    for (listener, closed) in [("http", http_closed), ("turn tcp", turn_closed)] {
+        let closed = closed.unwrap_or_else(|| panic!("{listener}: still open after {give_up:?}"));
+        assert!(
+            closed >= deadline - Duration::from_millis(200)
+                && closed <= deadline + Duration::from_millis(1500),
+            "{listener}: closed {closed:?} after the connect, the deadline is {deadline:?}"
+        );
+    }
+    // The listeners still serve everyone else.
+    let (plain, _) = http_get(server.http, "/server-info").await;
+    assert!(plain.contains("200"), "{plain}");
 }
 
 /// XOR-MAPPED-ADDRESS of a Binding request over `client`'s connection: the address the relay

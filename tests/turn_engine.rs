@@ -44,9 +44,7 @@ fn relayed_of(m: &Message) -> SocketAddr {
 #[tokio::test]
 async fn usage_counts_the_bytes_and_packets_relayed_each_way() {
     let relay = start(|s| s.turn.peer_policy = "any".into()).await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
-    let alice_relay = alice.allocate().await.unwrap();
+    let (mut alice, alice_relay) = allocated(&relay, "alice").await;
     let peer = UdpSocket::bind("127.0.0.2:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
     alice.channel_bind(0x4000, peer_addr).await.unwrap();
@@ -86,8 +84,7 @@ async fn usage_counts_the_bytes_and_packets_relayed_each_way() {
 #[tokio::test]
 async fn a_retransmitted_allocate_gets_the_same_answer_and_a_new_one_437() {
     let relay = start(|_| {}).await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let mut alice = voice_user(&relay, "alice").await;
     // The first attempt fetches the nonce; then one signed request sent twice.
     alice.allocate().await.unwrap();
     alice.refresh(Duration::ZERO).await.unwrap();
@@ -105,11 +102,8 @@ async fn a_retransmitted_allocate_gets_the_same_answer_and_a_new_one_437() {
 #[tokio::test]
 async fn refresh_zero_deletes_the_allocation_and_its_relayed_address() {
     let relay = start(|s| s.turn.peer_policy = "any".into()).await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
-    let alice_relay = alice.allocate().await.unwrap();
-    let peer = UdpSocket::bind("127.0.0.2:0").await.unwrap();
-    alice.create_permission(&[peer.local_addr().unwrap()]).await.unwrap();
+    let (mut alice, alice_relay) = allocated(&relay, "alice").await;
+    let peer = permitted_peer(&mut alice).await;
     alice.refresh(Duration::ZERO).await.unwrap();
     assert!(eventually(WAIT, || relay.handle.relay_addresses() == 0).await, "the relay socket closed");
     assert_eq!(relay.handle.active_allocations(), 0);
@@ -122,8 +116,7 @@ async fn refresh_zero_deletes_the_allocation_and_its_relayed_address() {
 #[tokio::test]
 async fn lifetimes_are_granted_between_the_default_and_an_hour() {
     let relay = start(|_| {}).await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let mut alice = voice_user(&relay, "alice").await;
     let lifetime_of = |m: &Message| {
         let mut l = Lifetime::default();
         l.get_from(m).unwrap();
@@ -166,9 +159,7 @@ async fn allocate_options_even_port_reservation_and_transport() {
 #[tokio::test]
 async fn channel_numbers_and_peers_bind_one_to_one() {
     let relay = start(|s| s.turn.peer_policy = "any".into()).await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
-    alice.allocate().await.unwrap();
+    let (mut alice, _) = allocated(&relay, "alice").await;
     let (p1, p2): (SocketAddr, SocketAddr) =
         ("127.0.0.2:5000".parse().unwrap(), "127.0.0.2:5001".parse().unwrap());
     alice.channel_bind(0x4000, p1).await.unwrap();
@@ -226,8 +217,7 @@ async fn a_dual_allocation_relays_ipv4_and_ipv6_peers_each_from_its_own_family()
         s.turn.relay_ip6 = "::1".into();
     })
     .await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let mut alice = voice_user(&relay, "alice").await;
     let answer = alice.request(METHOD_ALLOCATE, || vec![udp(), additional_ipv6()]).await.unwrap();
     let relayed = all_relayed(&answer);
     assert_eq!(relayed.len(), 2, "{relayed:?}");
@@ -262,8 +252,7 @@ async fn an_ipv6_allocation_takes_ipv6_peers_only() {
         s.turn.relay_ip6 = "::1".into();
     })
     .await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let mut alice = voice_user(&relay, "alice").await;
     let answer = alice
         .request(METHOD_ALLOCATE, || vec![udp(), Box::new(turn::proto::reqfamily::REQUESTED_FAMILY_IPV6)])
         .await
@@ -287,8 +276,7 @@ async fn an_ipv6_allocation_takes_ipv6_peers_only() {
 #[tokio::test]
 async fn a_dual_allocation_without_an_ipv6_relay_gets_ipv4_and_an_address_error() {
     let relay = start(|_| {}).await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let mut alice = voice_user(&relay, "alice").await;
     let answer = alice.request(METHOD_ALLOCATE, || vec![udp(), additional_ipv6()]).await.unwrap();
     let relayed = all_relayed(&answer);
     assert!(relayed.len() == 1 && relayed[0].is_ipv4(), "{relayed:?}");

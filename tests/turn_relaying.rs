@@ -274,9 +274,7 @@ async fn create_permission_installs_every_peer_address() {
     // The crate installs only the first XOR-PEER-ADDRESS; two peers on two IPs (policy "any",
     // so loopback peers are allowed) must both be able to reach the relay after one request.
     let relay = start(|s| s.turn.peer_policy = "any".into()).await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
-    let alice_relay = alice.allocate().await.unwrap();
+    let (mut alice, alice_relay) = allocated(&relay, "alice").await;
     let p2 = UdpSocket::bind("127.0.0.2:0").await.unwrap();
     let p3 = UdpSocket::bind("127.0.0.3:0").await.unwrap();
     alice.create_permission(&[p2.local_addr().unwrap(), p3.local_addr().unwrap()]).await.unwrap();
@@ -297,8 +295,7 @@ async fn create_permission_installs_every_peer_address() {
 #[tokio::test]
 async fn an_ipv6_relay_request_is_answered_440() {
     let relay = start(|_| {}).await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let mut alice = voice_user(&relay, "alice").await;
     let refused = alice
         .request(stun::message::METHOD_ALLOCATE, || {
             vec![
@@ -361,11 +358,8 @@ async fn a_tcp_client_that_does_not_read_loses_frames_not_memory() {
 #[tokio::test]
 async fn oversize_peer_datagrams_are_dropped_and_counted_not_truncated() {
     let relay = start(|s| s.turn.peer_policy = "any".into()).await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
-    let alice_relay = alice.allocate().await.unwrap();
-    let peer = UdpSocket::bind("127.0.0.2:0").await.unwrap();
-    alice.create_permission(&[peer.local_addr().unwrap()]).await.unwrap();
+    let (mut alice, alice_relay) = allocated(&relay, "alice").await;
+    let peer = permitted_peer(&mut alice).await;
     // 1500 bytes is the largest a relayed packet may be; one byte more must not arrive cut.
     peer.send_to(&[1; 1501], alice_relay).await.unwrap();
     peer.send_to(&[2; 1500], alice_relay).await.unwrap();
@@ -379,9 +373,7 @@ async fn oversize_peer_datagrams_are_dropped_and_counted_not_truncated() {
 #[tokio::test]
 async fn the_relay_never_sends_to_its_own_listener_even_under_any() {
     let relay = start(|s| s.turn.peer_policy = "any".into()).await;
-    relay.presence.joined("alice");
-    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
-    alice.allocate().await.unwrap();
+    let (mut alice, _) = allocated(&relay, "alice").await;
     let refused = alice.create_permission(&[relay.handle.udp_addr]).await.unwrap_err();
     assert_eq!(refused.code, 403);
     // Any other port on the same address is an ordinary peer under "any".

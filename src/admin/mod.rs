@@ -6,7 +6,8 @@
 //! - `client`: the CLI side (a hyper HTTP/1.1 client, human-readable or raw JSON output);
 //! - `turn_usage`: each session's TURN allocations and traffic, from the relay.
 //!
-//! The listener is built like the public one: the accept-time `Admission` caps connections in
+//! The listener is built like the public one, from the same parts (`http::listener`'s accept
+//! loop step and HTTP/1 builder): the accept-time `Admission` caps connections in
 //! total and per IP, hyper's header-read timeout closes a peer that sends half a request, and
 //! bodies are bounded. Every operator action goes to the hub as a `HubEvent::Admin` (the hub
 //! stays sans-IO); what the relay must do goes through its `RelayControl`.
@@ -20,12 +21,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::config::Settings;
 use crate::http::admission::Admission;
+use crate::http::listener::{accept_next, http1_builder};
 use crate::hub::runner::HubHandle;
 use crate::turn::RelayControl;
 
@@ -40,22 +42,10 @@ pub struct AdminState {
 }
 
 /// Serves the admin API on `listener` until `stop` fires.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: oneshot::Receiver<()>) {
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: oneshot::Receiver<()>) {
     let admission = Admission::new(&state.settings, Vec::new());
     let header_read_timeout = Duration::from_millis(state.settings.timeouts.header_read_ms);
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!("admin api: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut stop => break,
-        };
+    while let Some((stream, peer)) = accept_next(&listener, &mut stop).await {
         let Ok(ticket) = admission.admit(peer.ip()) else {
             tracing::debug!("admin api: connection refused at accept (too many)");
             continue;
@@ -66,9 +56,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: oneshot:
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, peer, request).await) }
             });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            let connection =
+                http1_builder(header_read_timeout).serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
                 tracing::debug!("admin api connection ended with an error: {e}");
             }
             drop(ticket);

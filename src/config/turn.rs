@@ -153,7 +153,7 @@ impl TurnSettings {
                 "is for a second, IPv6 listener; turn.listen is IPv6 already",
             ));
         }
-        let proxy_protocol_from = super::proxy_protocol_nets(
+        let proxy_protocol_from = super::server::proxy_protocol_nets(
             "turn.proxy_protocol_from",
             self.proxy_protocol,
             &self.proxy_protocol_from,

@@ -18,8 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -39,7 +40,7 @@ pub async fn serve(
     filter: Routes,
     state: Arc<HttpState>,
     tls: Option<TlsConfigSource>,
-    stop: oneshot::Receiver<()>,
+    mut stop: oneshot::Receiver<()>,
 ) {
     // Graceful shutdown, mini-redis style: `stopping` tells every connection to finish its
     // request and close; each task holds a clone of `alive`, so `all_done` resolves when the
@@ -49,20 +50,7 @@ pub async fn serve(
     let admission = Admission::new(&state.settings, state.trusted_proxies.clone());
     let proxy_protocol = state.settings.server.proxy_protocol();
     let handshake_timeout = Duration::from_millis(state.settings.timeouts.tls_handshake_ms);
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut stop => break,
-        };
+    while let Some((stream, peer)) = accept_next(&listener, &mut stop).await {
         // A balancer's connection is admitted once its header named the client (in the task).
         let entry = match proxy_protocol.clone().filter(|proxy| proxy.expects_header_from(peer.ip())) {
             Some(proxy) => Entry::FromBalancer(proxy),
@@ -114,6 +102,39 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(1), all_done.recv()).await;
 }
 
+/// The next connection on `listener`, or `None` once `stop` fired. A failed accept (typically
+/// EMFILE: out of file descriptors) is logged and retried after a pause instead of spinning.
+pub async fn accept_next(
+    listener: &TcpListener,
+    stop: &mut oneshot::Receiver<()>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(e) => {
+                    tracing::warn!(listener = ?listener.local_addr().ok(), "accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            },
+            _ = &mut *stop => return None,
+        }
+    }
+}
+
+/// How long the accept loop pauses after a failed accept.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// hyper's own HTTP/1 connection builder with the header-read deadline (which needs a timer).
+/// Not hyper-util's auto builder: that one first waits for bytes to sniff the protocol
+/// version, and a peer that sends nothing would wait there forever, before the header-read
+/// timer ever starts.
+pub fn http1_builder(header_read_timeout: Duration) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    builder
+}
+
 /// How an accepted connection gets its admission ticket.
 enum Entry {
     /// Admitted at accept, by the socket peer's address.
@@ -126,7 +147,7 @@ enum Entry {
 async fn admit_proxied(
     proxy: &ProxyProtocol,
     admission: &std::sync::Arc<Admission>,
-    stream: &mut tokio::net::TcpStream,
+    stream: &mut TcpStream,
     balancer: SocketAddr,
 ) -> Option<(SocketAddr, Ticket)> {
     let client = match proxy.read_client(stream, balancer).await {
@@ -169,12 +190,8 @@ async fn serve_connection<S>(
             tower_service::Service::call(&mut service, request).await
         }
     });
-    // hyper's own HTTP/1 builder, not hyper-util's auto one: the auto builder first waits for
-    // bytes to sniff the protocol version, and a peer that sends nothing would wait there
-    // forever, before the header-read timer ever starts.
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-    let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let connection =
+        http1_builder(header_read_timeout).serve_connection(TokioIo::new(stream), service).with_upgrades();
     let mut connection = std::pin::pin!(connection);
     let ended = tokio::select! {
         ended = connection.as_mut() => ended,

@@ -12,18 +12,17 @@
 //! a socket and its buffers. When the hub drops a session (its queue overflowed) the task ends
 //! at once, even in the middle of a write to a full socket.
 //!
-//! What the hub sends arrives in two queues: call signaling in a small urgent one, everything
-//! else in the chat one. The writer takes from the urgent queue first, and writes whatever is
-//! waiting when it wakes up as one batch: every frame fed into tungstenite's write buffer, one
-//! flush at the end, so a busy session costs a write syscall per batch instead of per frame.
+//! What the hub sends arrives in two queues, written by `writer` (urgent call signaling first,
+//! in batches); this module is the handshake and the session loop that reads, parses and
+//! budgets the client's frames and hands them to the hub.
+
+mod writer;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::header::{HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use hyper_util::rt::TokioIo;
@@ -31,36 +30,27 @@ use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use warp::http::{Request, StatusCode};
 use warp::reply::Response;
 
+use self::writer::{flush_before_close, write_batch, Outbound, WRITE_BATCH_BYTES};
 use super::admission::Ticket;
 use super::HttpState;
 use crate::hub::budget::{Admission, IngressBudget, MessageBudgetSettings};
 use crate::hub::lanes::ConnOrder;
 use crate::hub::runner::{ConnLink, HubEvent, HubHandle, OUTBOUND_QUEUE_FRAMES, URGENT_QUEUE_FRAMES};
 use crate::hub::{ConnId, ConnectInfo};
-use crate::protocol::{parse_inbound, Frame, Inbound};
+use crate::protocol::{parse_inbound, Inbound};
 
 /// Largest WebSocket message accepted; bigger ones close the connection with 1009. Above the
 /// 64 KiB SDP limit so that an oversized offer gets its protocol error instead.
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 /// Bytes read from the socket at a time (larger messages still arrive whole).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// Outgoing messages longer than this are sent as several frames (see `feed_text`).
-const FRAGMENT_BYTES: usize = 4 * 1024;
-/// Bytes of a batch gathered in tungstenite's write buffer before it goes to the socket (the
-/// flush at the end of a batch writes the rest). Half a fragment: small chat frames go out
-/// together, and the buffer's capacity stays within what one fragment made it anyway.
-const WRITE_BATCH_BYTES: usize = FRAGMENT_BYTES / 2;
-/// Frames written per batch at most, so the task yields to reading its socket in between.
-const BATCH_FRAMES: usize = 64;
-
 fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -379,98 +369,6 @@ pub async fn run_session<S>(
 
 /// How long frames queued before a close request may take to go out.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// A session's two outbound queues, as the writer sees them.
-struct Outbound {
-    /// Call signaling (`webrtc-*`): always taken first.
-    urgent: mpsc::Receiver<Frame>,
-    chat: mpsc::Receiver<Frame>,
-}
-
-impl Outbound {
-    /// The next frame to write, urgent first; `None` once the hub let go of the session and
-    /// both queues are drained. Cancel-safe.
-    async fn next(&mut self) -> Option<Frame> {
-        std::future::poll_fn(|cx| {
-            let urgent = self.urgent.poll_recv(cx);
-            if let Poll::Ready(Some(frame)) = urgent {
-                return Poll::Ready(Some(frame));
-            }
-            match self.chat.poll_recv(cx) {
-                Poll::Ready(Some(frame)) => Poll::Ready(Some(frame)),
-                // Both senders live in one `ConnLink`, dropped together.
-                Poll::Ready(None) if urgent.is_ready() => Poll::Ready(None),
-                _ => Poll::Pending,
-            }
-        })
-        .await
-    }
-
-    /// A frame already waiting, urgent first.
-    fn try_next(&mut self) -> Option<Frame> {
-        self.urgent.try_recv().or_else(|_| self.chat.try_recv()).ok()
-    }
-}
-
-/// Writes `first` and whatever else is waiting (up to `BATCH_FRAMES`, urgent frames first at
-/// every step) with one flush at the end.
-async fn write_batch<K>(sink: &mut K, first: Frame, queued: &mut Outbound) -> Result<(), WsError>
-where
-    K: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
-    feed_text(sink, first).await?;
-    for _ in 1..BATCH_FRAMES {
-        let Some(frame) = queued.try_next() else { break };
-        feed_text(sink, frame).await?;
-    }
-    sink.flush().await
-}
-
-/// Sends what was queued before a close request, within `CLOSE_GRACE` for all of it; a client
-/// that does not read by then gets nothing more (`writable` false: maybe half a frame sent).
-async fn flush_before_close<K>(sink: &mut K, queued: &mut Outbound, writable: &mut bool)
-where
-    K: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
-    let flushed = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(frame) = queued.try_next() {
-            feed_text(sink, frame).await?;
-        }
-        sink.flush().await
-    })
-    .await;
-    if !matches!(flushed, Ok(Ok(()))) {
-        *writable = false;
-    }
-}
-
-/// Feeds one text message to the sink (written by the next flush, or earlier once
-/// `WRITE_BATCH_BYTES` have gathered); long ones (the history) as fragments of at most `FRAGMENT_BYTES`
-/// (RFC 6455 section 5.4; every client library reassembles them). tungstenite's write buffer keeps
-/// the capacity of the largest frame it ever wrote, so without this every session would carry a
-/// history-sized buffer for its whole life. Fragments are zero-copy slices of the shared frame
-/// and never split a UTF-8 sequence.
-async fn feed_text<K>(sink: &mut K, text: Frame) -> Result<(), WsError>
-where
-    K: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
-    if text.len() <= FRAGMENT_BYTES {
-        return sink.feed(Message::Text(text)).await;
-    }
-    let bytes = Bytes::from(text);
-    let mut start = 0;
-    while start < bytes.len() {
-        let mut end = (start + FRAGMENT_BYTES).min(bytes.len());
-        while end < bytes.len() && bytes[end] & 0xC0 == 0x80 {
-            end -= 1; // back off to a character boundary
-        }
-        let opcode = if start == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
-        let fragment = WsFrame::message(bytes.slice(start..end), opcode, end == bytes.len());
-        sink.feed(Message::Frame(fragment)).await?;
-        start = end;
-    }
-    Ok(())
-}
 
 /// A clear close reason for input errors the WebSocket layer detects; `None` when the peer is
 /// simply gone.

@@ -46,7 +46,16 @@ pub struct AllocationSummary {
     pub channels: usize,
 }
 
-/// Counters of one direction, bumped on the data path.
+/// Which way a relayed packet went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client -> peer (sent from the relayed address).
+    ToPeer,
+    /// Peer -> client (received on the relayed address).
+    FromPeer,
+}
+
+/// Counters of one direction, bumped on the data path (through [`Allocation::count_relayed`]).
 #[derive(Debug, Default)]
 pub struct Traffic {
     bytes: AtomicU64,
@@ -54,7 +63,7 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    pub fn record(&self, bytes: usize) {
+    fn record(&self, bytes: usize) {
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.packets.fetch_add(1, Ordering::Relaxed);
     }
@@ -168,10 +177,23 @@ impl Allocation {
             return;
         }
         if relay.send_to_peer(payload, peer).await {
-            self.to_peers.record(payload.len());
-            RelayCounters::bump(&counters.relayed_packets_out);
-            RelayCounters::add(&counters.relayed_bytes_out, payload.len() as u64);
+            self.count_relayed(Direction::ToPeer, payload.len(), counters);
         }
+    }
+
+    /// Counts one relayed packet of `bytes` going `direction`: in this allocation's usage (the
+    /// admin API's per-user view) and in the relay's totals (`/metrics`), so the two never
+    /// disagree.
+    pub fn count_relayed(&self, direction: Direction, bytes: usize, counters: &RelayCounters) {
+        let (usage, packets, total_bytes) = match direction {
+            Direction::ToPeer => (&self.to_peers, &counters.relayed_packets_out, &counters.relayed_bytes_out),
+            Direction::FromPeer => {
+                (&self.from_peers, &counters.relayed_packets_in, &counters.relayed_bytes_in)
+            }
+        };
+        usage.record(bytes);
+        RelayCounters::bump(packets);
+        RelayCounters::add(total_bytes, bytes as u64);
     }
 
     /// Ends the relay read loops (once; the table entry is removed by the caller).

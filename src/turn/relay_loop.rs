@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::time::unix_now;
-use crate::turn::allocation::Allocation;
+use crate::turn::allocation::{Allocation, Direction};
 use crate::turn::channel_data::{channel_data_in_place, data_indication_in_place, HEADROOM, TAILROOM};
 use crate::turn::counters::RelayCounters;
 use crate::turn::relay_socket::recv_whole_datagram;
@@ -54,9 +54,7 @@ pub async fn relay_to_client(allocation: Arc<Allocation>, relay: usize, counters
         if !permitted || !allocation.within_bandwidth(n, &counters) {
             continue;
         }
-        allocation.from_peers.record(n);
-        RelayCounters::bump(&counters.relayed_packets_in);
-        RelayCounters::add(&counters.relayed_bytes_in, n as u64);
+        allocation.count_relayed(Direction::FromPeer, n, &counters);
         let message = match channel {
             Some(number) => channel_data_in_place(&mut buf, n, number)..HEADROOM + n,
             None => data_indication_in_place(&mut buf, n, peer, rand::random()),

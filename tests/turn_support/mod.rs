@@ -66,6 +66,28 @@ pub async fn start(adjust: impl FnOnce(&mut Settings)) -> TestRelay {
     TestRelay { handle, presence, _dir: dir }
 }
 
+/// `user` in voice, with a TURN client on `relay`'s UDP listener holding a fresh credential
+/// (valid 600 s): the prelude of nearly every relay test.
+pub async fn voice_user(relay: &TestRelay, user: &str) -> TurnClient {
+    relay.presence.joined(user);
+    TurnClient::for_user(relay.handle.udp_addr, false, user, 600).await
+}
+
+/// [`voice_user`], allocated: the client and its relayed address.
+pub async fn allocated(relay: &TestRelay, user: &str) -> (TurnClient, SocketAddr) {
+    let mut client = voice_user(relay, user).await;
+    let relayed = client.allocate().await.expect("a voice user allocates");
+    (client, relayed)
+}
+
+/// A UDP peer on 127.0.0.2 that `client` holds a permission for (loopback peers need the
+/// relay's peer policy "any").
+pub async fn permitted_peer(client: &mut TurnClient) -> UdpSocket {
+    let peer = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    client.create_permission(&[peer.local_addr().unwrap()]).await.expect("permission for the peer");
+    peer
+}
+
 type BoxedReader = Box<dyn AsyncRead + Send + Unpin>;
 type BoxedWriter = Box<dyn AsyncWrite + Send + Unpin>;
 

@@ -12,21 +12,26 @@
 //!
 //! Every connect broadcasts "<name> has joined." to everyone already there (PROTOCOL.md section 1),
 //! so opening N sessions moves about N^2/2 frames: the ramp time is reported as measured.
+//!
+//! This module opens the sessions, runs the steps in order and measures memory; `fanout` is the
+//! chat half of step 2, `call_setup` its offer/answer half and step 3.
 
-use std::collections::HashMap;
+mod call_setup;
+mod fanout;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::watch;
 
-use super::histogram::{Histogram, LatencySummary};
-use super::load::now_ns;
+use super::histogram::LatencySummary;
 use super::procfs;
-use super::ws_session::{self, sdp_with_seq, Behaviour, Counters, Event, Session};
+use super::ws_session::{self, Behaviour, Counters, Session};
+use call_setup::{join_times, offer_answer};
+pub use fanout::{fan_out, FanoutReport};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SignalingCli {
@@ -99,24 +104,6 @@ pub struct SignalingReport {
     pub server_cpu_ramp_s: Option<f64>,
     pub closed_by_server: u64,
     pub last_close_reason: Option<String>,
-}
-
-#[derive(Debug, Serialize, Default)]
-pub struct FanoutReport {
-    pub senders: usize,
-    pub listeners: usize,
-    pub messages_sent: u64,
-    pub deliveries: u64,
-    pub expected_deliveries: u64,
-    pub deliveries_per_s: f64,
-    pub messages_per_s: f64,
-    /// Sender's own copy coming back: send -> broadcast reaches the sender.
-    pub sender_echo: LatencySummary,
-    pub rate_limited: u64,
-    pub server_cpu_s: Option<f64>,
-    /// CPU the benchmark process itself used meanwhile (all its sessions read every frame).
-    pub generator_cpu_s: Option<f64>,
-    pub seconds: f64,
 }
 
 /// Open idle sessions, `(url, name)` each, `concurrency` at a time: the sessions that connected,
@@ -323,210 +310,4 @@ pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop((idle, extra, senders_back, caller, callee));
     Ok(r)
-}
-
-/// Closed-loop chat from every sender for `dur`; deliveries counted by every session sharing
-/// `counters` (`receivers` of them, senders included). Also used by the cluster benchmark.
-pub async fn fan_out(
-    dur: Duration,
-    server_pid: Option<u32>,
-    senders: Vec<Session>,
-    counters: &Arc<Counters>,
-    receivers: u64,
-) -> (FanoutReport, Vec<Session>) {
-    let cpu0 = server_pid.and_then(procfs::cpu_seconds);
-    let gen0 = procfs::cpu_seconds(std::process::id());
-    let rl0 = counters.rate_limited.load(Ordering::Relaxed);
-    let before = counters.chat_frames.load(Ordering::Relaxed);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for mut s in senders {
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::default();
-            let mut sent = 0u64;
-            let mut events = s.events.take();
-            while start.elapsed() < dur {
-                let text = format!("fanout {} {sent}", s.name);
-                let t = now_ns();
-                if !s.send(&json!({"type": "chat", "token": s.token, "content": text})) {
-                    break;
-                }
-                sent += 1;
-                // Wait for our own copy (bounded, so a rate-limited sender does not stall forever).
-                let Some(ev) = events.as_mut() else { break };
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-                loop {
-                    match tokio::time::timeout_at(deadline, ev.recv()).await {
-                        Ok(Some(Event::Chat { username, text: got, at }))
-                            if username == s.name && got == text =>
-                        {
-                            h.record(at.saturating_sub(t));
-                            break;
-                        }
-                        Ok(Some(_)) => continue,
-                        _ => break,
-                    }
-                }
-            }
-            s.events = events;
-            (sent, h, s)
-        }));
-    }
-    let mut h = Histogram::default();
-    let mut sent = 0;
-    let mut back = Vec::new();
-    for t in tasks {
-        if let Ok((n, sh, s)) = t.await {
-            sent += n;
-            h.merge(&sh);
-            back.push(s);
-        }
-    }
-    // Wait for the tail of the broadcasts to land (or stop growing).
-    let expected = sent * receivers;
-    let mut last = counters.chat_frames.load(Ordering::Relaxed);
-    let mut last_change = Instant::now();
-    let mut last_growth_at = start.elapsed();
-    while last - before < expected && last_change.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = counters.chat_frames.load(Ordering::Relaxed);
-        if now != last {
-            last = now;
-            last_change = Instant::now();
-            last_growth_at = start.elapsed();
-        }
-    }
-    let deliveries = last - before;
-    let secs = last_growth_at.max(dur).as_secs_f64();
-    let cpu1 = server_pid.and_then(procfs::cpu_seconds);
-    let gen1 = procfs::cpu_seconds(std::process::id());
-    (
-        FanoutReport {
-            senders: back.len(),
-            listeners: receivers as usize,
-            messages_sent: sent,
-            deliveries,
-            expected_deliveries: expected,
-            deliveries_per_s: deliveries as f64 / secs,
-            messages_per_s: sent as f64 / secs,
-            sender_echo: h.summary_us(),
-            rate_limited: counters.rate_limited.load(Ordering::Relaxed) - rl0,
-            server_cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
-            generator_cpu_s: gen0.zip(gen1).map(|(a, b)| b - a),
-            seconds: secs,
-        },
-        back,
-    )
-}
-
-/// Both join voice; the caller sends `offers` offers spread over the fan-out, the callee answers.
-async fn offer_answer(
-    c: &SignalingCli,
-    mut caller: Session,
-    mut callee: Session,
-) -> (Histogram, Histogram, u64, Session, Session) {
-    let (mut one_way, mut rtt) = (Histogram::default(), Histogram::default());
-    let mut ce = caller.events.take();
-    let mut ee = callee.events.take();
-    let join = |s: &Session| json!({"type": "webrtc-join", "token": s.token, "mediaTypes": ["audio"]});
-    caller.send(&join(&caller));
-    callee.send(&join(&callee));
-    // Wait for both webrtc-joined.
-    for ev in [ce.as_mut(), ee.as_mut()].into_iter().flatten() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(e) = ev.recv().await {
-                if matches!(e, Event::Joined { .. }) {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-    let gap = Duration::from_secs_f64(c.fanout_secs / c.offers.max(1) as f64);
-    let mut sent_at: HashMap<u64, u64> = HashMap::new();
-    let (mut got_offer, mut got_answer) = (0u64, 0u64);
-    let end = tokio::time::Instant::now() + Duration::from_secs_f64(c.fanout_secs) + Duration::from_secs(3);
-    let mut tick = tokio::time::interval(gap.max(Duration::from_millis(1)));
-    let mut seq = 0u64;
-    let (Some(ce_rx), Some(ee_rx)) = (ce.as_mut(), ee.as_mut()) else {
-        return (one_way, rtt, c.offers as u64, caller, callee);
-    };
-    while tokio::time::Instant::now() < end && got_answer < c.offers as u64 {
-        tokio::select! {
-            _ = tick.tick(), if (seq as usize) < c.offers => {
-                sent_at.insert(seq, now_ns());
-                caller.send(&json!({
-                    "type": "webrtc-offer", "token": caller.token,
-                    "targetUsername": callee.name, "offer": sdp_with_seq("offer", seq),
-                }));
-                seq += 1;
-            }
-            Some(e) = ee_rx.recv() => {
-                if let Event::Offer { seq, at } = e {
-                    if let Some(t) = sent_at.get(&seq) { one_way.record(at.saturating_sub(*t)); got_offer += 1; }
-                }
-            }
-            Some(e) = ce_rx.recv() => {
-                if let Event::Answer { seq, at } = e {
-                    if let Some(t) = sent_at.get(&seq) { rtt.record(at.saturating_sub(*t)); got_answer += 1; }
-                }
-            }
-            _ = tokio::time::sleep_until(end) => break,
-        }
-    }
-    let _ = got_offer;
-    caller.events = ce;
-    callee.events = ee;
-    caller.send(&json!({"type": "webrtc-leave", "token": caller.token}));
-    callee.send(&json!({"type": "webrtc-leave", "token": callee.token}));
-    (one_way, rtt, seq.saturating_sub(got_answer), caller, callee)
-}
-
-/// Fresh connections, one at a time: connect -> session-token -> webrtc-join -> webrtc-joined.
-async fn join_times(
-    c: &SignalingCli,
-    counters: &Arc<Counters>,
-    stop: &watch::Receiver<bool>,
-) -> (Histogram, Histogram, usize, Option<String>) {
-    let (mut tok, mut joined, mut failed) = (Histogram::default(), Histogram::default(), 0);
-    let mut first_error = None;
-    for i in 0..c.joins {
-        let t0 = now_ns();
-        let b = Behaviour { forward_events: true, auto_answer: false };
-        let Ok(mut s) =
-            ws_session::open(&c.url, &name(&c.prefix, "j", i), b, counters.clone(), stop.clone()).await
-        else {
-            failed += 1;
-            continue;
-        };
-        tok.record(now_ns() - t0);
-        s.send(&json!({"type": "webrtc-join", "token": s.token, "mediaTypes": ["audio"]}));
-        let mut ok = false;
-        if let Some(ev) = s.events.as_mut() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                while let Some(e) = ev.recv().await {
-                    match e {
-                        Event::Joined { at, .. } => {
-                            joined.record(at.saturating_sub(t0));
-                            ok = true;
-                            break;
-                        }
-                        Event::Error { text } => {
-                            first_error.get_or_insert(text);
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
-            })
-            .await;
-        }
-        if !ok {
-            failed += 1;
-        }
-        s.send(&json!({"type": "webrtc-leave", "token": s.token}));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        drop(s);
-    }
-    (tok, joined, failed, first_error)
 }
