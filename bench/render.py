@@ -42,12 +42,27 @@ results = {
     },
     "signaling": load("relaychat-signaling"),
 }
+sys.path.insert(0, here)
+import cluster_render  # noqa: E402
+
+cluster_entry = cluster_render.collect(src)
+cluster_ran = bool(cluster_entry["report"] or cluster_entry["skipped"])
+if cluster_ran:
+    results["cluster"] = cluster_entry
+elif os.path.exists(results_path):
+    # Not part of this run (--no-cluster): keep the last measured one, as its section is kept.
+    with open(results_path) as f:
+        try:
+            previous_cluster = json.load(f).get("cluster")
+        except ValueError:
+            previous_cluster = None
+    if previous_cluster:
+        results["cluster"] = previous_cluster
 with open(results_path, "w") as f:
     json.dump(results, f, indent=2)
     f.write("\n")
 
 # The plot of every rate-search step (loss vs offered rate), next to results.json.
-sys.path.insert(0, here)
 import rate_plot  # noqa: E402
 
 rate_svg = os.path.join(os.path.dirname(os.path.abspath(results_path)), "rate-search.svg")
@@ -286,6 +301,18 @@ if os.path.exists(method):
     with open(method) as f:
         w(f.read().rstrip())
     w("")
+
+# The cluster section: this run's, or (not run this time) the one already in BENCHMARKS.md.
+previous_md = open(md_path).read() if os.path.exists(md_path) else ""
+if cluster_ran:
+    lines.extend(cluster_render.section(cluster_entry))
+else:
+    a, b = previous_md.find(cluster_render.START), previous_md.find(cluster_render.END)
+    if 0 <= a < b:
+        w(previous_md[a:b + len(cluster_render.END)])
+    else:
+        lines.extend(cluster_render.section(None))
+w("")
 
 # The soak section (scripts/soak) comes from another run: keep it as it is.
 if os.path.exists(md_path):

@@ -8,18 +8,22 @@
 //!   time to `webrtc-joined` against relaychat (or js-chat-server).
 //! - `soak`: minutes of churn, relayed calls, floods and slow readers, sampling the server's
 //!   memory, descriptors, tasks and allocations for leaks (`scripts/soak`).
+//! - `cluster`: relaychat nodes sharing one Redis: cross-node chat latency, fan-out over 1 vs N
+//!   nodes, Redis commands and memory per chat message and per user.
 //! - `quick`: every part for a second or two, for CI smoke.
 //!
 //! `scripts/bench` runs the whole comparison and writes bench/results.json and BENCHMARKS.md.
 //! One concept per module file in this directory.
 
 mod alloc_rate;
+mod cluster;
 mod credentials;
 mod echo;
 mod histogram;
 mod load;
 mod procfs;
 mod quick;
+mod redis_stats;
 mod signaling;
 mod soak;
 mod soak_abuse;
@@ -67,6 +71,8 @@ enum Cmd {
     Quick(quick::QuickCli),
     /// Minutes of churn, calls, floods and slow readers, sampling the server for leaks.
     Soak(soak::SoakCli),
+    /// Several nodes on one Redis: cross-node latency, 1-vs-N-node fan-out, Redis cost per message.
+    Cluster(cluster::ClusterCli),
 }
 
 /// Load-step options shared by `turn` and `echo`.
@@ -267,6 +273,10 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Soak(s) => {
             let r = soak::run(s).await?;
+            emit(cli.json, &r)
+        }
+        Cmd::Cluster(c) => {
+            let r = cluster::run(c).await?;
             emit(cli.json, &r)
         }
         Cmd::Quick(q) => {

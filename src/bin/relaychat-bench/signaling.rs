@@ -31,8 +31,7 @@ use super::histogram::LatencySummary;
 use super::procfs;
 use super::ws_session::{self, Behaviour, Counters, Session};
 use call_setup::{join_times, offer_answer};
-use fanout::fan_out;
-pub use fanout::FanoutReport;
+pub use fanout::{fan_out, FanoutReport};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SignalingCli {
@@ -107,18 +106,20 @@ pub struct SignalingReport {
     pub last_close_reason: Option<String>,
 }
 
-async fn open_many(
-    c: &SignalingCli,
-    names: Vec<String>,
+/// Open idle sessions, `(url, name)` each, `concurrency` at a time: the sessions that connected,
+/// how many failed, and the first failure. Also used by the cluster benchmark.
+pub async fn open_many(
+    targets: Vec<(String, String)>,
+    concurrency: usize,
     counters: &Arc<Counters>,
     stop: &watch::Receiver<bool>,
 ) -> (Vec<Session>, usize, Option<String>) {
-    let results: Vec<anyhow::Result<Session>> = stream::iter(names)
-        .map(|n| {
-            let (url, counters, stop) = (c.url.clone(), counters.clone(), stop.clone());
+    let results: Vec<anyhow::Result<Session>> = stream::iter(targets)
+        .map(|(url, n)| {
+            let (counters, stop) = (counters.clone(), stop.clone());
             async move { ws_session::open(&url, &n, Behaviour::default(), counters, stop).await }
         })
-        .buffer_unordered(c.connect_concurrency.max(1))
+        .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     let mut ok = Vec::new();
@@ -181,8 +182,8 @@ pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
             ws_session::open(&c.url, &name(&c.prefix, "s", i), b, counters.clone(), stop_rx.clone()).await?,
         );
     }
-    let names = (senders..c.listeners).map(|i| name(&c.prefix, "", i)).collect();
-    let (idle, failed, first) = open_many(&c, names, &counters, &stop_rx).await;
+    let names = (senders..c.listeners).map(|i| (c.url.clone(), name(&c.prefix, "", i))).collect();
+    let (idle, failed, first) = open_many(names, c.connect_concurrency, &counters, &stop_rx).await;
     r.listeners_connected = idle.len() + sender_sessions.len();
     r.sessions_failed += failed;
     r.first_connect_error = first;
@@ -208,7 +209,7 @@ pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
 
     // 2. Fan-out and offer/answer latency, concurrently.
     let receivers = (r.listeners_connected + 2) as u64;
-    let fan = fan_out(&c, sender_sessions, &counters, receivers);
+    let fan = fan_out(Duration::from_secs_f64(c.fanout_secs), pid, sender_sessions, &counters, receivers);
     let rtc = offer_answer(&c, caller, callee);
     let ((fanout, senders_back), (one_way, rtt, lost, caller, callee)) = tokio::join!(fan, rtc);
     r.fanout = fanout;
@@ -253,8 +254,8 @@ pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
     let mut left = more;
     while left > 0 {
         let batch = left.min(1000);
-        let names = (i..i + batch).map(|k| name(&c.prefix, "", k)).collect();
-        let (s, failed, first) = open_many(&c, names, &counters, &stop_rx).await;
+        let names = (i..i + batch).map(|k| (c.url.clone(), name(&c.prefix, "", k))).collect();
+        let (s, failed, first) = open_many(names, c.connect_concurrency, &counters, &stop_rx).await;
         extra.extend(s);
         r.sessions_failed += failed;
         if r.first_connect_error.is_none() {

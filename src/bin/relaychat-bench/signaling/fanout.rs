@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use super::SignalingCli;
 use crate::histogram::{Histogram, LatencySummary};
 use crate::load::now_ns;
 use crate::procfs;
@@ -33,15 +32,16 @@ pub struct FanoutReport {
     pub seconds: f64,
 }
 
-/// Closed-loop chat from every sender; deliveries counted by every session.
-pub(super) async fn fan_out(
-    c: &SignalingCli,
+/// Closed-loop chat from every sender for `dur`; deliveries counted by every session sharing
+/// `counters` (`receivers` of them, senders included). Also used by the cluster benchmark.
+pub async fn fan_out(
+    dur: Duration,
+    server_pid: Option<u32>,
     senders: Vec<Session>,
     counters: &Arc<Counters>,
     receivers: u64,
 ) -> (FanoutReport, Vec<Session>) {
-    let dur = Duration::from_secs_f64(c.fanout_secs);
-    let cpu0 = c.server_pid.and_then(procfs::cpu_seconds);
+    let cpu0 = server_pid.and_then(procfs::cpu_seconds);
     let gen0 = procfs::cpu_seconds(std::process::id());
     let rl0 = counters.rate_limited.load(Ordering::Relaxed);
     let before = counters.chat_frames.load(Ordering::Relaxed);
@@ -105,7 +105,7 @@ pub(super) async fn fan_out(
     }
     let deliveries = last - before;
     let secs = last_growth_at.max(dur).as_secs_f64();
-    let cpu1 = c.server_pid.and_then(procfs::cpu_seconds);
+    let cpu1 = server_pid.and_then(procfs::cpu_seconds);
     let gen1 = procfs::cpu_seconds(std::process::id());
     (
         FanoutReport {
