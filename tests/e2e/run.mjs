@@ -14,6 +14,7 @@
 // /nick); and an axe-core scan of every state (0 serious/critical violations).
 // Scenario 10: invite-only mode (link opened -> in, address bar cleaned; a fresh browser without it
 // or with the spent link -> told why at the name field; a reload gets back in on the member pass).
+// Scenario 12 (cluster.mjs): issue 15's 3-person call, one member per cluster node, relay to relay.
 // tests/e2e/capture-fixtures.mjs imports the helpers exported here.
 //
 // Run through scripts/e2e (installs Chromium, builds the server). Directly:
@@ -23,24 +24,27 @@
 // screenshot to docs/screenshot.png for the README), E2E_FIREFOX=1 (add scenario 6, Firefox;
 // needs Debian's firefox-esr, which scripts/e2e then installs), FIREFOX (its path),
 // E2E_WEB_FROM_DISK=1 (serve web/ from the work tree instead of the binary: client work without
-// a release build; E2E_DOCS_SCREENSHOT=1 then also refreshes docs/screenshot-*.png).
+// a release build; E2E_DOCS_SCREENSHOT=1 then also refreshes docs/screenshot-*.png), REDIS_SERVER
+// (scenario 12's redis-server; Debian's package, which scripts/e2e installs).
 import { chromium, firefox } from 'playwright-core';
 import { spawn, execFile } from 'node:child_process';
-import { isIP, createServer as createNetServer } from 'node:net';
+import { createServer as createNetServer } from 'node:net';
 import { mkdtemp, mkdir, writeFile, copyFile, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { installTaps, taps, parseFrames, summarize, PLACEHOLDERS, receivedAddressChecks } from './received.mjs';
+import { scenario12 } from './cluster.mjs';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = path.resolve(process.env.RELAYCHAT_BIN || path.join(ROOT, 'target/release/relaychat'));
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const OUT_DIR = path.join(ROOT, 'target/e2e');
 const ONLY = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(',').map(Number)
-  : [1, 2, 3, 4, 5, 7, 8, 9, 10, 11, ...(process.env.E2E_FIREFOX === '1' ? [6] : [])];
+  : [1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, ...(process.env.E2E_FIREFOX === '1' ? [6] : [])];
 
-const CONNECT_WITHIN_MS = 30_000;
+export const CONNECT_WITHIN_MS = 30_000;
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---- results ---------------------------------------------------------------------------------
@@ -81,7 +85,7 @@ for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(1));
 // on 127.0.0.1, so a client's own address as the relay sees it (127.0.0.1, what Chromium puts in
 // a relay candidate's raddr) differs from the relay's: a leak cannot pass for the relay address.
 export async function startServer({ forceRelay, authentication = false, credentialTtl = 600, relayIp = '127.0.0.1',
-  port = 0, publicHost = '', serverName = '', allowScreenShare = false, inviteOnly = false, ipv6 = false } = {}) {
+  port = 0, publicHost = '', serverName = '', allowScreenShare = false, inviteOnly = false, ipv6 = false, extraConfig = '' } = {}) {
   const dir = await mkdtemp(path.join(tmpdir(), 'relaychat-e2e-'));
   const cfg = path.join(dir, 'relaychat.toml');
   await writeFile(cfg, `[server]
@@ -107,6 +111,7 @@ relay_ip = "${relayIp}"
 ${publicHost ? `public_host = "${publicHost}"` : ''}
 credential_ttl_s = ${credentialTtl}
 ${ipv6 ? 'listen6 = "[::1]:0"\nrelay_ip6 = "::1"\nallocation_default_family = "keep"' : ''}
+${extraConfig}
 `);
   const server = { dir, log: [], child: null, base: null, exited: null };
   // Starts the binary on the config above; restart() runs it again on the same config (and so,
@@ -205,48 +210,6 @@ export const LAUNCH_ARGS = [
 
 const pages = [];   // every page opened in the current scenario: { name, page, logs }
 
-// Test-side taps, installed before the client's script runs, so they see what the client does
-// not show: window.__sent (every WebSocket frame the page sends), window.__recv (every frame it
-// receives, recorded before the client's own handler runs), window.__added (every candidate
-// handed to addIceCandidate, with the address fields the browser parsed out of it) and
-// window.__remoteSdps (every description handed to setRemoteDescription).
-function installTaps() {
-  window.__sent = [];
-  window.__recv = [];
-  window.__added = [];
-  window.__remoteSdps = [];
-  const send = WebSocket.prototype.send;
-  WebSocket.prototype.send = function (data) { window.__sent.push(String(data)); return send.call(this, data); };
-  // A listener added in the constructor runs before any onmessage the client sets later.
-  window.WebSocket = new Proxy(WebSocket, {
-    construct(target, args) {
-      const ws = Reflect.construct(target, args);
-      ws.addEventListener('message', (ev) => window.__recv.push(String(ev.data)));
-      return ws;
-    },
-  });
-  const pcProto = RTCPeerConnection.prototype;
-  const addIceCandidate = pcProto.addIceCandidate;
-  pcProto.addIceCandidate = function (init, ...rest) {
-    const rec = { keys: init && typeof init === 'object' ? Object.keys(init) : [], init };
-    try {
-      if (init && init.candidate) {
-        const c = new RTCIceCandidate(init);
-        Object.assign(rec, { candidate: c.candidate, address: c.address, relatedAddress: c.relatedAddress, type: c.type });
-      }
-    } catch (err) {
-      rec.error = String(err);
-    }
-    window.__added.push(rec);
-    return addIceCandidate.call(this, init, ...rest);
-  };
-  const setRemoteDescription = pcProto.setRemoteDescription;
-  pcProto.setRemoteDescription = function (desc, ...rest) {
-    window.__remoteSdps.push({ type: desc && desc.type, sdp: desc && desc.sdp });
-    return setRemoteDescription.call(this, desc, ...rest);
-  };
-}
-
 export async function openClient(browser, server, name, query = '', { join = true, tap = false, firefox = false, initScripts = [], media = 'video' } = {}) {
   // Firefox over WebDriver BiDi does not take viewport emulation; its default window is fine.
   const context = await newContext(browser, firefox ? {} : { viewport: { width: 1200, height: 700 } });
@@ -336,7 +299,7 @@ function nonRelay(received) {
   return received.filter((c) => !/ typ relay( |$)/.test(c));
 }
 
-async function checkMediaFlows(entries) {
+export async function checkMediaFlows(entries) {
   const before = await reports(entries);
   await sleep(2000);
   const after = await reports(entries);
@@ -449,124 +412,10 @@ async function scenario1(browser) {
 }
 
 // ---- address audit (scenario 2) ---------------------------------------------------------------
-// What a page may learn under force_relay: the relay's address, and the placeholders the server
-// writes where a sender's own address stood.
-const PLACEHOLDERS = new Set(['0.0.0.0', '::']);
-const CANDIDATE_KEYS = new Set(['candidate', 'sdpMid', 'sdpMLineIndex', 'usernameFragment']);
-const DESCRIPTION_KEYS = new Set(['type', 'sdp']);
-
-// Every IP literal in a piece of text that has no address grammar of its own.
-function ipLiterals(text) {
-  const found = text.match(/(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])/g) || [];
-  for (const tok of text.replace(/^a=[^:]*:/, '').split(/[\s/,;=]+/)) if (isIP(tok) === 6) found.push(tok);
-  return found.filter((a) => isIP(a));
-}
-
-// A candidate (with or without "a="): its connection address must be the relay, its raddr a
-// placeholder, and no other field may carry an address. Returns [{ field, value }].
-export function auditCandidate(text, relayIp) {
-  const out = [];
-  const fields = text.replace(/^a=/, '').replace(/^candidate:/, '').trim().split(/\s+/);
-  if (fields.length < 8 || fields[6] !== 'typ') return [{ field: 'candidate (unparsable)', value: text }];
-  if (fields[4] !== relayIp) out.push({ field: `candidate connection address (typ ${fields[7]})`, value: fields[4] });
-  for (let i = 8; i < fields.length; i++) {
-    if (fields[i] === 'raddr') {
-      if (!PLACEHOLDERS.has(fields[i + 1])) out.push({ field: `candidate raddr (typ ${fields[7]})`, value: fields[i + 1] });
-      i++;
-    } else if (isIP(fields[i]) && fields[i] !== relayIp && !PLACEHOLDERS.has(fields[i])) {
-      out.push({ field: `candidate extension ${fields[i - 1]}`, value: fields[i] });
-    }
-  }
-  return out;
-}
-
-// Every line of an SDP that can carry an address. o= is "o=<username> <sess-id> <sess-version>
-// IN IP4|IP6 <unicast-address>" (RFC 8866 5.2): exactly six fields, the address last.
-export function auditSdp(sdp, relayIp) {
-  const out = [];
-  const ok = (a) => a === relayIp || PLACEHOLDERS.has(a);
-  for (const line of String(sdp).split(/\r?\n/)) {
-    if (line.startsWith('o=')) {
-      const f = line.slice(2).split(' ');
-      if (f.length !== 6 || f[3] !== 'IN' || !['IP4', 'IP6'].includes(f[4])) out.push({ field: 'o= (malformed)', value: line });
-      else if (!ok(f[5])) out.push({ field: 'o= unicast-address', value: f[5] });
-    } else if (line.startsWith('c=')) {
-      const f = line.slice(2).split(' ');
-      const addr = f.length === 3 ? f[2].split('/')[0] : null;
-      if (addr === null || f[0] !== 'IN' || !ok(addr)) out.push({ field: 'c= connection-address', value: addr ?? line });
-    } else if (line.startsWith('a=rtcp:')) {
-      const f = line.slice(7).split(' ');
-      if (f.length > 1 && (f.length !== 4 || !ok(f[3]))) out.push({ field: 'a=rtcp: address', value: f[3] ?? line });
-    } else if (line.startsWith('a=candidate:')) {
-      out.push(...auditCandidate(line, relayIp));
-    } else if (line.startsWith('a=remote-candidates')) {
-      out.push({ field: 'a=remote-candidates', value: line });
-    } else {
-      for (const a of ipLiterals(line)) if (!ok(a)) out.push({ field: `other SDP line ${line.split(':')[0]}`, value: a });
-    }
-  }
-  return out;
-}
-
-// "field: value ×n, value ×n; field: ..." — the report names what leaked, where, how often.
-function summarize(violations) {
-  const by = new Map();
-  for (const { field, value } of violations) {
-    if (!by.has(field)) by.set(field, new Map());
-    by.get(field).set(value, (by.get(field).get(value) || 0) + 1);
-  }
-  return [...by].map(([f, vals]) => `${f}: ${[...vals].map(([v, n]) => `${v} ×${n}`).join(', ')}`).join('; ');
-}
-
-const taps = (entry) => entry.page.evaluate(() => ({
-  sent: window.__sent, recv: window.__recv, added: window.__added, remoteSdps: window.__remoteSdps,
-}));
-const parseFrames = (frames) => frames.map((f) => { try { return JSON.parse(f); } catch { return null; } }).filter((m) => m && typeof m === 'object');
-
-// Everything one page received, checked field by field (issue 11, "Browser e2e").
-async function checkReceivedAddresses(entry, relayIp) {
-  const t = await taps(entry);
-  const frames = parseFrames(t.recv);
-  const candMsgs = frames.filter((m) => m.type === 'webrtc-ice-candidate');
-  const descMsgs = frames.filter((m) => m.type === 'webrtc-offer' || m.type === 'webrtc-answer');
-  const who = entry.name;
-
-  const keyBad = [];
-  for (const m of candMsgs) {
-    const c = m.candidate;
-    if (!c || typeof c !== 'object') { keyBad.push({ field: 'candidate object', value: JSON.stringify(c) }); continue; }
-    for (const k of Object.keys(c)) if (!CANDIDATE_KEYS.has(k)) keyBad.push({ field: `candidate key ${k}`, value: JSON.stringify(c[k]) });
-  }
-  for (const m of descMsgs) {
-    const d = m.offer || m.answer;
-    for (const k of Object.keys(d || {})) if (!DESCRIPTION_KEYS.has(k)) keyBad.push({ field: `description key ${k}`, value: JSON.stringify(d[k]) });
-  }
-  check(`${who}: every received candidate object has only candidate/sdpMid/sdpMLineIndex/usernameFragment, every description only type/sdp`,
-    candMsgs.length > 0 && keyBad.length === 0,
-    keyBad.length ? summarize(keyBad) : `${candMsgs.length} candidates, ${descMsgs.length} descriptions`);
-
-  const objBad = [];
-  const added = t.added.filter((a) => a.init && a.init.candidate);
-  // Chromium writes an IPv6 RTCIceCandidate.address in brackets ("[::1]").
-  const bare = (addr) => (typeof addr === 'string' ? addr.replace(/^\[(.*)\]$/, '$1') : addr);
-  for (const a of added) {
-    if (a.error) objBad.push({ field: 'RTCIceCandidate (unparsable)', value: a.error });
-    if (bare(a.address) !== relayIp) objBad.push({ field: `RTCIceCandidate.address (${a.type})`, value: a.address });
-    if (a.relatedAddress !== null && !PLACEHOLDERS.has(bare(a.relatedAddress))) objBad.push({ field: `RTCIceCandidate.relatedAddress (${a.type})`, value: a.relatedAddress });
-  }
-  check(`${who}: every RTCIceCandidate added has address ${relayIp} and relatedAddress null/0.0.0.0/::`,
-    added.length > 0 && objBad.length === 0, objBad.length ? summarize(objBad) : `${added.length} candidates`);
-
-  const trickleBad = candMsgs.flatMap((m) => (m.candidate && m.candidate.candidate ? auditCandidate(m.candidate.candidate, relayIp) : []));
-  check(`${who}: every trickled candidate string names the relay ${relayIp} and raddr 0.0.0.0/::, nothing else`,
-    candMsgs.length > 0 && trickleBad.length === 0, trickleBad.length ? summarize(trickleBad) : `${candMsgs.length} candidates`);
-
-  // The descriptions as they came off the wire and as the page handed them to the browser.
-  const sdps = [...descMsgs.map((m) => (m.offer || m.answer || {}).sdp), ...t.remoteSdps.map((d) => d.sdp)];
-  const sdpBad = sdps.flatMap((sdp) => auditSdp(sdp || '', relayIp));
-  check(`${who}: every address in received SDP (o=, c=, a=rtcp:, a=candidate: and raddr, any other literal) is ${relayIp} or 0.0.0.0/::`,
-    descMsgs.length > 0 && t.remoteSdps.length > 0 && sdpBad.length === 0,
-    sdpBad.length ? summarize(sdpBad) : `${descMsgs.length} descriptions received, ${t.remoteSdps.length} applied`);
+// Everything one page received, checked field by field (received.mjs). `relays`: the relay
+// address every sender's candidates must name, or a Map sender -> its relay (cluster.mjs).
+export async function checkReceivedAddresses(entry, relays) {
+  for (const c of await receivedAddressChecks(entry, relays)) check(c.name, c.ok, c.detail);
 }
 
 // Runs in bob's page: every description he sends names 198.51.100.7 (a documentation address,
@@ -1470,6 +1319,7 @@ async function main() {
     [9, 'scenario 9: relay unreachable message; insecure origin', scenario9],
     [10, 'scenario 10: invite-only: link opened, refused without it, reload keeps the member pass', scenario10],
     [11, 'scenario 11: a relay-only call over the IPv6 relay (turn:[::1], relay_ip6 = ::1)', scenario11],
+    [12, 'scenario 12: cluster: three nodes on one Redis, alice/bob/carol one per node, relay to relay (cluster.mjs)', scenario12],
   ];
   for (const [n, title, run] of scenarios) {
     if (!ONLY.includes(n)) continue;
