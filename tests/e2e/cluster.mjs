@@ -190,7 +190,7 @@ export async function scenario12(browser) {
         const p = reps[i].peers[peer];
         const local = `${p.local.address}:${p.local.port}`;
         const remote = `${p.remote.address}:${p.remote.port}`;
-        seenPairs.push(`${e.name}->${peer} ${local} -> ${remote}`);
+        seenPairs.push(`${e.name}->${peer} ${p.local.relayProtocol || '?'} to node-${i + 1}'s relay, ${local} -> ${remote}`);
         if (p.local.address !== relayIps[i]) wrong.push(`${e.name}->${peer} local ${local} is not node-${i + 1}'s relay ${relayIps[i]}`);
         if (p.remote.address !== relayIps[j]) wrong.push(`${e.name}->${peer} remote ${remote} is not node-${j + 1}'s relay ${relayIps[j]}`);
       }
