@@ -181,6 +181,25 @@ export async function scenario12(browser) {
     await checkChatAcrossNodes(all);
     if (!conn.ok) return handle();
 
+    // Each page's TURN URLs name its own node's TURN listener (the page loaded that node; no
+    // public_host is set, so the node writes the Host the page used): credentials and allocations
+    // come from the page's own node.
+    const turnPorts = nodes.map((n) => {
+      const line = n.log.find((l) => /turn listening on udp /.test(l));
+      return line ? Number(/turn listening on udp [\d.]+:(\d+)/.exec(line)[1]) : null;
+    });
+    const urlsBad = [];
+    const urlsSeen = [];
+    for (const [i, e] of all.entries()) {
+      const urls = await e.page.evaluate(() => [...window.relaychat.pcs.values()]
+        .flatMap((pc) => pc.getConfiguration().iceServers.flatMap((s) => [].concat(s.urls))).filter((u) => /^turns?:/.test(u)));
+      const foreign = urls.filter((u) => !new RegExp(`^turns?:127\\.0\\.0\\.1:${turnPorts[i]}(\\?|$)`).test(u));
+      if (urls.length === 0 || foreign.length) urlsBad.push(`${e.name}: ${urls.length ? foreign.join(', ') : 'no TURN URL'}`);
+      urlsSeen.push(`${e.name} -> :${turnPorts[i]} (${new Set(urls).size} URLs)`);
+    }
+    check('every page\'s TURN URLs name only its own node\'s TURN listener', turnPorts.every(Boolean) && urlsBad.length === 0,
+      urlsBad.length ? urlsBad.join('; ') : urlsSeen.join(', '));
+
     // Every pair crosses two different relays: the page's own node's and the peer's node's.
     const wrong = [];
     const seenPairs = [];
@@ -212,10 +231,36 @@ export async function scenario12(browser) {
       perNode.every((m) => m.grew > 0 && m.allocations > 0),
       perNode.map((m, i) => `node-${i + 1} ${relayIps[i]}: +${Math.round(m.grew / seconds / 1000)} kB/s relayed, ${m.allocations} allocations`).join('; '));
 
+    check('every node\'s /metrics: Redis up, three nodes alive',
+      after.every((m) => m.relaychat_cluster_redis_up === 1 && m.relaychat_cluster_nodes_alive === NODES),
+      after.map((m, i) => `node-${i + 1}: redis_up ${m.relaychat_cluster_redis_up}, nodes_alive ${m.relaychat_cluster_nodes_alive}`).join('; '));
+
     for (const [i, e] of all.entries()) {
       const others = new Map(names.map((n, j) => [n, relayIps[j]]).filter((_, j) => j !== i));
       await checkReceivedAddresses(e, others);
     }
+
+    // carol (node 3) leaves: the pages on nodes 1 and 2 drop her, her node's relay frees every
+    // allocation (only her pcs allocated there), and nodes 1 and 2 free the ones their users
+    // held for her.
+    const [alice, bob, carol] = all;
+    await carol.page.click('#leave');
+    let m = [];
+    const gone = await waitFor(async () => {
+      for (const e of [alice, bob]) {
+        const r = (await reports([e]))[0];
+        if (r.peers.carol) return `${e.name} still has a pc for carol`;
+        if (r.tiles.includes('peer:carol')) return `${e.name} still shows carol's tile`;
+      }
+      m = await Promise.all(nodes.map((n) => n.metrics()));
+      const allocs = m.map((x) => x.relaychat_turn_allocations_active);
+      return (allocs[2] === 0 && allocs[0] < perNode[0].allocations && allocs[1] < perNode[1].allocations)
+        || `allocations per node ${allocs.join('/')} (before ${perNode.map((x) => x.allocations).join('/')})`;
+    }, 5000);
+    check('carol leaves on node 3: alice and bob drop her; node 3 frees all her allocations, nodes 1 and 2 the ones held for her', gone.ok,
+      gone.ok ? `allocations per node ${perNode.map((x) => x.allocations).join('/')} -> ${m.map((x) => x.relaychat_turn_allocations_active).join('/')}` : gone.reason);
+    const still = connectedReason([alice, bob], await reports([alice, bob]), { relayBothEnds: true });
+    check('alice (node 1) and bob (node 2) stay connected relay to relay', still === true, still === true ? '' : still);
   } catch (err) {
     check('scenario 12 ran to the end', false, err.stack || String(err));
   }
