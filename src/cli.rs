@@ -39,6 +39,20 @@ pub fn check_config(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `scheme://user:password@host/...` with the password replaced; anything else unchanged.
+/// The user name stays: it tells the operator which Redis ACL user the node logs in as.
+fn redact_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
+    let authority_end = url[scheme_end..].find('/').map_or(url.len(), |i| scheme_end + i);
+    let Some(at) = url[scheme_end..authority_end].rfind('@').map(|i| scheme_end + i) else {
+        return url.to_string();
+    };
+    match url[scheme_end..at].find(':').map(|i| scheme_end + i) {
+        Some(colon) => format!("{}:{REDACTED}{}", &url[..colon], &url[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// The settings as TOML, secrets replaced.
 pub fn effective_config(settings: &Settings) -> anyhow::Result<String> {
     let mut shown = settings.clone();
@@ -51,6 +65,7 @@ pub fn effective_config(settings: &Settings) -> anyhow::Result<String> {
     if !shown.admin.token.is_empty() {
         shown.admin.token = REDACTED.into();
     }
+    shown.cluster.redis_url = redact_url_password(&shown.cluster.redis_url);
     toml::to_string_pretty(&shown).context("cannot print the configuration")
 }
 
@@ -384,6 +399,15 @@ mod tests {
     }
 
     #[test]
+    fn only_the_password_of_a_url_is_redacted() {
+        assert_eq!(redact_url_password("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(redact_url_password("redis://:pw@h:1"), "redis://:<redacted>@h:1");
+        assert_eq!(redact_url_password("redis://user@h/0"), "redis://user@h/0");
+        assert_eq!(redact_url_password(""), "");
+        assert_eq!(redact_url_password("unix:///run/redis.sock"), "unix:///run/redis.sock");
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let mut settings = Settings::defaults();
         settings.turn.secret = "hunter2hunter2".into();
@@ -393,8 +417,11 @@ mod tests {
             relay_addresses: Vec::new(),
         }];
         settings.admin.token = "admin-token-0123456789".into();
+        settings.cluster.redis_url = "redis://relaychat:pa55:w@rd@10.0.0.5:6379/0".into();
         let text = effective_config(&settings).unwrap();
         assert!(!text.contains("hunter2hunter2") && !text.contains("s3cr3t"), "{text}");
+        assert!(!text.contains("pa55") && !text.contains("rd@10"), "{text}");
+        assert!(text.contains("redis://relaychat:<redacted>@10.0.0.5:6379/0"), "{text}");
         assert!(!text.contains("admin-token-0123456789"), "{text}");
         assert!(text.contains(REDACTED));
         assert!(text.contains("max_participants = 8"));
