@@ -32,6 +32,19 @@ use crate::protocol::{HistoryEntry, HistoryKind};
 /// Who the notices name as the actor of an operator action.
 const OPERATOR: &str = "the server operator";
 
+/// Voice revocations the hub remembers at most. Only the operator adds them, but the map would
+/// otherwise grow with every distinct name until each expires; the relay's own record of
+/// revoked credentials has the same cap (`turn::auth::MAX_REVOCATIONS`) and the same rule.
+pub const MAX_VOICE_REVOCATIONS: usize = 4096;
+
+/// One user kept out of voice: until when, and when the operator said so (the oldest goes
+/// first when the record is full).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct VoiceRevocation {
+    pub until: Until,
+    pub made: std::time::Instant,
+}
+
 /// A moment both clocks agree on: monotonic to expire, wall clock to show.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Until {
@@ -181,7 +194,24 @@ impl Hub {
 
     /// Is `name` kept out of voice (TURN access revoked) right now?
     pub(super) fn voice_revoked_until(&self, name: &str, now: Now) -> Option<Until> {
-        self.voice_revoked.get(name).copied().filter(|until| until.mono > now.mono)
+        self.voice_revoked.get(name).map(|r| r.until).filter(|until| until.mono > now.mono)
+    }
+
+    /// Keeps `name` out of voice until `until`, within `MAX_VOICE_REVOCATIONS`: when the record
+    /// is full of live revocations, the oldest made is dropped (that user may rejoin voice
+    /// early, though the relay still refuses the credentials it revoked until they expire).
+    fn revoke_voice(&mut self, name: String, until: Until, now: Now) {
+        if self.voice_revoked.len() >= MAX_VOICE_REVOCATIONS && !self.voice_revoked.contains_key(&name) {
+            self.voice_revoked.retain(|_, r| r.until.mono > now.mono);
+            if self.voice_revoked.len() >= MAX_VOICE_REVOCATIONS {
+                let oldest = self.voice_revoked.iter().min_by_key(|(_, r)| r.made).map(|(n, _)| n.clone());
+                if let Some(oldest) = oldest {
+                    self.voice_revoked.remove(&oldest);
+                    tracing::warn!(user = %oldest, "voice revocation record full: the oldest was dropped early");
+                }
+            }
+        }
+        self.voice_revoked.insert(name, VoiceRevocation { until, made: now.mono });
     }
 
     /// Lifts timed bans, mutes and voice revocations whose time has come (from `tick` too).
@@ -199,7 +229,7 @@ impl Hub {
             tracing::info!(user = %name, "timed ban ended");
         }
         self.mutes.retain(|_, until| until.is_none_or(|u| u.mono > now.mono));
-        self.voice_revoked.retain(|_, until| until.mono > now.mono);
+        self.voice_revoked.retain(|_, r| r.until.mono > now.mono);
     }
 
     fn sessions(&self, show_addresses: bool, now: Now) -> Value {
@@ -422,7 +452,7 @@ impl Hub {
     ) -> AdminReply {
         let target = checked_name(name)?;
         let until = Until::after(now, duration);
-        self.voice_revoked.insert(target.clone(), until);
+        self.revoke_voice(target.clone(), until, now);
         if let Some(conn) = self.names.get(&target).copied() {
             out.system(
                 conn,

@@ -219,7 +219,7 @@ pub struct Hub {
     /// Names the operator muted (chat only), until when (`None`: until unmuted).
     mutes: HashMap<String, Option<Until>>,
     /// Names whose TURN access the operator revoked: no voice join until then.
-    voice_revoked: HashMap<String, Until>,
+    voice_revoked: HashMap<String, admin::VoiceRevocation>,
     /// Accounts the operator flagged admin (refreshed from the store while running).
     admins: HashSet<String>,
     /// `[chat] admins`: names /register may not take.
