@@ -200,7 +200,7 @@ impl Hub {
     /// Keeps `name` out of voice until `until`, within `MAX_VOICE_REVOCATIONS`: when the record
     /// is full of live revocations, the oldest made is dropped (that user may rejoin voice
     /// early, though the relay still refuses the credentials it revoked until they expire).
-    fn revoke_voice(&mut self, name: String, until: Until, now: Now) {
+    pub(super) fn revoke_voice(&mut self, name: String, until: Until, now: Now) {
         if self.voice_revoked.len() >= MAX_VOICE_REVOCATIONS && !self.voice_revoked.contains_key(&name) {
             self.voice_revoked.retain(|_, r| r.until.mono > now.mono);
             if self.voice_revoked.len() >= MAX_VOICE_REVOCATIONS {
