@@ -13,7 +13,8 @@
 //! - `limits`: pure rate-limit helpers.
 //! - `lanes`: the runner's inbound lanes (signaling before connects/disconnects before chat).
 //! - `relay_only`: the privacy boundary (force_relay rebuilds everything a peer receives).
-//! - `admin`: operator requests from the admin API (list, kick, ban, mute, revoke, rotate).
+//! - `admin`: operator requests from the admin API (list, kick, ban, mute, revoke, rotate);
+//!   `operator_limits`: the bans, mutes and voice revocations they leave behind, and expiry.
 //! - `cluster`: cluster mode, where shared changes go through the Redis log and come back as
 //!   `ClusterEvent`s every node applies in the same order.
 
@@ -26,6 +27,7 @@ mod effect;
 pub mod lanes;
 pub mod limits;
 mod notices;
+mod operator_limits;
 pub mod relay_only;
 pub mod runner;
 mod voice;
@@ -50,9 +52,9 @@ pub use effect::Effect;
 use effect::Out;
 use notices::{voice_notice, VoiceNotices};
 
-use admin::Until;
 pub use admin::{AdminError, AdminReply, AdminRequest};
 pub use cluster::{ClaimOutcome, VoiceOutcome, CLOSE_TRY_AGAIN_LATER};
+use operator_limits::Until;
 
 pub type ConnId = u64;
 
@@ -139,7 +141,7 @@ pub struct Hub {
     /// Names the operator muted (chat only), until when (`None`: until unmuted).
     mutes: HashMap<String, Option<Until>>,
     /// Names whose TURN access the operator revoked: no voice join until then.
-    voice_revoked: HashMap<String, admin::VoiceRevocation>,
+    voice_revoked: HashMap<String, operator_limits::VoiceRevocation>,
     /// Accounts the operator flagged admin (refreshed from the store while running).
     admins: HashSet<String>,
     /// `[chat] admins`: names /register may not take.

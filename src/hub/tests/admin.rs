@@ -262,7 +262,7 @@ fn a_muted_or_revoked_user_cannot_shed_it_with_a_new_nick() {
 
 #[test]
 fn the_voice_revocation_record_is_capped_and_drops_the_oldest_first() {
-    use crate::hub::admin::MAX_VOICE_REVOCATIONS;
+    use crate::hub::operator_limits::MAX_VOICE_REVOCATIONS;
     let mut h = Harness::new(|_| {});
     let revoke = |h: &mut Harness, n: &str| {
         h.admin(AdminRequest::RevokeTurn { name: name(n), duration: Duration::from_secs(3600) }).unwrap();
