@@ -142,3 +142,68 @@ where
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A sink that records what is fed to it and when it is flushed.
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl futures_util::Sink<Message> for Recorder {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            let text = item.into_text().map(|t| t.to_string()).unwrap_or_default();
+            self.0.push(text);
+            Ok(())
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            self.0.push("flush".into());
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn queues(urgent: &[&str], chat: &[&str]) -> Outbound {
+        let (urgent_tx, urgent_rx) = mpsc::channel(8);
+        let (chat_tx, chat_rx) = mpsc::channel(8);
+        for frame in urgent {
+            urgent_tx.try_send(Frame::from(*frame)).unwrap();
+        }
+        for frame in chat {
+            chat_tx.try_send(Frame::from(*frame)).unwrap();
+        }
+        Outbound { urgent: urgent_rx, chat: chat_rx }
+    }
+
+    #[tokio::test]
+    async fn urgent_frames_reach_the_socket_before_the_chat_frames_of_the_batch_are_fed() {
+        let mut queued = queues(&["answer"], &["chat 1", "chat 2"]);
+        let mut sink = Recorder::default();
+        write_batch(&mut sink, Frame::from("offer"), true, &mut queued).await.unwrap();
+        assert_eq!(sink.0, ["offer", "answer", "flush", "chat 1", "chat 2", "flush"]);
+    }
+
+    #[tokio::test]
+    async fn an_urgent_frame_queued_behind_chat_is_fed_next_and_flushed_at_once() {
+        // A batch that starts with chat: the urgent frame still goes next, flushed before the
+        // rest of the chat is fed; a batch of chat alone is one flush.
+        let mut queued = queues(&["offer"], &["chat 2"]);
+        let mut sink = Recorder::default();
+        write_batch(&mut sink, Frame::from("chat 1"), false, &mut queued).await.unwrap();
+        assert_eq!(sink.0, ["chat 1", "offer", "flush", "chat 2", "flush"]);
+        let mut queued = queues(&[], &["chat 2", "chat 3"]);
+        let mut sink = Recorder::default();
+        write_batch(&mut sink, Frame::from("chat 1"), false, &mut queued).await.unwrap();
+        assert_eq!(sink.0, ["chat 1", "chat 2", "chat 3", "flush"]);
+    }
+}
