@@ -41,6 +41,7 @@ results = {
         for s in servers
     },
     "signaling": load("relaychat-signaling"),
+    "original_signaling": load("original-signaling"),
 }
 sys.path.insert(0, here)
 import cluster_render  # noqa: E402
@@ -234,7 +235,7 @@ for label, e in (("100 B", e100), ("1200 B", e1200)):
 w("")
 
 sig = results["signaling"]
-w("## Signaling (relaychat only)")
+w("## Signaling")
 w("")
 if sig:
     f = sig.get("fanout") or {}
@@ -267,6 +268,48 @@ if sig:
       f"{fmt((get(sig, 'connect_to_webrtc_joined', 'p99_us') or 0) / 1000, 2)} |")
 else:
     w("Not run (`--no-signaling`), or it failed: see the script output.")
+w("")
+
+# The same fan-out against the Node original (bench/original_fanout.sh), right after relaychat's.
+orig = results["original_signaling"]
+w("### Chat fan-out side by side with the Node original")
+w("")
+if not sig:
+    w("Not run: relaychat's signaling part did not run.")
+elif not orig:
+    w("The Node original (js-chat-server) did not run: its part failed, see the script output.")
+elif orig.get("skipped"):
+    w(f"The Node original (js-chat-server) did not run: {orig['skipped']}.")
+else:
+    f = sig.get("fanout") or {}
+    o = orig.get("fanout") or {}
+
+    def ratio(a, b):
+        return f"{a / b:.1f}x" if a and b else "n/a"
+
+    def per_delivery_us(r):
+        cpu, n = r.get("server_cpu_s"), r.get("deliveries")
+        return cpu * 1e6 / n if cpu and n else None
+
+    w(f"Same generator, same load: {fmt(o.get('listeners'))} sessions, {fmt(o.get('senders'))} closed-loop "
+      "senders, 5 s, one server after the other (the other idle); settings that would refuse "
+      "one address's 1,000 sessions raised on both (bench/original_fanout.sh says which).")
+    w("")
+    w("| metric | relaychat | js-chat-server (Node) | relaychat / Node |")
+    w("|---|---:|---:|---:|")
+    w(f"| deliveries per second | {fmt(f.get('deliveries_per_s'))} | {fmt(o.get('deliveries_per_s'))} | "
+      f"{ratio(f.get('deliveries_per_s'), o.get('deliveries_per_s'))} |")
+    w(f"| messages per second | {fmt(f.get('messages_per_s'), 1)} | {fmt(o.get('messages_per_s'), 1)} | "
+      f"{ratio(f.get('messages_per_s'), o.get('messages_per_s'))} |")
+    w(f"| delivered of expected | {fmt(f.get('deliveries'))} of {fmt(f.get('expected_deliveries'))} | "
+      f"{fmt(o.get('deliveries'))} of {fmt(o.get('expected_deliveries'))} | |")
+    w(f"| server CPU s / generator CPU s | {fmt(f.get('server_cpu_s'), 2)} / {fmt(f.get('generator_cpu_s'), 2)} | "
+      f"{fmt(o.get('server_cpu_s'), 2)} / {fmt(o.get('generator_cpu_s'), 2)} | |")
+    pr, po = per_delivery_us(f), per_delivery_us(o)
+    w(f"| server CPU per delivery (us) | {fmt(pr, 2)} | {fmt(po, 2)} | {ratio(po, pr)} less |")
+    w(f"| sender's own copy back p50 / p99 (ms) | {fmt((get(f, 'sender_echo', 'p50_us') or 0) / 1000, 1)} / "
+      f"{fmt((get(f, 'sender_echo', 'p99_us') or 0) / 1000, 1)} | "
+      f"{fmt((get(o, 'sender_echo', 'p50_us') or 0) / 1000, 1)} / {fmt((get(o, 'sender_echo', 'p99_us') or 0) / 1000, 1)} | |")
 w("")
 
 commentary = os.path.join(here, "commentary.md")

@@ -274,14 +274,14 @@ pub async fn run_session<S>(
         tokio::select! {
             biased;
             frame = queued.next() => match frame {
-                Some(frame) => {
+                Some((frame, urgent)) => {
                     // Race the write against the hub dropping us: a reader that stopped
                     // draining its socket must not keep this task (and its socket) alive. A
                     // close request that arrives mid-write gives the write a short grace, so
                     // a healthy client still gets its last frames ("You are banned.").
                     let mut closing = None;
                     let written = {
-                        let write = tokio::time::timeout(timeouts.write, write_batch(&mut sink, frame, &mut queued));
+                        let write = tokio::time::timeout(timeouts.write, write_batch(&mut sink, frame, urgent, &mut queued));
                         let mut write = std::pin::pin!(write);
                         tokio::select! {
                             biased;

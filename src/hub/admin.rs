@@ -19,10 +19,11 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::chat::MAX_CHAT_CHARS;
+// Re-exported: `hub::cluster` names it from here.
+pub(super) use super::operator_limits::Until;
 use super::{is_valid_username, Hub, Now, Out, CLOSE_POLICY};
 use crate::cluster::event::ClusterEvent;
 use crate::ice_servers::TurnEndpoints;
@@ -31,26 +32,6 @@ use crate::protocol::{HistoryEntry, HistoryKind};
 
 /// Who the notices name as the actor of an operator action.
 const OPERATOR: &str = "the server operator";
-
-/// A moment both clocks agree on: monotonic to expire, wall clock to show.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Until {
-    pub mono: std::time::Instant,
-    pub wall: DateTime<Utc>,
-}
-
-impl Until {
-    pub(super) fn after(now: Now, duration: Duration) -> Until {
-        Until {
-            mono: now.mono + duration,
-            wall: now.wall + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX),
-        }
-    }
-
-    fn iso(&self) -> String {
-        iso_timestamp(self.wall)
-    }
-}
 
 /// One operator request, already parsed and checked for shape by the admin listener.
 #[derive(Clone, PartialEq, Eq)]
@@ -168,38 +149,6 @@ impl Hub {
             AdminRequest::RotateTurnSecret { secret } => self.rotate_turn_secret(&mut out, secret, now),
         };
         (out.effects, reply)
-    }
-
-    /// Is `name` muted by the operator right now? Until when (`None`: until unmuted).
-    pub(super) fn muted(&self, name: &str, now: Now) -> Option<Option<Until>> {
-        match self.mutes.get(name) {
-            Some(Some(until)) if until.mono <= now.mono => None,
-            Some(until) => Some(*until),
-            None => None,
-        }
-    }
-
-    /// Is `name` kept out of voice (TURN access revoked) right now?
-    pub(super) fn voice_revoked_until(&self, name: &str, now: Now) -> Option<Until> {
-        self.voice_revoked.get(name).copied().filter(|until| until.mono > now.mono)
-    }
-
-    /// Lifts timed bans, mutes and voice revocations whose time has come (from `tick` too).
-    pub(super) fn expire_operator_limits(&mut self, now: Now) {
-        let ended: Vec<String> = self
-            .timed_bans
-            .iter()
-            .filter(|(_, until)| until.mono <= now.mono)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in ended {
-            self.timed_bans.remove(&name);
-            self.bans.remove(&name);
-            // Timed bans were never stored, so there is nothing to unstore.
-            tracing::info!(user = %name, "timed ban ended");
-        }
-        self.mutes.retain(|_, until| until.is_none_or(|u| u.mono > now.mono));
-        self.voice_revoked.retain(|_, until| until.mono > now.mono);
     }
 
     fn sessions(&self, show_addresses: bool, now: Now) -> Value {
@@ -422,7 +371,7 @@ impl Hub {
     ) -> AdminReply {
         let target = checked_name(name)?;
         let until = Until::after(now, duration);
-        self.voice_revoked.insert(target.clone(), until);
+        self.revoke_voice(target.clone(), until, now);
         if let Some(conn) = self.names.get(&target).copied() {
             out.system(
                 conn,

@@ -20,6 +20,19 @@
 //! again before handling it, so an event a session put into a higher lane before one into a
 //! lower lane is always handled first.
 //!
+//! Events from the cluster (the log reader's `ClusterApply`/`ClusterSnapshot`, the inbox's
+//! `RemoteSignal`) all come from one task, the cluster reader, in the log's order. Chat and
+//! notices stay in the chat lane; call signaling routed from another node and the voice
+//! entries (a seat taken or freed, media changed, the TURN secret rotated) take the signal
+//! lane, so call setup across nodes does not wait behind a chat flood either. The order that
+//! matters is kept with one `ConnOrder` for the reader (`ClusterOrdering`): membership entries
+//! (joins, leaves, nick changes, kicks, bans, a node gone, a snapshot) and voice entries are
+//! counted while they wait in the chat lane, and a voice entry or routed signal goes behind
+//! them as long as one waits. So a routed signal never overtakes the `VoiceJoined` that made
+//! its sender a member (or a kick that took them out), and a `VoiceJoined` never overtakes the
+//! `UserJoined` of its user; only chat and notices, which no call state depends on, are
+//! overtaken.
+//!
 //! The lanes are bounded (`*_LANE_EVENTS`): a session whose lane is full waits before reading
 //! more from its socket (and the ingress budget drops a flood before it gets here). Signaling
 //! goes first without a fairness cap: every sender of it is held to the ingress budget, and
@@ -33,6 +46,7 @@ use std::task::Poll;
 use tokio::sync::mpsc;
 
 use super::runner::HubEvent;
+use crate::cluster::event::ClusterEvent;
 use crate::protocol::{ClientMessage, Inbound};
 
 /// Call signaling waiting for the hub.
@@ -60,7 +74,58 @@ impl InboundLane {
             HubEvent::Message { inbound: Inbound::Message { message: ClientMessage::Ping, .. }, .. }
             | HubEvent::Connected { .. }
             | HubEvent::Disconnected { .. } => Self::Presence,
+            HubEvent::RemoteSignal(_) => Self::Signal,
+            HubEvent::ClusterApply { event }
+                if ClusterOrdering::of_entry(event) == ClusterOrdering::Voice =>
+            {
+                Self::Signal
+            }
             _ => Self::Chat,
+        }
+    }
+}
+
+/// How an event from the cluster reader is ordered against the reader's other events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClusterOrdering {
+    /// Not from the cluster, or chat and notices: the chat lane, in order with the rest of
+    /// it, overtaken by signaling like any chat.
+    Free,
+    /// Who is online and under which name: the chat lane, and what follows from the cluster
+    /// in the signal lane waits behind it.
+    Membership,
+    /// Voice seats and TURN credentials: the signal lane, unless a membership or voice event
+    /// of the reader still waits in the chat lane (then behind it).
+    Voice,
+}
+
+impl ClusterOrdering {
+    fn of(event: &HubEvent) -> Self {
+        match event {
+            HubEvent::ClusterApply { event } => Self::of_entry(event),
+            HubEvent::ClusterSnapshot(_) => Self::Membership,
+            HubEvent::RemoteSignal(_) => Self::Voice,
+            _ => Self::Free,
+        }
+    }
+
+    fn of_entry(event: &ClusterEvent) -> Self {
+        match event {
+            ClusterEvent::Chat { .. }
+            | ClusterEvent::System { .. }
+            | ClusterEvent::Mute { .. }
+            | ClusterEvent::Unmute { .. }
+            | ClusterEvent::Unban { .. } => Self::Free,
+            ClusterEvent::UserJoined { .. }
+            | ClusterEvent::UserLeft { .. }
+            | ClusterEvent::NickChanged { .. }
+            | ClusterEvent::Ban { .. }
+            | ClusterEvent::Kick { .. }
+            | ClusterEvent::NodeGone { .. } => Self::Membership,
+            ClusterEvent::VoiceJoined { .. }
+            | ClusterEvent::VoiceLeft { .. }
+            | ClusterEvent::MediaChanged { .. }
+            | ClusterEvent::SecretRotated { .. } => Self::Voice,
         }
     }
 }
@@ -120,12 +185,20 @@ pub struct HubGone;
 #[derive(Clone)]
 pub struct LaneSenders {
     lanes: [mpsc::Sender<Queued>; 3],
+    /// The cluster reader's events waiting in the chat lane that its later voice events must
+    /// not overtake (module doc). One for every clone: there is one cluster reader.
+    cluster: Arc<ConnOrder>,
 }
 
 impl LaneSenders {
-    /// An event from inside the server (not from a client): the chat lane.
+    /// An event from inside the server (not from a client): the chat lane; from the cluster
+    /// reader, voice entries and routed signals the signal lane, behind any membership or
+    /// voice entry of the reader still waiting in the chat lane.
     pub async fn send(&self, event: HubEvent) -> Result<(), HubGone> {
-        self.put(InboundLane::Chat, Queued { event, _waiting: None }).await
+        if ClusterOrdering::of(&event) == ClusterOrdering::Free {
+            return self.put(InboundLane::Chat, Queued { event, _waiting: None }).await;
+        }
+        self.send_from(&self.cluster, event).await
     }
 
     /// An event from a session: its kind's lane, unless an earlier event of the same connection
@@ -155,7 +228,7 @@ pub fn channels() -> (LaneSenders, LaneReceivers) {
     let (presence, presence_rx) = mpsc::channel(PRESENCE_LANE_EVENTS);
     let (chat, chat_rx) = mpsc::channel(CHAT_LANE_EVENTS);
     (
-        LaneSenders { lanes: [signal, presence, chat] },
+        LaneSenders { lanes: [signal, presence, chat], cluster: Arc::default() },
         LaneReceivers { lanes: [signal_rx, presence_rx, chat_rx], held: [None, None, None], open: [true; 3] },
     )
 }

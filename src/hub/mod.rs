@@ -8,10 +8,13 @@
 //! - `chat`: connection sequence, authentication, chat, typing, ping, heartbeat.
 //! - `commands`: the `/` commands.
 //! - `voice`: the WebRTC room and signaling relay.
+//! - `effect`: the `Effect`s every method returns, and `Out`, which collects them.
+//! - `notices`: system and voice notices to the room, and the history they are kept in.
 //! - `limits`: pure rate-limit helpers.
 //! - `lanes`: the runner's inbound lanes (signaling before connects/disconnects before chat).
 //! - `relay_only`: the privacy boundary (force_relay rebuilds everything a peer receives).
-//! - `admin`: operator requests from the admin API (list, kick, ban, mute, revoke, rotate).
+//! - `admin`: operator requests from the admin API (list, kick, ban, mute, revoke, rotate);
+//!   `operator_limits`: the bans, mutes and voice revocations they leave behind, and expiry.
 //! - `cluster`: cluster mode, where shared changes go through the Redis log and come back as
 //!   `ClusterEvent`s every node applies in the same order.
 
@@ -20,8 +23,11 @@ pub mod budget;
 mod chat;
 mod cluster;
 mod commands;
+mod effect;
 pub mod lanes;
 pub mod limits;
+mod notices;
+mod operator_limits;
 pub mod relay_only;
 pub mod runner;
 mod voice;
@@ -36,16 +42,19 @@ use rand::rngs::StdRng;
 
 use crate::config::Settings;
 use crate::ice_servers::IceServerIssuer;
-use crate::protocol::{iso_timestamp, Frame, HistoryEntry, HistoryKind, Inbound, Lane, ServerMessage};
+use crate::protocol::{HistoryEntry, Inbound};
 
 use limits::{ConnectionLimiter, LoginLimiter, RegisterLimiter, SlidingWindow};
 use relay_only::{PrivacyTally, RelayAddresses};
 use voice::VoiceRoom;
 
-use crate::cluster::event::{ClusterEvent, Owner, RoutedSignal};
-use admin::Until;
+pub use effect::Effect;
+use effect::Out;
+use notices::{voice_notice, VoiceNotices};
+
 pub use admin::{AdminError, AdminReply, AdminRequest};
 pub use cluster::{ClaimOutcome, VoiceOutcome, CLOSE_TRY_AGAIN_LATER};
+use operator_limits::Until;
 
 pub type ConnId = u64;
 
@@ -69,93 +78,6 @@ impl Now {
     pub fn unix(&self) -> u64 {
         self.wall.timestamp().max(0) as u64
     }
-}
-
-/// What the runner must do.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    /// Queue a frame for one connection, in its outbound `lane`.
-    Send {
-        to: ConnId,
-        frame: Frame,
-        lane: Lane,
-    },
-    /// Queue one frame for many connections (a fan-out): serialized once, shared by all of
-    /// them, one effect however many recipients.
-    Broadcast {
-        to: Vec<ConnId>,
-        frame: Frame,
-        lane: Lane,
-    },
-    /// Close after the frames already queued for this connection have been written.
-    Close {
-        conn: ConnId,
-        code: u16,
-        reason: String,
-    },
-    /// Append to the persisted history; must be durable before the following sends go out.
-    Persist(HistoryEntry),
-    /// Hash the password, then create the account unless `reserved` (a name kept for the
-    /// operator): the hash runs either way, so the answer time does not tell which it was.
-    CreateAccount {
-        conn: ConnId,
-        name: String,
-        password: String,
-        reserved: bool,
-    },
-    CheckLogin {
-        conn: ConnId,
-        name: String,
-        password: String,
-    },
-    SaveBan {
-        name: String,
-        banned: bool,
-    },
-    /// Someone joined voice: the relay may admit `turn_user` (`<name>:<session tag>`).
-    VoiceJoined {
-        turn_user: String,
-    },
-    /// Someone left voice (for any reason): the relay deletes what `turn_user` holds.
-    VoiceLeft {
-        turn_user: String,
-    },
-    /// Cluster mode: append this change to the shared log (it takes effect when read back);
-    /// `origin` is told if it cannot be written.
-    Publish {
-        origin: Option<ConnId>,
-        event: ClusterEvent,
-    },
-    /// Cluster mode: claim `name` for `conn` (renaming from `previous`), logging `event` if won;
-    /// answered with `Hub::name_claimed`.
-    ClaimName {
-        conn: ConnId,
-        name: String,
-        previous: Option<String>,
-        event: ClusterEvent,
-    },
-    /// Cluster mode: let go of `name` if `owner` still holds it, logging `event`.
-    ReleaseName {
-        name: String,
-        owner: Owner,
-        event: ClusterEvent,
-    },
-    /// Cluster mode: take a voice seat if fewer than `max` are taken cluster-wide, logging
-    /// `event` (`VoiceJoined`); answered with `Hub::voice_seated`.
-    JoinVoice {
-        conn: ConnId,
-        name: String,
-        max: usize,
-        event: ClusterEvent,
-    },
-    /// Cluster mode: signaling for a voice member on another node.
-    RouteSignal(RoutedSignal),
-    /// Cluster mode: the relay verifies with `secret` from now on (and the previous one for
-    /// `grace_s` seconds).
-    RotateRelaySecret {
-        secret: Vec<u8>,
-        grace_s: u64,
-    },
 }
 
 /// What a new connection brings: who it claims to be and where it comes from.
@@ -219,7 +141,7 @@ pub struct Hub {
     /// Names the operator muted (chat only), until when (`None`: until unmuted).
     mutes: HashMap<String, Option<Until>>,
     /// Names whose TURN access the operator revoked: no voice join until then.
-    voice_revoked: HashMap<String, Until>,
+    voice_revoked: HashMap<String, operator_limits::VoiceRevocation>,
     /// Accounts the operator flagged admin (refreshed from the store while running).
     admins: HashSet<String>,
     /// `[chat] admins`: names /register may not take.
@@ -241,54 +163,6 @@ pub struct Hub {
     last_prune: Option<Instant>,
     /// Cluster mode (`None`: single node).
     cluster: Option<cluster::Replica>,
-}
-
-/// One user's persisted voice notices in the current interval.
-#[derive(Debug, Clone, Copy)]
-struct VoiceNotices {
-    since: Instant,
-    persisted: u32,
-    last_joined: bool,
-}
-
-/// "<name> joined voice chat" / "<name> left voice chat" (the original's texts).
-fn voice_notice(name: &str, joined: bool) -> String {
-    if joined {
-        format!("{name} joined voice chat")
-    } else {
-        format!("{name} left voice chat")
-    }
-}
-
-/// Collects effects; serializes each message once and shares the frame between recipients.
-#[derive(Default)]
-pub(crate) struct Out {
-    effects: Vec<Effect>,
-}
-
-impl Out {
-    fn send(&mut self, to: ConnId, message: &ServerMessage) {
-        self.effects.push(Effect::Send { to, frame: message.frame(), lane: message.lane() });
-    }
-
-    /// One message for every connection in `to`: serialized once, one effect.
-    fn broadcast(&mut self, to: Vec<ConnId>, message: &ServerMessage) {
-        if !to.is_empty() {
-            self.effects.push(Effect::Broadcast { to, frame: message.frame(), lane: message.lane() });
-        }
-    }
-
-    fn system(&mut self, to: ConnId, text: &str) {
-        self.send(to, &ServerMessage::System { text });
-    }
-
-    fn close(&mut self, conn: ConnId, code: u16, reason: &str) {
-        self.effects.push(Effect::Close { conn, code, reason: reason.to_string() });
-    }
-
-    fn push(&mut self, effect: Effect) {
-        self.effects.push(effect);
-    }
 }
 
 impl Hub {
@@ -451,76 +325,6 @@ impl Hub {
         self.names.clear();
         self.arrival_order.clear();
         out.effects
-    }
-
-    /// Broadcasts a system notice to every welcomed user and persists it.
-    /// A voice join/leave notice: shown live always, persisted up to the allowance per
-    /// interval per user (see `settle_voice_notices`).
-    fn announce_voice(&mut self, out: &mut Out, name: &str, joined: bool, now: Now) {
-        let text = voice_notice(name, joined);
-        let allowance = self.settings.message_budgets.voice_notices_persisted;
-        let notices = self.voice_notice_persisted.entry(name.to_string()).or_insert(VoiceNotices {
-            since: now.mono,
-            persisted: 0,
-            last_joined: joined,
-        });
-        if notices.persisted < allowance {
-            notices.persisted += 1;
-            notices.last_joined = joined;
-            self.announce(out, &text, now);
-        } else {
-            out.broadcast(self.welcomed_connections(), &ServerMessage::System { text: &text });
-        }
-    }
-
-    /// After the interval, persists one notice for a user whose real voice state differs from
-    /// the last persisted one (the flapping ended somewhere else than the history says).
-    fn settle_voice_notices(&mut self, out: &mut Out, now: Now) {
-        let interval = Duration::from_secs(self.settings.message_budgets.voice_notice_persist_interval_s);
-        let settled: Vec<(String, bool)> = self
-            .voice_notice_persisted
-            .iter()
-            .filter(|(_, notices)| now.mono.duration_since(notices.since) >= interval)
-            .map(|(name, notices)| (name.clone(), notices.last_joined))
-            .collect();
-        for (name, persisted_joined) in settled {
-            self.voice_notice_persisted.remove(&name);
-            let in_voice = self.voice.contains(&name);
-            if in_voice != persisted_joined {
-                self.record(out, HistoryKind::System, None, &voice_notice(&name, in_voice), now);
-            }
-        }
-    }
-
-    fn announce(&mut self, out: &mut Out, text: &str, now: Now) {
-        self.record(out, HistoryKind::System, None, text, now);
-        if !self.is_clustered() {
-            out.broadcast(self.welcomed_connections(), &ServerMessage::System { text });
-        }
-    }
-
-    /// Appends to the in-memory history and asks the runner to persist it.
-    fn record(&mut self, out: &mut Out, kind: HistoryKind, username: Option<&str>, text: &str, now: Now) {
-        let entry = HistoryEntry {
-            kind,
-            username: username.map(str::to_string),
-            text: text.to_string(),
-            timestamp: iso_timestamp(now.wall),
-        };
-        if self.is_clustered() {
-            // Shown and kept when read back from the log, on every node alike.
-            let event = match kind {
-                HistoryKind::Chat => ClusterEvent::Chat { entry },
-                HistoryKind::System => ClusterEvent::System { entry },
-            };
-            self.publish(out, None, event);
-            return;
-        }
-        self.history.push_back(entry.clone());
-        while self.history.len() > self.settings.chat.history_limit {
-            self.history.pop_front();
-        }
-        out.push(Effect::Persist(entry));
     }
 
     /// Connections of welcomed users, in arrival order (deterministic output for tests).

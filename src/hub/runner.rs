@@ -15,15 +15,17 @@
 //! `ReleaseName` effects to the cluster writer (a bounded queue it never waits on: a full queue
 //! is answered at once as a failure), sends the heartbeat with the names this node holds, tells
 //! the hub when the store comes or goes, and keeps accounts and admin flags in Redis.
+//!
+//! This file holds the events, the handle and the loop (lanes drained into steps); `effects`
+//! carries out a step's effects (store commit, then frames), `accounts` answers /register and
+//! /login off the hub task and refreshes the admin flags.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use tokio::sync::{mpsc, oneshot};
 
 use super::lanes::{self, ConnOrder, InboundLane, LaneReceivers, LaneSenders};
@@ -35,8 +37,13 @@ use crate::cluster::writer::ClusterCommand;
 use crate::cluster::ClusterStatus;
 use crate::password_gate::PasswordGate;
 use crate::presence::VoicePresence;
-use crate::protocol::{Frame, HistoryEntry, Inbound, Lane};
+use crate::protocol::{Frame, Inbound};
 use crate::store::Store;
+
+mod accounts;
+mod effects;
+
+pub use accounts::{hash_password, verify_password};
 
 /// Chat frames queued per connection before it counts as a slow reader.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 512;
@@ -476,315 +483,7 @@ impl Runner {
         }
     }
 
-    async fn carry_out(&mut self, effects: Vec<Effect>) {
-        let mut step_order = StepOrder::for_effects(&effects);
-        // The step's history entries first, in one commit: each must be durable before the
-        // frames that follow it, and committing earlier than that is as good.
-        let (entries, effects): (Vec<Effect>, Vec<Effect>) =
-            effects.into_iter().partition(|effect| matches!(effect, Effect::Persist(_)));
-        let entries: Vec<HistoryEntry> = entries
-            .into_iter()
-            .filter_map(|effect| match effect {
-                Effect::Persist(entry) => Some(entry),
-                _ => None,
-            })
-            .collect();
-        self.persist(entries).await;
-        let mut queue: VecDeque<Effect> = effects.into();
-        while let Some(effect) = queue.pop_front() {
-            match effect {
-                Effect::Send { to, frame, lane } => {
-                    let lane = step_order.lane(to, lane);
-                    if !self.deliver(to, frame, lane) {
-                        queue.extend(self.hub.disconnect(to, Now::current()));
-                    }
-                }
-                Effect::Broadcast { to, frame, lane } => {
-                    for conn in to {
-                        let lane = step_order.lane(conn, lane);
-                        if !self.deliver(conn, frame.clone(), lane) {
-                            queue.extend(self.hub.disconnect(conn, Now::current()));
-                        }
-                    }
-                }
-                Effect::Close { conn, code, reason } => {
-                    if let Some(link) = self.links.remove(&conn) {
-                        let _ = link.close.send((code, reason));
-                    }
-                }
-                // Effects of a slow reader's removal, queued meanwhile.
-                Effect::Persist(entry) => self.persist(vec![entry]).await,
-                Effect::CreateAccount { conn, name, password, reserved } => {
-                    self.create_account(conn, name, password, reserved)
-                }
-                Effect::CheckLogin { conn, name, password } => self.check_login(conn, name, password),
-                Effect::SaveBan { name, banned } => {
-                    if let Err(e) = self.store.set_ban(name, banned).await {
-                        tracing::error!("could not persist a ban change: {e}");
-                    }
-                }
-                Effect::VoiceJoined { turn_user } => self.presence.joined(&turn_user),
-                Effect::VoiceLeft { turn_user } => self.presence.left(&turn_user),
-                Effect::Publish { origin, event } => {
-                    if !self.to_cluster(ClusterCommand::Publish { origin, event }) {
-                        if let Some(conn) = origin {
-                            queue.extend(self.hub.publish_failed(conn, Now::current()));
-                        }
-                    }
-                }
-                Effect::ClaimName { conn, name, previous, event } => {
-                    let command = ClusterCommand::Claim { conn, name: name.clone(), previous, event };
-                    if !self.to_cluster(command) {
-                        let outcome = super::ClaimOutcome::StoreDown;
-                        queue.extend(self.hub.name_claimed(conn, name, outcome, Now::current()));
-                    }
-                }
-                Effect::JoinVoice { conn, name, max, event } => {
-                    let command = ClusterCommand::JoinVoice { conn, name: name.clone(), max, event };
-                    if !self.to_cluster(command) {
-                        let outcome = super::VoiceOutcome::StoreDown;
-                        queue.extend(self.hub.voice_seated(conn, name, outcome, Now::current()));
-                    }
-                }
-                Effect::RotateRelaySecret { secret, grace_s } => {
-                    if let Some(relay) = self.cluster.as_ref().and_then(|c| c.relay.as_ref()) {
-                        relay.rotate_secret(secret, grace_s);
-                    }
-                }
-                Effect::RouteSignal(signal) => {
-                    if !self.to_cluster(ClusterCommand::Route(signal)) {
-                        tracing::warn!(
-                            "cluster writer queue full: a signaling message to another node was dropped"
-                        );
-                    }
-                }
-                Effect::ReleaseName { name, owner, event } => {
-                    if !self.to_cluster(ClusterCommand::Release { name: name.clone(), owner, event }) {
-                        tracing::warn!(user = %name, "cluster writer queue full: the name expires with its TTL");
-                    }
-                }
-            }
-        }
-    }
-
-    /// Queues a frame for a connection in its lane's queue. False if that queue was full: the
-    /// reader is too slow, its socket is asked to close and the hub must forget it.
-    fn deliver(&mut self, to: ConnId, frame: Frame, lane: Lane) -> bool {
-        let Some(link) = self.links.get(&to) else { return true };
-        let queue = match lane {
-            Lane::Call => &link.urgent,
-            Lane::Chat => &link.frames,
-        };
-        match queue.try_send(frame) {
-            Ok(()) => {
-                self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-                self.call_frame_queued |= lane == Lane::Call;
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(conn = to, ?lane, "outbound queue full: disconnecting a slow reader");
-                self.stats.outbound_queue_drops.fetch_add(1, Ordering::Relaxed);
-                if let Some(link) = self.links.remove(&to) {
-                    let _ = link.close.send((1008, "Outbound queue full (client too slow)".into()));
-                }
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => true,
-        }
-    }
-
-    async fn persist(&self, entries: Vec<HistoryEntry>) {
-        if entries.is_empty() {
-            return;
-        }
-        if let Err(e) = self.store.append(entries).await {
-            tracing::error!("could not persist history entries: {e}");
-        }
-    }
-
     fn conn_ip(&self, conn: ConnId) -> IpAddr {
         self.ips.get(&conn).copied().unwrap_or(IpAddr::from([0, 0, 0, 0]))
-    }
-
-    /// Reads the admin flags off the store thread and hands them to the hub.
-    fn refresh_admins(&self) {
-        if let Some(cluster) = &self.cluster {
-            let (accounts, events) = (cluster.accounts.clone(), self.events.clone());
-            tokio::spawn(async move {
-                match accounts.admin_names().await {
-                    Ok(admins) => {
-                        events.send(HubEvent::AdminsLoaded { admins }).await.ok();
-                    }
-                    Err(e) => tracing::debug!("could not read the admin flags from the cluster store: {e}"),
-                }
-            });
-            return;
-        }
-        let (store, events) = (self.store.clone(), self.events.clone());
-        tokio::spawn(async move {
-            match store.admin_names().await {
-                Ok(admins) => {
-                    events.send(HubEvent::AdminsLoaded { admins }).await.ok();
-                }
-                Err(e) => tracing::warn!("could not read the admin flags: {e}"),
-            }
-        });
-    }
-
-    /// Hashes first, whatever the name: a taken or reserved name costs the same time as a new
-    /// one, so the answer's timing does not tell which names exist.
-    fn create_account(&self, conn: ConnId, name: String, password: String, reserved: bool) {
-        if let Some(cluster) = &self.cluster {
-            let (accounts, events, gate, ip) =
-                (cluster.accounts.clone(), self.events.clone(), self.passwords.clone(), self.conn_ip(conn));
-            tokio::spawn(async move {
-                let hashed = gate.run(ip, move || hash_password(&password)).await;
-                let result = match hashed {
-                    Some(Ok(_)) if reserved => Ok(false),
-                    Some(Ok(hash)) => accounts.create(&name, &hash).await.map_err(|e| e.to_string()),
-                    Some(Err(e)) => Err(e),
-                    None => Err("password hashing failed".to_string()),
-                };
-                events.send(HubEvent::AccountCreated { conn, result }).await.ok();
-            });
-            return;
-        }
-        let (store, events, gate, ip) =
-            (self.store.clone(), self.events.clone(), self.passwords.clone(), self.conn_ip(conn));
-        tokio::spawn(async move {
-            let hashed = gate.run(ip, move || hash_password(&password)).await;
-            let result = match hashed {
-                Some(Ok(_)) if reserved => Ok(false),
-                Some(Ok(hash)) => store.create_account(name, hash).await.map_err(|e| e.to_string()),
-                Some(Err(e)) => Err(e),
-                None => Err("password hashing failed".to_string()),
-            };
-            events.send(HubEvent::AccountCreated { conn, result }).await.ok();
-        });
-    }
-
-    fn check_login(&self, conn: ConnId, name: String, password: String) {
-        if let Some(cluster) = &self.cluster {
-            let (accounts, events, gate, ip) =
-                (cluster.accounts.clone(), self.events.clone(), self.passwords.clone(), self.conn_ip(conn));
-            tokio::spawn(async move {
-                let stored = match accounts.password_hash(&name).await {
-                    Ok(stored) => stored,
-                    Err(e) => {
-                        tracing::error!("account lookup in the cluster store failed: {e}");
-                        None
-                    }
-                };
-                let ok = gate
-                    .run(ip, move || verify_password(&password, stored.as_deref()))
-                    .await
-                    .unwrap_or(false);
-                if ok {
-                    if let Ok(admins) = accounts.admin_names().await {
-                        events.send(HubEvent::AdminsLoaded { admins }).await.ok();
-                    }
-                }
-                events.send(HubEvent::LoginChecked { conn, name, ok }).await.ok();
-            });
-            return;
-        }
-        let (store, events, gate, ip) =
-            (self.store.clone(), self.events.clone(), self.passwords.clone(), self.conn_ip(conn));
-        tokio::spawn(async move {
-            let stored = match store.password_hash(name.clone()).await {
-                Ok(stored) => stored,
-                Err(e) => {
-                    tracing::error!("account lookup failed: {e}");
-                    None
-                }
-            };
-            let ok =
-                gate.run(ip, move || verify_password(&password, stored.as_deref())).await.unwrap_or(false);
-            if ok {
-                // An account the operator just created or flagged is admin from its first login,
-                // not only after the next periodic refresh.
-                if let Ok(admins) = store.admin_names().await {
-                    events.send(HubEvent::AdminsLoaded { admins }).await.ok();
-                }
-            }
-            events.send(HubEvent::LoginChecked { conn, name, ok }).await.ok();
-        });
-    }
-}
-
-/// Keeps the frames one hub step sends a connection in the order the hub produced them. A call
-/// frame overtakes chat frames queued by earlier steps, but not one queued by the same step just
-/// before it: "Alice was kicked by Admin." comes before that step's `webrtc-peer-left`, as in
-/// the original. Only a step that sends a call frame after a chat frame needs this (a kick, a
-/// ban); for every other step it costs one scan of the effects.
-struct StepOrder {
-    /// Connections this step sent a chat frame so far; `None` when the step needs no tracking.
-    sent_chat: Option<HashSet<ConnId>>,
-}
-
-impl StepOrder {
-    fn for_effects(effects: &[Effect]) -> Self {
-        let lane_of = |effect: &Effect| match effect {
-            Effect::Send { lane, .. } | Effect::Broadcast { lane, .. } => Some(*lane),
-            _ => None,
-        };
-        let mut chat_seen = false;
-        let mut call_after_chat = false;
-        for lane in effects.iter().filter_map(lane_of) {
-            match lane {
-                Lane::Chat => chat_seen = true,
-                Lane::Call => call_after_chat |= chat_seen,
-            }
-        }
-        Self { sent_chat: call_after_chat.then(HashSet::new) }
-    }
-
-    /// The lane a frame for `to` takes: a call frame goes behind this step's chat frame to the
-    /// same connection.
-    fn lane(&mut self, to: ConnId, lane: Lane) -> Lane {
-        let Some(sent_chat) = self.sent_chat.as_mut() else { return lane };
-        match lane {
-            Lane::Chat => {
-                sent_chat.insert(to);
-                Lane::Chat
-            }
-            Lane::Call if sent_chat.contains(&to) => Lane::Chat,
-            Lane::Call => Lane::Call,
-        }
-    }
-}
-
-/// argon2id with the crate's default (OWASP-recommended) parameters and a random salt.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt_bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
-}
-
-/// Verifies against the stored hash. Without an account it still does the same work, so the
-/// reply time does not tell an attacker which names exist.
-pub fn verify_password(password: &str, stored: Option<&str>) -> bool {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let dummy = DUMMY.get_or_init(|| hash_password("not-a-real-password").unwrap_or_default());
-    let hash_text = stored.unwrap_or(dummy);
-    let Ok(hash) = PasswordHash::new(hash_text) else { return false };
-    Argon2::default().verify_password(password.as_bytes(), &hash).is_ok() && stored.is_some()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_hash_and_verify() {
-        let hash = hash_password("password123").unwrap();
-        assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password("password123", Some(&hash)));
-        assert!(!verify_password("password124", Some(&hash)));
-        assert!(!verify_password("password123", None));
-        assert!(!verify_password("password123", Some("garbage")));
     }
 }

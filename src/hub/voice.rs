@@ -4,6 +4,9 @@
 //! between named participants. With `force_relay` it rebuilds every candidate, candidate object
 //! and SDP it relays so that nothing but our relays' addresses reaches a peer (see `relay_only`),
 //! hands out TURN credentials in `webrtc-joined`, and refreshes them before they expire.
+//!
+//! This file holds the room (seats, joining, leaving, media, credentials); `signaling` relays
+//! offers, answers and candidates between members, `cluster` is the room across nodes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -11,12 +14,14 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::Value;
 
-use super::relay_only;
 use super::{ConnId, Effect, Hub, Now, Out};
-use crate::cluster::event::{ClusterEvent, RoutedSignal, SignalKind};
-use crate::protocol::{
-    iso_timestamp, ClientMessage, IceCandidate, Participant, ServerMessage, SessionDescription, VoiceConfig,
-};
+use crate::cluster::event::ClusterEvent;
+mod cluster;
+mod signaling;
+
+use signaling::Description;
+
+use crate::protocol::{iso_timestamp, ClientMessage, Participant, ServerMessage, VoiceConfig};
 
 /// Buffered candidates held per (sender, receiver) pair; more drops the oldest.
 pub const MAX_BUFFERED_CANDIDATES: usize = 64;
@@ -46,15 +51,6 @@ pub(super) struct VoiceRoom {
     /// Pairs (sorted names) whose latest relayed description was an answer: negotiation is
     /// complete, so a candidate marked `buffer: true` has no answer left to wait for.
     answered: HashSet<(String, String)>,
-}
-
-/// The unordered pair {a, b} as a key.
-fn pair(a: &str, b: &str) -> (String, String) {
-    if a <= b {
-        (a.to_string(), b.to_string())
-    } else {
-        (b.to_string(), a.to_string())
-    }
 }
 
 impl VoiceRoom {
@@ -112,11 +108,6 @@ impl VoiceRoom {
             .map(|s| Participant { username: s.name.clone(), media_types: s.media_types.clone() })
             .collect()
     }
-}
-
-enum Description {
-    Offer,
-    Answer,
 }
 
 impl Hub {
@@ -315,149 +306,6 @@ impl Hub {
         self.publish(out, None, event);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn relay_description(
-        &mut self,
-        out: &mut Out,
-        conn: ConnId,
-        name: &str,
-        target: Option<String>,
-        description: Option<SessionDescription>,
-        kind: Description,
-        now: Now,
-    ) {
-        if !self.voice.contains(name) {
-            self.webrtc_error(out, conn, "Not in voice chat", now);
-            return;
-        }
-        let Some(description) = description else {
-            let error = match kind {
-                Description::Offer => "Invalid offer data",
-                Description::Answer => "Invalid answer data",
-            };
-            self.webrtc_error(out, conn, error, now);
-            return;
-        };
-        let target = target.filter(|t| t != name && self.voice.contains(t));
-        let Some(target) = target else {
-            self.webrtc_error(out, conn, "Target user not in voice chat", now);
-            return;
-        };
-        let relayed = if self.settings.webrtc.force_relay {
-            match relay_only::description_object(&description, &self.relays, &mut self.privacy) {
-                Ok(rebuilt) => rebuilt,
-                Err(relay_only::UnusableSdp) => {
-                    let error = match kind {
-                        Description::Offer => "Invalid offer data",
-                        Description::Answer => "Invalid answer data",
-                    };
-                    self.webrtc_error(out, conn, error, now);
-                    return;
-                }
-            }
-        } else {
-            Value::Object(description.raw)
-        };
-        let kind = match kind {
-            Description::Offer => SignalKind::Offer,
-            Description::Answer => SignalKind::Answer,
-        };
-        self.deliver_signal(out, name, &target, kind, relayed);
-    }
-
-    /// Hands rebuilt signaling to `to`: its connection here, or its node's inbox. An offer
-    /// reopens the pair's negotiation, an answer closes it and releases buffered candidates.
-    pub(super) fn deliver_signal(
-        &mut self,
-        out: &mut Out,
-        from: &str,
-        to: &str,
-        kind: SignalKind,
-        payload: Value,
-    ) {
-        if let Some(node) = self.voice.remote_node_of(to) {
-            let signal =
-                RoutedSignal { node: node.to_string(), from: from.into(), to: to.into(), kind, payload };
-            out.push(Effect::RouteSignal(signal));
-        } else if let Some(to_conn) = self.voice.conn_of(to) {
-            match kind {
-                SignalKind::Offer => {
-                    out.send(to_conn, &ServerMessage::WebrtcOffer { from_username: from, offer: &payload })
-                }
-                SignalKind::Answer => {
-                    out.send(to_conn, &ServerMessage::WebrtcAnswer { from_username: from, answer: &payload })
-                }
-                SignalKind::Candidate => out.send(
-                    to_conn,
-                    &ServerMessage::WebrtcIceCandidate { from_username: from, candidate: &payload },
-                ),
-            }
-        } else {
-            return;
-        }
-        match kind {
-            SignalKind::Offer => {
-                self.voice.answered.remove(&pair(from, to));
-            }
-            SignalKind::Answer => {
-                self.voice.answered.insert(pair(from, to));
-                self.flush_buffered(out, from, to);
-            }
-            SignalKind::Candidate => {}
-        }
-    }
-
-    /// After an answer between `a` and `b`, deliver what each buffered for the other, in order.
-    fn flush_buffered(&mut self, out: &mut Out, a: &str, b: &str) {
-        for (from, to) in [(b, a), (a, b)] {
-            let Some(queue) = self.voice.buffered.remove(&(from.to_string(), to.to_string())) else {
-                continue;
-            };
-            for candidate in queue {
-                self.deliver_signal(out, from, to, SignalKind::Candidate, candidate);
-            }
-        }
-    }
-
-    /// Invalid candidates are dropped silently (the original's behaviour; clients expect no reply).
-    fn relay_candidate(
-        &mut self,
-        out: &mut Out,
-        name: &str,
-        target: Option<String>,
-        candidate: Option<Box<IceCandidate>>,
-        buffer: bool,
-    ) {
-        let (Some(target), Some(candidate)) = (target, candidate) else { return };
-        if !self.voice.contains(name) || target == name || !self.voice.contains(&target) {
-            return;
-        }
-        let candidate = if self.settings.webrtc.force_relay {
-            // Dropped candidates are counted (and logged at debug, without the address) there.
-            match relay_only::candidate_object(&candidate, &self.relays, &mut self.privacy) {
-                Ok(rebuilt) => rebuilt,
-                Err(_) => return,
-            }
-        } else {
-            Value::Object(candidate.raw)
-        };
-        // Hold the candidate until the pair's answer goes through, unless it already has (the
-        // candidate was gathered after the answer): waiting for a *next* answer that may never
-        // come would lose it.
-        if buffer && !self.voice.answered.contains(&pair(name, &target)) {
-            let queue = self.voice.buffered.entry((name.to_string(), target)).or_default();
-            if queue.len() >= MAX_BUFFERED_CANDIDATES {
-                queue.pop_front();
-                tracing::warn!(
-                    "buffered candidates for one peer pair exceeded {MAX_BUFFERED_CANDIDATES}; dropped the oldest"
-                );
-            }
-            queue.push_back(candidate);
-            return;
-        }
-        self.deliver_signal(out, name, &target, SignalKind::Candidate, candidate);
-    }
-
     fn change_media(
         &mut self,
         out: &mut Out,
@@ -523,208 +371,5 @@ impl Hub {
                 },
             );
         }
-    }
-}
-
-/// Cluster mode: the one voice room spans the nodes. Seats are taken with the `voice_join`
-/// script (the room's size holds cluster-wide) and come and go on every node as the log says;
-/// signaling for a member on another node goes to that node's inbox.
-impl Hub {
-    fn join_voice_clustered(
-        &mut self,
-        out: &mut Out,
-        conn: ConnId,
-        name: String,
-        turn_user: String,
-        media_types: Vec<String>,
-        now: Now,
-    ) {
-        if self.cluster_store_down() {
-            self.webrtc_error(out, conn, super::cluster::STORE_DOWN_VOICE, now);
-            return;
-        }
-        let Some(connection) = self.connections.get_mut(&conn) else { return };
-        if connection.voice_pending.is_some() {
-            self.webrtc_error(out, conn, "Already joining voice chat", now);
-            return;
-        }
-        connection.voice_pending = Some(turn_user.clone());
-        let Some(replica) = &self.cluster else { return };
-        let entry = crate::protocol::HistoryEntry {
-            kind: crate::protocol::HistoryKind::System,
-            username: None,
-            text: super::voice_notice(&name, true),
-            timestamp: iso_timestamp(now.wall),
-        };
-        let owner = crate::cluster::event::Owner { node: replica.node.clone(), conn };
-        let event =
-            ClusterEvent::VoiceJoined { name: name.clone(), owner, turn_user, media: media_types, entry };
-        out.push(Effect::JoinVoice { conn, name, max: self.settings.webrtc.max_participants, event });
-    }
-
-    /// The store answered a `JoinVoice`.
-    pub fn voice_seated(
-        &mut self,
-        conn: ConnId,
-        name: String,
-        outcome: super::VoiceOutcome,
-        now: Now,
-    ) -> Vec<Effect> {
-        let mut out = Out::default();
-        let max = self.settings.webrtc.max_participants;
-        let error = match outcome {
-            // `VoiceJoined`, read back from the log, seats the user.
-            super::VoiceOutcome::Seated => return out.effects,
-            super::VoiceOutcome::Full => format!("Voice chat is full ({max} maximum)"),
-            super::VoiceOutcome::AlreadySeated => "Already in voice chat".to_string(),
-            super::VoiceOutcome::StoreDown => super::cluster::STORE_DOWN_VOICE.to_string(),
-        };
-        let Some(connection) = self.connections.get_mut(&conn) else { return out.effects };
-        if connection.name.as_deref() != Some(name.as_str()) {
-            return out.effects;
-        }
-        connection.voice_pending = None;
-        self.webrtc_error(&mut out, conn, &error, now);
-        out.effects
-    }
-
-    pub(super) fn apply_voice_joined(
-        &mut self,
-        out: &mut Out,
-        event: (String, crate::cluster::event::Owner, String, Vec<String>),
-        entry: crate::protocol::HistoryEntry,
-        now: Now,
-    ) {
-        let (name, owner, turn_user, media_types) = event;
-        if self.voice.turn_user_of(&name) == Some(turn_user.as_str()) {
-            return;
-        }
-        let Some(replica) = &self.cluster else { return };
-        let ours = owner.node == replica.node;
-        let waiting = ours
-            && self
-                .connections
-                .get(&owner.conn)
-                .is_some_and(|c| c.voice_pending.as_deref() == Some(turn_user.as_str()));
-        let others = self.voice.local_conns();
-        let remote = if waiting { None } else { Some(owner.node.clone()) };
-        self.voice.seats.push(Seat {
-            name: name.clone(),
-            turn_user: turn_user.clone(),
-            conn: owner.conn,
-            remote,
-            media_types: media_types.clone(),
-            credentials_refresh_at: self.credentials_refresh_at(now),
-            joined_at: now.wall,
-        });
-        // Every node's relay admits the seat: credentials verify on any node.
-        out.push(Effect::VoiceJoined { turn_user: turn_user.clone() });
-        if waiting {
-            if let Some(connection) = self.connections.get_mut(&owner.conn) {
-                connection.voice_pending = None;
-            }
-            let config = self.voice_config(owner.conn, &turn_user, now);
-            let participants = self.voice.participants();
-            out.send(
-                owner.conn,
-                &ServerMessage::WebrtcJoined { participants: &participants, config: &config },
-            );
-        }
-        out.broadcast(
-            others,
-            &ServerMessage::WebrtcPeerJoined { username: &name, media_types: &media_types },
-        );
-        self.show_cluster_entry(out, entry);
-    }
-
-    pub(super) fn apply_voice_left(
-        &mut self,
-        out: &mut Out,
-        name: &str,
-        turn_user: &str,
-        entry: crate::protocol::HistoryEntry,
-    ) {
-        let index = self.voice.seats.iter().position(|s| s.name == name && s.turn_user == turn_user);
-        if let Some(index) = index {
-            self.remove_seat(out, index);
-        }
-        self.show_cluster_entry(out, entry);
-    }
-
-    pub(super) fn apply_media_changed(
-        &mut self,
-        out: &mut Out,
-        name: &str,
-        turn_user: &str,
-        media: Vec<String>,
-    ) {
-        let Some(seat) = self.voice.seats.iter_mut().find(|s| s.name == name && s.turn_user == turn_user)
-        else {
-            return;
-        };
-        seat.media_types = media.clone();
-        let own = (seat.remote.is_none()).then_some(seat.conn);
-        let others = self.voice.local_conns().into_iter().filter(|&c| Some(c) != own).collect();
-        out.broadcast(others, &ServerMessage::WebrtcMediaChanged { username: name, media_types: &media });
-    }
-
-    /// A dead node's seats: gone, with the notices the reaper stored.
-    pub(super) fn drop_node_seats(&mut self, out: &mut Out, node: &str, seats: &[String], timestamp: &str) {
-        for name in seats {
-            let index =
-                self.voice.seats.iter().position(|s| &s.name == name && s.remote.as_deref() == Some(node));
-            let Some(index) = index else { continue };
-            self.remove_seat(out, index);
-            let entry = crate::protocol::HistoryEntry {
-                kind: crate::protocol::HistoryKind::System,
-                username: None,
-                text: super::voice_notice(name, false),
-                timestamp: timestamp.to_string(),
-            };
-            self.show_cluster_entry(out, entry);
-        }
-    }
-
-    /// The seats of a snapshot: other nodes' seats replace what we knew of them (ours stay).
-    pub(super) fn replace_remote_seats(
-        &mut self,
-        out: &mut Out,
-        seats: Vec<(String, crate::cluster::event::SeatRecord)>,
-        now: Now,
-    ) {
-        let Some(replica) = &self.cluster else { return };
-        let node = replica.node.clone();
-        for seat in std::mem::take(&mut self.voice.seats) {
-            if seat.remote.is_some() {
-                out.push(Effect::VoiceLeft { turn_user: seat.turn_user });
-            } else {
-                self.voice.seats.push(seat);
-            }
-        }
-        for (name, record) in seats {
-            if record.node == node || self.voice.contains(&name) {
-                continue;
-            }
-            out.push(Effect::VoiceJoined { turn_user: record.turn_user.clone() });
-            self.voice.seats.push(Seat {
-                name,
-                turn_user: record.turn_user,
-                conn: record.conn,
-                remote: Some(record.node),
-                media_types: record.media,
-                credentials_refresh_at: now.mono,
-                joined_at: now.wall,
-            });
-        }
-    }
-
-    /// Signaling from another node's voice member for one of ours (already rebuilt there).
-    pub fn remote_signal(&mut self, signal: RoutedSignal, _now: Now) -> Vec<Effect> {
-        let mut out = Out::default();
-        if self.voice.conn_of(&signal.to).is_none() {
-            return out.effects; // left meanwhile: dropped, as a local target that left would be
-        }
-        self.deliver_signal(&mut out, &signal.from, &signal.to, signal.kind, signal.payload);
-        out.effects
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use super::histogram::LatencySummary;
 use super::procfs;
 use super::ws_session::{self, Behaviour, Counters, Session};
-use call_setup::{join_times, offer_answer};
+use call_setup::{join_times, CallPair};
 pub use fanout::{fan_out, FanoutReport};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -187,22 +187,7 @@ pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
     r.listeners_connected = idle.len() + sender_sessions.len();
     r.sessions_failed += failed;
     r.first_connect_error = first;
-    let caller = ws_session::open(
-        &c.url,
-        &name(&c.prefix, "rtca", 0),
-        Behaviour { forward_events: true, auto_answer: false },
-        counters.clone(),
-        stop_rx.clone(),
-    )
-    .await?;
-    let callee = ws_session::open(
-        &c.url,
-        &name(&c.prefix, "rtcb", 0),
-        Behaviour { forward_events: true, auto_answer: true },
-        counters.clone(),
-        stop_rx.clone(),
-    )
-    .await?;
+    let pair = CallPair::open(&c, &counters, &stop_rx).await?;
     r.listener_ramp_s = t0.elapsed().as_secs_f64();
     eprintln!("[{}] {} listeners connected in {:.1}s", c.label, r.listeners_connected, r.listener_ramp_s);
     settle(pid, Duration::from_secs(30)).await;
@@ -210,8 +195,8 @@ pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
     // 2. Fan-out and offer/answer latency, concurrently.
     let receivers = (r.listeners_connected + 2) as u64;
     let fan = fan_out(Duration::from_secs_f64(c.fanout_secs), pid, sender_sessions, &counters, receivers);
-    let rtc = offer_answer(&c, caller, callee);
-    let ((fanout, senders_back), (one_way, rtt, lost, caller, callee)) = tokio::join!(fan, rtc);
+    let rtc = pair.measure(c.offers);
+    let ((fanout, senders_back), (one_way, rtt, lost)) = tokio::join!(fan, rtc);
     r.fanout = fanout;
     r.offer_one_way = one_way.summary_us();
     r.offer_answer_rtt = rtt.summary_us();
@@ -308,6 +293,6 @@ pub async fn run(c: SignalingCli) -> anyhow::Result<SignalingReport> {
     // Close politely (a close frame each); the handles drop when this returns.
     let _ = stop_tx.send(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    drop((idle, extra, senders_back, caller, callee));
+    drop((idle, extra, senders_back));
     Ok(r)
 }

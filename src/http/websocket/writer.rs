@@ -4,7 +4,10 @@
 //!
 //! The writer takes from the urgent queue first, and writes whatever is waiting when it wakes
 //! up as one batch: every frame fed into tungstenite's write buffer, one flush at the end, so a
-//! busy session costs a write syscall per batch instead of per frame. Long messages go out as
+//! busy session costs a write syscall per batch instead of per frame. Urgent frames are flushed
+//! on their own before the batch's chat frames are fed: otherwise a call frame would wait in the
+//! write buffer until up to `BATCH_FRAMES` chat frames behind it were written too, and if the
+//! client reads slowly that flush waits for room in the socket. Long messages go out as
 //! fragments so that no session keeps a history-sized write buffer.
 
 use std::task::Poll;
@@ -36,16 +39,16 @@ pub(super) struct Outbound {
 }
 
 impl Outbound {
-    /// The next frame to write, urgent first; `None` once the hub let go of the session and
-    /// both queues are drained. Cancel-safe.
-    pub(super) async fn next(&mut self) -> Option<Frame> {
+    /// The next frame to write, urgent first, and whether it is urgent; `None` once the hub
+    /// let go of the session and both queues are drained. Cancel-safe.
+    pub(super) async fn next(&mut self) -> Option<(Frame, bool)> {
         std::future::poll_fn(|cx| {
             let urgent = self.urgent.poll_recv(cx);
             if let Poll::Ready(Some(frame)) = urgent {
-                return Poll::Ready(Some(frame));
+                return Poll::Ready(Some((frame, true)));
             }
             match self.chat.poll_recv(cx) {
-                Poll::Ready(Some(frame)) => Poll::Ready(Some(frame)),
+                Poll::Ready(Some(frame)) => Poll::Ready(Some((frame, false))),
                 // Both senders live in one `ConnLink`, dropped together.
                 Poll::Ready(None) if urgent.is_ready() => Poll::Ready(None),
                 _ => Poll::Pending,
@@ -56,19 +59,39 @@ impl Outbound {
 
     /// A frame already waiting, urgent first.
     fn try_next(&mut self) -> Option<Frame> {
-        self.urgent.try_recv().or_else(|_| self.chat.try_recv()).ok()
+        self.try_next_urgent().or_else(|| self.chat.try_recv().ok())
+    }
+
+    /// An urgent frame already waiting.
+    fn try_next_urgent(&mut self) -> Option<Frame> {
+        self.urgent.try_recv().ok()
     }
 }
 
 /// Writes `first` and whatever else is waiting (up to `BATCH_FRAMES`, urgent frames first at
-/// every step) with one flush at the end.
-pub(super) async fn write_batch<K>(sink: &mut K, first: Frame, queued: &mut Outbound) -> Result<(), WsError>
+/// every step) with one flush at the end; urgent frames (`first` among them if `first_is_urgent`)
+/// are flushed as soon as no more urgent frames wait, before the next chat frame is fed.
+pub(super) async fn write_batch<K>(
+    sink: &mut K,
+    first: Frame,
+    first_is_urgent: bool,
+    queued: &mut Outbound,
+) -> Result<(), WsError>
 where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     feed_text(sink, first).await?;
+    let mut urgent_unflushed = first_is_urgent;
     for _ in 1..BATCH_FRAMES {
-        let Some(frame) = queued.try_next() else { break };
+        if let Some(frame) = queued.try_next_urgent() {
+            feed_text(sink, frame).await?;
+            urgent_unflushed = true;
+            continue;
+        }
+        if std::mem::take(&mut urgent_unflushed) {
+            sink.flush().await?;
+        }
+        let Ok(frame) = queued.chat.try_recv() else { break };
         feed_text(sink, frame).await?;
     }
     sink.flush().await
@@ -118,4 +141,69 @@ where
         start = end;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A sink that records what is fed to it and when it is flushed.
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl futures_util::Sink<Message> for Recorder {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            let text = item.into_text().map(|t| t.to_string()).unwrap_or_default();
+            self.0.push(text);
+            Ok(())
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            self.0.push("flush".into());
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn queues(urgent: &[&str], chat: &[&str]) -> Outbound {
+        let (urgent_tx, urgent_rx) = mpsc::channel(8);
+        let (chat_tx, chat_rx) = mpsc::channel(8);
+        for frame in urgent {
+            urgent_tx.try_send(Frame::from(*frame)).unwrap();
+        }
+        for frame in chat {
+            chat_tx.try_send(Frame::from(*frame)).unwrap();
+        }
+        Outbound { urgent: urgent_rx, chat: chat_rx }
+    }
+
+    #[tokio::test]
+    async fn urgent_frames_reach_the_socket_before_the_chat_frames_of_the_batch_are_fed() {
+        let mut queued = queues(&["answer"], &["chat 1", "chat 2"]);
+        let mut sink = Recorder::default();
+        write_batch(&mut sink, Frame::from("offer"), true, &mut queued).await.unwrap();
+        assert_eq!(sink.0, ["offer", "answer", "flush", "chat 1", "chat 2", "flush"]);
+    }
+
+    #[tokio::test]
+    async fn an_urgent_frame_queued_behind_chat_is_fed_next_and_flushed_at_once() {
+        // A batch that starts with chat: the urgent frame still goes next, flushed before the
+        // rest of the chat is fed; a batch of chat alone is one flush.
+        let mut queued = queues(&["offer"], &["chat 2"]);
+        let mut sink = Recorder::default();
+        write_batch(&mut sink, Frame::from("chat 1"), false, &mut queued).await.unwrap();
+        assert_eq!(sink.0, ["chat 1", "offer", "flush", "chat 2", "flush"]);
+        let mut queued = queues(&[], &["chat 2", "chat 3"]);
+        let mut sink = Recorder::default();
+        write_batch(&mut sink, Frame::from("chat 1"), false, &mut queued).await.unwrap();
+        assert_eq!(sink.0, ["chat 1", "chat 2", "chat 3", "flush"]);
+    }
 }

@@ -259,3 +259,36 @@ fn a_muted_or_revoked_user_cannot_shed_it_with_a_new_nick() {
     h.chat(bob, "/nick Robert");
     assert_eq!(h.texts_to(bob), ["Bob is now Robert"]);
 }
+
+#[test]
+fn the_voice_revocation_record_is_capped_and_drops_the_oldest_first() {
+    use crate::hub::operator_limits::MAX_VOICE_REVOCATIONS;
+    let mut h = Harness::new(|_| {});
+    let revoke = |h: &mut Harness, n: &str| {
+        h.admin(AdminRequest::RevokeTurn { name: name(n), duration: Duration::from_secs(3600) }).unwrap();
+        h.advance(Duration::from_millis(1));
+    };
+    // Filled directly (the same path the operator request takes, without its reply and
+    // notices), into a map sized once: this test then frees next to nothing while it runs,
+    // which memory::tests, measuring the process's heap meanwhile, relies on.
+    h.hub.voice_revoked.reserve(MAX_VOICE_REVOCATIONS + 1);
+    for i in 0..MAX_VOICE_REVOCATIONS {
+        let (now, until) = (h.now, Until::after(h.now, Duration::from_secs(3600)));
+        h.hub.revoke_voice(format!("user{i}"), until, now);
+        h.advance(Duration::from_millis(1));
+    }
+    assert_eq!(h.hub.voice_revoked.len(), MAX_VOICE_REVOCATIONS);
+    // Revoking someone already on record again does not push anyone out.
+    revoke(&mut h, "user5");
+    assert!(h.hub.voice_revoked.contains_key("user0"));
+    // A new name at the cap drops the oldest revocation (user0), nobody else.
+    revoke(&mut h, "newcomer");
+    assert_eq!(h.hub.voice_revoked.len(), MAX_VOICE_REVOCATIONS);
+    assert!(!h.hub.voice_revoked.contains_key("user0"));
+    assert!(h.hub.voice_revoked.contains_key("user1") && h.hub.voice_revoked.contains_key("newcomer"));
+    // The dropped one may join voice again; the others are still kept out.
+    let user0 = h.connect(Some("user0"));
+    assert_eq!(join_voice(&mut h, user0, &["audio"])[0]["type"], "webrtc-joined");
+    let user1 = h.connect(Some("user1"));
+    assert_eq!(join_voice(&mut h, user1, &["audio"])[0]["type"], "webrtc-error");
+}

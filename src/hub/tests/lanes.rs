@@ -5,6 +5,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::cluster::event::{ClusterEvent, Owner, RoutedSignal, SignalKind};
 use crate::hub::lanes::{self, ConnOrder, InboundLane, LaneReceivers, LaneSenders};
 use crate::hub::runner::{ConnLink, HubEvent};
 use crate::protocol::ClientMessage;
@@ -114,8 +115,56 @@ fn describe(event: &HubEvent) -> String {
             Inbound::Message { message: ClientMessage::Ping, .. } => format!("ping {conn}"),
             _ => format!("chat {conn}"),
         },
+        HubEvent::ClusterApply { event } => match event {
+            ClusterEvent::Chat { .. } => "log chat".to_string(),
+            ClusterEvent::UserJoined { name, .. } => format!("log joined {name}"),
+            ClusterEvent::Kick { name, .. } => format!("log kick {name}"),
+            ClusterEvent::VoiceJoined { name, .. } => format!("log voice-joined {name}"),
+            other => format!("log {other:?}"),
+        },
+        HubEvent::RemoteSignal(signal) => format!("routed from {}", signal.from),
         _ => "internal".to_string(),
     }
+}
+
+fn log_entry(text: &str) -> HistoryEntry {
+    HistoryEntry {
+        kind: HistoryKind::Chat,
+        username: Some("Zed".into()),
+        text: text.into(),
+        timestamp: "2026-01-01T00:00:00.000Z".into(),
+    }
+}
+
+fn log_chat() -> HubEvent {
+    HubEvent::ClusterApply { event: ClusterEvent::Chat { entry: log_entry("flood") } }
+}
+
+fn log_joined(name: &str) -> HubEvent {
+    let owner = Owner { node: "node-b".into(), conn: 7 };
+    HubEvent::ClusterApply { event: ClusterEvent::UserJoined { name: name.into(), owner, entry: None } }
+}
+
+fn log_voice_joined(name: &str) -> HubEvent {
+    let owner = Owner { node: "node-b".into(), conn: 7 };
+    let event = ClusterEvent::VoiceJoined {
+        name: name.into(),
+        owner,
+        turn_user: format!("{name}-turn"),
+        media: vec!["audio".into()],
+        entry: log_entry("joined voice"),
+    };
+    HubEvent::ClusterApply { event }
+}
+
+fn routed_offer(from: &str) -> HubEvent {
+    HubEvent::RemoteSignal(RoutedSignal {
+        node: "node-a".into(),
+        from: from.into(),
+        to: "Alice".into(),
+        kind: SignalKind::Offer,
+        payload: json!({"type": "offer", "sdp": "v=0"}),
+    })
 }
 
 /// Every event waiting, in the order the runner takes them.
@@ -223,4 +272,40 @@ async fn a_step_takes_waiting_presence_and_chat_in_order_and_stops_at_signaling(
     send_all(&senders, &ConnOrder::default(), vec![offer(3)]).await;
     assert!(receivers.try_next_unless_signaling().is_none(), "signaling ends a step");
     assert_eq!(drain(&mut receivers), ["webrtc 3", "chat 1"]);
+}
+
+#[tokio::test]
+async fn routed_signals_and_voice_entries_overtake_cluster_chat_but_never_a_membership_entry() {
+    let (senders, mut receivers) = lanes::channels();
+    // The log's chat flood stays in the chat lane; a routed offer and a voice entry from a
+    // quiet moment of the log overtake it.
+    for _ in 0..50 {
+        senders.send(log_chat()).await.unwrap();
+    }
+    senders.send(log_voice_joined("Bob")).await.unwrap();
+    senders.send(routed_offer("Bob")).await.unwrap();
+    assert_eq!(receivers.lane_len(InboundLane::Signal), 2);
+    let taken = drain(&mut receivers);
+    assert_eq!(taken[..3], ["log voice-joined Bob", "routed from Bob", "log chat"]);
+    assert_eq!(taken.len(), 52);
+
+    // Carol joins the chat (a membership entry), then voice, then calls, all behind chat:
+    // her VoiceJoined and her offer wait behind her UserJoined, in the log's order.
+    for _ in 0..10 {
+        senders.send(log_chat()).await.unwrap();
+    }
+    senders.send(log_joined("Carol")).await.unwrap();
+    senders.send(log_voice_joined("Carol")).await.unwrap();
+    senders.send(routed_offer("Carol")).await.unwrap();
+    senders.send(log_chat()).await.unwrap();
+    assert_eq!(receivers.lane_len(InboundLane::Signal), 0, "nothing may overtake Carol's join");
+    let taken = drain(&mut receivers);
+    assert_eq!(taken[10..13], ["log joined Carol", "log voice-joined Carol", "routed from Carol"]);
+    assert_eq!(taken.len(), 14);
+
+    // Once those are handled, the next routed signal takes the fast lane again, even with
+    // chat from the log waiting.
+    senders.send(log_chat()).await.unwrap();
+    senders.send(routed_offer("Carol")).await.unwrap();
+    assert_eq!(drain(&mut receivers), ["routed from Carol", "log chat"]);
 }

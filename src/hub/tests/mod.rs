@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::ice_servers::TurnEndpoints;
-use crate::protocol::parse_inbound;
+use crate::protocol::{parse_inbound, Frame, HistoryKind, Lane};
 
 mod accounts;
 mod address_privacy;

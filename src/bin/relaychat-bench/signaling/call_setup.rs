@@ -1,21 +1,102 @@
 //! Call setup under load, for `relaychat-bench signaling`: offer one-way latency and the
 //! offer->answer round trip between two voice participants while the chat fan-out runs (step
 //! 2), and the time fresh connections take from TCP connect to `webrtc-joined` (step 3).
+//!
+//! The two voice participants live on a thread and runtime of their own (`CallPair`): the
+//! generator's main runtime reads 1,000 sockets on two threads, and an offer that reached the
+//! callee's socket in time would otherwise wait for its reading task to get a turn behind the
+//! others (measured: that wait was most of the offer latency, see BENCHMARKS.md). Like a browser,
+//! which reads its one socket on its own, the pair measures the server and not the generator.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{name, SignalingCli};
 use crate::histogram::Histogram;
 use crate::load::now_ns;
 use crate::ws_session::{self, sdp_with_seq, Behaviour, Counters, Event, Session};
 
+/// What the offer phase measured: offer one-way, offer->answer round trip, offers unanswered.
+pub(super) type OfferResult = (Histogram, Histogram, u64);
+
+/// The caller and callee, connected on their own thread; `measure` runs the offers.
+pub(super) struct CallPair {
+    go: oneshot::Sender<()>,
+    result: oneshot::Receiver<OfferResult>,
+}
+
+impl CallPair {
+    /// Connect both (names `rtca0`/`rtcb0` after `prefix`) on a new thread with a
+    /// single-threaded runtime; they stay connected until `stop` fires.
+    pub(super) async fn open(
+        c: &SignalingCli,
+        counters: &Arc<Counters>,
+        stop: &watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<()>>();
+        let (go, go_rx) = oneshot::channel::<()>();
+        let (result_tx, result) = oneshot::channel::<OfferResult>();
+        let (c, counters, mut stop) = (c.clone(), counters.clone(), stop.clone());
+        std::thread::Builder::new().name("call-pair".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let open = |who: &str, auto_answer: bool| {
+                    let b = Behaviour { forward_events: true, auto_answer };
+                    let (url, user) = (c.url.clone(), name(&c.prefix, who, 0));
+                    let (counters, stop) = (counters.clone(), stop.clone());
+                    async move { ws_session::open(&url, &user, b, counters, stop).await }
+                };
+                let pair =
+                    async { Ok::<_, anyhow::Error>((open("rtca", false).await?, open("rtcb", true).await?)) };
+                let (caller, callee) = match pair.await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let (caller, callee) = if go_rx.await.is_ok() {
+                    let (one_way, rtt, lost, caller, callee) = offer_answer(&c, caller, callee).await;
+                    let _ = result_tx.send((one_way, rtt, lost));
+                    (caller, callee)
+                } else {
+                    (caller, callee)
+                };
+                // Stay connected (counted as listeners) until the run ends, then close politely.
+                let _ = stop.wait_for(|s| *s).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                drop((caller, callee));
+            });
+        })?;
+        ready_rx.await.context("call-pair thread ended")??;
+        Ok(CallPair { go, result })
+    }
+
+    /// Run the offer phase now (on the pair's thread) and wait for its numbers; with `offers`
+    /// 0 (a server without voice, like the Node original's default) nothing is sent.
+    pub(super) async fn measure(self, offers: usize) -> OfferResult {
+        if offers == 0 {
+            return (Histogram::default(), Histogram::default(), 0);
+        }
+        let _ = self.go.send(());
+        self.result.await.unwrap_or((Histogram::default(), Histogram::default(), offers as u64))
+    }
+}
+
 /// Both join voice; the caller sends `offers` offers spread over the fan-out, the callee answers.
-pub(super) async fn offer_answer(
+async fn offer_answer(
     c: &SignalingCli,
     mut caller: Session,
     mut callee: Session,
