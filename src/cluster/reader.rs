@@ -29,6 +29,9 @@ use crate::protocol::HistoryEntry;
 const BLOCK_MS: u64 = 1000;
 /// Entries taken per read.
 const READ_COUNT: usize = 512;
+/// Log entries handed to the hub in one event (one hub step): a read of many entries reaches
+/// each connection as one write instead of one per entry, and a step stays short.
+const APPLY_BATCH: usize = 64;
 /// Reconnect delays: from the first to the longest.
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
@@ -157,13 +160,16 @@ async fn read_inner(
                 log_entries = entries;
             }
         }
+        let mut events = Vec::with_capacity(log_entries.len().min(APPLY_BATCH));
         for (id, fields) in log_entries {
             read_any = true;
             let n = field(&fields, "n").and_then(|n| n.parse::<u64>().ok());
             if let (Some(last), Some(n)) = (*cursor.seq, n) {
                 if n > last + 1 {
                     // Entries last+1 .. n-1 were trimmed before this node read them: the log
-                    // cannot fill the gap, a snapshot (newer than this whole batch) does.
+                    // cannot fill the gap, a snapshot (newer than this whole batch) does. What
+                    // came before the gap goes first.
+                    apply(hub, std::mem::take(&mut events)).await?;
                     resynchronize(ctx, hub, scripts, conn, cursor, history_limit).await?;
                     break;
                 }
@@ -180,10 +186,12 @@ async fn read_inner(
                 tracing::warn!(id, "skipping a cluster log entry this version cannot read");
                 continue;
             };
-            if !hub.send(HubEvent::ClusterApply { event }).await {
-                return Err(Stop::HubGone);
+            events.push(event);
+            if events.len() == APPLY_BATCH {
+                apply(hub, std::mem::take(&mut events)).await?;
             }
         }
+        apply(hub, events).await?;
         for (id, fields) in inbox_entries {
             read_any = true;
             *cursor.inbox = Some(id.clone());
@@ -200,6 +208,15 @@ async fn read_inner(
             let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
             ctx.status.caught_up_ms.store(now, Ordering::Relaxed);
         }
+    }
+}
+
+/// Hands log events to the hub as one step (nothing for none).
+async fn apply(hub: &HubHandle, events: Vec<ClusterEvent>) -> Result<(), Stop> {
+    if events.is_empty() || hub.send(HubEvent::ClusterApply { events }).await {
+        Ok(())
+    } else {
+        Err(Stop::HubGone)
     }
 }
 

@@ -28,6 +28,9 @@ pub const STORE_DOWN_CONNECT: &str =
     "This server cannot reach the chat cluster's store right now. Please try again in a moment.";
 pub const STORE_DOWN_NOT_SENT: &str =
     "Message not sent: the chat cluster's store is unreachable. Try again in a moment.";
+pub const STORE_SLOW_MAYBE_SENT: &str =
+    "Your message may not have been sent: the chat cluster's store did not \
+     answer in time. If it was saved it appears in the chat shortly; if it does not, send it again.";
 pub const STORE_DOWN_NICK: &str =
     "Nick not changed: the chat cluster's store is unreachable. Try again in a moment.";
 pub const STORE_DOWN_VOICE: &str =
@@ -44,6 +47,16 @@ pub enum ClaimOutcome {
     Taken,
     /// Redis did not answer.
     StoreDown,
+}
+
+/// Why a change from a user is not known to be in the shared log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishFailure {
+    /// Redis did not run it (the writer's queue was full, no connection, Redis refused it).
+    NotWritten,
+    /// Redis did not answer in time or the connection broke mid-call: it may have been
+    /// written. If it was, its echo comes from the log like any other.
+    MaybeWritten,
 }
 
 /// How a voice join ended (the `voice_join` script's answer).
@@ -252,11 +265,15 @@ impl Hub {
         out.effects
     }
 
-    /// A change from `conn` could not be written.
-    pub fn publish_failed(&mut self, conn: ConnId, _now: Now) -> Vec<Effect> {
+    /// A change from `conn` could not be written, or may not have been.
+    pub fn publish_failed(&mut self, conn: ConnId, failure: PublishFailure, _now: Now) -> Vec<Effect> {
         let mut out = Out::default();
         if self.connections.contains_key(&conn) {
-            out.system(conn, STORE_DOWN_NOT_SENT);
+            let text = match failure {
+                PublishFailure::NotWritten => STORE_DOWN_NOT_SENT,
+                PublishFailure::MaybeWritten => STORE_SLOW_MAYBE_SENT,
+            };
+            out.system(conn, text);
         }
         out.effects
     }
@@ -331,6 +348,11 @@ impl Hub {
             tracing::warn!("cluster replica resynchronized from a snapshot");
         }
         out.effects
+    }
+
+    /// Applies events read from the shared log, in order.
+    pub fn cluster_events(&mut self, events: Vec<ClusterEvent>, now: Now) -> Vec<Effect> {
+        events.into_iter().flat_map(|event| self.cluster_event(event, now)).collect()
     }
 
     /// Applies one event read from the shared log (from any node, this one included).

@@ -45,7 +45,7 @@ use voice::VoiceRoom;
 use crate::cluster::event::{ClusterEvent, Owner, RoutedSignal};
 use admin::Until;
 pub use admin::{AdminError, AdminReply, AdminRequest};
-pub use cluster::{ClaimOutcome, VoiceOutcome, CLOSE_TRY_AGAIN_LATER};
+pub use cluster::{ClaimOutcome, PublishFailure, VoiceOutcome, CLOSE_TRY_AGAIN_LATER};
 
 pub type ConnId = u64;
 
