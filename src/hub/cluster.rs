@@ -411,11 +411,11 @@ impl Hub {
             ClusterEvent::Kick { name, notice, entry } => {
                 self.show_removal(&mut out, &name, &notice, "Kicked", entry, now)
             }
-            ClusterEvent::VoiceJoined { name, owner, turn_user, media, entry } => {
-                self.apply_voice_joined(&mut out, (name, owner, turn_user, media), entry, now)
+            ClusterEvent::VoiceJoined { name, owner, turn_user, media, entry, live_only } => {
+                self.apply_voice_joined(&mut out, (name, owner, turn_user, media), (entry, live_only), now)
             }
-            ClusterEvent::VoiceLeft { name, turn_user, entry } => {
-                self.apply_voice_left(&mut out, &name, &turn_user, entry)
+            ClusterEvent::VoiceLeft { name, turn_user, entry, live_only } => {
+                self.apply_voice_left(&mut out, &name, &turn_user, (entry, live_only))
             }
             ClusterEvent::MediaChanged { name, turn_user, media } => {
                 self.apply_media_changed(&mut out, &name, &turn_user, media)
@@ -561,6 +561,16 @@ impl Hub {
         self.show_cluster_entry(out, entry);
         if let Some(conn) = target {
             self.remove_connection(out, conn, None, now);
+        }
+    }
+
+    /// A voice notice: to every local user; into the ring unless the user's notices are over
+    /// their allowance (`live_only`: the script did not store it either).
+    pub(super) fn show_voice_notice(&mut self, out: &mut Out, (entry, live_only): (HistoryEntry, bool)) {
+        if live_only {
+            out.broadcast(self.welcomed_connections(), &ServerMessage::System { text: &entry.text });
+        } else {
+            self.show_cluster_entry(out, entry);
         }
     }
 

@@ -83,7 +83,7 @@ pub struct Writer {
     /// Since when every command has succeeded (reaping others needs a whole TTL of it).
     up_since: Option<Instant>,
     /// Releases (and voice seat releases) that failed: retried before the next heartbeat.
-    pending_releases: VecDeque<ClusterCommand>,
+    pending_releases: Retries,
     last_age_trim: Option<Instant>,
     /// The relay peer policy's set of the cluster's relays (none without a relay).
     relays: Option<Arc<ClusterRelays>>,
@@ -112,7 +112,7 @@ impl Writer {
             history_cap,
             history,
             up_since: None,
-            pending_releases: VecDeque::new(),
+            pending_releases: Retries::default(),
             last_age_trim: None,
             relays,
             known_relays: Vec::new(),
@@ -215,7 +215,7 @@ impl Writer {
             }
             ClusterCommand::Release { name, owner, event } => {
                 if !self.release(&name, &owner, &event).await {
-                    self.keep_for_retry(ClusterCommand::Release { name, owner, event });
+                    self.pending_releases.keep(ClusterCommand::Release { name, owner, event });
                 }
             }
             ClusterCommand::Publish { origin, event } if publish::is_batchable(&event) => {
@@ -228,7 +228,7 @@ impl Writer {
                         self.hub.send(HubEvent::PublishFailed { conn, failure }).await;
                     }
                     // A seat must not outlive its user: freed once Redis is back.
-                    self.keep_for_retry(ClusterCommand::Publish { origin: None, event });
+                    self.pending_releases.keep(ClusterCommand::Publish { origin: None, event });
                 }
             }
             ClusterCommand::Heartbeat { names } => {
@@ -245,11 +245,76 @@ impl Writer {
             }
         }
     }
+}
 
-    fn keep_for_retry(&mut self, command: ClusterCommand) {
-        if self.pending_releases.len() >= MAX_PENDING_RELEASES {
-            self.pending_releases.pop_front();
+/// Releases (names, voice seats) that failed while Redis was away, oldest first, retried
+/// before the next heartbeat; at most `MAX_PENDING_RELEASES`, beyond which the oldest goes.
+#[derive(Default)]
+struct Retries(VecDeque<ClusterCommand>);
+
+impl Retries {
+    fn keep(&mut self, command: ClusterCommand) {
+        if self.0.len() >= MAX_PENDING_RELEASES {
+            self.0.pop_front();
+            tracing::warn!("{MAX_PENDING_RELEASES} releases wait for Redis: the oldest is dropped");
         }
-        self.pending_releases.push_back(command);
+        self.0.push_back(command);
+    }
+
+    fn pop_front(&mut self) -> Option<ClusterCommand> {
+        self.0.pop_front()
+    }
+
+    /// Puts back the one just taken (its retry failed): the bound holds.
+    fn push_front(&mut self, command: ClusterCommand) {
+        self.0.push_front(command);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{HistoryEntry, HistoryKind};
+
+    fn release(i: usize) -> ClusterCommand {
+        let name = format!("user{i}");
+        let owner = Owner { node: "n".into(), conn: i as u64 };
+        let entry = HistoryEntry {
+            kind: HistoryKind::System,
+            username: None,
+            text: String::new(),
+            timestamp: String::new(),
+        };
+        let event = ClusterEvent::UserLeft { name: name.clone(), owner: owner.clone(), entry };
+        ClusterCommand::Release { name, owner, event }
+    }
+
+    #[test]
+    fn releases_kept_for_redis_s_return_are_bounded_dropping_the_oldest() {
+        let mut retries = Retries::default();
+        for i in 0..MAX_PENDING_RELEASES + 2 {
+            retries.keep(release(i));
+        }
+        assert_eq!(retries.0.len(), MAX_PENDING_RELEASES);
+        let Some(ClusterCommand::Release { name, .. }) = retries.pop_front() else { panic!("a release") };
+        assert_eq!(name, "user2", "the two oldest went");
+    }
+
+    #[test]
+    fn a_voice_leave_kept_as_live_only_stores_no_entry() {
+        let entry = HistoryEntry {
+            kind: HistoryKind::System,
+            username: None,
+            text: "a left voice chat".into(),
+            timestamp: String::new(),
+        };
+        let left = |live_only| ClusterEvent::VoiceLeft {
+            name: "a".into(),
+            turn_user: "a:1".into(),
+            entry: entry.clone(),
+            live_only,
+        };
+        assert!(history_entry(&left(false)).is_some());
+        assert!(history_entry(&left(true)).is_none(), "over the allowance: shown, not stored");
     }
 }

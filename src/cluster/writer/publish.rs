@@ -22,8 +22,10 @@ pub fn history_entry(event: &ClusterEvent) -> Option<&HistoryEntry> {
         | ClusterEvent::Ban { entry, .. }
         | ClusterEvent::Unban { entry, .. }
         | ClusterEvent::Kick { entry, .. }
-        | ClusterEvent::VoiceJoined { entry, .. }
-        | ClusterEvent::VoiceLeft { entry, .. } => Some(entry),
+        | ClusterEvent::VoiceJoined { entry, live_only: false, .. }
+        | ClusterEvent::VoiceLeft { entry, live_only: false, .. } => Some(entry),
+        ClusterEvent::VoiceJoined { live_only: true, .. }
+        | ClusterEvent::VoiceLeft { live_only: true, .. } => None,
         ClusterEvent::Mute { .. }
         | ClusterEvent::Unmute { .. }
         | ClusterEvent::NodeGone { .. }

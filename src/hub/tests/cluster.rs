@@ -302,6 +302,7 @@ fn a_voice_join_takes_a_seat_in_the_store_and_the_room_spans_nodes() {
             text: "bob joined voice chat".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
         },
+        live_only: false,
     };
     apply(&mut h, bobs_seat);
     assert!(told_relay(&h, true, "bob"), "every node's relay admits every seat");
@@ -355,4 +356,49 @@ fn a_full_room_answer_from_the_store_is_the_single_node_error() {
     // The seat request is over: a new join may be asked.
     h.send(alice, json!({"type": "webrtc-join"}));
     assert!(voice_event(&h).is_some());
+}
+
+#[test]
+fn a_flapping_voice_user_s_notices_beyond_the_allowance_are_shown_but_not_stored() {
+    let mut h = clustered();
+    let alice = join(&mut h, "alice");
+    let bob = join(&mut h, "bob");
+    let allowance = h.hub.settings.message_budgets.voice_notices_persisted as usize;
+    let mut stored = Vec::new();
+    for round in 0..allowance {
+        h.advance(std::time::Duration::from_secs(2));
+        h.send(alice, json!({"type": "webrtc-join", "mediaTypes": ["audio"]}));
+        let joined = voice_event(&h).expect("a seat is asked of the store");
+        apply(&mut h, joined.clone());
+        assert_eq!(h.texts_to(bob), vec!["alice joined voice chat"], "round {round}: shown live");
+        h.advance(std::time::Duration::from_secs(2));
+        h.send(alice, json!({"type": "webrtc-leave"}));
+        let left = asked(&h).pop().expect("the leave is published");
+        apply(&mut h, left.clone());
+        assert_eq!(h.texts_to(bob), vec!["alice left voice chat"], "round {round}: shown live");
+        for event in [joined, left] {
+            match event {
+                ClusterEvent::VoiceJoined { live_only, .. } | ClusterEvent::VoiceLeft { live_only, .. } => {
+                    stored.push(!live_only)
+                }
+                other => panic!("not a voice event: {other:?}"),
+            }
+        }
+    }
+    let expected: Vec<bool> = (0..2 * allowance).map(|i| i < allowance).collect();
+    assert_eq!(stored, expected, "the first {allowance} notices are stored, the rest only shown");
+    // What was only shown is not in the history a newcomer replays (nor in the store: the
+    // writer gives the script no entry for it).
+    let carol = h.connect(Some("carol"));
+    let claim = asked(&h).pop().expect("a claim");
+    let now = h.now;
+    h.effects = h.hub.name_claimed(carol, "carol".into(), ClaimOutcome::Won, now);
+    apply(&mut h, claim);
+    let history = &h.frames_to(carol)[0]["messages"];
+    let voice_lines = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["text"].as_str().is_some_and(|t| t.contains("voice chat")));
+    assert_eq!(voice_lines.count(), allowance);
 }
