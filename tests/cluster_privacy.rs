@@ -8,7 +8,7 @@
 mod cluster_support;
 mod common;
 
-use cluster_support::{start_nodes, Redis};
+use cluster_support::{alice_and_bob, Redis};
 use common::sdp::{LEAKY_SDP, NON_RELAY_CANDIDATES, REBUILT_SDP, RELAY_CANDIDATES};
 use common::voice::{answer, candidate, send_candidate};
 use common::Client;
@@ -82,10 +82,7 @@ async fn leaky_browser_to_peer(from: &mut Client, from_name: &str, to: &mut Clie
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_on_another_node_never_receives_a_client_address_under_force_relay() {
     let redis = Redis::start();
-    let nodes = start_nodes(&redis, 2, "").await;
-    let mut alice = nodes[0].join("alice").await;
-    let mut bob = nodes[1].join("bob").await;
-    alice.expect_system("bob has joined.").await;
+    let (_nodes, mut alice, mut bob) = alice_and_bob(&redis, "").await;
     join_voice(&mut alice).await;
     join_voice(&mut bob).await;
     recv_kind(&mut alice, "webrtc-peer-joined").await;

@@ -8,24 +8,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{start_nodes, Redis};
+use cluster_support::{history_texts, start_nodes, Redis};
 use common::Client;
-use serde_json::Value;
 
-fn history_texts(history: &Value) -> Vec<String> {
-    history["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter(|m| m["type"] == "chat")
-        .map(|m| m["text"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// The chat texts a newcomer on `server` replays.
-async fn replayed_chat(server: &common::Server, newcomer: &str) -> Vec<String> {
+/// The chat texts (`prefix`...) a newcomer on `server` replays.
+async fn replayed(server: &common::Server, newcomer: &str, prefix: &str) -> Vec<String> {
     let mut client = Client::connect(&server.url(Some(newcomer))).await;
-    history_texts(&client.recv_type("history").await)
+    let texts = history_texts(&client.recv_type("history").await);
+    texts.into_iter().filter(|text| text.starts_with(prefix)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -57,7 +47,7 @@ async fn a_write_the_store_did_not_answer_in_time_is_not_called_unsent() {
     .await
     .ok()
     .flatten();
-    let stored = replayed_chat(&nodes[0], "bob").await;
+    let stored = replayed(&nodes[0], "bob", "slow").await;
     match &echoed {
         Some(text) => assert_eq!(text, "slow one"),
         None => assert!(stored.is_empty(), "stored but never echoed: {stored:?}"),
@@ -89,7 +79,7 @@ async fn a_node_killed_mid_burst_loses_nothing_its_users_saw_echoed() {
     let status = std::process::Command::new("kill").args(["-KILL", &nodes[1].pid().to_string()]).status();
     assert!(status.expect("kill").success());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stored = replayed_chat(&nodes[0], "newcomer").await;
+    let stored = replayed(&nodes[0], "newcomer", "burst").await;
     // Every echo is stored, in the order it was echoed, and the store holds one order (a
     // prefix of the burst: batches are written whole and in order).
     assert!(stored.len() >= echoed.len(), "{} stored < {} echoed", stored.len(), echoed.len());
