@@ -46,6 +46,13 @@ fn asked(h: &Harness) -> Vec<ClusterEvent> {
         .collect()
 }
 
+/// The texts of the messages of `kind` in the history `conn` got (its first frame).
+fn replayed(h: &Harness, conn: ConnId, kind: &str) -> Vec<String> {
+    let frames = h.frames_to(conn);
+    let messages = frames[0]["messages"].as_array().expect("a history frame first").clone();
+    messages.iter().filter(|m| m["type"] == kind).map(|m| m["text"].as_str().unwrap().to_string()).collect()
+}
+
 fn acted_locally(h: &Harness) -> bool {
     h.effects.iter().any(|e| matches!(e, Effect::Persist(_) | Effect::Broadcast { .. }))
 }
@@ -115,15 +122,7 @@ fn chat_is_published_and_delivered_only_when_read_back_in_log_order() {
     assert!(h.effects.iter().all(|e| !matches!(e, Effect::Persist(_))));
     // A newcomer replays both, in log order.
     let carol = join(&mut h, "carol");
-    let history = h.frames_to(carol)[0]["messages"].clone();
-    let chats: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["type"] == "chat")
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(chats, ["first", "hello"]);
+    assert_eq!(replayed(&h, carol, "chat"), ["first", "hello"]);
 }
 
 #[test]
@@ -394,11 +393,6 @@ fn a_flapping_voice_user_s_notices_beyond_the_allowance_are_shown_but_not_stored
     let now = h.now;
     h.effects = h.hub.name_claimed(carol, "carol".into(), ClaimOutcome::Won, now);
     apply(&mut h, claim);
-    let history = &h.frames_to(carol)[0]["messages"];
-    let voice_lines = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["text"].as_str().is_some_and(|t| t.contains("voice chat")));
+    let voice_lines = replayed(&h, carol, "system").into_iter().filter(|t| t.contains("voice chat"));
     assert_eq!(voice_lines.count(), allowance);
 }
