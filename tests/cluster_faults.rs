@@ -7,9 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{start_nodes, wait_ready, Redis, HEARTBEAT_MS, PRESENCE_TTL_MS};
+use cluster_support::{
+    alice_and_bob, history_texts, start_nodes, wait_ready, Redis, HEARTBEAT_MS, PRESENCE_TTL_MS,
+};
 use common::{Client, Event, Server};
-use serde_json::Value;
 
 fn kill_9(server: &Server) {
     let status = std::process::Command::new("kill").args(["-KILL", &server.pid().to_string()]).status();
@@ -41,15 +42,6 @@ async fn chat_and_see_echo(client: &mut Client, text: &str) {
             "{text} was refused: {message}"
         );
     }
-}
-
-fn history_texts(history: &Value) -> Vec<String> {
-    history["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m["text"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -102,10 +94,7 @@ async fn a_node_killed_with_9_leaves_within_the_ttl_and_its_users_reconnect_else
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_and_restarted_mid_chat_loses_nothing_acknowledged() {
     let mut redis = Redis::start();
-    let nodes = start_nodes(&redis, 2, "[chat]\nmax_messages_per_second = 50\n").await;
-    let mut alice = nodes[0].join("alice").await;
-    let mut bob = nodes[1].join("bob").await;
-    alice.expect_system("bob has joined.").await;
+    let (nodes, mut alice, mut bob) = alice_and_bob(&redis, "[chat]\nmax_messages_per_second = 50\n").await;
     let mut echoed = Vec::new();
     for i in 0..20 {
         let text = format!("before {i}");
@@ -187,10 +176,7 @@ async fn redis_killed_and_restarted_mid_chat_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_shut_down_says_goodbye_and_a_late_node_starts_from_the_shared_state() {
     let redis = Redis::start();
-    let mut nodes = start_nodes(&redis, 2, "").await;
-    let mut alice = nodes[0].join("alice").await;
-    let bob = nodes[1].join("bob").await;
-    alice.expect_system("bob has joined.").await;
+    let (mut nodes, mut alice, bob) = alice_and_bob(&redis, "").await;
     chat_and_see_echo(&mut alice, "hello from before").await;
     // SIGTERM: the node's users leave like on a single server's shutdown, seen on the others.
     let (status, _) = nodes[1].terminate();
@@ -212,10 +198,7 @@ async fn a_node_shut_down_says_goodbye_and_a_late_node_starts_from_the_shared_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_that_missed_trimmed_log_entries_notices_the_gap_and_resynchronizes() {
     let redis = Redis::start();
-    let nodes = start_nodes(&redis, 2, "[chat]\nmax_messages_per_second = 50\n").await;
-    let mut alice = nodes[0].join("alice").await;
-    let mut bob = nodes[1].join("bob").await;
-    alice.expect_system("bob has joined.").await;
+    let (nodes, mut alice, mut bob) = alice_and_bob(&redis, "[chat]\nmax_messages_per_second = 50\n").await;
     // Node 2 stops reading (frozen), the log moves on and is trimmed past where node 2 was.
     let pid = nodes[1].pid().to_string();
     assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());

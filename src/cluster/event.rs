@@ -109,12 +109,20 @@ pub enum ClusterEvent {
         turn_user: String,
         media: Vec<String>,
         entry: HistoryEntry,
+        /// The user's voice notices are over their allowance (`[message_budgets]
+        /// voice_notices_persisted` per interval, counted by the node holding them): `entry` is
+        /// shown, not stored.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        live_only: bool,
     },
     /// The seat of `turn_user` is free again (leave, disconnect, kick, ban, revocation).
     VoiceLeft {
         name: String,
         turn_user: String,
         entry: HistoryEntry,
+        /// As for `VoiceJoined`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        live_only: bool,
     },
     MediaChanged {
         name: String,

@@ -38,7 +38,8 @@
 //! ## Faults
 //! Redis unreachable: `/readyz` answers 503 naming the cluster store, new connections and
 //! logins are refused with a system message and close code 1013 ("try again later", RFC 6455's
-//! registry), chat gets "Message not sent: ..." (never a silent loss, never a fake echo), live
+//! registry), chat gets "Message not sent: ..." (never a silent loss, never a fake echo; a
+//! write Redis did not answer in time gets "may not have been sent", as it may be stored), live
 //! sessions stay connected. When Redis is back the reader continues from its last ID, the next
 //! heartbeat re-registers the node and re-claims its users' names (a user whose name was taken
 //! meanwhile is told and disconnected), and a node only reaps others after it has itself been

@@ -37,9 +37,11 @@
 //! - `release` (`KEYS[4]` name key): deletes the name only if it still holds our `node/conn`
 //!   (compare-and-delete) and logs `UserLeft`; if the key already expired but the online list
 //!   still names us, it logs `UserLeft` too (the others must drop the name). Otherwise nothing.
-//! - `publish` (`KEYS[4]` bans, `KEYS[5]` mutes, `KEYS[6]` TURN secret): applies a
-//!   ban/unban/mute/unmute to its hash or a rotated secret to its key, stores the history entry
-//!   if any, logs the event.
+//! - `publish` (`KEYS[4]` bans, `KEYS[5]` mutes, `KEYS[6]` TURN secret): for each of the
+//!   changes it is given (one, or every publish the writer found queued: one round trip and one
+//!   AOF fsync for all of them), in order, applies a ban/unban/mute/unmute to its hash or a
+//!   rotated secret to its key, stores the history entry if any, logs the event. Returns how
+//!   many it logged.
 //! - `heartbeat` (`KEYS[4]` nodes, `KEYS[5]` own record): renews the node (expiry = Redis time +
 //!   ttl) and each name the node holds: `PEXPIRE` if the key still holds our `node/conn`;
 //!   re-`SET` + log `UserJoined` (no history entry) if it expired meanwhile (Redis was away
@@ -117,17 +119,20 @@ return 0
 ";
 
 const PUBLISH: &str = r"
--- ARGV[4] event, ARGV[5] entry, ARGV[6] op, ARGV[7] name, ARGV[8] until ms (0: no end)
-local op = ARGV[6]
-if op == 'ban' then redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
-elseif op == 'unban' then redis.call('HDEL', KEYS[4], ARGV[7])
-elseif op == 'mute' then redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
-elseif op == 'unmute' then redis.call('HDEL', KEYS[5], ARGV[7])
-elseif op == 'secret' then redis.call('SET', KEYS[6], ARGV[7])
+-- From ARGV[4], one group of five per change, applied in order:
+-- event, entry, op, name, until ms (0: no end)
+for i = 4, #ARGV, 5 do
+  local op, name = ARGV[i + 2], ARGV[i + 3]
+  if op == 'ban' then redis.call('HSET', KEYS[4], name, ARGV[i + 4])
+  elseif op == 'unban' then redis.call('HDEL', KEYS[4], name)
+  elseif op == 'mute' then redis.call('HSET', KEYS[5], name, ARGV[i + 4])
+  elseif op == 'unmute' then redis.call('HDEL', KEYS[5], name)
+  elseif op == 'secret' then redis.call('SET', KEYS[6], name)
+  end
+  store_entry(ARGV[i + 1])
+  log_event(ARGV[i])
 end
-store_entry(ARGV[5])
-log_event(ARGV[4])
-return 1
+return (#ARGV - 3) / 5
 ";
 
 const HEARTBEAT: &str = r"

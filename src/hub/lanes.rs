@@ -75,9 +75,7 @@ impl InboundLane {
             | HubEvent::Connected { .. }
             | HubEvent::Disconnected { .. } => Self::Presence,
             HubEvent::RemoteSignal(_) => Self::Signal,
-            HubEvent::ClusterApply { event }
-                if ClusterOrdering::of_entry(event) == ClusterOrdering::Voice =>
-            {
+            HubEvent::ClusterApply { .. } if ClusterOrdering::of(event) == ClusterOrdering::Voice => {
                 Self::Signal
             }
             _ => Self::Chat,
@@ -102,10 +100,24 @@ enum ClusterOrdering {
 impl ClusterOrdering {
     fn of(event: &HubEvent) -> Self {
         match event {
-            HubEvent::ClusterApply { event } => Self::of_entry(event),
+            HubEvent::ClusterApply { events } => Self::of_step(events),
             HubEvent::ClusterSnapshot(_) => Self::Membership,
             HubEvent::RemoteSignal(_) => Self::Voice,
             _ => Self::Free,
+        }
+    }
+
+    /// A step of log entries takes the signal lane only if every entry in it is a voice entry
+    /// (`cluster_steps` cuts a read that way); one with any membership or voice entry in the
+    /// chat lane is counted, so a later voice step still waits behind it.
+    fn of_step(events: &[ClusterEvent]) -> Self {
+        let kinds: Vec<Self> = events.iter().map(Self::of_entry).collect();
+        if !kinds.is_empty() && kinds.iter().all(|kind| *kind == Self::Voice) {
+            Self::Voice
+        } else if kinds.iter().any(|kind| *kind != Self::Free) {
+            Self::Membership
+        } else {
+            Self::Free
         }
     }
 
@@ -128,6 +140,23 @@ impl ClusterOrdering {
             | ClusterEvent::SecretRotated { .. } => Self::Voice,
         }
     }
+}
+
+/// Cuts one read of the log into hub steps, in order: each run of voice entries is a step of
+/// its own (the signal lane), each run of anything else another (the chat lane). A read of
+/// chat alone stays one step, so each connection still gets it in one write.
+pub fn cluster_steps(events: Vec<ClusterEvent>) -> Vec<Vec<ClusterEvent>> {
+    let mut steps: Vec<Vec<ClusterEvent>> = Vec::new();
+    let mut last_voice = None;
+    for event in events {
+        let voice = ClusterOrdering::of_entry(&event) == ClusterOrdering::Voice;
+        match steps.last_mut() {
+            Some(step) if last_voice == Some(voice) => step.push(event),
+            _ => steps.push(vec![event]),
+        }
+        last_voice = Some(voice);
+    }
+    steps
 }
 
 /// An event in a lane. Holds its connection's "waiting" mark until the runner is done with it.

@@ -53,7 +53,7 @@ use effect::Out;
 use notices::{voice_notice, VoiceNotices};
 
 pub use admin::{AdminError, AdminReply, AdminRequest};
-pub use cluster::{ClaimOutcome, VoiceOutcome, CLOSE_TRY_AGAIN_LATER};
+pub use cluster::{ClaimOutcome, PublishFailure, VoiceOutcome, CLOSE_TRY_AGAIN_LATER};
 use operator_limits::Until;
 
 pub type ConnId = u64;

@@ -30,19 +30,27 @@ impl Hub {
     /// interval per user (see `settle_voice_notices`).
     pub(super) fn announce_voice(&mut self, out: &mut Out, name: &str, joined: bool, now: Now) {
         let text = voice_notice(name, joined);
+        if self.voice_notice_allowed(name, joined, now) {
+            self.announce(out, &text, now);
+        } else {
+            out.broadcast(self.welcomed_connections(), &ServerMessage::System { text: &text });
+        }
+    }
+
+    /// Counts a voice notice of `name` against their allowance: true if it may be persisted.
+    pub(super) fn voice_notice_allowed(&mut self, name: &str, joined: bool, now: Now) -> bool {
         let allowance = self.settings.message_budgets.voice_notices_persisted;
         let notices = self.voice_notice_persisted.entry(name.to_string()).or_insert(VoiceNotices {
             since: now.mono,
             persisted: 0,
             last_joined: joined,
         });
-        if notices.persisted < allowance {
-            notices.persisted += 1;
-            notices.last_joined = joined;
-            self.announce(out, &text, now);
-        } else {
-            out.broadcast(self.welcomed_connections(), &ServerMessage::System { text: &text });
+        if notices.persisted >= allowance {
+            return false;
         }
+        notices.persisted += 1;
+        notices.last_joined = joined;
+        true
     }
 
     /// After the interval, persists one notice for a user whose real voice state differs from

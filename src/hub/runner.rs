@@ -102,9 +102,10 @@ pub enum HubEvent {
     Shutdown {
         done: oneshot::Sender<()>,
     },
-    /// Cluster mode: one event read from the shared log, in log order.
+    /// Cluster mode: events read from the shared log, in log order (one read's worth: one
+    /// step, so each connection gets them in one write).
     ClusterApply {
-        event: ClusterEvent,
+        events: Vec<ClusterEvent>,
     },
     /// Cluster mode: the shared state to start from (or resynchronize from after a gap).
     ClusterSnapshot(Snapshot),
@@ -114,9 +115,10 @@ pub enum HubEvent {
         name: String,
         outcome: super::ClaimOutcome,
     },
-    /// Cluster mode: a change from `conn` could not be written.
+    /// Cluster mode: a change from `conn` could not be written, or may not have been.
     PublishFailed {
         conn: ConnId,
+        failure: super::PublishFailure,
     },
     /// Cluster mode: names this node held are now someone else's.
     NamesLost {
@@ -468,10 +470,10 @@ impl Runner {
                 self.hub.set_admins(admins);
                 Vec::new()
             }
-            HubEvent::ClusterApply { event } => self.hub.cluster_event(event, now),
+            HubEvent::ClusterApply { events } => self.hub.cluster_events(events, now),
             HubEvent::ClusterSnapshot(snapshot) => self.hub.cluster_snapshot(snapshot, now),
             HubEvent::NameClaimed { conn, name, outcome } => self.hub.name_claimed(conn, name, outcome, now),
-            HubEvent::PublishFailed { conn } => self.hub.publish_failed(conn, now),
+            HubEvent::PublishFailed { conn, failure } => self.hub.publish_failed(conn, failure, now),
             HubEvent::NamesLost { names } => self.hub.names_lost(names, now),
             HubEvent::VoiceSeated { conn, name, outcome } => self.hub.voice_seated(conn, name, outcome, now),
             HubEvent::RemoteSignal(signal) => self.hub.remote_signal(signal, now),

@@ -302,7 +302,8 @@ impl Hub {
             text: super::voice_notice(name, false),
             timestamp: iso_timestamp(now.wall),
         };
-        let event = ClusterEvent::VoiceLeft { name: name.to_string(), turn_user, entry };
+        let live_only = !self.voice_notice_allowed(name, false, now);
+        let event = ClusterEvent::VoiceLeft { name: name.to_string(), turn_user, entry, live_only };
         self.publish(out, None, event);
     }
 

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::common::{http_get, Server};
+use serde_json::Value;
+
+use super::common::{http_get, Client, Server};
 
 /// Test presence TTL and heartbeat: short, so a killed node is reaped within seconds.
 pub const PRESENCE_TTL_MS: u64 = 2000;
@@ -80,6 +82,17 @@ impl Redis {
         self.spawn();
     }
 
+    /// Runs one command with `redis-cli` and returns its output (panics if it cannot run).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (apt-get install redis-server)");
+        assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
@@ -113,6 +126,25 @@ pub async fn start_nodes(redis: &Redis, n: usize, extra: &str) -> Vec<Server> {
         nodes.push(start_node(redis, &format!("node-{i}"), extra).await);
     }
     nodes
+}
+
+/// Two nodes, alice on the first and bob on the second, each having seen the other arrive.
+pub async fn alice_and_bob(redis: &Redis, extra: &str) -> (Vec<Server>, Client, Client) {
+    let nodes = start_nodes(redis, 2, extra).await;
+    let mut alice = nodes[0].join("alice").await;
+    let bob = nodes[1].join("bob").await;
+    alice.expect_system("bob has joined.").await;
+    (nodes, alice, bob)
+}
+
+/// The texts of a `history` frame's messages, oldest first.
+pub fn history_texts(history: &Value) -> Vec<String> {
+    history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The status code of `/readyz`.

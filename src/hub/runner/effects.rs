@@ -65,7 +65,8 @@ impl Runner {
                 Effect::Publish { origin, event } => {
                     if !self.to_cluster(ClusterCommand::Publish { origin, event }) {
                         if let Some(conn) = origin {
-                            queue.extend(self.hub.publish_failed(conn, Now::current()));
+                            let failure = super::super::PublishFailure::NotWritten;
+                            queue.extend(self.hub.publish_failed(conn, failure, Now::current()));
                         }
                     }
                 }

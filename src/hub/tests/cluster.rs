@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::cluster::event::{ClusterEvent, Owner, Snapshot};
-use crate::hub::cluster::{STORE_DOWN_CONNECT, STORE_DOWN_NOT_SENT};
+use crate::hub::cluster::{PublishFailure, STORE_DOWN_CONNECT, STORE_DOWN_NOT_SENT, STORE_SLOW_MAYBE_SENT};
 
 const NODE: &str = "node-a";
 
@@ -44,6 +44,13 @@ fn asked(h: &Harness) -> Vec<ClusterEvent> {
             _ => None,
         })
         .collect()
+}
+
+/// The texts of the messages of `kind` in the history `conn` got (its first frame).
+fn replayed(h: &Harness, conn: ConnId, kind: &str) -> Vec<String> {
+    let frames = h.frames_to(conn);
+    let messages = frames[0]["messages"].as_array().expect("a history frame first").clone();
+    messages.iter().filter(|m| m["type"] == kind).map(|m| m["text"].as_str().unwrap().to_string()).collect()
 }
 
 fn acted_locally(h: &Harness) -> bool {
@@ -115,15 +122,7 @@ fn chat_is_published_and_delivered_only_when_read_back_in_log_order() {
     assert!(h.effects.iter().all(|e| !matches!(e, Effect::Persist(_))));
     // A newcomer replays both, in log order.
     let carol = join(&mut h, "carol");
-    let history = h.frames_to(carol)[0]["messages"].clone();
-    let chats: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["type"] == "chat")
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(chats, ["first", "hello"]);
+    assert_eq!(replayed(&h, carol, "chat"), ["first", "hello"]);
 }
 
 #[test]
@@ -155,14 +154,19 @@ fn without_the_store_newcomers_are_turned_away_and_chat_is_refused_visibly() {
     h.chat(alice, "anyone?");
     assert_eq!(h.texts_to(alice), vec![STORE_DOWN_NOT_SENT]);
     assert!(asked(&h).is_empty());
-    // A write that failed on its way (the store went away meanwhile) is reported the same way.
+    // A write Redis refused (or that never reached it) is reported the same way...
     h.hub.set_cluster_store_up(true);
     h.chat(alice, "now?");
     assert_eq!(asked(&h).len(), 1);
     let now = h.now;
-    h.effects = h.hub.publish_failed(alice, now);
+    h.effects = h.hub.publish_failed(alice, PublishFailure::NotWritten, now);
     assert_eq!(h.texts_to(alice), vec![STORE_DOWN_NOT_SENT]);
+    // ...but one Redis may have run without answering in time is not called "not sent".
+    h.chat(alice, "still there?");
+    h.effects = h.hub.publish_failed(alice, PublishFailure::MaybeWritten, now);
+    assert_eq!(h.texts_to(alice), vec![STORE_SLOW_MAYBE_SENT]);
     // /list is served from the replica meanwhile.
+    h.advance(std::time::Duration::from_secs(1));
     h.hub.set_cluster_store_up(false);
     h.chat(alice, "/list");
     assert_eq!(h.texts_to(alice), vec!["Online users: alice"]);
@@ -297,6 +301,7 @@ fn a_voice_join_takes_a_seat_in_the_store_and_the_room_spans_nodes() {
             text: "bob joined voice chat".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
         },
+        live_only: false,
     };
     apply(&mut h, bobs_seat);
     assert!(told_relay(&h, true, "bob"), "every node's relay admits every seat");
@@ -350,4 +355,44 @@ fn a_full_room_answer_from_the_store_is_the_single_node_error() {
     // The seat request is over: a new join may be asked.
     h.send(alice, json!({"type": "webrtc-join"}));
     assert!(voice_event(&h).is_some());
+}
+
+#[test]
+fn a_flapping_voice_user_s_notices_beyond_the_allowance_are_shown_but_not_stored() {
+    let mut h = clustered();
+    let alice = join(&mut h, "alice");
+    let bob = join(&mut h, "bob");
+    let allowance = h.hub.settings.message_budgets.voice_notices_persisted as usize;
+    let mut stored = Vec::new();
+    for round in 0..allowance {
+        h.advance(std::time::Duration::from_secs(2));
+        h.send(alice, json!({"type": "webrtc-join", "mediaTypes": ["audio"]}));
+        let joined = voice_event(&h).expect("a seat is asked of the store");
+        apply(&mut h, joined.clone());
+        assert_eq!(h.texts_to(bob), vec!["alice joined voice chat"], "round {round}: shown live");
+        h.advance(std::time::Duration::from_secs(2));
+        h.send(alice, json!({"type": "webrtc-leave"}));
+        let left = asked(&h).pop().expect("the leave is published");
+        apply(&mut h, left.clone());
+        assert_eq!(h.texts_to(bob), vec!["alice left voice chat"], "round {round}: shown live");
+        for event in [joined, left] {
+            match event {
+                ClusterEvent::VoiceJoined { live_only, .. } | ClusterEvent::VoiceLeft { live_only, .. } => {
+                    stored.push(!live_only)
+                }
+                other => panic!("not a voice event: {other:?}"),
+            }
+        }
+    }
+    let expected: Vec<bool> = (0..2 * allowance).map(|i| i < allowance).collect();
+    assert_eq!(stored, expected, "the first {allowance} notices are stored, the rest only shown");
+    // What was only shown is not in the history a newcomer replays (nor in the store: the
+    // writer gives the script no entry for it).
+    let carol = h.connect(Some("carol"));
+    let claim = asked(&h).pop().expect("a claim");
+    let now = h.now;
+    h.effects = h.hub.name_claimed(carol, "carol".into(), ClaimOutcome::Won, now);
+    apply(&mut h, claim);
+    let voice_lines = replayed(&h, carol, "system").into_iter().filter(|t| t.contains("voice chat"));
+    assert_eq!(voice_lines.count(), allowance);
 }

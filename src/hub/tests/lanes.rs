@@ -115,13 +115,17 @@ fn describe(event: &HubEvent) -> String {
             Inbound::Message { message: ClientMessage::Ping, .. } => format!("ping {conn}"),
             _ => format!("chat {conn}"),
         },
-        HubEvent::ClusterApply { event } => match event {
-            ClusterEvent::Chat { .. } => "log chat".to_string(),
-            ClusterEvent::UserJoined { name, .. } => format!("log joined {name}"),
-            ClusterEvent::Kick { name, .. } => format!("log kick {name}"),
-            ClusterEvent::VoiceJoined { name, .. } => format!("log voice-joined {name}"),
-            other => format!("log {other:?}"),
-        },
+        HubEvent::ClusterApply { events } => events
+            .iter()
+            .map(|event| match event {
+                ClusterEvent::Chat { .. } => "log chat".to_string(),
+                ClusterEvent::UserJoined { name, .. } => format!("log joined {name}"),
+                ClusterEvent::Kick { name, .. } => format!("log kick {name}"),
+                ClusterEvent::VoiceJoined { name, .. } => format!("log voice-joined {name}"),
+                other => format!("log {other:?}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" + "),
         HubEvent::RemoteSignal(signal) => format!("routed from {}", signal.from),
         _ => "internal".to_string(),
     }
@@ -137,12 +141,14 @@ fn log_entry(text: &str) -> HistoryEntry {
 }
 
 fn log_chat() -> HubEvent {
-    HubEvent::ClusterApply { event: ClusterEvent::Chat { entry: log_entry("flood") } }
+    HubEvent::ClusterApply { events: vec![ClusterEvent::Chat { entry: log_entry("flood") }] }
 }
 
 fn log_joined(name: &str) -> HubEvent {
     let owner = Owner { node: "node-b".into(), conn: 7 };
-    HubEvent::ClusterApply { event: ClusterEvent::UserJoined { name: name.into(), owner, entry: None } }
+    HubEvent::ClusterApply {
+        events: vec![ClusterEvent::UserJoined { name: name.into(), owner, entry: None }],
+    }
 }
 
 fn log_voice_joined(name: &str) -> HubEvent {
@@ -153,8 +159,9 @@ fn log_voice_joined(name: &str) -> HubEvent {
         turn_user: format!("{name}-turn"),
         media: vec!["audio".into()],
         entry: log_entry("joined voice"),
+        live_only: false,
     };
-    HubEvent::ClusterApply { event }
+    HubEvent::ClusterApply { events: vec![event] }
 }
 
 fn routed_offer(from: &str) -> HubEvent {
@@ -308,4 +315,36 @@ async fn routed_signals_and_voice_entries_overtake_cluster_chat_but_never_a_memb
     senders.send(log_chat()).await.unwrap();
     senders.send(routed_offer("Carol")).await.unwrap();
     assert_eq!(drain(&mut receivers), ["routed from Carol", "log chat"]);
+}
+
+#[tokio::test]
+async fn one_read_of_the_log_is_cut_into_voice_and_other_steps_in_order() {
+    let entry = |event: HubEvent| match event {
+        HubEvent::ClusterApply { mut events } => events.remove(0),
+        _ => unreachable!("the helpers build log entries"),
+    };
+    let read = vec![
+        entry(log_chat()),
+        entry(log_chat()),
+        entry(log_voice_joined("Bob")),
+        entry(log_joined("Carol")),
+        entry(log_chat()),
+    ];
+    let steps: Vec<String> = lanes::cluster_steps(read)
+        .into_iter()
+        .map(|events| describe(&HubEvent::ClusterApply { events }))
+        .collect();
+    assert_eq!(steps, ["log chat + log chat", "log voice-joined Bob", "log joined Carol + log chat"]);
+
+    // A step holding a membership entry is counted like one: a voice step behind it waits.
+    let (senders, mut receivers) = lanes::channels();
+    let mixed = [entry(log_chat()), entry(log_joined("Dave"))];
+    senders.send(HubEvent::ClusterApply { events: mixed.into() }).await.unwrap();
+    senders.send(log_voice_joined("Dave")).await.unwrap();
+    assert_eq!(receivers.lane_len(InboundLane::Signal), 0, "Dave's seat may not overtake his join");
+    assert_eq!(drain(&mut receivers), ["log chat + log joined Dave", "log voice-joined Dave"]);
+    // A chat-only step is not: the next voice step overtakes it.
+    senders.send(log_chat()).await.unwrap();
+    senders.send(log_voice_joined("Erin")).await.unwrap();
+    assert_eq!(drain(&mut receivers), ["log voice-joined Erin", "log chat"]);
 }

@@ -37,8 +37,15 @@ impl Hub {
             timestamp: iso_timestamp(now.wall),
         };
         let owner = crate::cluster::event::Owner { node: replica.node.clone(), conn };
-        let event =
-            ClusterEvent::VoiceJoined { name: name.clone(), owner, turn_user, media: media_types, entry };
+        let live_only = !self.voice_notice_allowed(&name, true, now);
+        let event = ClusterEvent::VoiceJoined {
+            name: name.clone(),
+            owner,
+            turn_user,
+            media: media_types,
+            entry,
+            live_only,
+        };
         out.push(Effect::JoinVoice { conn, name, max: self.settings.webrtc.max_participants, event });
     }
 
@@ -72,7 +79,7 @@ impl Hub {
         &mut self,
         out: &mut Out,
         event: (String, crate::cluster::event::Owner, String, Vec<String>),
-        entry: crate::protocol::HistoryEntry,
+        notice: (crate::protocol::HistoryEntry, bool),
         now: Now,
     ) {
         let (name, owner, turn_user, media_types) = event;
@@ -114,7 +121,7 @@ impl Hub {
             others,
             &ServerMessage::WebrtcPeerJoined { username: &name, media_types: &media_types },
         );
-        self.show_cluster_entry(out, entry);
+        self.show_voice_notice(out, notice);
     }
 
     pub(in crate::hub) fn apply_voice_left(
@@ -122,13 +129,13 @@ impl Hub {
         out: &mut Out,
         name: &str,
         turn_user: &str,
-        entry: crate::protocol::HistoryEntry,
+        notice: (crate::protocol::HistoryEntry, bool),
     ) {
         let index = self.voice.seats.iter().position(|s| s.name == name && s.turn_user == turn_user);
         if let Some(index) = index {
             self.remove_seat(out, index);
         }
-        self.show_cluster_entry(out, entry);
+        self.show_voice_notice(out, notice);
     }
 
     pub(in crate::hub) fn apply_media_changed(
