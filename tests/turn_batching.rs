@@ -186,11 +186,9 @@ async fn video_like_bursts_through_an_external_relay() {
             next
         });
         let sender = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / BURST_FRAMES_PER_S));
-            for frame in 0..load.frames {
-                tick.tick().await;
-                for i in 0..BURST {
-                    let payload = numbered((frame * BURST + i) % 65_536, BURST_SIZE);
+            let mut frames = load.frames_on_schedule();
+            while let Some(frame) = frames.next().await {
+                for payload in frame {
                     peer.send_to(&payload, relayed).await.unwrap();
                 }
             }
@@ -205,6 +203,26 @@ async fn video_like_bursts_through_an_external_relay() {
 struct BurstLoad {
     relay: SocketAddr,
     frames: usize,
+}
+
+/// Frames of [`BurstLoad`], each at its time (see [`FramesOnSchedule::next`]).
+struct FramesOnSchedule {
+    tick: tokio::time::Interval,
+    next: usize,
+    frames: usize,
+}
+
+impl FramesOnSchedule {
+    /// Waits until the next frame is due; its datagrams, numbered on from the previous frame's.
+    async fn next(&mut self) -> Option<Vec<Vec<u8>>> {
+        if self.next == self.frames {
+            return None;
+        }
+        self.tick.tick().await;
+        let first = self.next * BURST;
+        self.next += 1;
+        Some((first..first + BURST).map(|i| numbered(i % 65_536, BURST_SIZE)).collect())
+    }
 }
 
 const BURST_CLIENTS: usize = 20;
@@ -241,6 +259,12 @@ impl BurstLoad {
         client.create_permission(&[peer.local_addr().unwrap()]).await.unwrap();
         client.channel_bind(0x4000, peer.local_addr().unwrap()).await.unwrap();
         (client, relayed, peer)
+    }
+
+    /// The bursts to send, each when its frame is due.
+    fn frames_on_schedule(&self) -> FramesOnSchedule {
+        let tick = tokio::time::interval(Duration::from_micros(1_000_000 / BURST_FRAMES_PER_S));
+        FramesOnSchedule { tick, next: 0, frames: self.frames }
     }
 
     /// Waits for every sender and receiver; each receiver returns how many datagrams arrived
@@ -347,11 +371,9 @@ async fn video_like_bursts_from_clients_through_an_external_relay() {
             next
         });
         let sender = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / BURST_FRAMES_PER_S));
-            for frame in 0..load.frames {
-                tick.tick().await;
-                for i in 0..BURST {
-                    let payload = numbered((frame * BURST + i) % 65_536, BURST_SIZE);
+            let mut frames = load.frames_on_schedule();
+            while let Some(frame) = frames.next().await {
+                for payload in frame {
                     client.send_channel_data(0x4000, &payload).await;
                 }
             }
