@@ -28,21 +28,33 @@ use crate::turn::udp::{read_loop, ListenerConn};
 /// One shard before it starts: its runtime (sockets already registered with its driver) and
 /// the listener sockets it reads.
 pub struct Shard {
-    runtime: tokio::runtime::Runtime,
+    /// Taken by the shard's thread; still here only if the relay failed to start.
+    runtime: Option<tokio::runtime::Runtime>,
     listeners: Vec<Arc<ListenerConn>>,
+}
+
+/// A shard that never started (the relay failed to start after it was made) is dropped inside
+/// the server's runtime, where dropping a runtime would panic: it is let go in the background.
+impl Drop for Shard {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Shard {
     /// A shard runtime; register its sockets inside [`Shard::register`].
     pub fn new() -> io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Shard { runtime, listeners: Vec::new() })
+        Ok(Shard { runtime: Some(runtime), listeners: Vec::new() })
     }
 
     /// Makes tokio sockets from `std` ones on this shard's driver, so their readiness wakes this
     /// shard's thread (and no other).
     pub fn register(&self, socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
-        let _entered = self.runtime.enter();
+        let runtime = self.runtime.as_ref().ok_or_else(|| io::Error::other("shard already started"))?;
+        let _entered = runtime.enter();
         UdpSocket::from_std(socket)
     }
 
@@ -72,14 +84,17 @@ impl ShardSet {
         let (finish, finish_rx) = watch::channel(false);
         let mut read_loops_done = Vec::new();
         let mut stopped = Vec::new();
-        for (index, shard) in shards.into_iter().enumerate() {
+        for (index, mut shard) in shards.into_iter().enumerate() {
             let (loops_tx, loops_rx) = oneshot::channel();
             let (stopped_tx, stopped_rx) = oneshot::channel();
             let dispatcher = dispatcher.clone();
             let shutdown = shutdown.clone();
             let mut finish_rx = finish_rx.clone();
+            // Moved whole into the thread: if the thread cannot start, `Shard`'s drop lets the
+            // runtime go without panicking here.
             std::thread::Builder::new().name(format!("turn-shard-{index}")).spawn(move || {
-                let Shard { runtime, listeners } = shard;
+                let Some(runtime) = shard.runtime.take() else { return };
+                let listeners = std::mem::take(&mut shard.listeners);
                 runtime.block_on(async move {
                     let loops: Vec<_> = listeners
                         .into_iter()
@@ -114,5 +129,23 @@ impl ShardSet {
         for stopped in self.stopped {
             let _ = stopped.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The relay failing to start after its shards were made (a later bind fails, say) drops
+    /// them inside the server's runtime: that must be an error for the operator, not a panic.
+    #[tokio::test]
+    async fn a_shard_that_never_started_is_dropped_inside_a_runtime_without_panicking() {
+        let shard = Shard::new().unwrap();
+        let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        std_socket.set_nonblocking(true).unwrap();
+        let socket = shard.register(std_socket).unwrap();
+        assert!(socket.local_addr().unwrap().port() != 0, "registered with the shard's driver");
+        drop(socket);
+        drop(shard);
     }
 }
