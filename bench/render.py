@@ -42,6 +42,8 @@ results = {
     },
     "signaling": load("relaychat-signaling"),
     "original_signaling": load("original-signaling"),
+    # relaychat with RELAYCHAT_TURN_HANDOFF=off (every datagram through the kernel), audio-like.
+    "relaychat_handoff_off_audio": load("relaychat-kpath-audio"),
 }
 sys.path.insert(0, here)
 import cluster_render  # noqa: E402
@@ -186,6 +188,14 @@ for which, label in (("audio", "at 100 pairs x 50 pkt/s"), (100, "at the highest
                      (1200, "at the highest passing 1200-byte rate")):
     a, b = cpu_per_million(rc, which), cpu_per_million(co, which)
     w(f"| (c) server CPU seconds per million relayed packets, {label} | {fmt(a, 2)} | {fmt(b, 2)} | {ratio(a, b)} | lower |")
+kpath = (results.get("relaychat_handoff_off_audio") or {}).get("steps") or [None]
+for key, label in (("server_cpu_s_per_million", "(c) server CPU seconds per million relayed packets, at 100 pairs x 50 pkt/s, "
+                    "relaychat with its in-process relay-to-relay hand-off off (RELAYCHAT_TURN_HANDOFF=off: through the "
+                    "kernel, as to a peer outside the server)"),
+                   ("p50_us", "(b) one-way latency p50, 100 pairs x 50 pkt/s x 100 B, relaychat with the hand-off off (us)")):
+    a = get(kpath[0], key) if key != "p50_us" else get(kpath[0], "latency", key)
+    b = audio(co, key) if key != "p50_us" else audio_lat(co, key)
+    w(f"| {label} | {fmt(a, 2 if key != 'p50_us' else 0)} | {fmt(b, 2 if key != 'p50_us' else 0)} | {ratio(a, b)} | lower |")
 (ra, rpa, rb), (ca, cpa, cb) = rss_mib(rc), rss_mib(co)
 w(f"| (d) server RSS with 1000 allocations (MiB) | {fmt(ra, 1)} | {fmt(ca, 1)} | {ratio(ra, ca)} | lower |")
 w(f"| (d) RSS growth per allocation (KiB) | {fmt(rpa, 1)} | {fmt(cpa, 1)} | {ratio(rpa, cpa)} | lower |")

@@ -239,8 +239,12 @@ async fn a_dual_allocation_relays_ipv4_and_ipv6_peers_each_from_its_own_family()
     assert_eq!(recv_from(&peer6).await, (b"to ipv6".to_vec(), relay6));
     alice.send_indication(addr4, b"to ipv4").await;
     assert_eq!(recv_from(&peer4).await, (b"to ipv4".to_vec(), relay4));
-    let summary = &relay.handle.allocations()[0];
-    assert_eq!((summary.to_peers.packets, summary.from_peers.packets), (2, 2));
+    // Counted once sent, on the relay's own thread: maybe just after the peer got it.
+    let counted = || {
+        let summary = &relay.handle.allocations()[0];
+        (summary.to_peers.packets, summary.from_peers.packets) == (2, 2)
+    };
+    assert!(eventually(WAIT, counted).await, "{:?}", relay.handle.allocations()[0]);
     alice.refresh(Duration::ZERO).await.unwrap();
     assert!(eventually(WAIT, || relay.handle.relay_addresses() == 0).await, "both relayed addresses closed");
 }

@@ -10,6 +10,7 @@
 //! [`GrantCaps`], so the table is bounded by `max_allocations_total` x the caps.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 pub use crate::turn::allocation::{Allocation, AllocationSummary, Usage};
@@ -28,6 +29,9 @@ pub enum InsertRefusal {
 #[derive(Default)]
 struct State {
     by_client: HashMap<ClientKey, Arc<Allocation>>,
+    /// The same allocations by each relayed address they hold (as advertised): where a client
+    /// sending to another of our relays is handed over in-process (see `handoff`).
+    by_relayed: HashMap<SocketAddr, Arc<Allocation>>,
     per_user: HashMap<String, usize>,
 }
 
@@ -69,6 +73,9 @@ impl AllocationTable {
         let held = state.per_user.get(&allocation.user).copied().unwrap_or(0);
         self.limits.check(state.by_client.len(), held).map_err(InsertRefusal::Quota)?;
         *state.per_user.entry(allocation.user.clone()).or_default() += 1;
+        for relayed in allocation.relayed() {
+            state.by_relayed.insert(relayed, allocation.clone());
+        }
         state.by_client.insert(allocation.key, allocation);
         Ok(())
     }
@@ -82,6 +89,9 @@ impl AllocationTable {
             _ => return false,
         }
         state.by_client.remove(&allocation.key);
+        for relayed in allocation.relayed() {
+            state.by_relayed.remove(&relayed);
+        }
         if let Some(n) = state.per_user.get_mut(&allocation.user) {
             *n -= 1;
             if *n == 0 {
@@ -94,6 +104,11 @@ impl AllocationTable {
     /// The allocation of `key`, if any (the data path's lookup).
     pub fn get(&self, key: ClientKey) -> Option<Arc<Allocation>> {
         self.read().by_client.get(&key).cloned()
+    }
+
+    /// The allocation holding the relayed address `relayed` (as advertised, canonical), if any.
+    pub fn by_relayed(&self, relayed: SocketAddr) -> Option<Arc<Allocation>> {
+        self.read().by_relayed.get(&relayed).cloned()
     }
 
     /// The full REST username the allocation of `key` was made with.

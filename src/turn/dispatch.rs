@@ -36,6 +36,7 @@ use crate::turn::credentials::parse_username;
 use crate::turn::datagram_batch::{BatchSender, MAX_BATCH};
 use crate::turn::gate::{self, AddressFamilies, Authorized, Decision, GateContext, Refusal, Tally};
 use crate::turn::grants::{BindRefusal, CapReached};
+use crate::turn::handoff::{hand_over, HandoffSlots};
 use crate::turn::link::{ClientLink, ClientPath, DatagramSenders};
 use crate::turn::nonce::NonceMinter;
 use crate::turn::packet::{classify, PacketKind};
@@ -60,6 +61,8 @@ pub struct Dispatcher {
     /// `[turn] allocation_default_family = "keep"`: an Allocate that names no family gets the
     /// family the client came over (browsers never name one), when the relay has it.
     pub(crate) keep_client_family: bool,
+    /// Relay to relay on this server in-process (`handoff::configured`).
+    pub(crate) handoff: bool,
 }
 
 impl Dispatcher {
@@ -158,15 +161,18 @@ impl Dispatcher {
         allocation.send_to_peer(payload, peer, &self.counters).await;
     }
 
-    /// A run of ChannelData messages from one client, consecutive in a listener batch (a burst
-    /// of video, say): the allocation is looked up once and the grants read once for the run,
-    /// and consecutive messages to one peer leave in one batched send. Each message passes the
-    /// same checks as in [`Self::channel_data`]; one that fails them is dropped alone.
+    /// A run of ChannelData messages from one client, consecutive in a listener batch (one
+    /// alone, or a burst of video): the allocation is looked up once and the grants read once
+    /// for the run, and consecutive messages to one peer leave together: in one batched send,
+    /// or, when the peer is another allocation's relayed address here, handed to that
+    /// allocation's client in-process (`handoff`). Each message passes the same checks as in
+    /// [`Self::channel_data`]; one that fails them is dropped alone.
     pub(crate) async fn channel_data_run(
         &self,
         link: &ClientLink<'_>,
         packets: &[&[u8]],
         sender: &BatchSender,
+        slots: &mut HandoffSlots,
     ) {
         let Some(allocation) = self.allocations.get(link.key()) else { return };
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
@@ -184,7 +190,23 @@ impl Dispatcher {
                 }
             }
         }
-        allocation.send_run_to_peers(&run[..count], &self.counters, sender).await;
+        let mut rest = &run[..count];
+        while let Some(&(_, peer)) = rest.first() {
+            let same_peer = rest.iter().take_while(|(_, p)| *p == peer).count();
+            let (group, later) = rest.split_at(same_peer);
+            rest = later;
+            match self.handoff.then(|| self.allocations.by_relayed(peer)).flatten() {
+                Some(target) => {
+                    let mut payloads: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+                    for (slot, (payload, _)) in payloads.iter_mut().zip(group) {
+                        *slot = payload;
+                    }
+                    let payloads = &payloads[..group.len()];
+                    hand_over(&allocation, &target, peer, payloads, &self.counters, sender, slots).await;
+                }
+                None => allocation.send_run_to_peers(group, &self.counters, sender).await,
+            }
+        }
     }
 
     /// STUN messages that need no credentials: Binding requests and Send indications.

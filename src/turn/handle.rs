@@ -5,7 +5,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -26,10 +25,11 @@ use crate::turn::policy::PeerPolicy;
 use crate::turn::quota::QuotaLimits;
 use crate::turn::relay_ip::resolve_relay_ip;
 use crate::turn::relay_socket::{ClusterRelays, OwnRelays, PeerGuard, RelayAddress, RelayBinder};
+use crate::turn::shard::{Shard, ShardSet};
 use crate::turn::sockets::{bind_listeners, bind_tcp_with};
-use crate::turn::{tcp, teardown, udp};
+use crate::turn::{handoff, tcp, teardown, udp};
 
-/// At most this many UDP listener sockets (SO_REUSEPORT), one read loop each; one per core.
+/// At most this many UDP listener sockets (SO_REUSEPORT), one shard thread each; one per core.
 const MAX_UDP_SHARDS: usize = 4;
 
 /// The running relay. Dropping it leaves the relay running; call [`RelayHandle::close`].
@@ -59,16 +59,20 @@ pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The UDP listeners' threads (see `shard`).
+    shards: ShardSet,
 }
 
 impl RelayHandle {
     /// Stops the listeners and deletes every allocation (their relay sockets close).
-    pub async fn close(self) {
+    pub async fn close(mut self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+        self.shards.read_loops_stopped().await;
         teardown::delete_all(&self.dispatcher).await;
+        self.shards.finish().await;
     }
 
     /// Every allocation alive now, with its traffic (the admin API).
@@ -257,22 +261,28 @@ pub async fn start_relay(
     };
 
     // The listener sockets (IPv4, then IPv6), and a second handle on each for relayed data
-    // (see `link`).
+    // (see `link`), each registered with the shard that reads it: shard i reads the i-th IPv4
+    // socket and the i-th IPv6 one.
     let (udp6_sockets, tcp6_listener) = match listeners6 {
         Some((udp6, tcp6)) => (udp6, Some(tcp6)),
         None => (Vec::new(), None),
     };
+    let shard_count = udp_sockets.len().max(1);
+    let mut shards =
+        (0..shard_count).map(|_| Shard::new()).collect::<Result<Vec<_>, _>>().map_err(udp_error)?;
     let mut senders = DatagramSenders::default();
-    let mut listener_conns = Vec::new();
-    for socket in udp_sockets.into_iter().chain(udp6_sockets) {
+    let v4 = udp_sockets.into_iter().enumerate();
+    let v6 = udp6_sockets.into_iter().enumerate();
+    for (index, socket) in v4.chain(v6) {
+        let shard = &mut shards[index % shard_count];
         let local = socket.local_addr().map_err(udp_error)?;
-        let sender = duplicate(&socket).map_err(udp_error)?;
-        let listener = Arc::new(udp::ListenerConn::new(socket, local));
+        let sender = shard.register(socket.try_clone().map_err(udp_error)?).map_err(udp_error)?;
+        let listener = Arc::new(udp::ListenerConn::new(shard.register(socket).map_err(udp_error)?, local));
         // The read loop answers through this same allocation (as a `SharedConn`): the
         // senders find the duplicate handle by its address.
         let conn: SharedConn = listener.clone();
         senders.add(&conn, Arc::new(sender));
-        listener_conns.push(listener);
+        shard.add_listener(listener);
     }
 
     let dispatcher = Arc::new(Dispatcher {
@@ -294,6 +304,7 @@ pub async fn start_relay(
         senders,
         bandwidth_bytes_per_s: turn.allocation_bandwidth_bytes_per_s,
         keep_client_family: turn.keep_client_family,
+        handoff: handoff::configured(),
     });
     let per_ip = ConnectionsPerIp::new(turn.max_tcp_connections_per_ip, turn.ipv6_prefix_len);
     let proxy_protocol = ProxyProtocol::from_trusted(turn.proxy_protocol_from.clone());
@@ -304,10 +315,8 @@ pub async fn start_relay(
         let _ = departures_tx.send(user.to_string());
     });
 
+    let shards = ShardSet::start(shards, &dispatcher, &shutdown_rx).map_err(udp_error)?;
     let mut tasks = Vec::new();
-    for listener in listener_conns {
-        tasks.push(tokio::spawn(udp::read_loop(dispatcher.clone(), listener, shutdown_rx.clone())));
-    }
     for listener in std::iter::once(tcp_listener).chain(tcp6_listener) {
         tasks.push(tokio::spawn(tcp::accept_loop(
             listener,
@@ -346,18 +355,13 @@ pub async fn start_relay(
         shutdown,
         shutdown_rx,
         tasks,
+        shards,
     })
 }
 
 fn summaries(dispatcher: &Dispatcher) -> Vec<AllocationSummary> {
     let now = unix_now();
     dispatcher.allocations.all().iter().map(|a| a.summary(now)).collect()
-}
-
-/// A second handle on a UDP socket (`dup`: the same socket, so the same address and port).
-fn duplicate(socket: &UdpSocket) -> std::io::Result<UdpSocket> {
-    let copy: std::net::UdpSocket = socket2::SockRef::from(socket).try_clone()?.into();
-    UdpSocket::from_std(copy)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! see the test at the bottom):
 //! - start and stop: `handle` (`start_relay`, `RelayHandle`), `error`, `secret`;
 //! - listeners and their read loops: `sockets` (binding), `relay_ip` (which address to relay
-//!   on), `udp`, `datagram_batch` (many datagrams per system call: recvmmsg, GRO, GSO), `tcp`
+//!   on), `shard` (a thread and runtime per UDP listener socket), `udp`, `datagram_batch` (many datagrams per system call: recvmmsg, GRO, GSO), `tcp`
 //!   (streams, idle rules), `framing` (RFC 8656 TCP framing), `per_ip` (TCP
 //!   connections per client IP), `packet` (STUN vs ChannelData), `transport` (which listener);
 //! - one packet from a client: `link` (where a client's answers and relayed data go),
@@ -16,7 +16,8 @@
 //!   allocation: relay sockets, grants, lifetime, usage), `quota` (per-user and total limits),
 //!   `grants` (permissions and channels, capped, expiring), `teardown` (expiry sweep, users
 //!   leaving voice, shutdown);
-//! - one datagram from a peer: `relay_loop` (a relay socket's read loop), `channel_data`
+//! - one datagram from a peer: `relay_loop` (a relay socket's read loop), `handoff` (a peer
+//!   that is another of our relays, served in-process), `channel_data`
 //!   (ChannelData and Data indications framed in place), `bandwidth` (the per-allocation cap);
 //! - who may do what: `auth` (REST credential + live session), `credentials` (the REST
 //!   convention), `nonce` (stateless nonces), `policy` (which peers), `relay_socket` (relayed
@@ -39,6 +40,7 @@ pub mod framing;
 pub mod gate;
 pub mod grants;
 pub mod handle;
+pub mod handoff;
 pub mod link;
 pub mod nonce;
 pub mod packet;
@@ -51,6 +53,7 @@ pub mod relay_socket;
 pub mod reply;
 pub mod requests;
 pub mod secret;
+pub mod shard;
 pub mod sockets;
 pub mod tcp;
 pub mod teardown;

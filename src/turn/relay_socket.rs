@@ -111,13 +111,13 @@ pub struct PeerGuard {
 }
 
 impl PeerGuard {
-    /// The policy's verdict on one datagram's peer; a denial is counted.
     /// One of our relays, or (clustered) another node's, but never one of our own listeners.
     fn is_relay(&self, addr: SocketAddr) -> bool {
         self.own.contains(addr) || (self.cluster.contains(addr) && !self.policy.is_own_service(addr))
     }
 
-    fn allows(&self, peer: SocketAddr) -> bool {
+    /// True if the policy lets `peer` (canonical) be sent to; a denial is counted.
+    pub fn allows(&self, peer: SocketAddr) -> bool {
         let verdict = self.policy.check(peer, |a| self.is_relay(a));
         if !verdict.is_allowed() {
             RelayCounters::bump(&self.counters.denied_peers);

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
 
 use crate::turn::error::RelayError;
 
@@ -28,6 +28,8 @@ const SHARED_PORT_ATTEMPTS: usize = 10;
 ///
 /// `v6_only` (for `[turn] listen6`) keeps an IPv6 wildcard from also taking IPv4, so it can
 /// share its port number with the IPv4 listener; `listen` itself keeps the system's default.
+/// The UDP sockets are plain (non-blocking) std sockets: each is registered with the runtime of
+/// the shard that reads it (see `shard`).
 pub async fn bind_listeners(
     listen: SocketAddr,
     shards: usize,
@@ -79,7 +81,7 @@ fn bind_udp(addr: SocketAddr, reuse_port: bool, v6_only: bool) -> io::Result<Udp
     let _ = reuse_port;
     socket.bind(&addr.into())?;
     set_buffers(&socket, LISTENER_RECV_BUFFER, LISTENER_SEND_BUFFER);
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Sets socket buffers and warns if the kernel granted less (Linux doubles the value it

@@ -11,6 +11,7 @@ use webrtc_util::Conn;
 use crate::turn::allocations::Transport;
 use crate::turn::datagram_batch::{BatchMode, BatchSender, RecvBatch, MAX_BATCH};
 use crate::turn::dispatch::Dispatcher;
+use crate::turn::handoff::HandoffSlots;
 use crate::turn::link::{ClientLink, SharedConn};
 use crate::turn::packet::{classify, PacketKind};
 
@@ -90,6 +91,7 @@ pub async fn read_loop(
     let mut batch = RecvBatch::new(LISTENER_BATCH, MAX_DATAGRAM, BatchMode::configured());
     let gro = batch.enable_gro(&listener.socket);
     let sender = BatchSender::new(batch.mode());
+    let mut slots = HandoffSlots::default();
     tracing::debug!(gro, "turn udp listener read loop");
     loop {
         tokio::select! {
@@ -106,7 +108,7 @@ pub async fn read_loop(
                 dispatcher.dispatch(&link, first.payload).await;
                 continue;
             }
-            // ChannelData from one client, back to back: relayed as one run (see
+            // ChannelData from one client, back to back (or alone): relayed as one run (see
             // `Dispatcher::channel_data_run`), so a burst to one peer leaves in one send.
             let mut run: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
             run[0] = first.payload;
@@ -120,11 +122,7 @@ pub async fn read_loop(
                 len += 1;
                 datagrams.next();
             }
-            if len == 1 {
-                dispatcher.dispatch(&link, first.payload).await;
-            } else {
-                dispatcher.channel_data_run(&link, &run[..len], &sender).await;
-            }
+            dispatcher.channel_data_run(&link, &run[..len], &sender, &mut slots).await;
         }
     }
 }
