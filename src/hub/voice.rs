@@ -548,6 +548,12 @@ impl Hub {
             self.webrtc_error(out, conn, "Already joining voice chat", now);
             return;
         }
+        // A name claim (a /nick) under way would rename the user under a seat taken for the
+        // old name.
+        if connection.claim.is_some() {
+            self.webrtc_error(out, conn, "Please wait, your previous request is still being processed.", now);
+            return;
+        }
         connection.voice_pending = Some(turn_user.clone());
         let Some(replica) = &self.cluster else { return };
         let entry = crate::protocol::HistoryEntry {
@@ -606,6 +612,17 @@ impl Hub {
                 .connections
                 .get(&owner.conn)
                 .is_some_and(|c| c.voice_pending.as_deref() == Some(turn_user.as_str()));
+        if waiting && self.connections.get(&owner.conn).and_then(|c| c.name.as_deref()) != Some(name.as_str())
+        {
+            // Renamed while the seat was being taken: no user here holds `name` to use or free
+            // the seat, so it is given back at once (every node drops it on `VoiceLeft`).
+            if let Some(connection) = self.connections.get_mut(&owner.conn) {
+                connection.voice_pending = None;
+            }
+            self.show_cluster_entry(out, entry);
+            self.publish_voice_left(out, &name, turn_user, now);
+            return;
+        }
         let others = self.voice.local_conns();
         let remote = if waiting { None } else { Some(owner.node.clone()) };
         self.voice.seats.push(Seat {

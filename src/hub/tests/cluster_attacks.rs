@@ -1,0 +1,131 @@
+//! Cluster mode against a hostile client or a hostile store: the fixes for what an attacker
+//! review found (each test fails without its fix).
+
+use super::*;
+use crate::cluster::event::{ClusterEvent, Owner, Snapshot};
+
+const NODE: &str = "node-a";
+
+fn clustered() -> Harness {
+    let mut h = Harness::new(|_| {});
+    let hub = std::mem::replace(
+        &mut h.hub,
+        Hub::new(
+            settings(|_| {}),
+            IceServerIssuer { endpoints: TurnEndpoints::None, ttl_s: 60 },
+            Vec::new(),
+            HashSet::new(),
+            rand::rngs::StdRng::seed_from_u64(1),
+        ),
+    );
+    h.hub = hub.clustered(NODE.into());
+    let now = h.now;
+    h.effects = h.hub.cluster_snapshot(Snapshot::default(), now);
+    h
+}
+
+fn owner(conn: ConnId) -> Owner {
+    Owner { node: NODE.into(), conn }
+}
+
+fn apply(h: &mut Harness, event: ClusterEvent) {
+    h.effects = h.hub.cluster_event(event, h.now);
+}
+
+/// The events the last call asked to publish, claim or release.
+fn asked(h: &Harness) -> Vec<ClusterEvent> {
+    h.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Publish { event, .. }
+            | Effect::ClaimName { event, .. }
+            | Effect::ReleaseName { event, .. } => Some(event.clone()),
+            Effect::JoinVoice { event, .. } => Some(event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Connects `name` on this node and plays the log's confirmation back.
+fn join(h: &mut Harness, name: &str) -> ConnId {
+    let conn = h.connect(Some(name));
+    let event = asked(h).pop().expect("a claim");
+    let now = h.now;
+    h.effects = h.hub.name_claimed(conn, name.into(), ClaimOutcome::Won, now);
+    apply(h, event);
+    conn
+}
+
+fn voice_join_event(h: &Harness) -> Option<ClusterEvent> {
+    h.effects.iter().find_map(|e| match e {
+        Effect::JoinVoice { event, .. } => Some(event.clone()),
+        _ => None,
+    })
+}
+
+fn entry(text: &str) -> HistoryEntry {
+    HistoryEntry {
+        kind: HistoryKind::System,
+        username: None,
+        text: text.into(),
+        timestamp: "2026-01-01T00:00:00.000Z".into(),
+    }
+}
+
+#[test]
+fn nick_is_refused_while_a_voice_seat_is_being_taken() {
+    let mut h = clustered();
+    let eve = join(&mut h, "evilNa");
+    h.send(eve, json!({"type": "webrtc-join", "mediaTypes": ["audio"]}));
+    let seat = voice_join_event(&h).expect("a seat is asked of the store");
+    h.chat(eve, "/nick evilNb");
+    assert_eq!(h.texts_to(eve), vec!["Leave voice chat before changing your nick."]);
+    assert!(asked(&h).is_empty(), "no rename claimed: {:?}", asked(&h));
+    // The seat comes back under the name it was taken for, and a disconnect frees it.
+    apply(&mut h, seat);
+    assert_eq!(h.frames_to(eve)[0]["type"], "webrtc-joined");
+    h.effects = h.hub.disconnect(eve, h.now);
+    let left = asked(&h);
+    assert!(
+        left.iter().any(|e| matches!(e, ClusterEvent::VoiceLeft { name, .. } if name == "evilNa")),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn a_voice_join_is_refused_while_a_nick_claim_is_pending() {
+    let mut h = clustered();
+    let eve = join(&mut h, "evilNa");
+    h.chat(eve, "/nick evilNb");
+    assert!(matches!(&asked(&h)[..], [ClusterEvent::NickChanged { .. }]));
+    h.send(eve, json!({"type": "webrtc-join", "mediaTypes": ["audio"]}));
+    assert!(voice_join_event(&h).is_none(), "no seat under a name about to change");
+    assert_eq!(h.frames_to(eve)[0]["type"], "webrtc-error");
+}
+
+#[test]
+fn a_seat_confirmed_for_a_name_its_user_no_longer_holds_is_given_back() {
+    let mut h = clustered();
+    let eve = join(&mut h, "evilNa");
+    h.send(eve, json!({"type": "webrtc-join", "mediaTypes": ["audio"]}));
+    let seat = voice_join_event(&h).expect("a seat is asked of the store");
+    // The log renames the user before the seat comes back (a stale or raced entry).
+    apply(
+        &mut h,
+        ClusterEvent::NickChanged {
+            old: "evilNa".into(),
+            new: "evilNb".into(),
+            owner: owner(eve),
+            entry: entry("evilNa is now evilNb"),
+        },
+    );
+    apply(&mut h, seat);
+    assert!(!h.frames_to(eve).iter().any(|f| f["type"] == "webrtc-joined"));
+    let given_back = asked(&h);
+    assert!(
+        given_back.iter().any(|e| matches!(e, ClusterEvent::VoiceLeft { name, .. } if name == "evilNa")),
+        "the orphan seat is released in the store: {given_back:?}"
+    );
+    // Nothing of it stays here: a disconnect has no seat to leave, and the room is empty.
+    assert_eq!(h.hub.voice.len(), 0);
+}
