@@ -129,3 +129,39 @@ fn a_seat_confirmed_for_a_name_its_user_no_longer_holds_is_given_back() {
     // Nothing of it stays here: a disconnect has no seat to leave, and the room is empty.
     assert_eq!(h.hub.voice.len(), 0);
 }
+
+#[test]
+fn ban_and_mute_ends_far_beyond_any_clock_from_the_store_hold_and_do_not_panic() {
+    let mut h = clustered();
+    let far = 9_000_000_000_000_000;
+    let snapshot = Snapshot {
+        bans: vec![("zed".into(), Some(far)), ("max".into(), Some(u64::MAX))],
+        mutes: vec![("mia".into(), Some(u64::MAX))],
+        ..Snapshot::default()
+    };
+    let now = h.now;
+    h.effects = h.hub.cluster_snapshot(snapshot, now);
+    let zed = h.connect(Some("zed"));
+    assert_eq!(h.closed(zed), Some(CLOSE_POLICY), "still banned: {:?}", h.texts_to(zed));
+    apply(
+        &mut h,
+        ClusterEvent::Ban {
+            name: "bob".into(),
+            until_ms: Some(u64::MAX),
+            notice: "banned".into(),
+            entry: entry("bob was banned"),
+        },
+    );
+    apply(
+        &mut h,
+        ClusterEvent::Mute { name: "amy".into(), until_ms: Some(u64::MAX), notice: "muted".into() },
+    );
+    // Held for the longest the admin API gives (ten years), not forever and not never.
+    h.advance(Duration::from_secs(9 * 365 * 86_400));
+    let bob = h.connect(Some("bob"));
+    assert_eq!(h.closed(bob), Some(CLOSE_POLICY), "bob still banned after nine years");
+    h.advance(Duration::from_secs(2 * 365 * 86_400));
+    h.tick();
+    let bob = h.connect(Some("bob"));
+    assert_eq!(h.closed(bob), None, "the ban ended: {:?}", h.texts_to(bob));
+}
