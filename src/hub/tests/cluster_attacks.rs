@@ -165,3 +165,96 @@ fn ban_and_mute_ends_far_beyond_any_clock_from_the_store_hold_and_do_not_panic()
     let bob = h.connect(Some("bob"));
     assert_eq!(h.closed(bob), None, "the ban ended: {:?}", h.texts_to(bob));
 }
+
+/// Bob, seated on node b, and alice, seated here, under force_relay with our relay 127.0.0.1.
+fn alice_here_and_bob_on_node_b() -> (Harness, ConnId) {
+    let mut h = clustered();
+    h.hub = std::mem::replace(
+        &mut h.hub,
+        Hub::new(
+            settings(|_| {}),
+            IceServerIssuer { endpoints: TurnEndpoints::None, ttl_s: 60 },
+            Vec::new(),
+            HashSet::new(),
+            rand::rngs::StdRng::seed_from_u64(1),
+        ),
+    )
+    .with_relay_addresses(RelayAddresses::new(["127.0.0.1".parse().unwrap()]));
+    assert!(h.hub.settings.webrtc.force_relay);
+    let alice = join(&mut h, "alice");
+    h.send(alice, json!({"type": "webrtc-join", "mediaTypes": ["audio"]}));
+    let seat = voice_join_event(&h).expect("a seat is asked of the store");
+    apply(&mut h, seat);
+    apply(
+        &mut h,
+        ClusterEvent::VoiceJoined {
+            name: "bob".into(),
+            owner: Owner { node: "node-b".into(), conn: 9 },
+            turn_user: "bob:0000beef".into(),
+            media: vec!["audio".into()],
+            entry: entry("bob joined voice chat"),
+        },
+    );
+    (h, alice)
+}
+
+fn routed(
+    from: &str,
+    kind: crate::cluster::event::SignalKind,
+    payload: Value,
+) -> crate::cluster::event::RoutedSignal {
+    crate::cluster::event::RoutedSignal {
+        node: NODE.into(),
+        from: from.into(),
+        to: "alice".into(),
+        kind,
+        payload,
+    }
+}
+
+#[test]
+fn routed_signaling_is_rebuilt_again_under_local_force_relay() {
+    use crate::cluster::event::SignalKind;
+    let (mut h, alice) = alice_here_and_bob_on_node_b();
+    let now = h.now;
+    // A host candidate (a node without force_relay, or a tampered inbox entry): never delivered.
+    let host =
+        json!({"candidate": "candidate:1 1 udp 2122260223 192.168.1.50 54321 typ host", "sdpMid": "0"});
+    h.effects = h.hub.remote_signal(routed("bob", SignalKind::Candidate, host), now);
+    assert!(h.frames_to(alice).is_empty(), "{:?}", h.frames_to(alice));
+    // A relay candidate with extra keys: rebuilt, the keys dropped.
+    let relay = json!({"candidate": "candidate:2 1 udp 41885439 127.0.0.1 50000 typ relay raddr 192.168.1.50 rport 1 generation 0",
+                       "sdpMid": "0", "address": "192.168.1.50"});
+    h.effects = h.hub.remote_signal(routed("bob", SignalKind::Candidate, relay), now);
+    assert_eq!(
+        h.frames_to(alice)[0]["candidate"],
+        json!({"candidate": "candidate:2 1 udp 41885439 127.0.0.1 50000 typ relay raddr 0.0.0.0 rport 0 generation 0", "sdpMid": "0"})
+    );
+    // An answer naming a private address: the SDP is rebuilt and the extra key dropped.
+    let sdp = "v=0\r\no=- 42 2 IN IP4 192.168.1.50\r\nc=IN IP4 192.168.1.50\r\n\
+               a=candidate:1 1 udp 2122260223 192.168.1.50 54321 typ host\r\n";
+    let answer = json!({"type": "answer", "sdp": sdp, "address": "192.168.1.50"});
+    h.effects = h.hub.remote_signal(routed("bob", SignalKind::Answer, answer), now);
+    let frames = h.frames_to(alice);
+    assert_eq!(
+        frames[0]["answer"],
+        json!({"type": "answer", "sdp": "v=0\r\no=- 42 2 IN IP4 0.0.0.0\r\nc=IN IP4 0.0.0.0\r\n"})
+    );
+    // Not a description at all: dropped.
+    h.effects = h.hub.remote_signal(routed("bob", SignalKind::Offer, json!({"sdp": 5})), now);
+    assert!(h.frames_to(alice).is_empty());
+}
+
+#[test]
+fn routed_signaling_from_someone_not_seated_on_another_node_is_dropped() {
+    use crate::cluster::event::SignalKind;
+    let (mut h, alice) = alice_here_and_bob_on_node_b();
+    let now = h.now;
+    let relay = json!({"candidate": "candidate:2 1 udp 41885439 127.0.0.1 50000 typ relay raddr 0.0.0.0 rport 0", "sdpMid": "0"});
+    for from in ["mallory", "alice"] {
+        h.effects = h.hub.remote_signal(routed(from, SignalKind::Candidate, relay.clone()), now);
+        assert!(h.frames_to(alice).is_empty(), "from {from}: {:?}", h.frames_to(alice));
+    }
+    h.effects = h.hub.remote_signal(routed("bob", SignalKind::Candidate, relay), now);
+    assert_eq!(h.frames_to(alice)[0]["fromUsername"], "bob");
+}
