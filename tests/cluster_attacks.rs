@@ -34,3 +34,44 @@ async fn a_ban_ending_beyond_any_clock_in_the_store_neither_panics_a_node_nor_le
     amy.chat("/list").await;
     amy.expect_system("Online users: amy").await;
 }
+
+/// Waits (up to 5 s) until `check` holds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_does_not_bring_back_a_name_given_up_after_it_was_listed() {
+    let redis = Redis::start();
+    let node = start_node(&redis, "node-1", "").await;
+    let _alice = node.join("alice").await;
+    let owner = redis_cli(&redis, &["HGET", "relaychat:online", "alice"]);
+    assert!(owner.starts_with("node-1/"), "{owner}");
+    // What the rename script does, as if a heartbeat listing "alice" were already queued.
+    redis_cli(&redis, &["SET", "relaychat:name:alicia", &owner, "PX", "60000"]);
+    redis_cli(&redis, &["DEL", "relaychat:name:alice"]);
+    redis_cli(&redis, &["HDEL", "relaychat:online", "alice"]);
+    redis_cli(&redis, &["HSET", "relaychat:online", "alicia", &owner]);
+    // Several heartbeats (every 400 ms) later, "alice" is still not listed nor held.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(redis_cli(&redis, &["HEXISTS", "relaychat:online", "alice"]), "0");
+    assert_eq!(redis_cli(&redis, &["EXISTS", "relaychat:name:alice"]), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaped_node_that_is_alive_claims_its_users_names_again() {
+    let redis = Redis::start();
+    let node = start_node(&redis, "node-1", "").await;
+    let _alice = node.join("alice").await;
+    // Another node reaped this one (what REAP removes); its heartbeat brings its users back.
+    redis_cli(&redis, &["ZREM", "relaychat:nodes", "node-1"]);
+    redis_cli(&redis, &["DEL", "relaychat:name:alice"]);
+    redis_cli(&redis, &["HDEL", "relaychat:online", "alice"]);
+    eventually("alice listed again", || redis_cli(&redis, &["HEXISTS", "relaychat:online", "alice"]) == "1")
+        .await;
+    assert_eq!(redis_cli(&redis, &["EXISTS", "relaychat:name:alice"]), "1");
+}

@@ -42,8 +42,10 @@
 //!   if any, logs the event.
 //! - `heartbeat` (`KEYS[4]` nodes, `KEYS[5]` own record): renews the node (expiry = Redis time +
 //!   ttl) and each name the node holds: `PEXPIRE` if the key still holds our `node/conn`;
-//!   re-`SET` + log `UserJoined` (no history entry) if it expired meanwhile (Redis was away
-//!   longer than the TTL); reports it lost if someone else holds it now. Returns the lost names,
+//!   re-`SET` if it expired meanwhile (Redis was away longer than the TTL) but is still listed
+//!   online as ours; re-`SET`, list + log `UserJoined` (no history entry) if the node had no
+//!   entry in `{ns}:nodes` (it was reaped); otherwise (someone else holds it, or it was given up
+//!   by a rename or release after the hub listed it) reports it lost. Returns the lost names,
 //!   the nodes whose expiry has passed and the records of the nodes alive (their relay
 //!   addresses open the peer policy to each other's relays).
 //! - `reap` (`KEYS[4]` nodes, `KEYS[5]` dead node's record, `KEYS[6]` voice): only if the
@@ -136,6 +138,10 @@ const HEARTBEAT: &str = r"
 -- then triples from ARGV[9]: name, owner, UserJoined event (logged if the claim had expired)
 local now = redis_now_ms()
 local ttl = tonumber(ARGV[5])
+-- No record: this node was reaped (or Redis lost its data), so everything of ours was dropped
+-- and comes back. Otherwise a name no longer listed as ours was given up (a rename, a release)
+-- after the hub listed it, and must not come back.
+local reaped = not redis.call('ZSCORE', KEYS[4], ARGV[4])
 redis.call('ZADD', KEYS[4], now + ttl, ARGV[4])
 redis.call('SET', KEYS[5], ARGV[6], 'PX', ttl)
 local lost = {}
@@ -145,12 +151,12 @@ for i = 9, #ARGV, 3 do
   local held = redis.call('GET', key)
   if held == owner then
     redis.call('PEXPIRE', key, ttl)
-  elseif not held then
+  elseif not held and redis.call('HGET', KEYS[3], name) == owner then
     redis.call('SET', key, owner, 'PX', ttl)
-    if redis.call('HGET', KEYS[3], name) ~= owner then
-      redis.call('HSET', KEYS[3], name, owner)
-      log_event(ARGV[i + 2])
-    end
+  elseif not held and reaped then
+    redis.call('SET', key, owner, 'PX', ttl)
+    redis.call('HSET', KEYS[3], name, owner)
+    log_event(ARGV[i + 2])
   else
     table.insert(lost, name)
   end

@@ -258,3 +258,17 @@ fn routed_signaling_from_someone_not_seated_on_another_node_is_dropped() {
     h.effects = h.hub.remote_signal(routed("bob", SignalKind::Candidate, relay), now);
     assert_eq!(h.frames_to(alice)[0]["fromUsername"], "bob");
 }
+
+#[test]
+fn a_name_being_renamed_away_is_not_renewed_by_the_heartbeat() {
+    let mut h = clustered();
+    let alice = join(&mut h, "alice");
+    let bob = join(&mut h, "bob");
+    h.chat(alice, "/nick alicia");
+    let rename = asked(&h).pop().expect("a rename claim");
+    let names: Vec<String> = h.hub.owned_names().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["bob"], "the old name may be gone from the store already");
+    apply(&mut h, rename);
+    let owned = h.hub.owned_names();
+    assert_eq!(owned, [("alicia".to_string(), owner(alice)), ("bob".to_string(), owner(bob))]);
+}
