@@ -75,3 +75,28 @@ async fn a_reaped_node_that_is_alive_claims_its_users_names_again() {
         .await;
     assert_eq!(redis_cli(&redis, &["EXISTS", "relaychat:name:alice"]), "1");
 }
+
+fn kill_9(server: &common::Server) {
+    let status = std::process::Command::new("kill").args(["-KILL", &server.pid().to_string()]).status();
+    assert!(status.expect("kill").success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_under_its_id_after_kill_9_releases_what_its_previous_run_left() {
+    let redis = Redis::start();
+    let first_run = start_node(&redis, "node-1", "").await;
+    let node_2 = start_node(&redis, "node-2", "").await;
+    let mut bob = node_2.join("bob").await;
+    let mut alice = first_run.join("alice").await;
+    alice.send("webrtc-join", serde_json::json!({"mediaTypes": ["audio"]})).await;
+    alice.recv_type("webrtc-joined").await;
+    bob.expect_system("alice has joined.").await;
+    kill_9(&first_run);
+    // Restarted at once under the same id (systemd: Restart=on-failure, RestartSec=2).
+    let second_run = start_node(&redis, "node-1", "").await;
+    bob.expect_system("alice has left.").await;
+    eventually("alice's seat freed", || redis_cli(&redis, &["HLEN", "relaychat:voice"]) == "0").await;
+    let mut alice = second_run.join("alice").await;
+    alice.chat("/list").await;
+    alice.expect_system("Online users: bob, alice").await;
+}

@@ -52,6 +52,8 @@
 //!   node's expiry has passed and `ZREM` removes it (one reaper wins), deletes its record, its
 //!   voice seats ("<name> left voice chat" stored for each), its online entries and name keys
 //!   that still hold its `node/conn`s ("<name> has left." stored for each), logs `NodeGone`.
+//!   With `ARGV[7]` = `own` (a node starting) it does the same for the node's own id without
+//!   the expiry check, and logs only if a previous run left anything.
 //! - `voice_join` (`KEYS[4]` voice): if the name holds no seat and fewer than
 //!   `max_participants` seats are taken, takes one, stores the notice, logs `VoiceJoined`.
 //!   Returns 1 (seated), 0 (full) or -1 (already seated): the room's size holds cluster-wide
@@ -171,10 +173,16 @@ return {lost, expired, records}
 ";
 
 const REAP: &str = r#"
--- ARGV[4] dead node id, ARGV[5] name key prefix, ARGV[6] ISO timestamp of the notices
-local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
-if not score or tonumber(score) >= redis_now_ms() then return 0 end
-if redis.call('ZREM', KEYS[4], ARGV[4]) ~= 1 then return 0 end
+-- ARGV[4] dead node id, ARGV[5] name key prefix, ARGV[6] ISO timestamp of the notices,
+-- ARGV[7] 'own': this node starting, releasing what a previous run under its id left
+local own = ARGV[7] == 'own'
+if own then
+  redis.call('ZREM', KEYS[4], ARGV[4])
+else
+  local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
+  if not score or tonumber(score) >= redis_now_ms() then return 0 end
+  if redis.call('ZREM', KEYS[4], ARGV[4]) ~= 1 then return 0 end
+end
 redis.call('DEL', KEYS[5])
 local seats = {}
 local voice = redis.call('HGETALL', KEYS[6])
@@ -198,6 +206,7 @@ for i = 1, #online, 2 do
     table.insert(names, cjson.encode(name))
   end
 end
+if own and #names == 0 and #seats == 0 then return 0 end
 log_event('{"kind":"NodeGone","node":' .. cjson.encode(ARGV[4]) .. ',"names":[' ..
   table.concat(names, ',') .. '],"seats":[' .. table.concat(seats, ',') .. '],"timestamp":' ..
   cjson.encode(ARGV[6]) .. '}')

@@ -31,6 +31,8 @@ use crate::turn::relay_socket::ClusterRelays;
 pub const MAX_PENDING_RELEASES: usize = 65_536;
 /// Pause between PINGs while the connection manager reconnects.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+/// Between attempts at start-up to release what a previous run left, while Redis is away.
+const START_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Dead nodes reaped per heartbeat.
 const MAX_REAPS_PER_HEARTBEAT: usize = 16;
 
@@ -140,6 +142,7 @@ impl Writer {
 
     /// Runs until the runner drops its sender.
     pub async fn run(mut self, mut commands: mpsc::Receiver<ClusterCommand>) {
+        self.release_previous_run(&commands).await;
         while let Some(command) = commands.recv().await {
             self.carry_out(command).await;
         }
@@ -476,6 +479,38 @@ impl Writer {
             relays.set(ips.iter().copied());
         }
         self.hub.send(HubEvent::ClusterRelays { ips }).await;
+    }
+
+    /// A node restarted under the same id (after kill -9 systemd restarts it within seconds)
+    /// would find its previous run's users still online and seated: nobody reaps them (this run
+    /// renews the node's record) and connection numbers start again at 1, so they would stay
+    /// forever or pass for this run's. Before anything else is written, they go, as `NodeGone`
+    /// so that every node announces the leaves. (A per-start suffix in the owner would need
+    /// the reaper of a dead run to find it, with no record naming it; this needs nothing new.)
+    async fn release_previous_run(&mut self, commands: &mpsc::Receiver<ClusterCommand>) {
+        let node = self.ctx.node_id.clone();
+        while !commands.is_closed() {
+            let keys = [self.ctx.keys.nodes(), self.ctx.keys.node(&node), self.ctx.keys.voice()];
+            let mut invocation = self.invocation(&self.scripts.reap, &keys);
+            invocation
+                .arg(&node)
+                .arg(self.ctx.keys.name_prefix())
+                .arg(iso_timestamp(chrono::Utc::now()))
+                .arg("own");
+            let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn.clone()).await;
+            match result {
+                Ok(released) => {
+                    if released == 1 {
+                        tracing::warn!(node, "released the users and seats a previous run of this node left");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(node, "cannot release what a previous run left yet: {e}");
+                    tokio::time::sleep(START_RETRY_PAUSE).await;
+                }
+            }
+        }
     }
 
     async fn reap(&mut self, dead: &str) {
