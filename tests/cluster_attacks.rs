@@ -100,3 +100,19 @@ async fn a_node_restarted_under_its_id_after_kill_9_releases_what_its_previous_r
     alice.chat("/list").await;
     alice.expect_system("Online users: bob, alice").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_this_node_has_not_read_yet_still_keeps_the_user_out() {
+    let redis = Redis::start();
+    let node = start_node(&redis, "node-1", "").await;
+    // Stored, and not yet in the log this node reads (the ban racing the join).
+    redis_cli(&redis, &["HSET", "relaychat:bans", "zed", "0"]);
+    let mut zed = common::Client::connect(&node.url(Some("zed"))).await;
+    zed.expect_system("You are banned.").await;
+    assert_eq!(redis_cli(&redis, &["HEXISTS", "relaychat:online", "zed"]), "0");
+    // An ended timed ban does not.
+    redis_cli(&redis, &["HSET", "relaychat:bans", "amy", "1000"]);
+    let mut amy = node.join("amy").await;
+    amy.chat("/list").await;
+    amy.expect_system("Online users: amy").await;
+}

@@ -30,10 +30,11 @@
 //! history trim mode `=` or `~`):
 //!
 //! - `claim` (`KEYS[4]` name key): `SET NX PX ttl`; if set, list the name online, store the
-//!   "has joined." entry and log `UserJoined`. Returns 1 if this claim won, 0 if the name is held.
+//!   "has joined." entry and log `UserJoined`. Returns 1 if this claim won, 0 if the name is held,
+//!   -1 if `KEYS[5]` (bans) bans it (a ban racing the join).
 //!   Of any number of concurrent claims on any nodes exactly one gets 1.
 //! - `rename` (`KEYS[4]` new name key, `KEYS[5]` old name key): claims the new name like `claim`;
-//!   if won, drops the old one (only if still ours), logs `NickChanged`.
+//!   if won, drops the old one (only if still ours), logs `NickChanged`. -1 if `KEYS[6]` bans it.
 //! - `release` (`KEYS[4]` name key): deletes the name only if it still holds our `node/conn`
 //!   (compare-and-delete) and logs `UserLeft`; if the key already expired but the online list
 //!   still names us, it logs `UserLeft` too (the others must drop the name). Otherwise nothing.
@@ -81,10 +82,17 @@ local function redis_now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function banned(bans, name)
+  local ends = redis.call('HGET', bans, name)
+  if not ends then return false end
+  local ms = tonumber(ends)
+  return not ms or ms == 0 or ms > redis_now_ms()
+end
 ";
 
 const CLAIM: &str = r"
--- ARGV[4] owner, ARGV[5] ttl ms, ARGV[6] event, ARGV[7] entry, ARGV[8] name
+-- ARGV[4] owner, ARGV[5] ttl ms, ARGV[6] event, ARGV[7] entry, ARGV[8] name; KEYS[5] bans
+if banned(KEYS[5], ARGV[8]) then return -1 end
 if not redis.call('SET', KEYS[4], ARGV[4], 'NX', 'PX', ARGV[5]) then
   if redis.call('GET', KEYS[4]) == ARGV[4] then return 1 end
   return 0
@@ -96,7 +104,9 @@ return 1
 ";
 
 const RENAME: &str = r"
--- ARGV[4] owner, ARGV[5] ttl ms, ARGV[6] event, ARGV[7] entry, ARGV[8] new name, ARGV[9] old name
+-- ARGV[4] owner, ARGV[5] ttl ms, ARGV[6] event, ARGV[7] entry, ARGV[8] new name, ARGV[9] old name;
+-- KEYS[6] bans
+if banned(KEYS[6], ARGV[8]) then return -1 end
 if not redis.call('SET', KEYS[4], ARGV[4], 'NX', 'PX', ARGV[5]) then return 0 end
 if redis.call('GET', KEYS[5]) == ARGV[4] then redis.call('DEL', KEYS[5]) end
 if redis.call('HGET', KEYS[3], ARGV[9]) == ARGV[4] then redis.call('HDEL', KEYS[3], ARGV[9]) end

@@ -246,7 +246,8 @@ impl Writer {
         let ttl = self.ctx.settings.presence_ttl_ms;
         let result: redis::RedisResult<i64> = match previous {
             None => {
-                let mut invocation = self.invocation(&self.scripts.claim, &[self.ctx.keys.name(name)]);
+                let keys = [self.ctx.keys.name(name), self.ctx.keys.bans()];
+                let mut invocation = self.invocation(&self.scripts.claim, &keys);
                 invocation
                     .arg(owner.to_string())
                     .arg(ttl)
@@ -256,7 +257,7 @@ impl Writer {
                 invocation.invoke_async(&mut self.conn.clone()).await
             }
             Some(old) => {
-                let keys = [self.ctx.keys.name(name), self.ctx.keys.name(old)];
+                let keys = [self.ctx.keys.name(name), self.ctx.keys.name(old), self.ctx.keys.bans()];
                 let mut invocation = self.invocation(&self.scripts.rename, &keys);
                 invocation
                     .arg(owner.to_string())
@@ -271,10 +272,10 @@ impl Writer {
         match result {
             Ok(won) => {
                 self.set_up(true);
-                if won == 1 {
-                    ClaimOutcome::Won
-                } else {
-                    ClaimOutcome::Taken
+                match won {
+                    1 => ClaimOutcome::Won,
+                    -1 => ClaimOutcome::Banned,
+                    _ => ClaimOutcome::Taken,
                 }
             }
             Err(e) => {

@@ -42,6 +42,8 @@ pub enum ClaimOutcome {
     Won,
     /// Someone holds it.
     Taken,
+    /// The store bans it (a ban this node had not read yet).
+    Banned,
     /// Redis did not answer.
     StoreDown,
 }
@@ -247,7 +249,16 @@ impl Hub {
                 out.close(conn, CLOSE_POLICY, "Username in use");
                 self.remove_connection(&mut out, conn, None, now);
             }
-            (ClaimOutcome::Taken, ClaimPurpose::Nick { .. }) => {
+            (ClaimOutcome::Banned, ClaimPurpose::Connect) => {
+                out.system(conn, "You are banned.");
+                self.refuse(&mut out, conn, now);
+            }
+            (ClaimOutcome::Banned, ClaimPurpose::Login) => {
+                out.system(conn, "You are banned.");
+                out.close(conn, CLOSE_POLICY, "Banned");
+                self.remove_connection(&mut out, conn, None, now);
+            }
+            (ClaimOutcome::Taken | ClaimOutcome::Banned, ClaimPurpose::Nick { .. }) => {
                 out.system(conn, &format!("Username \"{name}\" is already taken."));
             }
             (_, ClaimPurpose::Nick { .. }) => out.system(conn, STORE_DOWN_NICK),
@@ -464,6 +475,13 @@ impl Hub {
             })
         });
         match waiting {
+            // Banned meanwhile (the ban was logged while the claim was on its way): the name is
+            // released again, as for a banned user who was online.
+            Some(conn) if self.bans.contains(&name) => {
+                out.system(conn, "You are banned.");
+                out.close(conn, CLOSE_POLICY, "Banned");
+                self.remove_connection(out, conn, None, now);
+            }
             Some(conn) => self.welcome_claimed(out, conn, name, entry),
             None => {
                 if !self.arrival_order.contains(&name) {

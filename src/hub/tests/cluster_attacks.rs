@@ -272,3 +272,38 @@ fn a_name_being_renamed_away_is_not_renewed_by_the_heartbeat() {
     let owned = h.hub.owned_names();
     assert_eq!(owned, [("alicia".to_string(), owner(alice)), ("bob".to_string(), owner(bob))]);
 }
+
+#[test]
+fn a_ban_read_while_a_join_claim_is_on_its_way_keeps_the_user_out() {
+    let mut h = clustered();
+    let zed = h.connect(Some("zed"));
+    let claim = asked(&h).pop().expect("a claim");
+    apply(
+        &mut h,
+        ClusterEvent::Ban {
+            name: "zed".into(),
+            until_ms: None,
+            notice: "banned".into(),
+            entry: entry("zed was banned"),
+        },
+    );
+    apply(&mut h, claim);
+    assert!(!h.frames_to(zed).iter().any(|f| f["type"] == "history"), "not welcomed");
+    assert!(h.texts_to(zed).contains(&"You are banned.".to_string()));
+    assert_eq!(h.closed(zed), Some(CLOSE_POLICY));
+    assert!(
+        asked(&h).iter().any(|e| matches!(e, ClusterEvent::UserLeft { name, .. } if name == "zed")),
+        "the claimed name is released: {:?}",
+        asked(&h)
+    );
+}
+
+#[test]
+fn a_claim_the_store_refuses_as_banned_says_so() {
+    let mut h = clustered();
+    let zed = h.connect(Some("zed"));
+    let now = h.now;
+    h.effects = h.hub.name_claimed(zed, "zed".into(), ClaimOutcome::Banned, now);
+    assert_eq!(h.texts_to(zed), ["You are banned."]);
+    assert_eq!(h.closed(zed), Some(CLOSE_POLICY));
+}
