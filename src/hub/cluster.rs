@@ -421,6 +421,9 @@ impl Hub {
                 self.apply_secret_rotated(&mut out, secret, grace_s, now)
             }
             ClusterEvent::NodeGone { node, names, seats, timestamp } => {
+                if self.cluster.as_ref().is_some_and(|replica| replica.node == node) {
+                    self.drop_own_seats(&mut out, &seats, now);
+                }
                 self.drop_node_seats(&mut out, &node, &seats, &timestamp);
                 for name in names {
                     let Some(replica) = self.cluster.as_mut() else { break };

@@ -18,6 +18,10 @@ use crate::protocol::{
     iso_timestamp, ClientMessage, IceCandidate, Participant, ServerMessage, SessionDescription, VoiceConfig,
 };
 
+/// To a member whose seat the cluster dropped while this node was cut off.
+pub const VOICE_INTERRUPTED: &str =
+    "Voice chat was interrupted: this server lost contact with the cluster. Please join again.";
+
 /// Buffered candidates held per (sender, receiver) pair; more drops the oldest.
 pub const MAX_BUFFERED_CANDIDATES: usize = 64;
 
@@ -699,6 +703,18 @@ impl Hub {
                 timestamp: timestamp.to_string(),
             };
             self.show_cluster_entry(out, entry);
+        }
+    }
+
+    /// This node was reaped while alive (cut off from Redis, or paused, longer than the
+    /// presence TTL): the store and every other node dropped its seats. Its users here leave the
+    /// room too, told so they can join again (their names come back with the next heartbeat).
+    pub(super) fn drop_own_seats(&mut self, out: &mut Out, seats: &[String], now: Now) {
+        for name in seats {
+            let index = self.voice.seats.iter().position(|s| &s.name == name && s.remote.is_none());
+            let Some(index) = index else { continue };
+            let seat = self.remove_seat(out, index);
+            self.webrtc_error(out, seat.conn, VOICE_INTERRUPTED, now);
         }
     }
 

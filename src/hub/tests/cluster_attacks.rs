@@ -307,3 +307,32 @@ fn a_claim_the_store_refuses_as_banned_says_so() {
     assert_eq!(h.texts_to(zed), ["You are banned."]);
     assert_eq!(h.closed(zed), Some(CLOSE_POLICY));
 }
+
+#[test]
+fn our_own_node_reaped_while_alive_takes_our_users_out_of_voice_and_keeps_them_online() {
+    let mut h = clustered();
+    let alice = join(&mut h, "alice");
+    h.send(alice, json!({"type": "webrtc-join", "mediaTypes": ["audio"]}));
+    let seat = voice_join_event(&h).expect("a seat is asked of the store");
+    apply(&mut h, seat);
+    assert_eq!(h.hub.voice.len(), 1);
+    apply(
+        &mut h,
+        ClusterEvent::NodeGone {
+            node: NODE.into(),
+            names: vec!["alice".into()],
+            seats: vec!["alice".into()],
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+        },
+    );
+    assert_eq!(h.hub.voice.len(), 0, "the store dropped the seat: so does this node");
+    assert!(told_relay(&h, false, "alice"), "the relay lets the allocation go");
+    let error = &h.frames_to(alice)[0];
+    assert_eq!(error["type"], "webrtc-error");
+    assert_eq!(error["error"], crate::hub::voice::VOICE_INTERRUPTED);
+    assert_eq!(h.closed(alice), None, "still chatting");
+    assert_eq!(h.hub.owned_names(), [("alice".to_string(), owner(alice))], "renewed by the heartbeat");
+    // And may join again.
+    h.send(alice, json!({"type": "webrtc-join", "mediaTypes": ["audio"]}));
+    assert!(voice_join_event(&h).is_some());
+}
