@@ -116,3 +116,35 @@ async fn a_ban_this_node_has_not_read_yet_still_keeps_the_user_out() {
     amy.chat("/list").await;
     amy.expect_system("Online users: amy").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_in_the_voice_hash_neither_stops_a_reap_nor_blocks_a_leave() {
+    let redis = Redis::start();
+    let node_1 = start_node(&redis, "node-1", "").await;
+    let node_2 = start_node(&redis, "node-2", "").await;
+    let mut alice = node_1.join("alice").await;
+    let mut bob = node_2.join("bob").await;
+    alice.expect_system("bob has joined.").await;
+    for client in [&mut alice, &mut bob] {
+        client.send("webrtc-join", serde_json::json!({"mediaTypes": ["audio"]})).await;
+        client.recv_type("webrtc-joined").await;
+    }
+    redis_cli(&redis, &["HSET", "relaychat:voice", "junk", "not json", "number", "5"]);
+    // Alice's own seat record overwritten with junk: her leave still frees the name.
+    redis_cli(&redis, &["HSET", "relaychat:voice", "alice", "{broken"]);
+    alice.send("webrtc-leave", serde_json::json!({})).await;
+    eventually("alice's junk seat freed", || {
+        redis_cli(&redis, &["HEXISTS", "relaychat:voice", "alice"]) == "0"
+    })
+    .await;
+    // Node 2 dies: node 1 reaps it despite the junk, and everyone sees bob go.
+    kill_9(&node_2);
+    alice.expect_system("bob has left.").await;
+    assert_eq!(redis_cli(&redis, &["HEXISTS", "relaychat:online", "bob"]), "0");
+    assert_eq!(redis_cli(&redis, &["HEXISTS", "relaychat:voice", "bob"]), "0");
+    assert_eq!(redis_cli(&redis, &["HEXISTS", "relaychat:voice", "junk"]), "1", "junk is no one's seat");
+    // Node 1's heartbeats were never blocked: still ready, and alice may sit down again.
+    assert_eq!(readyz(node_1.http).await, 200);
+    alice.send("webrtc-join", serde_json::json!({"mediaTypes": ["audio"]})).await;
+    alice.recv_type("webrtc-joined").await;
+}

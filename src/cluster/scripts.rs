@@ -193,15 +193,20 @@ else
   if not score or tonumber(score) >= redis_now_ms() then return 0 end
   if redis.call('ZREM', KEYS[4], ARGV[4]) ~= 1 then return 0 end
 end
-redis.call('DEL', KEYS[5])
-local seats = {}
+-- Seats are read and checked before anything is written: a record that is not a seat (junk
+-- anyone with access wrote) is skipped, never an error that stops the reap half-done.
+local seat_names = {}
 local voice = redis.call('HGETALL', KEYS[6])
 for i = 1, #voice, 2 do
-  if cjson.decode(voice[i + 1]).node == ARGV[4] then
-    redis.call('HDEL', KEYS[6], voice[i])
-    store_entry(cjson.encode({type = 'system', text = voice[i] .. ' left voice chat', timestamp = ARGV[6]}))
-    table.insert(seats, cjson.encode(voice[i]))
-  end
+  local ok, seat = pcall(cjson.decode, voice[i + 1])
+  if ok and type(seat) == 'table' and seat.node == ARGV[4] then table.insert(seat_names, voice[i]) end
+end
+redis.call('DEL', KEYS[5])
+local seats = {}
+for _, name in ipairs(seat_names) do
+  redis.call('HDEL', KEYS[6], name)
+  store_entry(cjson.encode({type = 'system', text = name .. ' left voice chat', timestamp = ARGV[6]}))
+  table.insert(seats, cjson.encode(name))
 end
 local prefix = ARGV[4] .. '/'
 local names = {}
@@ -236,7 +241,10 @@ return 1
 const VOICE_LEAVE: &str = r"
 -- ARGV[4] name, ARGV[5] turn user, ARGV[6] event, ARGV[7] entry
 local seat = redis.call('HGET', KEYS[4], ARGV[4])
-if not seat or cjson.decode(seat).turn_user ~= ARGV[5] then return 0 end
+if not seat then return 0 end
+local ok, record = pcall(cjson.decode, seat)
+-- Junk under the name is no one's seat: it goes, so that the name can be seated again.
+if ok and type(record) == 'table' and record.turn_user ~= ARGV[5] then return 0 end
 redis.call('HDEL', KEYS[4], ARGV[4])
 store_entry(ARGV[7])
 log_event(ARGV[6])

@@ -31,6 +31,16 @@ use crate::turn::relay_socket::ClusterRelays;
 pub const MAX_PENDING_RELEASES: usize = 65_536;
 /// Pause between PINGs while the connection manager reconnects.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+/// Redis answered and refused the command itself (an `ERR` reply such as a script error, or an
+/// answer of the wrong shape): the store is up, and the same command would be refused again.
+fn refused(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+            | redis::ErrorKind::UnexpectedReturnType
+    )
+}
+
 /// Between attempts at start-up to release what a previous run left, while Redis is away.
 const START_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Dead nodes reaped per heartbeat.
@@ -305,7 +315,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::warn!(user = name, "cluster name release failed (retried later): {e}");
-                self.set_up(false);
+                self.set_up(refused(&e));
                 false
             }
         }
@@ -394,7 +404,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::warn!("cluster publish failed: {e}");
-                self.set_up(false);
+                self.set_up(refused(&e));
                 false
             }
         }
@@ -409,6 +419,12 @@ impl Writer {
                 _ => true,
             };
             if !done {
+                if self.ctx.status.writer_up.load(Ordering::Relaxed) {
+                    // Redis answered and refused it (a script error on junk data): it would be
+                    // refused again, and block every later heartbeat.
+                    tracing::error!(?command, "dropped a parked cluster change Redis refuses");
+                    continue;
+                }
                 self.pending_releases.push_front(command);
                 return;
             }
