@@ -148,3 +148,27 @@ async fn junk_in_the_voice_hash_neither_stops_a_reap_nor_blocks_a_leave() {
     alice.send("webrtc-join", serde_json::json!({"mediaTypes": ["audio"]})).await;
     alice.recv_type("webrtc-joined").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_restrictions_and_a_dead_nodes_inbox_leave_the_store() {
+    let redis = Redis::start();
+    let ahead = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+        + 3_600_000)
+        .to_string();
+    redis_cli(&redis, &["HSET", "relaychat:bans", "ended", "1000", "forever", "0", "later", &ahead]);
+    redis_cli(&redis, &["HSET", "relaychat:mutes", "ended", "1000", "later", &ahead]);
+    let node_1 = start_node(&redis, "node-1", "").await;
+    let node_2 = start_node(&redis, "node-2", "").await;
+    eventually("ended ban pruned", || redis_cli(&redis, &["HEXISTS", "relaychat:bans", "ended"]) == "0")
+        .await;
+    assert_eq!(redis_cli(&redis, &["HEXISTS", "relaychat:mutes", "ended"]), "0");
+    assert_eq!(redis_cli(&redis, &["HKEYS", "relaychat:bans"]).lines().count(), 2, "forever and later stay");
+    assert_eq!(redis_cli(&redis, &["HEXISTS", "relaychat:mutes", "later"]), "1");
+    let mut alice = node_1.join("alice").await;
+    let _bob = node_2.join("bob").await;
+    alice.expect_system("bob has joined.").await;
+    redis_cli(&redis, &["XADD", "relaychat:inbox:node-2", "*", "s", "left for a node that dies"]);
+    kill_9(&node_2);
+    alice.expect_system("bob has left.").await;
+    assert_eq!(redis_cli(&redis, &["EXISTS", "relaychat:inbox:node-2"]), "0");
+}

@@ -49,8 +49,9 @@
 //!   by a rename or release after the hub listed it) reports it lost. Returns the lost names,
 //!   the nodes whose expiry has passed and the records of the nodes alive (their relay
 //!   addresses open the peer policy to each other's relays).
-//! - `reap` (`KEYS[4]` nodes, `KEYS[5]` dead node's record, `KEYS[6]` voice): only if the
-//!   node's expiry has passed and `ZREM` removes it (one reaper wins), deletes its record, its
+//! - `reap` (`KEYS[4]` nodes, `KEYS[5]` dead node's record, `KEYS[6]` voice, `KEYS[7]` its
+//!   inbox): only if the node's expiry has passed and `ZREM` removes it (one reaper wins),
+//!   deletes its record and inbox, its
 //!   voice seats ("<name> left voice chat" stored for each), its online entries and name keys
 //!   that still hold its `node/conn`s ("<name> has left." stored for each), logs `NodeGone`.
 //!   With `ARGV[7]` = `own` (a node starting) it does the same for the node's own id without
@@ -61,6 +62,8 @@
 //!   under any number of concurrent joins on any nodes.
 //! - `voice_leave` (`KEYS[4]` voice): frees the seat only if it is still `turn_user`'s (a
 //!   later seat of the same name stays), stores the notice, logs `VoiceLeft`.
+//! - `prune_restrictions` (`KEYS` bans, mutes; run every minute from the heartbeat): drops the
+//!   timed bans and mutes whose end has passed.
 //! - `snapshot`: the newest log ID and sequence number, the newest history entries, online list, bans, mutes and voice seats, read
 //!   in one atomic step: a node that applies the log from that ID on misses nothing and sees
 //!   nothing twice.
@@ -202,6 +205,7 @@ for i = 1, #voice, 2 do
   if ok and type(seat) == 'table' and seat.node == ARGV[4] then table.insert(seat_names, voice[i]) end
 end
 redis.call('DEL', KEYS[5])
+redis.call('DEL', KEYS[7])
 local seats = {}
 for _, name in ipairs(seat_names) do
   redis.call('HDEL', KEYS[6], name)
@@ -251,6 +255,25 @@ log_event(ARGV[6])
 return 1
 ";
 
+const PRUNE_RESTRICTIONS: &str = r"
+-- KEYS: bans, mutes. Drops the timed entries whose end has passed (by Redis's clock): every node
+-- lifts them by itself, but the hashes would otherwise keep them forever.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dropped = 0
+for _, key in ipairs(KEYS) do
+  local all = redis.call('HGETALL', key)
+  for i = 1, #all, 2 do
+    local ms = tonumber(all[i + 1])
+    if ms and ms ~= 0 and ms <= now then
+      redis.call('HDEL', key, all[i])
+      dropped = dropped + 1
+    end
+  end
+end
+return dropped
+";
+
 const SNAPSHOT: &str = r"
 -- KEYS: log, history, online, bans, mutes, voice; ARGV[1] history entries wanted
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -278,6 +301,7 @@ pub struct Scripts {
     pub snapshot: Script,
     pub voice_join: Script,
     pub voice_leave: Script,
+    pub prune_restrictions: Script,
 }
 
 impl Scripts {
@@ -293,6 +317,7 @@ impl Scripts {
             snapshot: Script::new(SNAPSHOT),
             voice_join: with_append(VOICE_JOIN),
             voice_leave: with_append(VOICE_LEAVE),
+            prune_restrictions: Script::new(PRUNE_RESTRICTIONS),
         }
     }
 }

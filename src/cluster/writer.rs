@@ -41,6 +41,9 @@ fn refused(e: &redis::RedisError) -> bool {
     )
 }
 
+/// How often ended timed bans and mutes are removed from the store.
+const RESTRICTION_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Between attempts at start-up to release what a previous run left, while Redis is away.
 const START_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Dead nodes reaped per heartbeat.
@@ -116,6 +119,7 @@ pub struct Writer {
     /// Releases (and voice seat releases) that failed: retried before the next heartbeat.
     pending_releases: VecDeque<ClusterCommand>,
     last_age_trim: Option<Instant>,
+    last_restriction_prune: Option<Instant>,
     /// The relay peer policy's set of the cluster's relays (none without a relay).
     relays: Option<Arc<ClusterRelays>>,
     /// The nodes' relay addresses as last learned.
@@ -145,6 +149,7 @@ impl Writer {
             up_since: None,
             pending_releases: VecDeque::new(),
             last_age_trim: None,
+            last_restriction_prune: None,
             relays,
             known_relays: Vec::new(),
         })
@@ -468,6 +473,23 @@ impl Writer {
             }
         }
         self.trim_by_age().await;
+        self.prune_restrictions().await;
+    }
+
+    /// Timed bans and mutes that ended leave their hashes (every node lifted them already).
+    async fn prune_restrictions(&mut self) {
+        if self.last_restriction_prune.is_some_and(|at| at.elapsed() < RESTRICTION_PRUNE_INTERVAL) {
+            return;
+        }
+        self.last_restriction_prune = Some(Instant::now());
+        let mut invocation = self.scripts.prune_restrictions.key(self.ctx.keys.bans());
+        invocation.key(self.ctx.keys.mutes());
+        let result: redis::RedisResult<u64> = invocation.invoke_async(&mut self.conn.clone()).await;
+        match result {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(dropped, "removed ended timed bans and mutes from the store"),
+            Err(e) => tracing::warn!("pruning ended bans and mutes failed: {e}"),
+        }
     }
 
     /// The relay addresses of every live node (their records): the relay's peer policy and the
@@ -507,7 +529,12 @@ impl Writer {
     async fn release_previous_run(&mut self, commands: &mpsc::Receiver<ClusterCommand>) {
         let node = self.ctx.node_id.clone();
         while !commands.is_closed() {
-            let keys = [self.ctx.keys.nodes(), self.ctx.keys.node(&node), self.ctx.keys.voice()];
+            let keys = [
+                self.ctx.keys.nodes(),
+                self.ctx.keys.node(&node),
+                self.ctx.keys.voice(),
+                self.ctx.keys.inbox(&node),
+            ];
             let mut invocation = self.invocation(&self.scripts.reap, &keys);
             invocation
                 .arg(&node)
@@ -531,7 +558,12 @@ impl Writer {
     }
 
     async fn reap(&mut self, dead: &str) {
-        let keys = [self.ctx.keys.nodes(), self.ctx.keys.node(dead), self.ctx.keys.voice()];
+        let keys = [
+            self.ctx.keys.nodes(),
+            self.ctx.keys.node(dead),
+            self.ctx.keys.voice(),
+            self.ctx.keys.inbox(dead),
+        ];
         let mut invocation = self.invocation(&self.scripts.reap, &keys);
         invocation.arg(dead).arg(self.ctx.keys.name_prefix()).arg(iso_timestamp(chrono::Utc::now()));
         let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn.clone()).await;
