@@ -88,6 +88,10 @@ pub enum HubEvent {
         name: String,
         ok: bool,
     },
+    /// The account store did not answer a login (not a wrong password).
+    LoginUnavailable {
+        conn: ConnId,
+    },
     AdminsLoaded {
         admins: std::collections::HashSet<String>,
     },
@@ -457,6 +461,7 @@ impl Runner {
             }
             HubEvent::AccountCreated { conn, result } => self.hub.account_created(conn, result, now),
             HubEvent::LoginChecked { conn, name, ok } => self.hub.login_checked(conn, name, ok, now),
+            HubEvent::LoginUnavailable { conn } => self.hub.login_unavailable(conn, now),
             HubEvent::AdminsLoaded { admins } => {
                 self.hub.set_admins(admins);
                 Vec::new()
@@ -671,8 +676,10 @@ impl Runner {
                 let stored = match accounts.password_hash(&name).await {
                     Ok(stored) => stored,
                     Err(e) => {
+                        // A Redis blip is no wrong password: "try again", not counted.
                         tracing::error!("account lookup in the cluster store failed: {e}");
-                        None
+                        events.send(HubEvent::LoginUnavailable { conn }).await.ok();
+                        return;
                     }
                 };
                 let ok = gate

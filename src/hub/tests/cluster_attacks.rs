@@ -336,3 +336,20 @@ fn our_own_node_reaped_while_alive_takes_our_users_out_of_voice_and_keeps_them_o
     h.send(alice, json!({"type": "webrtc-join", "mediaTypes": ["audio"]}));
     assert!(voice_join_event(&h).is_some());
 }
+
+#[test]
+fn an_unreachable_account_store_is_no_wrong_password_and_never_blocks_a_login() {
+    let mut h = Harness::new(|s| s.chat.authentication = true);
+    let alice = h.connect(None);
+    for _ in 0..20 {
+        h.advance(Duration::from_secs(1));
+        h.chat(alice, "/login alice password123");
+        assert!(matches!(&h.effects[..], [Effect::CheckLogin { .. }]), "{:?}", h.texts_to(alice));
+        let now = h.now;
+        h.effects = h.hub.login_unavailable(alice, now);
+        assert_eq!(h.texts_to(alice), [crate::hub::chat::LOGIN_UNAVAILABLE]);
+    }
+    // Real failures still count.
+    h.effects = h.hub.login_checked(alice, "alice".into(), false, h.now);
+    assert_eq!(h.texts_to(alice), ["Login failed."]);
+}
