@@ -172,3 +172,17 @@ async fn ended_restrictions_and_a_dead_nodes_inbox_leave_the_store() {
     alice.expect_system("bob has left.").await;
     assert_eq!(redis_cli(&redis, &["EXISTS", "relaychat:inbox:node-2"]), "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nick_to_a_name_banned_in_the_store_is_refused_and_a_free_one_works() {
+    let redis = Redis::start();
+    let node = start_node(&redis, "node-1", "").await;
+    let mut alice = node.join("alice").await;
+    redis_cli(&redis, &["HSET", "relaychat:bans", "zed", "0"]);
+    alice.chat("/nick zed").await;
+    alice.expect_system("Username \"zed\" is already taken.").await;
+    alice.chat("/nick alicia").await;
+    alice.expect_system("alice is now alicia").await;
+    assert_eq!(redis_cli(&redis, &["HEXISTS", "relaychat:online", "zed"]), "0");
+    assert_eq!(redis_cli(&redis, &["HEXISTS", "relaychat:online", "alicia"]), "1");
+}
