@@ -196,7 +196,7 @@ fn media_types(object: &Map<String, Value>) -> Option<Vec<String>> {
     }
 }
 
-fn session_description(value: Option<Value>, expected_type: &str) -> Option<SessionDescription> {
+pub(crate) fn session_description(value: Option<Value>, expected_type: &str) -> Option<SessionDescription> {
     let Some(Value::Object(raw)) = value else { return None };
     let sdp = raw.get("sdp")?.as_str()?.to_string();
     // Renegotiation may legitimately use "pranswer"; anything else is not an SDP we relay.
@@ -213,7 +213,7 @@ fn session_description(value: Option<Value>, expected_type: &str) -> Option<Sess
     Some(SessionDescription { raw, kind, sdp, discarded_keys })
 }
 
-fn ice_candidate(value: Option<Value>) -> Option<Box<IceCandidate>> {
+pub(crate) fn ice_candidate(value: Option<Value>) -> Option<Box<IceCandidate>> {
     let Some(Value::Object(raw)) = value else { return None };
     let candidate = raw.get("candidate")?.as_str()?.to_string();
     if candidate.len() > MAX_CANDIDATE_BYTES {

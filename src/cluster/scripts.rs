@@ -30,10 +30,11 @@
 //! history trim mode `=` or `~`):
 //!
 //! - `claim` (`KEYS[4]` name key): `SET NX PX ttl`; if set, list the name online, store the
-//!   "has joined." entry and log `UserJoined`. Returns 1 if this claim won, 0 if the name is held.
+//!   "has joined." entry and log `UserJoined`. Returns 1 if this claim won, 0 if the name is held,
+//!   -1 if `KEYS[5]` (bans) bans it (a ban racing the join).
 //!   Of any number of concurrent claims on any nodes exactly one gets 1.
 //! - `rename` (`KEYS[4]` new name key, `KEYS[5]` old name key): claims the new name like `claim`;
-//!   if won, drops the old one (only if still ours), logs `NickChanged`.
+//!   if won, drops the old one (only if still ours), logs `NickChanged`. -1 if `KEYS[6]` bans it.
 //! - `release` (`KEYS[4]` name key): deletes the name only if it still holds our `node/conn`
 //!   (compare-and-delete) and logs `UserLeft`; if the key already expired but the online list
 //!   still names us, it logs `UserLeft` too (the others must drop the name). Otherwise nothing.
@@ -44,20 +45,27 @@
 //!   many it logged.
 //! - `heartbeat` (`KEYS[4]` nodes, `KEYS[5]` own record): renews the node (expiry = Redis time +
 //!   ttl) and each name the node holds: `PEXPIRE` if the key still holds our `node/conn`;
-//!   re-`SET` + log `UserJoined` (no history entry) if it expired meanwhile (Redis was away
-//!   longer than the TTL); reports it lost if someone else holds it now. Returns the lost names,
+//!   re-`SET` if it expired meanwhile (Redis was away longer than the TTL) but is still listed
+//!   online as ours; re-`SET`, list + log `UserJoined` (no history entry) if the node had no
+//!   entry in `{ns}:nodes` (it was reaped); otherwise (someone else holds it, or it was given up
+//!   by a rename or release after the hub listed it) reports it lost. Returns the lost names,
 //!   the nodes whose expiry has passed and the records of the nodes alive (their relay
 //!   addresses open the peer policy to each other's relays).
-//! - `reap` (`KEYS[4]` nodes, `KEYS[5]` dead node's record, `KEYS[6]` voice): only if the
-//!   node's expiry has passed and `ZREM` removes it (one reaper wins), deletes its record, its
+//! - `reap` (`KEYS[4]` nodes, `KEYS[5]` dead node's record, `KEYS[6]` voice, `KEYS[7]` its
+//!   inbox): only if the node's expiry has passed and `ZREM` removes it (one reaper wins),
+//!   deletes its record and inbox, its
 //!   voice seats ("<name> left voice chat" stored for each), its online entries and name keys
 //!   that still hold its `node/conn`s ("<name> has left." stored for each), logs `NodeGone`.
+//!   With `ARGV[7]` = `own` (a node starting) it does the same for the node's own id without
+//!   the expiry check, and logs only if a previous run left anything.
 //! - `voice_join` (`KEYS[4]` voice): if the name holds no seat and fewer than
 //!   `max_participants` seats are taken, takes one, stores the notice, logs `VoiceJoined`.
 //!   Returns 1 (seated), 0 (full) or -1 (already seated): the room's size holds cluster-wide
 //!   under any number of concurrent joins on any nodes.
 //! - `voice_leave` (`KEYS[4]` voice): frees the seat only if it is still `turn_user`'s (a
 //!   later seat of the same name stays), stores the notice, logs `VoiceLeft`.
+//! - `prune_restrictions` (`KEYS` bans, mutes; run every minute from the heartbeat): drops the
+//!   timed bans and mutes whose end has passed.
 //! - `snapshot`: the newest log ID and sequence number, the newest history entries, online list, bans, mutes and voice seats, read
 //!   in one atomic step: a node that applies the log from that ID on misses nothing and sees
 //!   nothing twice.
@@ -79,10 +87,17 @@ local function redis_now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function banned(bans, name)
+  local ends = redis.call('HGET', bans, name)
+  if not ends then return false end
+  local ms = tonumber(ends)
+  return not ms or ms == 0 or ms > redis_now_ms()
+end
 ";
 
 const CLAIM: &str = r"
--- ARGV[4] owner, ARGV[5] ttl ms, ARGV[6] event, ARGV[7] entry, ARGV[8] name
+-- ARGV[4] owner, ARGV[5] ttl ms, ARGV[6] event, ARGV[7] entry, ARGV[8] name; KEYS[5] bans
+if banned(KEYS[5], ARGV[8]) then return -1 end
 if not redis.call('SET', KEYS[4], ARGV[4], 'NX', 'PX', ARGV[5]) then
   if redis.call('GET', KEYS[4]) == ARGV[4] then return 1 end
   return 0
@@ -94,7 +109,9 @@ return 1
 ";
 
 const RENAME: &str = r"
--- ARGV[4] owner, ARGV[5] ttl ms, ARGV[6] event, ARGV[7] entry, ARGV[8] new name, ARGV[9] old name
+-- ARGV[4] owner, ARGV[5] ttl ms, ARGV[6] event, ARGV[7] entry, ARGV[8] new name, ARGV[9] old name;
+-- KEYS[6] bans
+if banned(KEYS[6], ARGV[8]) then return -1 end
 if not redis.call('SET', KEYS[4], ARGV[4], 'NX', 'PX', ARGV[5]) then return 0 end
 if redis.call('GET', KEYS[5]) == ARGV[4] then redis.call('DEL', KEYS[5]) end
 if redis.call('HGET', KEYS[3], ARGV[9]) == ARGV[4] then redis.call('HDEL', KEYS[3], ARGV[9]) end
@@ -141,6 +158,10 @@ const HEARTBEAT: &str = r"
 -- then triples from ARGV[9]: name, owner, UserJoined event (logged if the claim had expired)
 local now = redis_now_ms()
 local ttl = tonumber(ARGV[5])
+-- No record: this node was reaped (or Redis lost its data), so everything of ours was dropped
+-- and comes back. Otherwise a name no longer listed as ours was given up (a rename, a release)
+-- after the hub listed it, and must not come back.
+local reaped = not redis.call('ZSCORE', KEYS[4], ARGV[4])
 redis.call('ZADD', KEYS[4], now + ttl, ARGV[4])
 redis.call('SET', KEYS[5], ARGV[6], 'PX', ttl)
 local lost = {}
@@ -150,12 +171,12 @@ for i = 9, #ARGV, 3 do
   local held = redis.call('GET', key)
   if held == owner then
     redis.call('PEXPIRE', key, ttl)
-  elseif not held then
+  elseif not held and redis.call('HGET', KEYS[3], name) == owner then
     redis.call('SET', key, owner, 'PX', ttl)
-    if redis.call('HGET', KEYS[3], name) ~= owner then
-      redis.call('HSET', KEYS[3], name, owner)
-      log_event(ARGV[i + 2])
-    end
+  elseif not held and reaped then
+    redis.call('SET', key, owner, 'PX', ttl)
+    redis.call('HSET', KEYS[3], name, owner)
+    log_event(ARGV[i + 2])
   else
     table.insert(lost, name)
   end
@@ -170,19 +191,31 @@ return {lost, expired, records}
 ";
 
 const REAP: &str = r#"
--- ARGV[4] dead node id, ARGV[5] name key prefix, ARGV[6] ISO timestamp of the notices
-local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
-if not score or tonumber(score) >= redis_now_ms() then return 0 end
-if redis.call('ZREM', KEYS[4], ARGV[4]) ~= 1 then return 0 end
-redis.call('DEL', KEYS[5])
-local seats = {}
+-- ARGV[4] dead node id, ARGV[5] name key prefix, ARGV[6] ISO timestamp of the notices,
+-- ARGV[7] 'own': this node starting, releasing what a previous run under its id left
+local own = ARGV[7] == 'own'
+if own then
+  redis.call('ZREM', KEYS[4], ARGV[4])
+else
+  local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
+  if not score or tonumber(score) >= redis_now_ms() then return 0 end
+  if redis.call('ZREM', KEYS[4], ARGV[4]) ~= 1 then return 0 end
+end
+-- Seats are read and checked before anything is written: a record that is not a seat (junk
+-- anyone with access wrote) is skipped, never an error that stops the reap half-done.
+local seat_names = {}
 local voice = redis.call('HGETALL', KEYS[6])
 for i = 1, #voice, 2 do
-  if cjson.decode(voice[i + 1]).node == ARGV[4] then
-    redis.call('HDEL', KEYS[6], voice[i])
-    store_entry(cjson.encode({type = 'system', text = voice[i] .. ' left voice chat', timestamp = ARGV[6]}))
-    table.insert(seats, cjson.encode(voice[i]))
-  end
+  local ok, seat = pcall(cjson.decode, voice[i + 1])
+  if ok and type(seat) == 'table' and seat.node == ARGV[4] then table.insert(seat_names, voice[i]) end
+end
+redis.call('DEL', KEYS[5])
+redis.call('DEL', KEYS[7])
+local seats = {}
+for _, name in ipairs(seat_names) do
+  redis.call('HDEL', KEYS[6], name)
+  store_entry(cjson.encode({type = 'system', text = name .. ' left voice chat', timestamp = ARGV[6]}))
+  table.insert(seats, cjson.encode(name))
 end
 local prefix = ARGV[4] .. '/'
 local names = {}
@@ -197,6 +230,7 @@ for i = 1, #online, 2 do
     table.insert(names, cjson.encode(name))
   end
 end
+if own and #names == 0 and #seats == 0 then return 0 end
 log_event('{"kind":"NodeGone","node":' .. cjson.encode(ARGV[4]) .. ',"names":[' ..
   table.concat(names, ',') .. '],"seats":[' .. table.concat(seats, ',') .. '],"timestamp":' ..
   cjson.encode(ARGV[6]) .. '}')
@@ -216,11 +250,33 @@ return 1
 const VOICE_LEAVE: &str = r"
 -- ARGV[4] name, ARGV[5] turn user, ARGV[6] event, ARGV[7] entry
 local seat = redis.call('HGET', KEYS[4], ARGV[4])
-if not seat or cjson.decode(seat).turn_user ~= ARGV[5] then return 0 end
+if not seat then return 0 end
+local ok, record = pcall(cjson.decode, seat)
+-- Junk under the name is no one's seat: it goes, so that the name can be seated again.
+if ok and type(record) == 'table' and record.turn_user ~= ARGV[5] then return 0 end
 redis.call('HDEL', KEYS[4], ARGV[4])
 store_entry(ARGV[7])
 log_event(ARGV[6])
 return 1
+";
+
+const PRUNE_RESTRICTIONS: &str = r"
+-- KEYS: bans, mutes. Drops the timed entries whose end has passed (by Redis's clock): every node
+-- lifts them by itself, but the hashes would otherwise keep them forever.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dropped = 0
+for _, key in ipairs(KEYS) do
+  local all = redis.call('HGETALL', key)
+  for i = 1, #all, 2 do
+    local ms = tonumber(all[i + 1])
+    if ms and ms ~= 0 and ms <= now then
+      redis.call('HDEL', key, all[i])
+      dropped = dropped + 1
+    end
+  end
+end
+return dropped
 ";
 
 const SNAPSHOT: &str = r"
@@ -250,6 +306,7 @@ pub struct Scripts {
     pub snapshot: Script,
     pub voice_join: Script,
     pub voice_leave: Script,
+    pub prune_restrictions: Script,
 }
 
 impl Scripts {
@@ -265,6 +322,7 @@ impl Scripts {
             snapshot: Script::new(SNAPSHOT),
             voice_join: with_append(VOICE_JOIN),
             voice_leave: with_append(VOICE_LEAVE),
+            prune_restrictions: Script::new(PRUNE_RESTRICTIONS),
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::protocol::{iso_timestamp, ClientMessage, HistoryKind, Inbound, Server
 pub const MAX_CHAT_CHARS: usize = 2000;
 pub const MAX_CHAT_BYTES: usize = 5120;
 const USERNAME_MAX_CHARS: usize = 20;
+pub const LOGIN_UNAVAILABLE: &str =
+    "Login is unavailable: the account store is unreachable. Try again in a moment.";
 pub const REGISTRATION_CLOSED: &str =
     "Registration is closed on this server: ask its operator for an account.";
 pub const REGISTRATION_NEEDS_INVITE: &str =
@@ -370,6 +372,16 @@ impl Hub {
                 );
             }
         }
+    }
+
+    /// The account store did not answer a `CheckLogin` (cluster mode: Redis unreachable). Not a
+    /// wrong password: it must not count towards the 1-hour block.
+    pub fn login_unavailable(&mut self, conn: ConnId, _now: Now) -> Vec<Effect> {
+        let mut out = Out::default();
+        let Some(connection) = self.connections.get_mut(&conn) else { return out.effects };
+        connection.login_in_progress = false;
+        out.system(conn, LOGIN_UNAVAILABLE);
+        out.effects
     }
 
     pub(super) fn on_login_checked(&mut self, out: &mut Out, conn: ConnId, name: String, ok: bool, now: Now) {

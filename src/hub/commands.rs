@@ -120,7 +120,9 @@ impl Hub {
         }
         // TURN credentials and peers' connections are bound to the name: renaming mid-call
         // would tear the call down, so ask the user to leave first.
-        if self.voice.contains(old) {
+        // A seat still being taken counts: it is taken under the old name, and a rename would
+        // leave nobody able to free it.
+        if self.voice.contains(old) || connection.voice_pending.is_some() {
             out.system(conn, "Leave voice chat before changing your nick.");
             return;
         }

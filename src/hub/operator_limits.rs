@@ -28,12 +28,16 @@ pub(super) struct Until {
     pub wall: DateTime<Utc>,
 }
 
+/// The longest ban, mute or revocation held: the admin API's maximum (ten years). Cluster mode
+/// also reads ends from Redis, where anyone with access may have written any number.
+pub(super) const MAX_RESTRICTION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 impl Until {
+    /// `duration` from now, at most [`MAX_RESTRICTION`]; never overflows either clock.
     pub(super) fn after(now: Now, duration: Duration) -> Until {
-        Until {
-            mono: now.mono + duration,
-            wall: now.wall + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX),
-        }
+        let duration = duration.min(MAX_RESTRICTION);
+        let wall = chrono::Duration::from_std(duration).ok().and_then(|d| now.wall.checked_add_signed(d));
+        Until { mono: now.mono.checked_add(duration).unwrap_or(now.mono), wall: wall.unwrap_or(now.wall) }
     }
 
     pub(super) fn iso(&self) -> String {

@@ -95,6 +95,10 @@ pub enum HubEvent {
         name: String,
         ok: bool,
     },
+    /// The account store did not answer a login (not a wrong password).
+    LoginUnavailable {
+        conn: ConnId,
+    },
     AdminsLoaded {
         admins: std::collections::HashSet<String>,
     },
@@ -466,6 +470,7 @@ impl Runner {
             }
             HubEvent::AccountCreated { conn, result } => self.hub.account_created(conn, result, now),
             HubEvent::LoginChecked { conn, name, ok } => self.hub.login_checked(conn, name, ok, now),
+            HubEvent::LoginUnavailable { conn } => self.hub.login_unavailable(conn, now),
             HubEvent::AdminsLoaded { admins } => {
                 self.hub.set_admins(admins);
                 Vec::new()

@@ -23,6 +23,10 @@ use signaling::Description;
 
 use crate::protocol::{iso_timestamp, ClientMessage, Participant, ServerMessage, VoiceConfig};
 
+/// To a member whose seat the cluster dropped while this node was cut off.
+pub const VOICE_INTERRUPTED: &str =
+    "Voice chat was interrupted: this server lost contact with the cluster. Please join again.";
+
 /// Buffered candidates held per (sender, receiver) pair; more drops the oldest.
 pub const MAX_BUFFERED_CANDIDATES: usize = 64;
 

@@ -6,13 +6,17 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{ClusterCommand, Writer};
+use tokio::sync::mpsc;
+
+use super::{ClusterCommand, Writer, START_RETRY_PAUSE};
 use crate::cluster::event::{ClusterEvent, Owner};
 use crate::hub::runner::HubEvent;
 use crate::protocol::iso_timestamp;
 
 /// Dead nodes reaped per heartbeat.
 const MAX_REAPS_PER_HEARTBEAT: usize = 16;
+/// How often ended timed bans and mutes are removed from the store.
+const RESTRICTION_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Writer {
     pub(super) async fn heartbeat(&mut self, names: Vec<(String, Owner)>) {
@@ -24,6 +28,12 @@ impl Writer {
                 _ => true,
             };
             if !done {
+                if self.ctx.status.writer_up.load(Ordering::Relaxed) {
+                    // Redis answered and refused it (a script error on junk data): it would be
+                    // refused again, and block every later heartbeat.
+                    tracing::error!(?command, "dropped a parked cluster change Redis refuses");
+                    continue;
+                }
                 self.pending_releases.push_front(command);
                 return;
             }
@@ -67,6 +77,60 @@ impl Writer {
             }
         }
         self.trim_by_age().await;
+        self.prune_restrictions().await;
+    }
+
+    /// Timed bans and mutes that ended leave their hashes (every node lifted them already).
+    async fn prune_restrictions(&mut self) {
+        if self.last_restriction_prune.is_some_and(|at| at.elapsed() < RESTRICTION_PRUNE_INTERVAL) {
+            return;
+        }
+        self.last_restriction_prune = Some(Instant::now());
+        let mut invocation = self.scripts.prune_restrictions.key(self.ctx.keys.bans());
+        invocation.key(self.ctx.keys.mutes());
+        let result: redis::RedisResult<u64> = invocation.invoke_async(&mut self.conn.clone()).await;
+        match result {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(dropped, "removed ended timed bans and mutes from the store"),
+            Err(e) => tracing::warn!("pruning ended bans and mutes failed: {e}"),
+        }
+    }
+
+    /// A node restarted under the same id (after kill -9 systemd restarts it within seconds)
+    /// would find its previous run's users still online and seated: nobody reaps them (this run
+    /// renews the node's record) and connection numbers start again at 1, so they would stay
+    /// forever or pass for this run's. Before anything else is written, they go, as `NodeGone`
+    /// so that every node announces the leaves. (A per-start suffix in the owner would need
+    /// the reaper of a dead run to find it, with no record naming it; this needs nothing new.)
+    pub(super) async fn release_previous_run(&mut self, commands: &mpsc::Receiver<ClusterCommand>) {
+        let node = self.ctx.node_id.clone();
+        while !commands.is_closed() {
+            let keys = [
+                self.ctx.keys.nodes(),
+                self.ctx.keys.node(&node),
+                self.ctx.keys.voice(),
+                self.ctx.keys.inbox(&node),
+            ];
+            let mut invocation = self.invocation(&self.scripts.reap, &keys);
+            invocation
+                .arg(&node)
+                .arg(self.ctx.keys.name_prefix())
+                .arg(iso_timestamp(chrono::Utc::now()))
+                .arg("own");
+            let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn.clone()).await;
+            match result {
+                Ok(released) => {
+                    if released == 1 {
+                        tracing::warn!(node, "released the users and seats a previous run of this node left");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(node, "cannot release what a previous run left yet: {e}");
+                    tokio::time::sleep(START_RETRY_PAUSE).await;
+                }
+            }
+        }
     }
 
     /// The relay addresses of every live node (their records): the relay's peer policy and the
@@ -98,7 +162,12 @@ impl Writer {
     }
 
     async fn reap(&mut self, dead: &str) {
-        let keys = [self.ctx.keys.nodes(), self.ctx.keys.node(dead), self.ctx.keys.voice()];
+        let keys = [
+            self.ctx.keys.nodes(),
+            self.ctx.keys.node(dead),
+            self.ctx.keys.voice(),
+            self.ctx.keys.inbox(dead),
+        ];
         let mut invocation = self.invocation(&self.scripts.reap, &keys);
         invocation.arg(dead).arg(self.ctx.keys.name_prefix()).arg(iso_timestamp(chrono::Utc::now()));
         let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn.clone()).await;

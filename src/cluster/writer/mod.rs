@@ -48,6 +48,18 @@ pub use publish::history_entry;
 pub const MAX_PENDING_RELEASES: usize = 65_536;
 /// Pause between PINGs while the connection manager reconnects.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+/// Between attempts at start-up to release what a previous run left, while Redis is away.
+const START_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Redis answered and refused the command itself (an `ERR` reply such as a script error, or an
+/// answer of the wrong shape): the store is up, and the same command would be refused again.
+fn refused(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+            | redis::ErrorKind::UnexpectedReturnType
+    )
+}
 /// Commands taken from the queue at once; the publishes among them (up to this many) go to
 /// Redis in one script call.
 pub const WRITE_BATCH: usize = 256;
@@ -85,6 +97,7 @@ pub struct Writer {
     /// Releases (and voice seat releases) that failed: retried before the next heartbeat.
     pending_releases: Retries,
     last_age_trim: Option<Instant>,
+    last_restriction_prune: Option<Instant>,
     /// The relay peer policy's set of the cluster's relays (none without a relay).
     relays: Option<Arc<ClusterRelays>>,
     /// The nodes' relay addresses as last learned.
@@ -114,6 +127,7 @@ impl Writer {
             up_since: None,
             pending_releases: Retries::default(),
             last_age_trim: None,
+            last_restriction_prune: None,
             relays,
             known_relays: Vec::new(),
         })
@@ -121,6 +135,7 @@ impl Writer {
 
     /// Runs until the runner drops its sender.
     pub async fn run(mut self, mut commands: mpsc::Receiver<ClusterCommand>) {
+        self.release_previous_run(&commands).await;
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         while commands.recv_many(&mut batch, WRITE_BATCH).await > 0 {
             self.carry_out_in_order(std::mem::take(&mut batch)).await;
@@ -192,13 +207,14 @@ impl Writer {
         false
     }
 
-    /// Notes how a command went (the store is up if Redis answered) and logs a failure.
+    /// Notes how a command went (the store is up if Redis answered, even with a refusal) and
+    /// logs a failure.
     fn settle<T>(&mut self, result: redis::RedisResult<T>, what: &str) -> redis::RedisResult<T> {
         match &result {
             Ok(_) => self.set_up(true),
             Err(e) => {
                 tracing::warn!("{what} failed: {e}");
-                self.set_up(false);
+                self.set_up(refused(e));
             }
         }
         result

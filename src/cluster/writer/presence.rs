@@ -18,7 +18,8 @@ impl Writer {
         let ttl = self.ctx.settings.presence_ttl_ms;
         let result: redis::RedisResult<i64> = match previous {
             None => {
-                let mut invocation = self.invocation(&self.scripts.claim, &[self.ctx.keys.name(name)]);
+                let keys = [self.ctx.keys.name(name), self.ctx.keys.bans()];
+                let mut invocation = self.invocation(&self.scripts.claim, &keys);
                 invocation
                     .arg(owner.to_string())
                     .arg(ttl)
@@ -28,7 +29,7 @@ impl Writer {
                 invocation.invoke_async(&mut self.conn.clone()).await
             }
             Some(old) => {
-                let keys = [self.ctx.keys.name(name), self.ctx.keys.name(old)];
+                let keys = [self.ctx.keys.name(name), self.ctx.keys.name(old), self.ctx.keys.bans()];
                 let mut invocation = self.invocation(&self.scripts.rename, &keys);
                 invocation
                     .arg(owner.to_string())
@@ -42,6 +43,7 @@ impl Writer {
         };
         match self.settle(result, "cluster name claim") {
             Ok(1) => ClaimOutcome::Won,
+            Ok(-1) => ClaimOutcome::Banned,
             Ok(_) => ClaimOutcome::Taken,
             Err(_) => ClaimOutcome::StoreDown,
         }

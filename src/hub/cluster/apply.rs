@@ -131,6 +131,9 @@ impl Hub {
                 self.apply_secret_rotated(&mut out, secret, grace_s, now)
             }
             ClusterEvent::NodeGone { node, names, seats, timestamp } => {
+                if self.cluster.as_ref().is_some_and(|replica| replica.node == node) {
+                    self.drop_own_seats(&mut out, &seats, now);
+                }
                 self.drop_node_seats(&mut out, &node, &seats, &timestamp);
                 for name in names {
                     let Some(replica) = self.cluster.as_mut() else { break };
@@ -185,6 +188,13 @@ impl Hub {
             })
         });
         match waiting {
+            // Banned meanwhile (the ban was logged while the claim was on its way): the name is
+            // released again, as for a banned user who was online.
+            Some(conn) if self.bans.contains(&name) => {
+                out.system(conn, "You are banned.");
+                out.close(conn, CLOSE_POLICY, "Banned");
+                self.remove_connection(out, conn, None, now);
+            }
             Some(conn) => self.welcome_claimed(out, conn, name, entry),
             None => {
                 if !self.arrival_order.contains(&name) {

@@ -92,7 +92,16 @@ impl Hub {
                 out.close(conn, CLOSE_POLICY, "Username in use");
                 self.remove_connection(&mut out, conn, None, now);
             }
-            (ClaimOutcome::Taken, ClaimPurpose::Nick { .. }) => {
+            (ClaimOutcome::Banned, ClaimPurpose::Connect) => {
+                out.system(conn, "You are banned.");
+                self.refuse(&mut out, conn, now);
+            }
+            (ClaimOutcome::Banned, ClaimPurpose::Login) => {
+                out.system(conn, "You are banned.");
+                out.close(conn, CLOSE_POLICY, "Banned");
+                self.remove_connection(&mut out, conn, None, now);
+            }
+            (ClaimOutcome::Taken | ClaimOutcome::Banned, ClaimPurpose::Nick { .. }) => {
                 out.system(conn, &format!("Username \"{name}\" is already taken."));
             }
             (_, ClaimPurpose::Nick { .. }) => out.system(conn, STORE_DOWN_NICK),

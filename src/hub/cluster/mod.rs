@@ -52,6 +52,8 @@ pub enum ClaimOutcome {
     Won,
     /// Someone holds it.
     Taken,
+    /// The store bans it (a ban this node had not read yet).
+    Banned,
     /// Redis did not answer.
     StoreDown,
 }
@@ -151,6 +153,14 @@ impl Hub {
         let mut names: Vec<(String, Owner)> = self
             .names
             .iter()
+            // A name being renamed away may already be gone from the store: renewing it would
+            // bring it back after the rename, listed online forever.
+            .filter(|(_, conn)| {
+                self.connections
+                    .get(conn)
+                    .and_then(|c| c.claim.as_ref())
+                    .is_none_or(|claim| !matches!(claim.purpose, ClaimPurpose::Nick { .. }))
+            })
             .map(|(name, &conn)| (name.clone(), Owner { node: replica.node.clone(), conn }))
             .collect();
         names.sort();

@@ -74,8 +74,10 @@ impl Runner {
                 let stored = match accounts.password_hash(&name).await {
                     Ok(stored) => stored,
                     Err(e) => {
+                        // A Redis blip is no wrong password: "try again", not counted.
                         tracing::error!("account lookup in the cluster store failed: {e}");
-                        None
+                        events.send(HubEvent::LoginUnavailable { conn }).await.ok();
+                        return;
                     }
                 };
                 let ok = gate

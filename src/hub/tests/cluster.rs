@@ -332,7 +332,7 @@ fn a_voice_join_takes_a_seat_in_the_store_and_the_room_spans_nodes() {
         from: "bob".into(),
         to: "alice".into(),
         kind: crate::cluster::event::SignalKind::Answer,
-        payload: json!({"type": "answer", "sdp": "v=0"}),
+        payload: json!({"type": "answer", "sdp": "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"}),
     };
     let now = h.now;
     h.effects = h.hub.remote_signal(answer, now);

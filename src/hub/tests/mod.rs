@@ -28,6 +28,7 @@ mod address_privacy;
 mod admin;
 mod budgets;
 mod cluster;
+mod cluster_attacks;
 mod commands;
 mod lanes;
 mod session;

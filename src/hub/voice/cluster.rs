@@ -28,6 +28,12 @@ impl Hub {
             self.webrtc_error(out, conn, "Already joining voice chat", now);
             return;
         }
+        // A name claim (a /nick) under way would rename the user under a seat taken for the
+        // old name.
+        if connection.claim.is_some() {
+            self.webrtc_error(out, conn, "Please wait, your previous request is still being processed.", now);
+            return;
+        }
         connection.voice_pending = Some(turn_user.clone());
         let Some(replica) = &self.cluster else { return };
         let entry = crate::protocol::HistoryEntry {
@@ -93,6 +99,17 @@ impl Hub {
                 .connections
                 .get(&owner.conn)
                 .is_some_and(|c| c.voice_pending.as_deref() == Some(turn_user.as_str()));
+        if waiting && self.connections.get(&owner.conn).and_then(|c| c.name.as_deref()) != Some(name.as_str())
+        {
+            // Renamed while the seat was being taken: no user here holds `name` to use or free
+            // the seat, so it is given back at once (every node drops it on `VoiceLeft`).
+            if let Some(connection) = self.connections.get_mut(&owner.conn) {
+                connection.voice_pending = None;
+            }
+            self.show_voice_notice(out, notice);
+            self.publish_voice_left(out, &name, turn_user, now);
+            return;
+        }
         let others = self.voice.local_conns();
         let remote = if waiting { None } else { Some(owner.node.clone()) };
         self.voice.seats.push(Seat {
@@ -175,6 +192,18 @@ impl Hub {
                 timestamp: timestamp.to_string(),
             };
             self.show_cluster_entry(out, entry);
+        }
+    }
+
+    /// This node was reaped while alive (cut off from Redis, or paused, longer than the
+    /// presence TTL): the store and every other node dropped its seats. Its users here leave the
+    /// room too, told so they can join again (their names come back with the next heartbeat).
+    pub(in crate::hub) fn drop_own_seats(&mut self, out: &mut Out, seats: &[String], now: Now) {
+        for name in seats {
+            let index = self.voice.seats.iter().position(|s| &s.name == name && s.remote.is_none());
+            let Some(index) = index else { continue };
+            let seat = self.remove_seat(out, index);
+            self.webrtc_error(out, seat.conn, super::VOICE_INTERRUPTED, now);
         }
     }
 

@@ -174,7 +174,38 @@ impl Hub {
         if self.voice.conn_of(&signal.to).is_none() {
             return out.effects; // left meanwhile: dropped, as a local target that left would be
         }
-        self.deliver_signal(&mut out, &signal.from, &signal.to, signal.kind, signal.payload);
+        // Only a member seated on another node signals through the inbox: an entry naming
+        // anyone else is stale or forged.
+        if self.voice.remote_node_of(&signal.from).is_none() {
+            tracing::debug!("dropped routed signaling from a sender not seated on another node");
+            return out.effects;
+        }
+        let payload = if self.settings.webrtc.force_relay {
+            // Rebuilt again here (idempotent): the sending node may run without force_relay, and
+            // anyone who can write to Redis can write an inbox entry.
+            match self.rebuild_routed(signal.kind, signal.payload) {
+                Some(payload) => payload,
+                None => return out.effects,
+            }
+        } else {
+            signal.payload
+        };
+        self.deliver_signal(&mut out, &signal.from, &signal.to, signal.kind, payload);
         out.effects
+    }
+
+    /// A routed payload parsed like a client's and rebuilt with the same relay-only functions:
+    /// every field, extra keys dropped. `None`: it is not one we would relay.
+    fn rebuild_routed(&mut self, kind: SignalKind, payload: Value) -> Option<Value> {
+        let expected = match kind {
+            SignalKind::Offer => "offer",
+            SignalKind::Answer => "answer",
+            SignalKind::Candidate => {
+                let candidate = crate::protocol::ice_candidate(Some(payload))?;
+                return relay_only::candidate_object(&candidate, &self.relays, &mut self.privacy).ok();
+            }
+        };
+        let description = crate::protocol::session_description(Some(payload), expected)?;
+        relay_only::description_object(&description, &self.relays, &mut self.privacy).ok()
     }
 }
