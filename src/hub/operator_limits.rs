@@ -9,9 +9,12 @@ use super::{Hub, Now};
 use crate::protocol::iso_timestamp;
 
 /// Voice revocations the hub remembers at most. Only the operator adds them, but the map would
-/// otherwise grow with every distinct name until each expires; the relay's own record of
-/// revoked credentials has the same cap (`turn::auth::MAX_REVOCATIONS`) and the same rule.
-pub const MAX_VOICE_REVOCATIONS: usize = 4096;
+/// otherwise grow with every distinct name until each expires. Sixteen times the relay's own
+/// record of revoked credentials (`turn::auth::MAX_REVOCATIONS`, 4096), on purpose: a user
+/// whose relay record that cap dropped early is still kept out of voice here, so with
+/// `require_live_session` the relay keeps refusing them (`401 Not in voice chat`). About 100
+/// bytes each: 6.5 MB at most.
+pub const MAX_VOICE_REVOCATIONS: usize = 65_536;
 
 /// One user kept out of voice: until when, and when the operator said so (the oldest goes
 /// first when the record is full).
