@@ -203,8 +203,8 @@ fn force_relay_without_any_relay_fails() {
 fn a_running_relaychat_on_the_ports_is_recognised_and_probed() {
     let dir = tempfile::tempdir().unwrap();
     // Fixed ports, so doctor (reading the same file) looks at the same listeners.
-    let http_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let turn_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http_port = common::fixed_port();
+    let turn_port = common::fixed_port();
     let extra =
         format!("[server]\nport = {http_port}\n{}listen = \"127.0.0.1:{turn_port}\"\n", good_turn(23700));
     let mut server = Server::start_in(dir.path(), &extra);
@@ -228,7 +228,7 @@ fn a_running_relaychat_on_the_ports_is_recognised_and_probed() {
 fn healthcheck_speaks_tls_when_tls_is_on() {
     let dir = tempfile::tempdir().unwrap();
     let tls = certificate(dir.path(), &["chat.example.org"], 2020, 2090);
-    let http_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http_port = common::fixed_port();
     let extra = format!("{tls}[server]\nport = {http_port}\n");
     let mut server = Server::start_in(dir.path(), &extra);
     let health = run_in(dir.path(), &extra, "healthcheck");
@@ -277,7 +277,7 @@ fn the_containerfile_healthcheck_command_works() {
         .contains(r#"ENTRYPOINT ["/usr/local/bin/relaychat", "--config", "/etc/relaychat/relaychat.toml"]"#));
 
     let dir = tempfile::tempdir().unwrap();
-    let http_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http_port = common::fixed_port();
     let mut server = Server::start_in(dir.path(), &format!("[server]\nport = {http_port}\n"));
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_relaychat"))

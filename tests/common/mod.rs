@@ -23,6 +23,30 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// A loopback port free for both TCP and UDP right now, below the kernel's ephemeral range
+/// (32768 and up by default): for a test that must name its ports in a config file. A port
+/// from `bind(0)` is an ephemeral one, which any test's outgoing connection may take between
+/// our check and the server's bind (seen: the TURN listener's TCP side on a "free" UDP port).
+pub fn fixed_port() -> u16 {
+    use std::net::{TcpListener, UdpSocket};
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let mut candidate = seed ^ std::process::id().rotate_left(16);
+    for _ in 0..1000 {
+        // A small xorshift step: spread over 10000-19999 (the tests' relay port ranges are
+        // 23000 and up), no extra dependency.
+        candidate ^= candidate << 13;
+        candidate ^= candidate >> 17;
+        candidate ^= candidate << 5;
+        let port = 10_000 + (candidate % 10_000) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for TCP and UDP between 10000 and 19999");
+}
+
 /// Test defaults: loopback only, ephemeral ports, limits loose enough for many local clients.
 pub const BASE_CONFIG: &str = r#"
 [server]
