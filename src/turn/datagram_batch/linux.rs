@@ -120,9 +120,9 @@ pub fn recv_many(
         // SAFETY: headers up to `slots` were initialized above, and `count <= slots`.
         let mmsg = unsafe { headers[slot].assume_init_ref() };
         let hdr = &mmsg.msg_hdr;
-        // SAFETY: the kernel filled `msg_namelen` bytes of this slot's name; `decode` reads no
-        // more than that many (and only as the family it finds there).
-        let Some(from) = sockaddr::decode(unsafe { names[slot].assume_init_ref() }, hdr.msg_namelen) else {
+        // SAFETY: the kernel filled `msg_namelen` bytes of this slot's name (the rest may be
+        // uninitialized); `decode` reads through the pointer no more than those bytes.
+        let Some(from) = (unsafe { sockaddr::decode(names[slot].as_ptr(), hdr.msg_namelen) }) else {
             // Not an IP source (cannot happen on an IP socket): skipped, not an error that
             // would drop the rest of the batch.
             continue;
