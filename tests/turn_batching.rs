@@ -459,12 +459,13 @@ async fn a_peer_on_port_zero_is_refused_and_other_clients_keep_batched_sends() {
     let batched = relaychat::turn::datagram_batch::BatchMode::configured()
         == relaychat::turn::datagram_batch::BatchMode::Batched;
     let expect_batches = batched && cfg!(target_os = "linux");
-    // Bursts both ways, runs of one size (GSO) and alternating sizes (`sendmmsg`), until the
-    // relay was seen batching (it only can where a burst is queued before it reads).
+    // Bursts both ways, a run of one size (GSO) then growing sizes (no two make a GSO run:
+    // `sendmmsg`), until the relay was seen batching (it only can where a burst is queued
+    // before it reads).
     let mut buf = vec![0u8; 2048];
     for round in 0..20 {
         let burst: Vec<Vec<u8>> =
-            (0..32).map(|i| numbered(i, if i < 16 { 1000 } else { 100 + 50 * (i % 2) })).collect();
+            (0..32).map(|i| numbered(i, if i < 16 { 1000 } else { 100 + 10 * i })).collect();
         for payload in &burst {
             peer.send_to(payload, relayed).await.unwrap();
         }
