@@ -284,6 +284,18 @@ impl Collector for LiveCollector {
             "Relayed datagrams the kernel refused to send to a peer in a batched send (the rest still went).",
             &relay.peer_send_failures,
         )?;
+        counter(
+            &mut encoder,
+            "relaychat_turn_sent_by_gso",
+            "Relayed UDP datagrams that left in UDP GSO sends (many per system call; 0 without kernel GSO or with batching off).",
+            &relay.sent_by_gso,
+        )?;
+        counter(
+            &mut encoder,
+            "relaychat_turn_sent_by_sendmmsg",
+            "Relayed UDP datagrams that left in sendmmsg calls (0 with batching off).",
+            &relay.sent_by_sendmmsg,
+        )?;
         Ok(())
     }
 }

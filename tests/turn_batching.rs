@@ -426,3 +426,75 @@ async fn relay_to_relay_on_one_server_follows_the_receivers_permissions_and_chan
     };
     assert!(eventually(WAIT, counted).await, "42 out, 41 in");
 }
+
+/// A client cannot make the relay's batched sends fail on purpose. A peer on port 0 (where the
+/// kernel refuses every send with `EINVAL`, which the relay once took for "no GSO/`sendmmsg`
+/// here" and turned them off for the whole listener) is refused with 403 like any denied peer,
+/// even where the client holds a permission for its IP, and a Send indication to it is dropped
+/// silently. Another client's bursts, both ways, still leave by GSO and `sendmmsg`.
+#[tokio::test]
+async fn a_peer_on_port_zero_is_refused_and_other_clients_keep_batched_sends() {
+    let relay = start(|s| s.turn.peer_policy = "any".into()).await;
+    relay.presence.joined("mallory");
+    relay.presence.joined("alice");
+    let c = &relay.handle.counters;
+    let mut mallory = TurnClient::for_user(relay.handle.udp_addr, false, "mallory", 600).await;
+    mallory.allocate().await.unwrap();
+    let zero: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let forbidden = Refused { code: 403, reason: "Forbidden".into() };
+    assert_eq!(mallory.create_permission(&[zero]).await, Err(forbidden.clone()));
+    assert_eq!(mallory.channel_bind(0x4000, zero).await, Err(forbidden.clone()));
+    let decoy = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    mallory.create_permission(&[decoy.local_addr().unwrap()]).await.unwrap();
+    assert_eq!(mallory.channel_bind(0x4000, zero).await, Err(forbidden), "a permission for the IP");
+    mallory.send_indication(zero, b"to nobody").await;
+    let denied = || RelayCounters::get(&c.denied_peers) == 4;
+    assert!(eventually(WAIT, denied).await, "three 403s and one dropped indication counted");
+
+    let mut alice = TurnClient::for_user(relay.handle.udp_addr, false, "alice", 600).await;
+    let relayed = alice.allocate().await.unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    alice.create_permission(&[peer.local_addr().unwrap()]).await.unwrap();
+    alice.channel_bind(0x4001, peer.local_addr().unwrap()).await.unwrap();
+    let batched = relaychat::turn::datagram_batch::BatchMode::configured()
+        == relaychat::turn::datagram_batch::BatchMode::Batched;
+    let expect_batches = batched && cfg!(target_os = "linux");
+    // Bursts both ways, a run of one size (GSO) then growing sizes (no two make a GSO run:
+    // `sendmmsg`), until the relay was seen batching (it only can where a burst is queued
+    // before it reads).
+    let mut buf = vec![0u8; 2048];
+    for round in 0..20 {
+        let burst: Vec<Vec<u8>> =
+            (0..32).map(|i| numbered(i, if i < 16 { 1000 } else { 100 + 10 * i })).collect();
+        for payload in &burst {
+            peer.send_to(payload, relayed).await.unwrap();
+        }
+        for (i, payload) in burst.iter().enumerate() {
+            let raw = alice.recv_raw(WAIT).await.expect("every datagram from the peer arrives");
+            assert_eq!(decode(raw), Relayed::Channel(0x4001, payload.clone()), "round {round}: {i}");
+        }
+        for payload in &burst {
+            alice.send_channel_data(0x4001, payload).await;
+        }
+        for (i, payload) in burst.iter().enumerate() {
+            let (n, _) = tokio::time::timeout(WAIT, peer.recv_from(&mut buf))
+                .await
+                .expect("every datagram to the peer arrives")
+                .unwrap();
+            assert_eq!(&buf[..n], &payload[..], "round {round}: {i}");
+        }
+        if !expect_batches
+            || (RelayCounters::get(&c.sent_by_gso) > 0 && RelayCounters::get(&c.sent_by_sendmmsg) > 0)
+        {
+            break;
+        }
+    }
+    let (gso, mmsg) = (RelayCounters::get(&c.sent_by_gso), RelayCounters::get(&c.sent_by_sendmmsg));
+    if expect_batches {
+        assert!(gso > 0 && mmsg > 0, "batched sends stayed on: {gso} by GSO, {mmsg} by sendmmsg");
+    } else {
+        assert_eq!((gso, mmsg), (0, 0), "one datagram per system call");
+    }
+    assert_eq!(RelayCounters::get(&c.peer_send_failures), 0);
+    assert_eq!(RelayCounters::get(&c.client_send_failures), 0);
+}

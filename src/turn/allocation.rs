@@ -232,6 +232,7 @@ impl Allocation {
             RelayCounters::add(&counters.relayed_packets_out, outcome.sent as u64);
             RelayCounters::add(&counters.relayed_bytes_out, outcome.sent_bytes as u64);
             RelayCounters::add(&counters.peer_send_failures, outcome.failed as u64);
+            counters.add_batched(&outcome);
         }
     }
 

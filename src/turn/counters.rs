@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::turn::datagram_batch::SendOutcome;
+
 #[derive(Debug, Default)]
 pub struct RelayCounters {
     pub allocations_active: AtomicU64,
@@ -37,6 +39,11 @@ pub struct RelayCounters {
     /// Relayed datagrams the kernel refused to send to a peer in a batched send (the rest of
     /// their batch still went).
     pub peer_send_failures: AtomicU64,
+    /// Relayed datagrams (either direction, over UDP) that left in UDP GSO sends, many per
+    /// system call. Stays 0 where the kernel has no GSO or batching is off.
+    pub sent_by_gso: AtomicU64,
+    /// Relayed datagrams (either direction, over UDP) that left in `sendmmsg` calls.
+    pub sent_by_sendmmsg: AtomicU64,
     /// Peer datagrams dropped because they were larger than a relayed packet may be.
     pub oversize_drops: AtomicU64,
     /// CreatePermission / ChannelBind refused: the allocation holds `max_permissions_per_allocation`.
@@ -54,6 +61,12 @@ impl RelayCounters {
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// How a batched send went out: the system calls that carried it.
+    pub(crate) fn add_batched(&self, outcome: &SendOutcome) {
+        Self::add(&self.sent_by_gso, outcome.sent_by_gso as u64);
+        Self::add(&self.sent_by_sendmmsg, outcome.sent_by_sendmmsg as u64);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

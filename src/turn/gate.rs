@@ -21,9 +21,9 @@
 //!    it): 440; a dual allocation (ADDITIONAL-ADDRESS-FAMILY) is judged family by family when it
 //!    is carried out (one family may fail, RFC 8656 section 7.2);
 //! 7. CreatePermission / ChannelBind: XOR-PEER-ADDRESS missing or malformed: 400, of a family
-//!    the allocation holds no relayed address of: 443, denied by the peer policy: 403; a
-//!    ChannelBind needs one peer and a valid channel number: 400. Every peer is canonical
-//!    (IPv4-mapped IPv6 unmapped) from here on.
+//!    the allocation holds no relayed address of: 443, denied by the peer policy (port 0
+//!    included): 403; a ChannelBind needs one peer and a valid channel number: 400. Every peer
+//!    is canonical (IPv4-mapped IPv6 unmapped) from here on.
 //!
 //! Quotas and the per-allocation caps are applied by the allocation table when the decision is
 //! carried out (they need its lock); [`quota_refusal`] and [`cap_refusal`] say how they answer.

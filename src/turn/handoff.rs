@@ -105,6 +105,7 @@ pub async fn hand_over(
     for (message, range) in messages.iter_mut().zip(&framed[..count]) {
         *message = &slots.buf[range.clone()];
     }
-    let failed = to.client.send_relayed(sender, &messages[..count]).await;
-    RelayCounters::add(&counters.client_send_failures, failed as u64);
+    let outcome = to.client.send_relayed(sender, &messages[..count]).await;
+    RelayCounters::add(&counters.client_send_failures, outcome.failed as u64);
+    counters.add_batched(&outcome);
 }

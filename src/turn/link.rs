@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::net::UdpSocket;
 use webrtc_util::Conn;
 
-use crate::turn::datagram_batch::BatchSender;
+use crate::turn::datagram_batch::{BatchSender, SendOutcome};
 use crate::turn::transport::{ClientKey, Transport};
 
 /// A client path as the listeners hold it (a listener socket or a stream).
@@ -80,21 +80,26 @@ impl ClientPath {
 
     /// Sends ChannelData messages or Data indications to the client, in order (over UDP with
     /// `sender`'s batched system calls); a full or failing path loses them like a congested
-    /// network would. Returns how many were refused (each counted, never the rest with it).
-    pub async fn send_relayed(&self, sender: &BatchSender, messages: &[&[u8]]) -> usize {
+    /// network would. Returns how many left and how many were refused (each counted, never the
+    /// rest with it).
+    pub async fn send_relayed(&self, sender: &BatchSender, messages: &[&[u8]]) -> SendOutcome {
         match self {
-            ClientPath::Datagram { socket, client } => {
-                sender.send_many(socket, *client, messages).await.failed
-            }
+            ClientPath::Datagram { socket, client } => sender.send_many(socket, *client, messages).await,
             ClientPath::Stream { conn, client } => {
-                let mut failed = 0;
+                let mut outcome = SendOutcome::default();
                 for message in messages {
-                    if let Err(err) = conn.send_to(message, *client).await {
-                        tracing::trace!(%err, "cannot send relayed data to the client");
-                        failed += 1;
+                    match conn.send_to(message, *client).await {
+                        Ok(_) => {
+                            outcome.sent += 1;
+                            outcome.sent_bytes += message.len();
+                        }
+                        Err(err) => {
+                            tracing::trace!(%err, "cannot send relayed data to the client");
+                            outcome.failed += 1;
+                        }
                     }
                 }
-                failed
+                outcome
             }
         }
     }

@@ -6,6 +6,10 @@
 //! the operator's CIDR lists and the set of relay addresses this server allocated.
 //!
 //! Order of the rules (first match wins):
+//! 0. port 0: denied, whatever the kind and the lists say. RFC 8656 does not forbid it, but no
+//!    peer listens there, and the kernel refuses a send to it with `EINVAL`, the same error some
+//!    kernels give for a batched send they cannot do: a client must not be able to make the
+//!    relay's send path fail on purpose (`datagram_batch::send`);
 //! 1. one of our own relay addresses (exact IP and port): allowed, always, so relay-to-relay media
 //!    works on localhost and LAN deployments;
 //! 2. one of the server's own listening sockets (the TURN UDP listener on any of our addresses):
@@ -66,6 +70,7 @@ pub enum Verdict {
     OwnRelay,
     AllowedCidr,
     Allowed,
+    DeniedPortZero,
     DeniedOwnService,
     DeniedCidr,
     DeniedOwnRelaysOnly,
@@ -122,6 +127,9 @@ impl PeerPolicy {
     /// Decides for `peer` (canonicalized here); `is_own_relay` answers for canonical addresses.
     pub fn check(&self, peer: SocketAddr, is_own_relay: impl Fn(SocketAddr) -> bool) -> Verdict {
         let peer = canonical_addr(peer);
+        if peer.port() == 0 {
+            return Verdict::DeniedPortZero;
+        }
         if is_own_relay(peer) {
             return Verdict::OwnRelay;
         }
@@ -194,6 +202,17 @@ mod tests {
                 Verdict::DeniedOwnService
             );
             assert!(policy.check(addr("203.0.113.10:3479"), no_relays) != Verdict::DeniedOwnService);
+        }
+    }
+
+    #[test]
+    fn port_zero_is_denied_under_every_kind_and_list() {
+        for kind in [PeerPolicyKind::Any, PeerPolicyKind::Public, PeerPolicyKind::OwnRelays] {
+            let p = PeerPolicy::new(kind, &nets(&["8.8.8.8", "2606:4700::/32"]), &[]);
+            for peer in ["8.8.8.8:0", "[2606:4700::1111]:0", "[::ffff:8.8.8.8]:0", "127.0.0.1:0"] {
+                assert_eq!(p.check(addr(peer), |_| true), Verdict::DeniedPortZero, "{kind:?} {peer}");
+            }
+            assert!(p.check(addr("8.8.8.8:1"), no_relays).is_allowed(), "{kind:?}: port 1 is a port");
         }
     }
 

@@ -57,8 +57,9 @@ pub async fn relay_to_client(allocation: Arc<Allocation>, relay: usize, counters
         for (message, range) in messages.iter_mut().zip(&framed[..count]) {
             *message = batch.bytes(range.clone());
         }
-        let failed = allocation.client.send_relayed(&sender, &messages[..count]).await;
-        RelayCounters::add(&counters.client_send_failures, failed as u64);
+        let outcome = allocation.client.send_relayed(&sender, &messages[..count]).await;
+        RelayCounters::add(&counters.client_send_failures, outcome.failed as u64);
+        counters.add_batched(&outcome);
     }
 }
 

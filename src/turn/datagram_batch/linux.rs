@@ -20,23 +20,30 @@ pub const GSO_BUILT_IN: bool = true;
 #[repr(C, align(8))]
 struct Control([u8; 32]);
 
-/// Errors meaning "this kernel (or socket) cannot do that", as opposed to a network error.
-pub fn is_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::ENOPROTOOPT | libc::EINVAL | libc::EIO)
-    )
+/// The kernel has no such call or option (`ENOSYS`: no `sendmmsg`/`recvmmsg`; `EOPNOTSUPP`,
+/// `ENOPROTOOPT`: no such socket option or control message). Nothing a datagram or its
+/// destination holds causes these, so only they may turn a feature off for a whole socket.
+pub fn feature_missing(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::ENOPROTOOPT))
 }
 
-/// A GSO send refused because the kernel or the device cannot segment at all (`EIO`: the
-/// device has no checksum offload).
-pub fn gso_unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::ENOPROTOOPT | libc::EIO))
+/// `recvmmsg` cannot be used on this socket: the feature is missing, or refused as a whole
+/// (`EINVAL`, `EIO`, as some emulated kernels answer). A receive names no destination, so no
+/// client or peer picks this.
+pub fn recv_unsupported(e: &io::Error) -> bool {
+    feature_missing(e) || matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO))
 }
 
-/// A GSO send refused for its segment size (`EINVAL`: larger than the path's MTU allows).
-pub fn gso_segment_refused(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::EINVAL)
+/// A GSO send of `segment`-byte segments refused for where it went: the smallest segment size
+/// the refusal covers for that destination. `EINVAL`: this size and up (larger than the route's
+/// MTU allows; also an address no send can go to, such as port 0); `EIO`: every size (the
+/// route's device cannot checksum the segments). `None`: not a refusal of GSO.
+pub fn gso_refused_from(e: &io::Error, segment: usize) -> Option<usize> {
+    match e.raw_os_error() {
+        Some(libc::EINVAL) => Some(segment),
+        Some(libc::EIO) => Some(0),
+        _ => None,
+    }
 }
 
 pub fn enable_gro(socket: &UdpSocket) -> io::Result<()> {
@@ -113,9 +120,9 @@ pub fn recv_many(
         // SAFETY: headers up to `slots` were initialized above, and `count <= slots`.
         let mmsg = unsafe { headers[slot].assume_init_ref() };
         let hdr = &mmsg.msg_hdr;
-        // SAFETY: the kernel filled `msg_namelen` bytes of this slot's name; `decode` reads no
-        // more than that many (and only as the family it finds there).
-        let Some(from) = sockaddr::decode(unsafe { names[slot].assume_init_ref() }, hdr.msg_namelen) else {
+        // SAFETY: the kernel filled `msg_namelen` bytes of this slot's name (the rest may be
+        // uninitialized); `decode` reads through the pointer no more than those bytes.
+        let Some(from) = (unsafe { sockaddr::decode(names[slot].as_ptr(), hdr.msg_namelen) }) else {
             // Not an IP source (cannot happen on an IP socket): skipped, not an error that
             // would drop the rest of the batch.
             continue;

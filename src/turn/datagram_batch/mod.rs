@@ -5,7 +5,7 @@
 //!   in front of and after its datagram, so a header can be written there in place;
 //! - `send`: [`BatchSender`] sends a batch to one destination, runs of equal-size datagrams as
 //!   one UDP GSO `sendmsg` each and the rest with `sendmmsg`, counting (not hiding) the
-//!   datagrams the kernel refused;
+//!   datagrams the kernel refused; `gso_refusals`: the destinations GSO was refused for;
 //! - `linux` (elsewhere `portable`): the system calls themselves, `sockaddr`: the socket
 //!   addresses they read and write.
 //!
@@ -22,6 +22,7 @@
 //! buffers cannot keep headroom for a header written in place. The system calls are short, and
 //! `libc` is already in the build.
 
+mod gso_refusals;
 mod receive;
 mod send;
 

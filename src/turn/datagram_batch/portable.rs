@@ -14,16 +14,16 @@ fn unsupported() -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, "batched UDP system calls are Linux-only")
 }
 
-pub fn is_unsupported(e: &io::Error) -> bool {
+pub fn feature_missing(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::Unsupported
 }
 
-pub fn gso_unsupported(e: &io::Error) -> bool {
-    is_unsupported(e)
+pub fn recv_unsupported(e: &io::Error) -> bool {
+    feature_missing(e)
 }
 
-pub fn gso_segment_refused(_e: &io::Error) -> bool {
-    false
+pub fn gso_refused_from(_e: &io::Error, _segment: usize) -> Option<usize> {
+    None
 }
 
 pub fn enable_gro(_socket: &UdpSocket) -> io::Result<()> {

@@ -161,7 +161,7 @@ impl RecvBatch {
                         return Ok(());
                     }
                 }
-                Err(e) if self.mode == BatchMode::Batched && sys::is_unsupported(&e) => {
+                Err(e) if self.mode == BatchMode::Batched && sys::recv_unsupported(&e) => {
                     tracing::debug!(err = %e, "recvmmsg unavailable; one datagram per system call");
                     self.mode = BatchMode::OneAtATime;
                 }

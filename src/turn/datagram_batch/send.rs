@@ -4,17 +4,24 @@
 //! with `sendmmsg`, in order. A datagram the kernel refuses is counted in [`SendOutcome::failed`]
 //! and skipped; the rest of the batch still goes.
 //!
-//! GSO is learnt per sender: a kernel or device without it (`ENOSYS`, `EOPNOTSUPP`, `EIO` for a
-//! device without checksum offload) turns it off for good, a segment size the path refuses
-//! (`EINVAL`, e.g. larger than the device's MTU) turns it off from that size up.
+//! What the kernel refuses is learnt, and kept as narrow as the cause. A kernel without a
+//! feature (`ENOSYS`, `EOPNOTSUPP`, `ENOPROTOOPT`) turns it off for the sender, for good. A GSO
+//! send refused for where it went (`EINVAL`: a segment larger than the route's MTU allows, or an
+//! unusable address; `EIO`: a device without checksum offload) turns GSO off for that
+//! destination only, from that segment size up (`gso_refusals`), and the run goes by `sendmmsg`.
+//! Any other error, `EINVAL` from `sendmmsg` included, is one lost datagram. Why so narrow: a
+//! sender serves many clients (a listener's sends to every peer of its clients), and a client
+//! chooses its peers; whatever one client's destination makes the kernel answer must not cost
+//! the others their batching.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use super::gso_refusals::GsoRefusals;
 use super::{sys, BatchMode, MAX_BATCH};
 
 /// Most segments one GSO `sendmsg` may carry (`UDP_MAX_SEGMENTS` is 64 on older kernels).
@@ -31,17 +38,26 @@ pub struct SendOutcome {
     pub failed: usize,
     /// The bytes of the datagrams sent.
     pub sent_bytes: usize,
+    /// Of `sent`, how many left in UDP GSO sends.
+    pub sent_by_gso: usize,
+    /// Of `sent`, how many left in `sendmmsg` calls.
+    pub sent_by_sendmmsg: usize,
 }
 
 /// Sends batches of datagrams to one destination each, with as few system calls as the kernel
 /// allows.
 pub struct BatchSender {
     mode: BatchMode,
+    /// The kernel does GSO (off after it said it has none).
     gso: AtomicBool,
-    /// The smallest segment size a GSO send was refused at (`usize::MAX`: none yet).
-    gso_refused_from: AtomicUsize,
-    /// `sendmmsg` works (off after the first `ENOSYS`).
+    /// The destinations (and segment sizes) the kernel refused GSO sends for.
+    gso_refusals: GsoRefusals,
+    /// `sendmmsg` works (off after the kernel said it has none).
     mmsg: AtomicBool,
+    /// Tests: GSO sends to a destination, of segments from a size up, the kernel is made to
+    /// refuse with an errno (as a route with a small MTU or without checksum offload would).
+    #[cfg(test)]
+    gso_refused_by_kernel: Option<(SocketAddr, usize, i32)>,
 }
 
 impl BatchSender {
@@ -50,14 +66,21 @@ impl BatchSender {
         BatchSender {
             mode,
             gso: AtomicBool::new(batched && sys::GSO_BUILT_IN),
-            gso_refused_from: AtomicUsize::new(usize::MAX),
+            gso_refusals: GsoRefusals::default(),
             mmsg: AtomicBool::new(batched),
+            #[cfg(test)]
+            gso_refused_by_kernel: None,
         }
     }
 
-    /// Whether the next run will be tried with GSO.
+    /// Whether the next run will be tried with GSO (to a destination that did not refuse it).
     pub fn gso_enabled(&self) -> bool {
         self.gso.load(Ordering::Relaxed)
+    }
+
+    /// Whether datagrams between GSO runs go with `sendmmsg`.
+    pub fn sendmmsg_enabled(&self) -> bool {
+        self.mmsg.load(Ordering::Relaxed)
     }
 
     /// Sends `datagrams` to `to`, in order.
@@ -67,12 +90,14 @@ impl BatchSender {
             self.send_one_at_a_time(socket, to, datagrams, &mut outcome).await;
             return outcome;
         }
+        // Looked up once per batch: the destination is the same for all of it.
+        let mut refused_from = self.gso_refusals.refused_from(to);
         let mut rest = datagrams;
         while !rest.is_empty() {
-            let run = self.gso_run(rest);
+            let run = self.gso_run(rest, refused_from);
             if run >= 2 {
                 let (now, later) = rest.split_at(run);
-                if self.send_run(socket, to, now, &mut outcome).await {
+                if self.send_run(socket, to, now, &mut refused_from, &mut outcome).await {
                     rest = later;
                     continue;
                 }
@@ -80,7 +105,7 @@ impl BatchSender {
             }
             // Up to the next run GSO can take, one `sendmmsg` (or several if partly refused).
             let mut end = 1;
-            while end < rest.len() && self.gso_run(&rest[end..]) < 2 {
+            while end < rest.len() && self.gso_run(&rest[end..], refused_from) < 2 {
                 end += 1;
             }
             let (now, later) = rest.split_at(end.min(rest.len()));
@@ -90,17 +115,17 @@ impl BatchSender {
         outcome
     }
 
-    /// How many leading datagrams one GSO send may carry here (0 if GSO is off).
-    fn gso_run(&self, datagrams: &[&[u8]]) -> usize {
+    /// How many leading datagrams one GSO send may carry to a destination that refused GSO
+    /// from `refused_from` bytes a segment (0 if GSO is off).
+    fn gso_run(&self, datagrams: &[&[u8]], refused_from: usize) -> usize {
         if !self.gso_enabled() {
             return 0;
         }
-        let run = gso_run(datagrams);
         let segment = datagrams.first().map_or(0, |d| d.len());
-        if segment >= self.gso_refused_from.load(Ordering::Relaxed) {
+        if segment >= refused_from {
             return 0;
         }
-        run
+        gso_run(datagrams)
     }
 
     /// One GSO send of `run`: true if it was carried out (sent, or refused and counted as
@@ -110,39 +135,43 @@ impl BatchSender {
         socket: &UdpSocket,
         to: SocketAddr,
         run: &[&[u8]],
+        refused_from: &mut usize,
         outcome: &mut SendOutcome,
     ) -> bool {
         let result = loop {
             if let Err(e) = socket.writable().await {
                 break Err(e);
             }
-            match socket.try_io(Interest::WRITABLE, || sys::send_segments(socket, to, run)) {
+            match socket.try_io(Interest::WRITABLE, || self.send_segments(socket, to, run)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => break other,
             }
         };
+        let segment = run[0].len();
         match result {
             Ok(()) => {
                 outcome.sent += run.len();
+                outcome.sent_by_gso += run.len();
                 outcome.sent_bytes += run.iter().map(|d| d.len()).sum::<usize>();
                 true
             }
-            Err(e) if sys::gso_unsupported(&e) => {
+            Err(e) if sys::feature_missing(&e) => {
                 tracing::debug!(err = %e, "UDP GSO unavailable; sendmmsg instead");
                 self.gso.store(false, Ordering::Relaxed);
                 false
             }
-            Err(e) if sys::gso_segment_refused(&e) => {
-                let segment = run[0].len();
-                tracing::debug!(err = %e, segment, "GSO refused this segment size; sendmmsg for it and up");
-                self.gso_refused_from.fetch_min(segment, Ordering::Relaxed);
-                false
-            }
-            Err(e) => {
-                tracing::trace!(err = %e, datagrams = run.len(), "GSO send failed");
-                outcome.failed += run.len();
-                true
-            }
+            Err(e) => match sys::gso_refused_from(&e, segment) {
+                Some(from) => {
+                    tracing::debug!(err = %e, segment, %to, "GSO refused for this destination; sendmmsg to it");
+                    *refused_from = self.gso_refusals.refuse(to, from);
+                    false
+                }
+                None => {
+                    tracing::trace!(err = %e, datagrams = run.len(), "GSO send failed");
+                    outcome.failed += run.len();
+                    true
+                }
+            },
         }
     }
 
@@ -157,7 +186,7 @@ impl BatchSender {
     ) {
         let mut rest = datagrams;
         while !rest.is_empty() {
-            if !self.mmsg.load(Ordering::Relaxed) || rest.len() == 1 {
+            if !self.sendmmsg_enabled() || rest.len() == 1 {
                 return self.send_one_at_a_time(socket, to, rest, outcome).await;
             }
             let now = &rest[..rest.len().min(MAX_BATCH)];
@@ -175,14 +204,16 @@ impl BatchSender {
                     // The kernel sends at least one or fails the call.
                     let sent = sent.clamp(1, now.len());
                     outcome.sent += sent;
+                    outcome.sent_by_sendmmsg += sent;
                     outcome.sent_bytes += rest[..sent].iter().map(|d| d.len()).sum::<usize>();
                     rest = &rest[sent..];
                 }
-                Err(e) if sys::is_unsupported(&e) => {
+                Err(e) if sys::feature_missing(&e) => {
                     tracing::debug!(err = %e, "sendmmsg unavailable; one datagram per system call");
                     self.mmsg.store(false, Ordering::Relaxed);
                 }
                 Err(e) => {
+                    // `EINVAL` included: it names this datagram's destination, not the call.
                     tracing::trace!(err = %e, "a datagram of a batch was refused");
                     outcome.failed += 1;
                     rest = &rest[1..];
@@ -210,6 +241,17 @@ impl BatchSender {
                 }
             }
         }
+    }
+
+    /// The GSO system call (in tests, maybe refused as `gso_refused_by_kernel` says).
+    fn send_segments(&self, socket: &UdpSocket, to: SocketAddr, run: &[&[u8]]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some((at, from, errno)) = self.gso_refused_by_kernel {
+            if at == to && run[0].len() >= from {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        }
+        sys::send_segments(socket, to, run)
     }
 }
 
@@ -239,6 +281,7 @@ fn gso_run(datagrams: &[&[u8]]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::turn::datagram_batch::gso_refusals::NOT_REFUSED;
     use crate::turn::datagram_batch::test_support::{collect, numbered, pair};
     use crate::turn::datagram_batch::RecvBatch;
 
@@ -252,7 +295,7 @@ mod tests {
         let refs: Vec<&[u8]> = datagrams.iter().map(Vec::as_slice).collect();
         let outcome = sender.send_many(&tx, to, &refs).await;
         let bytes = sizes.iter().sum();
-        assert_eq!(outcome, SendOutcome { sent: sizes.len(), failed: 0, sent_bytes: bytes });
+        assert_eq!((outcome.sent, outcome.failed, outcome.sent_bytes), (sizes.len(), 0, bytes));
         let mut batch = RecvBatch::new(MAX_BATCH, 2048, BatchMode::Batched);
         let (got, _, truncated) = collect(&mut batch, &rx, sizes.len()).await;
         assert_eq!(truncated, 0, "every segment arrives as the datagram it was, not glued");
@@ -300,7 +343,7 @@ mod tests {
                 [numbered(0, 100), numbered(1, 100), too_big.clone(), numbered(3, 100), numbered(4, 50)];
             let refs: Vec<&[u8]> = datagrams.iter().map(Vec::as_slice).collect();
             let outcome = sender.send_many(&tx, to, &refs).await;
-            assert_eq!(outcome, SendOutcome { sent: 4, failed: 1, sent_bytes: 350 }, "{mode:?}");
+            assert_eq!((outcome.sent, outcome.failed, outcome.sent_bytes), (4, 1, 350), "{mode:?}");
             let mut batch = RecvBatch::new(MAX_BATCH, 2048, BatchMode::Batched);
             let (got, _, _) = collect(&mut batch, &rx, 4).await;
             let payloads: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
@@ -308,7 +351,7 @@ mod tests {
 
             let v6: SocketAddr = "[::1]:9".parse().unwrap();
             let outcome = sender.send_many(&tx, v6, &refs[..2]).await;
-            assert_eq!(outcome, SendOutcome { sent: 0, failed: 2, sent_bytes: 0 }, "{mode:?}");
+            assert_eq!((outcome.sent, outcome.failed, outcome.sent_bytes), (0, 2, 0), "{mode:?}");
         }
     }
 
@@ -326,14 +369,114 @@ mod tests {
         assert_eq!(gso_run(&many), MAX_GSO_SEGMENTS);
     }
 
+    /// Sends `datagrams` to `rx` with `sender` and checks they all arrive, in order.
+    #[cfg(target_os = "linux")]
+    async fn all_arrive(
+        sender: &BatchSender,
+        tx: &UdpSocket,
+        rx: &UdpSocket,
+        datagrams: &[Vec<u8>],
+    ) -> SendOutcome {
+        let refs: Vec<&[u8]> = datagrams.iter().map(Vec::as_slice).collect();
+        let outcome = sender.send_many(tx, rx.local_addr().unwrap(), &refs).await;
+        assert_eq!((outcome.sent, outcome.failed), (datagrams.len(), 0));
+        let mut batch = RecvBatch::new(MAX_BATCH, 2048, BatchMode::Batched);
+        let (got, _, _) = collect(&mut batch, rx, datagrams.len()).await;
+        let payloads: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
+        assert_eq!(payloads, datagrams);
+        outcome
+    }
+
+    /// A run of ten equal sizes and a shorter last (one GSO send), then two sizes that stand alone
+    /// (one `sendmmsg`).
+    #[cfg(target_os = "linux")]
+    fn runs_and_singles() -> Vec<Vec<u8>> {
+        let sizes = [1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 100, 200, 300];
+        sizes.iter().enumerate().map(|(i, &n)| numbered(i, n)).collect()
+    }
+
+    /// Port 0 is a real destination the kernel refuses every send to with `EINVAL`, GSO and
+    /// `sendmmsg` alike (as a client's peer could, if the policy let it through): its datagrams
+    /// fail alone, and the same sender keeps GSO and `sendmmsg` for the destinations sent to
+    /// before and after it, as a listener's sender does for every client's peers.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_destination_the_kernel_refuses_fails_alone_and_batching_stays_on_for_the_others() {
+        let (rx, tx) = pair().await;
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sender = BatchSender::new(BatchMode::Batched);
+        let datagrams = runs_and_singles();
+        let refs: Vec<&[u8]> = datagrams.iter().map(Vec::as_slice).collect();
+        let port_zero: SocketAddr = "127.0.0.1:0".parse().unwrap();
+
+        let before = all_arrive(&sender, &tx, &rx, &datagrams).await;
+        let refused = sender.send_many(&tx, port_zero, &refs).await;
+        assert_eq!((refused.sent, refused.failed), (0, datagrams.len()), "each one counted as lost");
+        assert!(
+            sender.gso_enabled() && sender.sendmmsg_enabled(),
+            "EINVAL for one destination turns nothing off"
+        );
+        let after = all_arrive(&sender, &tx, &other, &datagrams).await;
+        let again = all_arrive(&sender, &tx, &rx, &datagrams).await;
+        for outcome in [before, after, again] {
+            assert_eq!((outcome.sent_by_gso, outcome.sent_by_sendmmsg), (11, 2), "still batched");
+        }
+        assert_eq!(sender.gso_refusals.refused_from(rx.local_addr().unwrap()), NOT_REFUSED);
+    }
+
+    /// A route that refuses GSO segments from 1200 bytes (`EINVAL`, as a small MTU does), or
+    /// every GSO send (`EIO`, a device without checksum offload): that destination gets those
+    /// runs by `sendmmsg`, whole; smaller segments to it, and every size to another
+    /// destination, still go by GSO.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_gso_refusal_is_kept_for_its_destination_and_segment_size_only() {
+        for (errno, from) in [(libc::EINVAL, 1200), (libc::EIO, 0)] {
+            let (rx, tx) = pair().await;
+            let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let mut sender = BatchSender::new(BatchMode::Batched);
+            sender.gso_refused_by_kernel = Some((rx.local_addr().unwrap(), from, errno));
+            let large: Vec<Vec<u8>> = (0..8).map(|i| numbered(i, 1400)).collect();
+            let small: Vec<Vec<u8>> = (0..8).map(|i| numbered(i, 500)).collect();
+
+            let refused = all_arrive(&sender, &tx, &rx, &large).await;
+            assert_eq!((refused.sent_by_gso, refused.sent_by_sendmmsg), (0, 8), "errno {errno}");
+            assert!(sender.gso_enabled(), "errno {errno}: GSO stays on for the socket");
+            let smaller = all_arrive(&sender, &tx, &rx, &small).await;
+            let expected_gso = if from == 0 { 0 } else { 8 };
+            assert_eq!(smaller.sent_by_gso, expected_gso, "errno {errno}: below the refused size");
+            let elsewhere = all_arrive(&sender, &tx, &other, &large).await;
+            assert_eq!(elsewhere.sent_by_gso, 8, "errno {errno}: another destination keeps GSO");
+            let learnt = if errno == libc::EIO { 0 } else { 1400 };
+            assert_eq!(sender.gso_refusals.refused_from(rx.local_addr().unwrap()), learnt, "errno {errno}");
+        }
+    }
+
+    /// A kernel without GSO (`ENOPROTOOPT` for the control message, `ENOSYS`) turns it off for
+    /// the whole sender; the datagrams still all arrive, by `sendmmsg`.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_kernel_without_gso_turns_it_off_for_the_sender() {
+        for errno in [libc::ENOPROTOOPT, libc::ENOSYS] {
+            let (rx, tx) = pair().await;
+            let mut sender = BatchSender::new(BatchMode::Batched);
+            sender.gso_refused_by_kernel = Some((rx.local_addr().unwrap(), 0, errno));
+            let outcome = all_arrive(&sender, &tx, &rx, &runs_and_singles()).await;
+            assert_eq!((outcome.sent_by_gso, outcome.sent_by_sendmmsg), (0, 13), "errno {errno}");
+            assert!(!sender.gso_enabled(), "errno {errno}");
+            assert!(sender.sendmmsg_enabled(), "errno {errno}");
+        }
+    }
+
     #[test]
     fn a_refused_segment_size_is_not_tried_with_gso_again() {
         let sender = BatchSender::new(BatchMode::Batched);
         let (small, large) = (vec![0u8; 500], vec![0u8; 1400]);
-        sender.gso_refused_from.store(1400, Ordering::Relaxed);
         if sender.gso_enabled() {
-            assert_eq!(sender.gso_run(&[&small, &small]), 2);
+            assert_eq!(sender.gso_run(&[&small, &small], 1400), 2);
+            assert_eq!(sender.gso_run(&[&small, &small], NOT_REFUSED), 2);
         }
-        assert_eq!(sender.gso_run(&[&large, &large]), 0);
+        assert_eq!(sender.gso_run(&[&large, &large], 1400), 0);
+        assert_eq!(sender.gso_run(&[&small, &small], 0), 0);
     }
 }
