@@ -129,8 +129,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
                 .clustered(cluster.node_id.clone())
                 .with_relay_addresses(relays);
             let (commands, queued) = tokio::sync::mpsc::channel(crate::cluster::WRITE_QUEUE);
+            let (heartbeats, heartbeats_queued) = tokio::sync::mpsc::channel(1);
             let link = runner::ClusterLink {
                 commands,
+                heartbeats,
                 status: cluster.status.clone(),
                 accounts: crate::cluster::accounts::ClusterAccounts::new(cluster)?,
                 heartbeat: std::time::Duration::from_millis(settings.cluster.heartbeat_ms),
@@ -157,7 +159,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
                 settings.history.clone(),
                 relay.as_ref().map(|r| r.cluster_relays.clone()),
             )?;
-            tokio::spawn(writer.run(queued));
+            tokio::spawn(writer.run(queued, heartbeats_queued));
             tokio::spawn(crate::cluster::reader::run(
                 cluster.clone(),
                 handle.clone(),

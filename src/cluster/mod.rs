@@ -152,8 +152,6 @@ pub struct ClusterStatus {
     pub publish_failures: AtomicU64,
     /// Snapshot resynchronizations (start-up included).
     pub resyncs: AtomicU64,
-    /// A heartbeat waits in the writer's queue (the runner sends no second one meanwhile).
-    pub heartbeat_queued: AtomicBool,
 }
 
 impl ClusterStatus {

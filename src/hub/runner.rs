@@ -146,6 +146,9 @@ pub enum HubEvent {
 pub struct ClusterLink {
     /// The writer's queue (`cluster::WRITE_QUEUE`).
     pub commands: mpsc::Sender<ClusterCommand>,
+    /// The writer's heartbeat slot (one): taken before the queue, so a full queue of chat or
+    /// claims never delays the heartbeat past the presence TTL (the node would be reaped alive).
+    pub heartbeats: mpsc::Sender<Vec<(String, crate::cluster::event::Owner)>>,
     pub status: Arc<ClusterStatus>,
     pub accounts: ClusterAccounts,
     pub heartbeat: Duration,
@@ -414,14 +417,10 @@ impl Runner {
 
     fn send_heartbeat(&mut self) {
         let Some(cluster) = &self.cluster else { return };
-        if cluster.status.heartbeat_queued.swap(true, Ordering::Relaxed) {
+        let Ok(slot) = cluster.heartbeats.try_reserve() else {
             return; // the last one is still waiting: Redis is slow or away
-        }
-        let names = self.hub.owned_names();
-        if cluster.commands.try_send(ClusterCommand::Heartbeat { names }).is_err() {
-            cluster.status.heartbeat_queued.store(false, Ordering::Relaxed);
-            tracing::warn!("cluster writer queue full: heartbeat skipped");
-        }
+        };
+        slot.send(self.hub.owned_names());
     }
 
     /// Hands a change to the cluster writer; false if its queue is full (or it is gone).

@@ -15,6 +15,9 @@
 //! for the previous one's round trip, and every log read brought back about one entry, so the
 //! hub fanned out one message per step.
 //!
+//! The heartbeat has a lane of its own (one slot, taken before the queue): a queue full of
+//! claims and chat must not hold it back past the presence TTL.
+//!
 //! Children: `publish` (the batched log appends and how a failure is told), `presence` (name
 //! claims and releases, voice seats, routed signaling), `heartbeat` (node record, renewals,
 //! reaping, relay registry, trimming by age).
@@ -73,8 +76,6 @@ pub enum ClusterCommand {
     Release { name: String, owner: Owner, event: ClusterEvent },
     /// Log a change (chat, notice, moderation); `origin` hears `PublishFailed` if it fails.
     Publish { origin: Option<ConnId>, event: ClusterEvent },
-    /// Renew the node and the names it holds.
-    Heartbeat { names: Vec<(String, Owner)> },
     /// Take a voice seat for `conn` (`event` is its `VoiceJoined`); the hub hears `VoiceSeated`.
     JoinVoice { conn: ConnId, name: String, max: usize, event: ClusterEvent },
     /// Signaling for a voice member on another node: into that node's inbox.
@@ -133,12 +134,27 @@ impl Writer {
         })
     }
 
-    /// Runs until the runner drops its sender.
-    pub async fn run(mut self, mut commands: mpsc::Receiver<ClusterCommand>) {
+    /// Runs until the runner drops its sender. `heartbeats` (the names to renew) is a lane of
+    /// its own, taken before the queue: behind up to `WRITE_QUEUE` claims and chat a heartbeat
+    /// could wait past the presence TTL, and the others would reap this node while it is alive.
+    /// It overtakes at most what is queued, never a batch under way (at most `WRITE_BATCH`
+    /// commands), and nothing it renews depends on their order: the hub lists only names it
+    /// holds (none being renamed away), and the script renews only what is still ours.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<ClusterCommand>,
+        mut heartbeats: mpsc::Receiver<Vec<(String, Owner)>>,
+    ) {
         self.release_previous_run(&commands).await;
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
-        while commands.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-            self.carry_out_in_order(std::mem::take(&mut batch)).await;
+        loop {
+            match next_work(&mut heartbeats, &mut commands).await {
+                Work::Heartbeat(names) => {
+                    self.ensure_connected().await;
+                    self.heartbeat(names).await;
+                }
+                Work::Commands(batch) => self.carry_out_in_order(batch).await,
+                Work::Stop => return,
+            }
         }
     }
 
@@ -247,10 +263,6 @@ impl Writer {
                     self.pending_releases.keep(ClusterCommand::Publish { origin: None, event });
                 }
             }
-            ClusterCommand::Heartbeat { names } => {
-                self.ctx.status.heartbeat_queued.store(false, Ordering::Relaxed);
-                self.heartbeat(names).await
-            }
             ClusterCommand::JoinVoice { conn, name, max, event } => {
                 let outcome = self.join_voice(&name, max, &event).await;
                 self.hub.send(HubEvent::VoiceSeated { conn, name, outcome }).await;
@@ -259,6 +271,31 @@ impl Writer {
             ClusterCommand::Flush(done) => {
                 let _ = done.send(());
             }
+        }
+    }
+}
+
+/// What the writer does next.
+#[derive(Debug)]
+enum Work {
+    Heartbeat(Vec<(String, Owner)>),
+    /// Up to `WRITE_BATCH` commands, in queue order.
+    Commands(Vec<ClusterCommand>),
+    /// The runner is gone.
+    Stop,
+}
+
+/// A waiting heartbeat first, else whatever is queued (waiting for either).
+async fn next_work(
+    heartbeats: &mut mpsc::Receiver<Vec<(String, Owner)>>,
+    commands: &mut mpsc::Receiver<ClusterCommand>,
+) -> Work {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    tokio::select! {
+        biased;
+        Some(names) = heartbeats.recv() => Work::Heartbeat(names),
+        taken = commands.recv_many(&mut batch, WRITE_BATCH) => {
+            if taken == 0 { Work::Stop } else { Work::Commands(batch) }
         }
     }
 }
@@ -332,5 +369,36 @@ mod tests {
         };
         assert!(history_entry(&left(false)).is_some());
         assert!(history_entry(&left(true)).is_none(), "over the allowance: shown, not stored");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_heartbeat_goes_before_a_full_queue() {
+        let (commands_tx, mut commands) = mpsc::channel(crate::cluster::WRITE_QUEUE);
+        let (heartbeats_tx, mut heartbeats) = mpsc::channel(1);
+        for i in 0..crate::cluster::WRITE_QUEUE {
+            commands_tx.try_send(release(i)).expect("room in the queue");
+        }
+        let names = vec![("alice".to_string(), Owner { node: "n".into(), conn: 1 })];
+        heartbeats_tx.try_send(names.clone()).expect("the slot is free");
+        assert!(heartbeats_tx.try_send(names.clone()).is_err(), "one heartbeat waits at most");
+        match next_work(&mut heartbeats, &mut commands).await {
+            Work::Heartbeat(renewed) => assert_eq!(renewed, names),
+            other => panic!("the heartbeat first, got {other:?}"),
+        }
+        // Then the queue, a batch at a time, in order.
+        let Work::Commands(batch) = next_work(&mut heartbeats, &mut commands).await else {
+            panic!("commands next")
+        };
+        assert_eq!(batch.len(), WRITE_BATCH);
+        assert!(matches!(&batch[0], ClusterCommand::Release { name, .. } if name == "user0"));
+        // A heartbeat sent meanwhile overtakes the rest of the queue again.
+        heartbeats_tx.try_send(names).expect("the slot is free again");
+        assert!(matches!(next_work(&mut heartbeats, &mut commands).await, Work::Heartbeat(_)));
+        drop((commands_tx, heartbeats_tx));
+        let mut left = 0;
+        while let Work::Commands(batch) = next_work(&mut heartbeats, &mut commands).await {
+            left += batch.len();
+        }
+        assert_eq!(left, crate::cluster::WRITE_QUEUE - WRITE_BATCH, "nothing lost, then Stop");
     }
 }
