@@ -27,11 +27,17 @@ pub const MAX_RELAYED_DATAGRAM: usize = 1500;
 /// and keeps the buffers at 32 x 1.5 KB per relayed address.
 pub const RELAY_BATCH: usize = 32;
 
+/// Slots a relay socket starts with (4 x 1.5 KB): an idle allocation or an audio stream (one
+/// or two datagrams per wake-up) never needs more, and 32 from the start doubled the RSS per
+/// allocation (BENCHMARKS.md (d): 9.0 -> 18.5 KiB). The first call that fills them grows the
+/// batch to [`RELAY_BATCH`] for good.
+pub const RELAY_BATCH_START: usize = 4;
+
 /// Relays what peers send to `allocation.relays[relay]` until the allocation closes.
 pub async fn relay_to_client(allocation: Arc<Allocation>, relay: usize, counters: Arc<RelayCounters>) {
     let Some(socket) = allocation.relays.get(relay) else { return };
     let mode = BatchMode::configured();
-    let mut batch = RecvBatch::with_room(RELAY_BATCH, MAX_RELAYED_DATAGRAM, HEADROOM, TAILROOM, mode);
+    let mut batch = RecvBatch::with_room(RELAY_BATCH_START, MAX_RELAYED_DATAGRAM, HEADROOM, TAILROOM, mode);
     let sender = BatchSender::new(mode);
     // Where each framed message of the current batch lies in the batch's storage.
     let mut framed: [Range<usize>; MAX_BATCH] = std::array::from_fn(|_| 0..0);
@@ -60,6 +66,7 @@ pub async fn relay_to_client(allocation: Arc<Allocation>, relay: usize, counters
         let outcome = allocation.client.send_relayed(&sender, &messages[..count]).await;
         RelayCounters::add(&counters.client_send_failures, outcome.failed as u64);
         counters.add_batched(&outcome);
+        batch.grow_when_full(RELAY_BATCH);
     }
 }
 

@@ -177,6 +177,26 @@ impl RecvBatch {
             .map(|s| Datagram { from: s.from, payload: &self.storage[s.start..s.start + s.len] })
     }
 
+    /// Slots offered to each call.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// After a call that filled every slot (more was probably queued), grows to `slots` slots
+    /// (at most [`MAX_BATCH`]); true if it grew. A socket that never bursts keeps its small
+    /// buffer. Call it between batches: the last batch's datagrams stay where they are.
+    pub fn grow_when_full(&mut self, slots: usize) -> bool {
+        let slots = slots.min(MAX_BATCH);
+        if self.slots >= slots || self.datagrams.len() + self.truncated < self.slots {
+            return false;
+        }
+        self.storage.resize(slots * self.layout.stride, 0);
+        self.slots = slots;
+        self.datagrams.reserve(slots);
+        self.slots_received.reserve(slots);
+        true
+    }
+
     /// How many whole datagrams the last batch holds.
     pub fn len(&self) -> usize {
         self.datagrams.len()
@@ -309,6 +329,33 @@ mod tests {
         let largest = many_datagrams_in_order(BatchMode::Batched).await;
         // All 100 were queued before the first read: one call takes a full batch.
         assert_eq!(largest, 32);
+    }
+
+    #[tokio::test]
+    async fn a_small_batch_grows_once_a_call_fills_it_and_reads_on_whole_and_in_order() {
+        for mode in [BatchMode::Batched, BatchMode::OneAtATime] {
+            let (rx, tx) = pair().await;
+            let to = rx.local_addr().unwrap();
+            let mut batch = RecvBatch::with_room(4, 2048, 48, 4, mode);
+            tx.send_to(&numbered(0, 100), to).await.unwrap();
+            batch.recv(&rx).await.unwrap();
+            assert_eq!(batch.len(), 1);
+            assert!(!batch.grow_when_full(32), "a short batch keeps its size");
+            for i in 1..40 {
+                tx.send_to(&numbered(i, 100 + i), to).await.unwrap();
+            }
+            batch.recv(&rx).await.unwrap();
+            assert_eq!(batch.len(), 4, "{mode:?}: the four slots filled");
+            let first: Vec<Vec<u8>> = batch.datagrams().map(|d| d.payload.to_vec()).collect();
+            assert!(batch.grow_when_full(32));
+            assert_eq!(batch.slots(), 32);
+            assert!(!batch.grow_when_full(32), "grown once");
+            let (rest, largest, truncated) = collect(&mut batch, &rx, 35).await;
+            assert_eq!((truncated, largest), (0, 32), "{mode:?}: the next call takes 32");
+            let got: Vec<Vec<u8>> = first.into_iter().chain(rest.into_iter().map(|(_, p)| p)).collect();
+            let want: Vec<Vec<u8>> = (1..40).map(|i| numbered(i, 100 + i)).collect();
+            assert_eq!(got, want, "{mode:?}: whole and in order across the growth");
+        }
     }
 
     #[tokio::test]
