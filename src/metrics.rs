@@ -4,7 +4,7 @@
 //! collector reads them when `/metrics` is scraped. Labels are fixed (direction, reason), never a
 //! user name or an IP address, so cardinality stays constant whatever the traffic.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use crate::cluster::ClusterStatus;
 use crate::hub::relay_only::{DropReason, SanitizedField};
 use crate::hub::runner::SharedStats;
+use crate::turn::counters::Count;
 use crate::turn::RelayCounters;
 
 #[derive(Debug)]
@@ -74,8 +75,8 @@ fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: &Atomic
     gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
 }
 
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: &AtomicU64) -> std::fmt::Result {
-    let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: &impl Count) -> std::fmt::Result {
+    let counter = ConstCounter::new(value.value());
     counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
 }
 
@@ -85,12 +86,12 @@ fn labeled_counters(
     name: &str,
     help: &str,
     label: &str,
-    values: &[(&str, &AtomicU64)],
+    values: &[(&str, &dyn Count)],
 ) -> std::fmt::Result {
     let mut family =
         encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
     for (label_value, value) in values {
-        let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+        let counter = ConstCounter::new(value.value());
         counter.encode(family.encode_family(&[(label, *label_value)])?)?;
     }
     Ok(())
@@ -202,7 +203,7 @@ impl Collector for LiveCollector {
             &relay.allocations_total,
         )?;
         let directions =
-            |bytes_in, bytes_out| -> [(&str, &AtomicU64); 2] { [("in", bytes_in), ("out", bytes_out)] };
+            |bytes_in, bytes_out| -> [(&str, &dyn Count); 2] { [("in", bytes_in), ("out", bytes_out)] };
         labeled_counters(
             &mut encoder,
             "relaychat_turn_relayed_bytes",

@@ -59,7 +59,9 @@ pub async fn hand_over(
     slots: &mut HandoffSlots,
 ) {
     let Some(from_relay) = from.relay_for(to_addr) else { return };
-    if payloads.is_empty() || !from_relay.guard().allows(to_addr) {
+    // `to_addr` is `to`'s relayed address (the caller found `to` by it): both policies judge
+    // it, and `from`'s below, as one of this server's own relays.
+    if payloads.is_empty() || !from_relay.guard().allows_own_relay(to_addr) {
         // `allows` counted one denied datagram; the others of the run are denied too.
         RelayCounters::add(&counters.denied_peers, payloads.len().saturating_sub(1) as u64);
         return;
@@ -85,7 +87,10 @@ pub async fn hand_over(
                 RelayCounters::bump(&counters.oversize_drops);
                 continue;
             }
-            let Some(peer) = to_relay.guard().admits_from(from_addr) else { continue };
+            if !to_relay.guard().allows_own_relay(from_addr) {
+                continue;
+            }
+            let peer = from_addr;
             if !grants.permits(peer.ip(), now) || !to.within_bandwidth(n, counters) {
                 continue;
             }

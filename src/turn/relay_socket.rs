@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use crate::addr::canonical_addr;
 use crate::turn::counters::RelayCounters;
 use crate::turn::datagram_batch::{BatchSender, SendOutcome};
-use crate::turn::policy::PeerPolicy;
+use crate::turn::policy::{PeerPolicy, Verdict};
 
 /// Socket buffers of each relay socket: a few hundred milliseconds of a video call's bitrate.
 const RELAY_SOCKET_BUFFER: usize = 512 * 1024;
@@ -118,7 +118,18 @@ impl PeerGuard {
 
     /// True if the policy lets `peer` (canonical) be sent to; a denial is counted.
     pub fn allows(&self, peer: SocketAddr) -> bool {
-        let verdict = self.policy.check(peer, |a| self.is_relay(a));
+        self.judged(self.policy.check(peer, |a| self.is_relay(a)))
+    }
+
+    /// [`Self::allows`] for `relay`, known to be one of this server's relayed addresses (the
+    /// hand-off found its allocation by it): the same verdict without looking the address up in
+    /// [`OwnRelays`] again, which took two shared locks per relayed datagram.
+    pub fn allows_own_relay(&self, relay: SocketAddr) -> bool {
+        self.judged(self.policy.check(relay, |_| true))
+    }
+
+    /// The verdict as a yes or no; a denial is counted.
+    fn judged(&self, verdict: Verdict) -> bool {
         if !verdict.is_allowed() {
             RelayCounters::bump(&self.counters.denied_peers);
             tracing::debug!(?verdict, "relay dropped a datagram for a denied peer");
