@@ -62,7 +62,7 @@ pub async fn hand_over(
     // `to_addr` is `to`'s relayed address (the caller found `to` by it): both policies judge
     // it, and `from`'s below, as one of this server's own relays.
     if payloads.is_empty() || !from_relay.guard().allows_own_relay(to_addr) {
-        // `allows` counted one denied datagram; the others of the run are denied too.
+        // The check counted one denied datagram; the others of the run are denied too.
         RelayCounters::add(&counters.denied_peers, payloads.len().saturating_sub(1) as u64);
         return;
     }

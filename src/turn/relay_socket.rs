@@ -125,6 +125,8 @@ impl PeerGuard {
     /// hand-off found its allocation by it): the same verdict without looking the address up in
     /// [`OwnRelays`] again, which took two shared locks per relayed datagram.
     pub fn allows_own_relay(&self, relay: SocketAddr) -> bool {
+        // Skipping the lookup is only sound for our own relays: every test run checks it.
+        debug_assert!(self.own.contains(relay), "{relay} is not one of this server's relays");
         self.judged(self.policy.check(relay, |_| true))
     }
 
@@ -306,6 +308,27 @@ impl RelayBinder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PeerPolicyKind;
+
+    #[test]
+    fn an_own_relay_hop_gets_the_verdict_the_full_lookup_gives() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let (relay, other) = (addr("127.0.0.1:50000"), addr("127.0.0.1:50001"));
+        for kind in [PeerPolicyKind::OwnRelays, PeerPolicyKind::Public, PeerPolicyKind::Any] {
+            let guard = PeerGuard {
+                // Loopback denied outright: our own relays still pass, as with the lookup.
+                policy: PeerPolicy::new(kind, &[], &["127.0.0.0/8".parse().unwrap()]),
+                own: Arc::new(OwnRelays::default()),
+                cluster: Arc::new(ClusterRelays::new(50000..=50999)),
+                counters: Arc::new(RelayCounters::default()),
+                bandwidth_bytes_per_s: 0,
+            };
+            guard.own.insert(relay, relay);
+            assert!(guard.allows(relay) && guard.allows_own_relay(relay), "{kind:?}");
+            assert!(!guard.allows(other), "{kind:?}: not a relay of ours, denied by the lookup");
+            assert_eq!(RelayCounters::get(&guard.counters.denied_peers), 1);
+        }
+    }
 
     #[test]
     fn cluster_relays_are_the_registry_ips_in_the_relay_port_range_only() {
