@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use warp::{Filter, Reply};
 
 use crate::config::{Registration, Settings};
+use crate::http::websocket::ChatWriters;
 use crate::http::{listener, routes, HttpState};
 use crate::hub::relay_only::RelayAddresses;
 use crate::hub::runner::{self, HubHandle};
@@ -36,6 +37,8 @@ pub struct RunningServer {
     stop_admin: Option<oneshot::Sender<()>>,
     memory_trim: tokio::task::JoinHandle<()>,
     store_thread: StoreThread,
+    /// The sessions' chat writers' runtime: stops once the sessions are gone.
+    chat_writers: ChatWriters,
 }
 
 /// Starts every part; returns once all listeners are bound.
@@ -185,6 +188,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     } else {
         None
     };
+    let chat_writers = ChatWriters::start().context("cannot start the chat writers' threads")?;
     let state = Arc::new(HttpState {
         settings: settings.clone(),
         hub: hub_handle.clone(),
@@ -199,6 +203,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         relay_ready: !settings.turn.enabled || relay.is_some(),
         invites,
         cluster: cluster.as_ref().map(|c| c.status.clone()),
+        chat_writers: chat_writers.handle(),
     });
     let (admin_addr, stop_admin) = match crate::admin::bind(&settings).await? {
         Some((listener, addr)) => {
@@ -239,6 +244,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
         stop_http,
         memory_trim: crate::memory::spawn_periodic_trim(),
         store_thread,
+        chat_writers,
     })
 }
 
@@ -352,6 +358,7 @@ impl RunningServer {
         let _ = self.stop_http.send(());
         // Sessions end once their sockets are closed; don't wait on a stuck peer forever.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.http_task).await;
+        drop(self.chat_writers);
         self.memory_trim.abort();
         if let Some(relay) = self.relay {
             relay.close().await;

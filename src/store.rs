@@ -126,7 +126,22 @@ impl Store {
 
     /// Appends history entries in one transaction; returns once committed.
     pub async fn append(&self, entries: Vec<HistoryEntry>) -> Result<(), StoreError> {
-        self.ask(|reply| Job::Append(entries, reply)).await
+        self.append_queued(entries).await
+    }
+
+    /// Queues history entries for one transaction now, before the returned future is polled;
+    /// it resolves once they are committed. Jobs run in the order they were queued, so entries
+    /// queued later are committed after these.
+    pub fn append_queued(
+        &self,
+        entries: Vec<HistoryEntry>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.jobs.send(Job::Append(entries, reply)).map_err(|_| StoreError::Stopped);
+        async move {
+            queued?;
+            answer.await.map_err(|_| StoreError::Stopped)?
+        }
     }
 
     /// Creates an account; false when the name is taken.

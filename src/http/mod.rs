@@ -33,6 +33,8 @@ pub struct HttpState {
     pub invites: Option<crate::invite::InviteGate>,
     /// Cluster mode: the link to the cluster store (Redis).
     pub cluster: Option<Arc<crate::cluster::ClusterStatus>>,
+    /// Where the sessions' chat writers run (`websocket::ChatWriters`).
+    pub chat_writers: tokio::runtime::Handle,
 }
 
 pub fn routes(state: Arc<HttpState>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {

@@ -37,12 +37,15 @@ use tokio_tungstenite::WebSocketStream;
 use warp::http::{Request, StatusCode};
 use warp::reply::Response;
 
-use self::writer::{flush_before_close, write_batch, Outbound, WRITE_BATCH_BYTES};
+pub use self::writer::ChatWriters;
+use self::writer::{drain, run_chat_writer, write_batch, ChatWriterEnd, SharedSink, WRITE_BATCH_BYTES};
 use super::admission::Ticket;
 use super::HttpState;
 use crate::hub::budget::{Admission, IngressBudget, MessageBudgetSettings};
 use crate::hub::lanes::ConnOrder;
-use crate::hub::runner::{ConnLink, HubEvent, HubHandle, OUTBOUND_QUEUE_FRAMES, URGENT_QUEUE_FRAMES};
+use crate::hub::runner::{
+    ConnLink, HubEvent, HubHandle, UnwrittenCalls, OUTBOUND_QUEUE_FRAMES, URGENT_QUEUE_FRAMES,
+};
 use crate::hub::{ConnId, ConnectInfo};
 use crate::protocol::{parse_inbound, Inbound};
 
@@ -151,6 +154,7 @@ pub fn accept<B>(
     let upgrade = hyper::upgrade::on(&mut request);
     let upgrade_timeout = Duration::from_millis(state.settings.timeouts.websocket_upgrade_ms);
     let timeouts = SessionTimeouts::from_settings(&state.settings);
+    let chat_writers = state.chat_writers.clone();
     tokio::spawn(async move {
         match tokio::time::timeout(upgrade_timeout, upgrade).await {
             Ok(Ok(upgraded)) => {
@@ -174,7 +178,7 @@ pub fn accept<B>(
                     }
                 }
                 let conn = hub.next_conn_id();
-                run_session(socket, conn, info, hub, timeouts).await;
+                run_session(socket, conn, info, hub, timeouts, &chat_writers).await;
             }
             Ok(Err(e)) => tracing::debug!("websocket upgrade failed: {e}"),
             Err(_) => tracing::debug!("websocket upgrade timed out"),
@@ -243,26 +247,36 @@ pub fn new_session_token() -> String {
     hex::encode(bytes)
 }
 
-/// Runs until either side closes. Always reports `Disconnected` to the hub at the end.
+/// Runs until either side closes. Always reports `Disconnected` to the hub at the end. The
+/// session's chat frames are written by a task on `chat_writers` (see `writer`); call frames,
+/// reading and the session's life are here.
 pub async fn run_session<S>(
     ws: WebSocketStream<S>,
     conn: ConnId,
     info: ConnectInfo,
     hub: HubHandle,
     timeouts: SessionTimeouts,
+    chat_writers: &tokio::runtime::Handle,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (frames, chat_queue) = mpsc::channel(OUTBOUND_QUEUE_FRAMES);
-    let (urgent, urgent_queue) = mpsc::channel(URGENT_QUEUE_FRAMES);
-    let mut queued = Outbound { urgent: urgent_queue, chat: chat_queue };
+    let (urgent, mut urgent_queue) = mpsc::channel(URGENT_QUEUE_FRAMES);
     let (close, mut close_requested) = oneshot::channel();
     let order = ConnOrder::default();
-    let link = ConnLink { frames, urgent, close };
+    let unwritten_calls = Arc::new(UnwrittenCalls::default());
+    let link = ConnLink { frames, urgent, unwritten_calls: unwritten_calls.clone(), close };
     if !hub.send_from(&order, HubEvent::Connected { conn, info, link }).await {
         return;
     }
-    let (mut sink, mut stream) = ws.split();
+    let (sink, mut stream) = ws.split();
+    let sink: SharedSink<_> = Arc::new(tokio::sync::Mutex::new(sink));
+    let mut chat_writer = ChatWriterTask::new(chat_writers.spawn(run_chat_writer(
+        sink.clone(),
+        chat_queue,
+        unwritten_calls.clone(),
+        timeouts.write,
+    )));
     let first_message = tokio::time::sleep(timeouts.first_message);
     let mut first_message = std::pin::pin!(first_message);
     let mut heard_from_client = false;
@@ -273,15 +287,22 @@ pub async fn run_session<S>(
     let close_with: Option<(u16, String)> = loop {
         tokio::select! {
             biased;
-            frame = queued.next() => match frame {
-                Some((frame, urgent)) => {
+            frame = urgent_queue.recv() => match frame {
+                Some(frame) => {
                     // Race the write against the hub dropping us: a reader that stopped
                     // draining its socket must not keep this task (and its socket) alive. A
                     // close request that arrives mid-write gives the write a short grace, so
                     // a healthy client still gets its last frames ("You are banned.").
                     let mut closing = None;
                     let written = {
-                        let write = tokio::time::timeout(timeouts.write, write_batch(&mut sink, frame, urgent, &mut queued));
+                        let write = tokio::time::timeout(timeouts.write, async {
+                            let mut sink = sink.lock().await;
+                            let written = write_batch(&mut *sink, frame, &mut urgent_queue).await;
+                            if let Ok(frames) = written {
+                                unwritten_calls.done(frames);
+                            }
+                            written.map(drop)
+                        });
                         let mut write = std::pin::pin!(write);
                         tokio::select! {
                             biased;
@@ -302,16 +323,31 @@ pub async fn run_session<S>(
                         }
                     }
                     if let Some(request) = closing {
-                        flush_before_close(&mut sink, &mut queued, &mut writable).await;
+                        finish_writing(&sink, &mut urgent_queue, &unwritten_calls, &mut chat_writer, &mut writable).await;
                         break request;
                     }
                 }
-                // The hub let go of us; a close request may be waiting.
-                None => break (&mut close_requested).await.ok(),
+                // The hub let go of us; a close request may be waiting, and the chat writer
+                // may still be writing what was queued before it.
+                None => {
+                    let request = (&mut close_requested).await.ok();
+                    finish_writing(&sink, &mut urgent_queue, &unwritten_calls, &mut chat_writer, &mut writable).await;
+                    break request;
+                }
+            },
+            end = chat_writer.end(), if !chat_writer.has_ended() => match end {
+                // The hub let go of us: the urgent queue ends too, handled above.
+                ChatWriterEnd::Drained => {}
+                ChatWriterEnd::Failed => break None,
+                ChatWriterEnd::Stalled => {
+                    tracing::debug!(conn, "write timed out: disconnecting a client that does not read");
+                    writable = false;
+                    break None;
+                }
             },
             request = &mut close_requested => {
                 // Frames queued before the close request go out first ("You are banned.").
-                flush_before_close(&mut sink, &mut queued, &mut writable).await;
+                finish_writing(&sink, &mut urgent_queue, &unwritten_calls, &mut chat_writer, &mut writable).await;
                 break request.ok();
             },
             () = &mut first_message, if !heard_from_client => {
@@ -352,9 +388,13 @@ pub async fn run_session<S>(
             },
         }
     };
+    // Whatever the chat writer is doing now is moot (and it may hold the sink until its
+    // cancellation reaches it, which the close's deadline covers).
+    chat_writer.abort();
     if writable {
         // The close handshake gets a deadline too; a peer that does not read misses it.
         let _ = tokio::time::timeout(CLOSE_GRACE.min(timeouts.write), async {
+            let mut sink = sink.lock().await;
             if let Some((code, reason)) = close_with {
                 let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
                 let _ = sink.send(Message::Close(Some(frame))).await;
@@ -365,6 +405,70 @@ pub async fn run_session<S>(
     }
     drop((sink, stream)); // the socket closes here, before the hub hears of it
     hub.send_from(&order, HubEvent::Disconnected { conn }).await;
+}
+
+/// Writes what was queued before a close request, both queues, within `CLOSE_GRACE` for all of
+/// it: the call frames here, the chat frames by the chat writer, which ends once the queue the
+/// hub let go of is drained. A client that does not read by then gets nothing more (`writable`
+/// false: maybe half a frame sent).
+async fn finish_writing<K>(
+    sink: &SharedSink<K>,
+    urgent_queue: &mut mpsc::Receiver<crate::protocol::Frame>,
+    unwritten_calls: &UnwrittenCalls,
+    chat_writer: &mut ChatWriterTask,
+    writable: &mut bool,
+) where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let finished = tokio::time::timeout(CLOSE_GRACE, async {
+        let drained = drain(&mut *sink.lock().await, urgent_queue).await;
+        if let Ok(frames) = drained {
+            unwritten_calls.done(frames);
+        }
+        drained.is_ok() && chat_writer.end().await == ChatWriterEnd::Drained
+    })
+    .await;
+    if !matches!(finished, Ok(true)) {
+        *writable = false;
+    }
+}
+
+/// A session's chat writer, as the session sees it: how it ended (asked as often as needed),
+/// and aborted when the session drops it, so it never outlives the session.
+struct ChatWriterTask {
+    handle: tokio::task::JoinHandle<ChatWriterEnd>,
+    ended: Option<ChatWriterEnd>,
+}
+
+impl ChatWriterTask {
+    fn new(handle: tokio::task::JoinHandle<ChatWriterEnd>) -> Self {
+        Self { handle, ended: None }
+    }
+
+    /// How the writer ended, waiting for it. Cancel-safe. A writer that panicked or was
+    /// aborted may have left half a frame in the stream: counted as stalled.
+    async fn end(&mut self) -> ChatWriterEnd {
+        if let Some(end) = self.ended {
+            return end;
+        }
+        let end = (&mut self.handle).await.unwrap_or(ChatWriterEnd::Stalled);
+        self.ended = Some(end);
+        end
+    }
+
+    fn has_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    fn abort(&self) {
+        self.handle.abort();
+    }
+}
+
+impl Drop for ChatWriterTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
 }
 
 /// How long frames queued before a close request may take to go out.

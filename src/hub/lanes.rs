@@ -303,6 +303,22 @@ impl LaneReceivers {
         self.take_highest().map(|queued| queued.event)
     }
 
+    /// The next signaling event, waiting for one; the other lanes are left alone. Always in
+    /// order: a session puts an event into the signal lane only when none of its earlier events
+    /// waits in a lower one. `None` once the signal lane is closed and empty. Cancel-safe.
+    pub async fn next_signal(&mut self) -> Option<HubEvent> {
+        let index = InboundLane::Signal as usize;
+        if let Some(queued) = self.held[index].take() {
+            return Some(queued.event);
+        }
+        if !self.open[index] {
+            return None;
+        }
+        let received = self.lanes[index].recv().await;
+        self.open[index] = received.is_some();
+        received.map(|queued| queued.event)
+    }
+
     fn take_highest(&mut self) -> Option<Queued> {
         for index in 0..self.lanes.len() {
             if let Some(queued) = self.held[index].take() {

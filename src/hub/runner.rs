@@ -42,6 +42,7 @@ use crate::store::Store;
 
 mod accounts;
 mod effects;
+mod overtaking;
 
 pub use accounts::{hash_password, verify_password};
 
@@ -69,8 +70,48 @@ pub struct ConnLink {
     pub frames: mpsc::Sender<Frame>,
     /// Call signaling: written before anything waiting in `frames`.
     pub urgent: mpsc::Sender<Frame>,
+    /// Counts what is in `urgent` and not yet written (the hub adds before it queues).
+    pub unwritten_calls: Arc<UnwrittenCalls>,
     /// Close the socket (after the frames already queued) with this code and reason.
     pub close: oneshot::Sender<(u16, String)>,
+}
+
+/// Call frames the hub queued for a session that are not on the socket yet. A session's call
+/// frames and chat frames are written by two tasks (`http::websocket`); a chat frame is only
+/// written once this is zero, so no chat frame reaches the client before a call frame queued
+/// ahead of it: `webrtc-joined` comes before that step's "Alice joined voice chat", as in the
+/// original, while a call frame still overtakes the chat frames queued before it that are not
+/// written yet.
+#[derive(Debug, Default)]
+pub struct UnwrittenCalls {
+    count: AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+impl UnwrittenCalls {
+    /// Before a call frame is queued (so its chat frames queued after it see it).
+    pub fn queuing(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `n` call frames are on the socket (or were never queued, or will never be written).
+    pub fn done(&self, n: usize) {
+        if n > 0 && self.count.fetch_sub(n, Ordering::AcqRel) == n {
+            self.none_left.notify_one();
+        }
+    }
+
+    /// Is a call frame queued and not written yet?
+    pub fn any(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    /// Waits until every call frame queued so far is written.
+    pub async fn all_written(&self) {
+        while self.any() {
+            self.none_left.notified().await;
+        }
+    }
 }
 
 pub enum HubEvent {
@@ -371,7 +412,7 @@ impl Runner {
             // Publish the new state before the effects go out, so that anyone who saw a reply
             // (say, webrtc-joined) also sees it counted in /metrics and /server-info.
             self.publish_stats();
-            self.carry_out(effects).await;
+            self.carry_out_step(effects, &mut receiver).await;
             self.publish_stats(); // slow readers may have been dropped meanwhile
             if std::mem::take(&mut self.call_frame_queued) {
                 // Let the session that got it write it now. The runtime runs the task woken

@@ -110,10 +110,17 @@ impl Runner {
     pub(super) fn deliver(&mut self, to: ConnId, frame: Frame, lane: Lane) -> bool {
         let Some(link) = self.links.get(&to) else { return true };
         let queue = match lane {
-            Lane::Call => &link.urgent,
+            Lane::Call => {
+                link.unwritten_calls.queuing();
+                &link.urgent
+            }
             Lane::Chat => &link.frames,
         };
-        match queue.try_send(frame) {
+        let sent = queue.try_send(frame);
+        if sent.is_err() && lane == Lane::Call {
+            link.unwritten_calls.done(1);
+        }
+        match sent {
             Ok(()) => {
                 self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
                 self.call_frame_queued |= lane == Lane::Call;

@@ -87,7 +87,11 @@ fn connected(conn: ConnId) -> HubEvent {
         token: String::new(),
         member_pass: None,
     };
-    HubEvent::Connected { conn, info, link: ConnLink { frames, urgent, close } }
+    HubEvent::Connected {
+        conn,
+        info,
+        link: ConnLink { frames, urgent, unwritten_calls: Default::default(), close },
+    }
 }
 
 fn message(conn: ConnId, text: Value) -> HubEvent {
