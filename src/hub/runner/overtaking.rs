@@ -101,3 +101,51 @@ fn split_history(effects: Vec<Effect>) -> (Vec<HistoryEntry>, Vec<Effect>) {
     }
     (entries, rest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Frame, HistoryKind};
+
+    fn entry() -> Effect {
+        Effect::Persist(HistoryEntry {
+            kind: HistoryKind::Chat,
+            username: Some("alice".into()),
+            text: "hello".into(),
+            timestamp: "2026-12-06T00:00:00.000Z".into(),
+        })
+    }
+
+    fn frame(lane: Lane) -> Effect {
+        Effect::Broadcast { to: vec![1, 2], frame: Frame::from("{}"), lane }
+    }
+
+    #[test]
+    fn only_a_step_of_history_and_chat_frames_lets_signaling_overtake_its_commit() {
+        assert!(is_chat_with_history(&[entry(), frame(Lane::Chat), entry(), frame(Lane::Chat)]));
+        // Nothing to commit: nothing to wait for.
+        assert!(!is_chat_with_history(&[frame(Lane::Chat)]));
+        // A call frame in the step (a kick's webrtc-peer-left): its order with later
+        // signaling must hold.
+        assert!(!is_chat_with_history(&[entry(), frame(Lane::Chat), frame(Lane::Call)]));
+        assert!(!is_chat_with_history(&[
+            entry(),
+            Effect::Close { conn: 1, code: 1008, reason: String::new() }
+        ]));
+    }
+
+    #[test]
+    fn only_signaling_without_history_or_chat_goes_ahead() {
+        assert!(is_call_only(&[frame(Lane::Call), Effect::VoiceJoined { turn_user: "a:1".into() }]));
+        assert!(is_call_only(&[]));
+        assert!(!is_call_only(&[frame(Lane::Call), frame(Lane::Chat)]));
+        assert!(!is_call_only(&[entry(), frame(Lane::Call)]));
+    }
+
+    #[test]
+    fn history_is_split_from_the_rest_in_order() {
+        let (entries, rest) = split_history(vec![entry(), frame(Lane::Chat), entry(), frame(Lane::Call)]);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(rest, vec![frame(Lane::Chat), frame(Lane::Call)]);
+    }
+}
