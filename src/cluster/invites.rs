@@ -266,17 +266,17 @@ impl ClusterInvites {
         let mut conn = self.conn.clone();
         let ids: Vec<String> =
             redis::cmd("ZRANGE").arg(self.keys.invites()).arg(0).arg(-1).query_async(&mut conn).await?;
+        // One round trip for all of them, not one per invite.
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(self.keys.invite(id))
+                .arg(&["max", "used", "expires", "revoked", "created"]);
+        }
+        let all: Vec<Vec<Option<String>>> =
+            if ids.is_empty() { Vec::new() } else { pipe.query_async(&mut conn).await? };
         let mut records = Vec::with_capacity(ids.len());
-        for id in ids {
-            let fields: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(self.keys.invite(&id))
-                .arg("max")
-                .arg("used")
-                .arg("expires")
-                .arg("revoked")
-                .arg("created")
-                .query_async(&mut conn)
-                .await?;
+        for (id, fields) in ids.into_iter().zip(all) {
             let number = |i: usize| fields.get(i).cloned().flatten().and_then(|v| v.parse::<u64>().ok());
             // Expired since the index was last pruned: nothing to show.
             let Some(max_uses) = number(0) else { continue };
