@@ -2,7 +2,8 @@
 //! `user` (accounts and admins) and `invite` (invite links).
 //!
 //! `user` and `invite` write to the server's database directly, also while it runs (SQLite in
-//! WAL mode with a busy timeout serializes the writers).
+//! WAL mode with a busy timeout serializes the writers); in cluster mode (`[cluster]
+//! redis_url`) they write to the cluster store instead, so they act on every node.
 
 use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
@@ -301,17 +302,34 @@ pub fn invite_create(
         ),
     };
     let data_dir = &settings.server.data_dir;
-    let key = crate::invite::load_or_create_secret(data_dir)?;
     let now = crate::time::unix_now();
     let invite = crate::invite::token::Invite {
         id: crate::invite::token::new_invite_id(),
         expires: now.saturating_add(expires.as_secs()),
         uses,
     };
-    let db = crate::store::open_database(data_dir)?;
-    crate::invite::ledger::record(&db, &invite)?;
-    drop(db);
-    hand_back_to_owner(data_dir);
+    let key = if settings.cluster.enabled() {
+        // Signed with the cluster's key and recorded in the cluster store: the link works, and
+        // its uses count, on every node.
+        let invite = &invite;
+        let (key, recorded) = with_cluster_invites(settings, |invites| async move {
+            let key = crate::invite::cluster_secret(&invites, data_dir).await?;
+            let recorded = invites.record(invite, now).await?;
+            Ok::<_, anyhow::Error>((key.key, recorded))
+        })?;
+        ensure!(
+            recorded,
+            "the cluster store's clock says this invite has already expired: compare this machine's clock with the Redis host's, or give a longer --expires"
+        );
+        key
+    } else {
+        let key = crate::invite::load_or_create_secret(data_dir)?;
+        let db = crate::store::open_database(data_dir)?;
+        crate::invite::ledger::record(&db, &invite)?;
+        drop(db);
+        hand_back_to_owner(data_dir);
+        key
+    };
     println!("{base}/?invite={}", crate::invite::token::sign_invite(&key, &invite));
     let until = chrono::DateTime::from_timestamp(invite.expires as i64, 0).unwrap_or_default();
     eprintln!(
@@ -328,6 +346,19 @@ pub fn invite_create(
 
 /// `relaychat invite --revoke ID`: the link and every member pass it led to stop working.
 pub fn invite_revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
+    if settings.cluster.enabled() {
+        let id_ok = crate::invite::token::is_invite_id(id);
+        let revoked =
+            id_ok && with_cluster_invites(settings, |invites| async move { invites.revoke(id).await })?;
+        ensure!(
+            revoked,
+            "no invite with id {id} in the cluster store (see `relaychat invite --list`; an invite is forgotten once it and every member pass it led to have expired)"
+        );
+        println!(
+            "invite {id} revoked on every node: its link and the browsers that came in with it are refused from now on"
+        );
+        return Ok(());
+    }
     let data_dir = &settings.server.data_dir;
     let db = crate::store::open_database(data_dir)?;
     ensure!(
@@ -342,11 +373,19 @@ pub fn invite_revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
 
 /// `relaychat invite --list`.
 pub fn invite_list(settings: &Settings) -> anyhow::Result<()> {
-    let data_dir = &settings.server.data_dir;
-    let db = crate::store::open_database(data_dir)?;
-    let invites = crate::invite::ledger::list(&db)?;
-    drop(db);
-    hand_back_to_owner(data_dir);
+    let (invites, place) = if settings.cluster.enabled() {
+        (
+            with_cluster_invites(settings, |invites| async move { invites.list().await })?,
+            " in the cluster store",
+        )
+    } else {
+        let data_dir = &settings.server.data_dir;
+        let db = crate::store::open_database(data_dir)?;
+        let invites = crate::invite::ledger::list(&db)?;
+        drop(db);
+        hand_back_to_owner(data_dir);
+        (invites, "")
+    };
     for i in &invites {
         let until = chrono::DateTime::from_timestamp(i.expires as i64, 0).unwrap_or_default();
         println!(
@@ -358,8 +397,26 @@ pub fn invite_list(settings: &Settings) -> anyhow::Result<()> {
             if i.revoked { "  revoked" } else { "" }
         );
     }
-    eprintln!("{} invite(s)", invites.len());
+    eprintln!("{} invite(s){place}", invites.len());
     Ok(())
+}
+
+/// Cluster mode: invites live in Redis (`cluster::invites`), like the accounts.
+fn with_cluster_invites<T, E, F, Fut>(settings: &Settings, work: F) -> anyhow::Result<T>
+where
+    E: Into<anyhow::Error>,
+    F: FnOnce(crate::cluster::invites::ClusterInvites) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let context = crate::cluster::ClusterContext::new(&settings.cluster)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let invites = crate::cluster::invites::ClusterInvites::new(&context)?;
+        let done = tokio::time::timeout(std::time::Duration::from_secs(10), work(invites))
+            .await
+            .map_err(|_| anyhow::anyhow!("the cluster store (Redis) did not answer within 10 s"))?;
+        done.map_err(Into::into).context("the cluster store (Redis) refused or failed")
+    })
 }
 
 /// "90s", "30m", "24h", "7d", "2w" (a bare number is seconds).

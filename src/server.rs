@@ -180,11 +180,20 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
     let http_addr = listener.local_addr()?;
     let gate_invites = settings.chat.invite_only || settings.chat.registration == Registration::Invite;
     let invites = if gate_invites {
-        let key = crate::invite::load_or_create_secret(&settings.server.data_dir)?;
+        let data_dir = &settings.server.data_dir;
+        let gate = match &cluster {
+            // One key and one ledger for every node: a link works, and counts, on all of them.
+            Some(cluster) => crate::invite::cluster_gate(cluster, data_dir)
+                .await
+                .context("cannot set up invites in the cluster store (is Redis up?)")?,
+            None => {
+                crate::invite::InviteGate::new(crate::invite::load_or_create_secret(data_dir)?, store.clone())
+            }
+        };
         if settings.chat.invite_only {
             tracing::info!("invite-only: sessions need an invite link (relaychat invite) or a member pass");
         }
-        Some(crate::invite::InviteGate::new(key, store.clone()))
+        Some(gate)
     } else {
         None
     };

@@ -47,6 +47,7 @@
 
 pub mod accounts;
 pub mod event;
+pub mod invites;
 pub mod reader;
 pub mod scripts;
 pub mod writer;
@@ -132,6 +133,17 @@ impl Keys {
     }
     pub fn turn_secret(&self) -> String {
         self.key("turn_secret")
+    }
+    pub fn invite_secret(&self) -> String {
+        self.key("invite_secret")
+    }
+    /// The record of one invite (`invites`: uses, revocation).
+    pub fn invite(&self, id: &str) -> String {
+        self.key(&format!("invite:{id}"))
+    }
+    /// The index of the invite records, for `relaychat invite --list`.
+    pub fn invites(&self) -> String {
+        self.key("invites")
     }
 }
 

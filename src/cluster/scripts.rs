@@ -20,6 +20,7 @@
 //! | `{ns}:accounts` | hash | name → argon2 hash (`HSETNX` for /register: exactly one wins) |
 //! | `{ns}:admins` | set | account names flagged admin |
 //! | `{ns}:turn_secret` | string | the TURN REST secret every node signs and verifies with (`SET NX`, then `GET`) |
+//! | `{ns}:invite_secret`, `{ns}:invite:{id}`, `{ns}:invites` | | invites: key, records, index, with their own scripts (`invites`) |
 //!
 //! Every script that logs takes the next sequence number and appends in the same step, so the
 //! numbers in the log are consecutive: a reader that sees `n` after `n - 2` knows it missed one

@@ -15,6 +15,9 @@ pub enum InviteUse {
     Used,
     UsedUp,
     Revoked,
+    /// Cluster mode only: Redis's clock says the invite has expired, though the node's clock
+    /// did not yet (SQLite counts by the node's clock alone, which the token check used).
+    Expired,
 }
 
 /// An invite as `relaychat invite --list` shows it.

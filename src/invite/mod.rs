@@ -8,8 +8,15 @@
 //! use is one new person: reconnects and later visits use the pass, not the invite.
 //!
 //! - `token`: signing and checking (pure).
-//! - `ledger`: use counts and revocations in SQLite.
-//! - here: the secret file, the refusal texts, and the gate that ties them together.
+//! - `ledger`: use counts and revocations in SQLite (single-node mode).
+//! - `crate::cluster::invites`: the same in Redis, shared by every node (cluster mode).
+//! - here: the signing key (a file, or in cluster mode the cluster's), the refusal texts, and
+//!   the gate that ties them together.
+//!
+//! In cluster mode the gate needs Redis for invites (a use is counted there, atomically across
+//! nodes), so without it an invite gets `Refusal::Unavailable` and nothing is spent. A member
+//! pass is signed and needs no ledger to be genuine: without Redis its revocation cannot be
+//! checked, and it is honoured (logged), so members are never locked out by the ledger.
 
 pub mod ledger;
 pub mod token;
@@ -20,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::invites::ClusterInvites;
+use crate::cluster::ClusterContext;
 use crate::store::Store;
 use ledger::InviteUse;
 use token::{MemberPass, TokenProblem};
@@ -29,6 +38,9 @@ pub const SECRET_FILE: &str = "invite_secret";
 /// How long a member pass lasts; every admitted visit gets a fresh one, so only a browser
 /// that stays away this long needs a new invite.
 pub const MEMBER_PASS_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Cluster mode: how long an invite's record outlives the last member pass it led to, for
+/// clocks of nodes and Redis that disagree (a revocation must outlive every pass it refuses).
+pub const KEEP_MARGIN: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -99,12 +111,27 @@ impl Presented {
 #[derive(Clone)]
 pub struct InviteGate {
     key: Arc<[u8]>,
-    store: Store,
+    ledger: Ledger,
+}
+
+/// Where uses and revocations are kept.
+#[derive(Clone)]
+enum Ledger {
+    /// Single-node mode: this node's SQLite file, through the store thread.
+    Local(Store),
+    /// Cluster mode: Redis, shared by every node.
+    Cluster(ClusterInvites),
 }
 
 impl InviteGate {
+    /// Single-node mode: the key from `load_or_create_secret`, the ledger in SQLite.
     pub fn new(key: Vec<u8>, store: Store) -> Self {
-        Self { key: key.into(), store }
+        Self { key: key.into(), ledger: Ledger::Local(store) }
+    }
+
+    /// Cluster mode: the cluster's key (`cluster_secret`) and ledger.
+    pub fn clustered(key: Vec<u8>, invites: ClusterInvites) -> Self {
+        Self { key: key.into(), ledger: Ledger::Cluster(invites) }
     }
 
     /// Admits a client (returning its new member pass) or says why not. A valid pass wins
@@ -113,13 +140,9 @@ impl InviteGate {
         let mut refusal = Refusal::Missing;
         if let Some(pass) = &presented.pass {
             match token::verify_member_pass(&self.key, pass, now_unix) {
-                Ok(pass) => match self.store.invite_revoked(pass.invite_id.clone()).await {
-                    Ok(false) => return Ok(self.pass_for(&pass.invite_id, now_unix)),
-                    Ok(true) => refusal = Refusal::Revoked,
-                    Err(e) => {
-                        tracing::error!("invite ledger: {e}");
-                        return Err(Refusal::Unavailable);
-                    }
+                Ok(pass) => match self.pass_revoked(&pass.invite_id, now_unix).await? {
+                    false => return Ok(self.pass_for(&pass.invite_id, now_unix)),
+                    true => refusal = Refusal::Revoked,
                 },
                 Err(TokenProblem::Expired) => refusal = Refusal::PassExpired,
                 Err(TokenProblem::Forged) => refusal = Refusal::Forged,
@@ -131,17 +154,47 @@ impl InviteGate {
             TokenProblem::Forged => Refusal::Forged,
         })?;
         let id = invite.id.clone();
-        match self.store.use_invite(invite).await {
+        let counted = match &self.ledger {
+            Ledger::Local(store) => store.use_invite(invite).await.map_err(|e| e.to_string()),
+            Ledger::Cluster(invites) => {
+                invites.use_invite(&invite, now_unix, keep_until(now_unix)).await.map_err(|e| e.to_string())
+            }
+        };
+        match counted {
             Ok(InviteUse::Used) => {
                 tracing::info!(invite = %id, "invite used");
                 Ok(self.pass_for(&id, now_unix))
             }
             Ok(InviteUse::UsedUp) => Err(Refusal::UsedUp),
             Ok(InviteUse::Revoked) => Err(Refusal::Revoked),
+            Ok(InviteUse::Expired) => Err(Refusal::Expired),
             Err(e) => {
                 tracing::error!("invite ledger: {e}");
                 Err(Refusal::Unavailable)
             }
+        }
+    }
+
+    /// Has the invite a valid member pass came from been revoked?
+    async fn pass_revoked(&self, invite_id: &str, now_unix: u64) -> Result<bool, Refusal> {
+        match &self.ledger {
+            Ledger::Local(store) => store.invite_revoked(invite_id.to_string()).await.map_err(|e| {
+                tracing::error!("invite ledger: {e}");
+                Refusal::Unavailable
+            }),
+            Ledger::Cluster(invites) => match invites.pass_revoked(invite_id, keep_until(now_unix)).await {
+                Ok(revoked) => Ok(revoked),
+                // The pass is genuine (signed); only its revocation cannot be checked. While
+                // Redis is away the hub turns new sessions away anyway, so this matters for a
+                // slow or flapping link, where locking members out would be the worse error.
+                Err(e) => {
+                    tracing::warn!(
+                        invite = %invite_id,
+                        "member pass admitted without its revocation check (the cluster store did not answer: {e})"
+                    );
+                    Ok(false)
+                }
+            },
         }
     }
 
@@ -151,18 +204,111 @@ impl InviteGate {
     }
 }
 
+/// Cluster mode: until when an invite's record must be kept once a member pass is handed out
+/// at `now_unix` (the pass's end plus `KEEP_MARGIN`).
+pub fn keep_until(now_unix: u64) -> u64 {
+    now_unix.saturating_add(MEMBER_PASS_LIFETIME.as_secs()).saturating_add(KEEP_MARGIN.as_secs())
+}
+
+/// The invite key in cluster mode, and whether this node's file holds the same.
+pub struct ClusterKey {
+    pub key: Vec<u8>,
+    /// `data_dir/invite_secret` exists and is the cluster's key: what this node signed before
+    /// it joined the cluster verifies on every node.
+    pub file_matches: bool,
+}
+
+/// The key every node signs invites and passes with in cluster mode. The cluster store keeps
+/// one (`{ns}:invite_secret`); the first to ask offers this node's `data_dir/invite_secret`
+/// if it has one (so links made before the cluster keep working), else a fresh random key,
+/// and `SET NX` makes exactly one offer win. The file is only read: never created or changed,
+/// so a node taken out of the cluster signs with what it had before.
+pub async fn cluster_secret(invites: &ClusterInvites, data_dir: &Path) -> anyhow::Result<ClusterKey> {
+    let path = data_dir.join(SECRET_FILE);
+    let local = read_secret(&path)?;
+    let offer = local.clone().unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>()).into_bytes());
+    let shared = invites.shared_secret(&offer).await?;
+    let file_matches = local.as_deref() == Some(shared.key.as_slice());
+    match (local.is_some(), shared.stored_ours, file_matches) {
+        (true, true, _) => tracing::info!(
+            path = %path.display(),
+            "this node's invite secret is now the cluster's invite key: links made with it keep working on every node"
+        ),
+        (false, true, _) => tracing::info!("stored a new invite key in the cluster store"),
+        (true, false, true) => {
+            tracing::debug!(path = %path.display(), "the invite secret matches the cluster's")
+        }
+        (true, false, false) => tracing::warn!(
+            path = %path.display(),
+            "this node's invite secret differs from the cluster's invite key, and the cluster's wins: \
+             links and member passes this node signed before it joined the cluster are refused as \
+             not from this server (the file is left as it is)"
+        ),
+        (false, false, _) => tracing::debug!("using the cluster's invite key"),
+    }
+    Ok(ClusterKey { key: shared.key, file_matches })
+}
+
+/// Cluster mode: the gate, on the cluster's key and ledger. If this node's file key is the
+/// cluster's, its SQLite ledger is merged in first (`import_local_ledger`).
+pub async fn cluster_gate(cluster: &ClusterContext, data_dir: &Path) -> anyhow::Result<InviteGate> {
+    let invites = ClusterInvites::new(cluster)?;
+    let key = cluster_secret(&invites, data_dir).await?;
+    if key.file_matches {
+        let imported = import_local_ledger(&invites, data_dir, crate::time::unix_now()).await?;
+        if imported > 0 {
+            tracing::info!("merged {imported} invite(s) of this node's ledger into the cluster store");
+        }
+    }
+    Ok(InviteGate::clustered(key.key, invites))
+}
+
+/// Carries this node's SQLite ledger into the cluster store: the use counts of its invites and,
+/// above all, its revocations (without them a revoked invite's member passes, signed with the
+/// same key, would verify again). The merge keeps the larger count and any revocation, so it
+/// may run at every start; rows with nothing left to guard (an invite expired unused) are
+/// skipped. A used or revoked row is kept one pass lifetime from now: its passes were issued
+/// before now. Returns how many rows were merged.
+pub async fn import_local_ledger(
+    invites: &ClusterInvites,
+    data_dir: &Path,
+    now_unix: u64,
+) -> anyhow::Result<usize> {
+    let dir = data_dir.to_path_buf();
+    let rows = tokio::task::spawn_blocking(move || {
+        let db = crate::store::open_database(&dir)?;
+        ledger::list(&db)
+    })
+    .await??;
+    let mut imported = 0;
+    for row in &rows {
+        let keep =
+            if row.used > 0 || row.revoked { row.expires.max(keep_until(now_unix)) } else { row.expires };
+        if keep > now_unix && invites.import(row, keep, 0).await? {
+            imported += 1;
+        }
+    }
+    Ok(imported)
+}
+
+/// The key in `path`, if the file exists.
+fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, SecretError> {
+    let error = |source| SecretError { path: path.to_path_buf(), source };
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().as_bytes().to_vec())),
+        Ok(_) => Err(error(std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(error(e)),
+    }
+}
+
 /// The invite signing key from `data_dir/invite_secret`, created (32 random bytes, hex, 0600)
 /// when missing. Its own file, not the TURN secret: rotating one must not void the other.
 pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, SecretError> {
     let path = data_dir.join(SECRET_FILE);
     let error = |source| SecretError { path: path.clone(), source };
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().as_bytes().to_vec()),
-        Ok(_) => {
-            return Err(error(std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty")));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(error(e)),
+    if let Some(secret) = read_secret(&path)? {
+        return Ok(secret);
     }
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir).map_err(error)?;
     let secret = hex::encode(rand::random::<[u8; 32]>());
@@ -232,5 +378,44 @@ mod tests {
         assert_eq!(gate.admit(&late, 40).await, Err(Refusal::Revoked));
         drop((gate, store));
         thread.close();
+    }
+
+    #[tokio::test]
+    async fn in_cluster_mode_without_redis_invites_are_refused_and_member_passes_still_pass() {
+        // A port nothing listens on: every Redis command fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let settings = crate::config::ClusterSettings {
+            redis_url: format!("redis://127.0.0.1:{port}/0"),
+            ..Default::default()
+        };
+        let context = ClusterContext::new(&settings).unwrap();
+        let key = b"k".to_vec();
+        let gate = InviteGate::clustered(key.clone(), ClusterInvites::new(&context).unwrap());
+        let invite = token::Invite { id: token::new_invite_id(), expires: 1_000, uses: 1 };
+        let with_invite = Presented { invite: Some(token::sign_invite(&key, &invite)), pass: None };
+        assert_eq!(gate.admit(&with_invite, 10).await, Err(Refusal::Unavailable));
+        let pass = token::sign_member_pass(&key, &MemberPass { invite_id: invite.id.clone(), expires: 500 });
+        let renewed =
+            gate.admit(&Presented { invite: None, pass: Some(pass) }, 10).await.expect("pass admits");
+        assert_eq!(
+            token::verify_member_pass(&key, &renewed, 10).map(|p| p.invite_id),
+            Ok(invite.id.clone()),
+            "a fresh pass for the same invite"
+        );
+        // Signature and expiry are still checked without Redis.
+        let forged = Presented {
+            invite: None,
+            pass: Some(token::sign_member_pass(
+                b"other",
+                &MemberPass { invite_id: invite.id.clone(), expires: 500 },
+            )),
+        };
+        assert_eq!(gate.admit(&forged, 10).await, Err(Refusal::Forged));
+    }
+
+    #[test]
+    fn a_record_outlives_the_pass_it_hands_out() {
+        assert_eq!(keep_until(100), 100 + MEMBER_PASS_LIFETIME.as_secs() + KEEP_MARGIN.as_secs());
+        assert_eq!(keep_until(u64::MAX), u64::MAX);
     }
 }

@@ -109,8 +109,13 @@ fn verified_fields<'t>(key: &[u8], token: &'t str, kind: char) -> Result<Vec<&'t
     Ok(fields.collect())
 }
 
+/// Is `id` shaped like an invite id (16 lower-case hex digits)?
+pub fn is_invite_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn parse_id(id: &str) -> Result<String, TokenProblem> {
-    if id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if is_invite_id(id) {
         Ok(id.to_string())
     } else {
         Err(TokenProblem::Forged)
