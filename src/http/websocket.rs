@@ -168,7 +168,7 @@ pub fn accept<B>(
                         Ok(pass) => info.member_pass = Some(pass),
                         Err(refusal) if invite_only => {
                             tracing::debug!(?refusal, "websocket refused: invite-only");
-                            refuse_before_joining(&mut socket, refusal.text(), timeouts.write).await;
+                            refuse_before_joining(&mut socket, refusal, timeouts.write).await;
                             drop(ticket);
                             return;
                         }
@@ -198,14 +198,18 @@ pub fn accept<B>(
 
 /// Tells a client why it may not in (a `system` frame, the web client shows it at the name
 /// field) and closes with 1008 and the same text, before it reaches the hub.
-async fn refuse_before_joining<S>(socket: &mut WebSocketStream<S>, text: &str, write_timeout: Duration)
-where
+async fn refuse_before_joining<S>(
+    socket: &mut WebSocketStream<S>,
+    refusal: crate::invite::Refusal,
+    write_timeout: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let text = refusal.text();
     let frame = crate::protocol::ServerMessage::System { text }.frame();
     let _ = tokio::time::timeout(write_timeout.min(CLOSE_GRACE), async {
         socket.send(Message::Text(frame)).await?;
-        let close = CloseFrame { code: CloseCode::Policy, reason: text.into() };
+        let close = CloseFrame { code: CloseCode::from(refusal.close_code()), reason: text.into() };
         socket.send(Message::Close(Some(close))).await?;
         // Wait for the client's close so that our close frame is not lost to a reset.
         while let Some(Ok(_)) = socket.next().await {}

@@ -15,8 +15,11 @@
 //!
 //! In cluster mode the gate needs Redis for invites (a use is counted there, atomically across
 //! nodes), so without it an invite gets `Refusal::Unavailable` and nothing is spent. A member
-//! pass is signed and needs no ledger to be genuine: without Redis its revocation cannot be
-//! checked, and it is honoured (logged), so members are never locked out by the ledger.
+//! pass is signed, but whether its invite was revoked is in Redis too: without an answer it is
+//! refused the same way (as in single-node mode when SQLite fails), never let in unchecked. A
+//! revocation means what it says even during an outage, and nobody loses anything by it: while
+//! Redis is away the hub turns every newcomer away anyway (1013), and the refusal here closes
+//! with 1013 too, so clients know to come back.
 
 pub mod ledger;
 pub mod token;
@@ -76,6 +79,15 @@ impl Refusal {
             Refusal::Revoked => "This invite has been revoked by the server's operator.",
             Refusal::PassExpired => "Your access to this server has expired. Open a new invite link.",
             Refusal::Unavailable => "The server cannot check invites right now. Try again later.",
+        }
+    }
+
+    /// The WebSocket close code the refusal is sent with: 1013 (try again later) when the
+    /// ledger did not answer, so clients retry; 1008 (policy) otherwise.
+    pub fn close_code(self) -> u16 {
+        match self {
+            Refusal::Unavailable => 1013,
+            _ => 1008,
         }
     }
 }
@@ -182,19 +194,14 @@ impl InviteGate {
                 tracing::error!("invite ledger: {e}");
                 Refusal::Unavailable
             }),
-            Ledger::Cluster(invites) => match invites.pass_revoked(invite_id, keep_until(now_unix)).await {
-                Ok(revoked) => Ok(revoked),
-                // The pass is genuine (signed); only its revocation cannot be checked. While
-                // Redis is away the hub turns new sessions away anyway, so this matters for a
-                // slow or flapping link, where locking members out would be the worse error.
-                Err(e) => {
-                    tracing::warn!(
-                        invite = %invite_id,
-                        "member pass admitted without its revocation check (the cluster store did not answer: {e})"
-                    );
-                    Ok(false)
-                }
-            },
+            // Fail closed, as the SQLite ledger does: a revoked pass must not get in while
+            // the store that knows it was revoked is slow or away.
+            Ledger::Cluster(invites) => {
+                invites.pass_revoked(invite_id, keep_until(now_unix)).await.map_err(|e| {
+                    tracing::error!(invite = %invite_id, "invite ledger (cluster store): {e}");
+                    Refusal::Unavailable
+                })
+            }
         }
     }
 
@@ -381,7 +388,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn in_cluster_mode_without_redis_invites_are_refused_and_member_passes_still_pass() {
+    async fn in_cluster_mode_without_redis_invites_and_member_passes_are_refused_until_it_answers() {
         // A port nothing listens on: every Redis command fails at once.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let settings = crate::config::ClusterSettings {
@@ -394,15 +401,15 @@ mod tests {
         let invite = token::Invite { id: token::new_invite_id(), expires: 1_000, uses: 1 };
         let with_invite = Presented { invite: Some(token::sign_invite(&key, &invite)), pass: None };
         assert_eq!(gate.admit(&with_invite, 10).await, Err(Refusal::Unavailable));
+        // A genuine pass: its revocation cannot be checked, so it waits for Redis too.
         let pass = token::sign_member_pass(&key, &MemberPass { invite_id: invite.id.clone(), expires: 500 });
-        let renewed =
-            gate.admit(&Presented { invite: None, pass: Some(pass) }, 10).await.expect("pass admits");
         assert_eq!(
-            token::verify_member_pass(&key, &renewed, 10).map(|p| p.invite_id),
-            Ok(invite.id.clone()),
-            "a fresh pass for the same invite"
+            gate.admit(&Presented { invite: None, pass: Some(pass) }, 10).await,
+            Err(Refusal::Unavailable)
         );
-        // Signature and expiry are still checked without Redis.
+        assert_eq!(Refusal::Unavailable.close_code(), 1013);
+        assert_eq!(Refusal::Revoked.close_code(), 1008);
+        // A forged pass is refused as forged, not as "try again", Redis or not.
         let forged = Presented {
             invite: None,
             pass: Some(token::sign_member_pass(
