@@ -143,6 +143,19 @@ def total_own_drops(name, key):
     return sum(own)
 
 
+def own_drops_at_shared_rates(key):
+    """Drops at each server's own sockets summed over the offered rates both servers' searches
+    ran (the searches step differently once one passes a rate the other fails, so the totals
+    above also count rates only one of them was offered); (relaychat, coturn, rates)."""
+    steps = {name: {s.get("offered_pps"): s.get("server_socket_drops")
+                    for s in ((srv(name, key) or {}).get("steps") or [])}
+             for name in ("relaychat", "coturn")}
+    shared = sorted(set(steps["relaychat"]) & set(steps["coturn"]) - {None})
+    if not shared or any(steps[n][r] is None for n in steps for r in shared):
+        return None, None, []
+    return (sum(steps["relaychat"][r] for r in shared), sum(steps["coturn"][r] for r in shared), shared)
+
+
 rc, co = "relaychat", "coturn"
 m0 = results["machine"]["start"] or {}
 m1 = results["machine"]["end"] or {}
@@ -210,6 +223,10 @@ for key, label in (("max_rate_100", "100-byte rate search"), ("max_rate_1200", "
     w(f"| kernel `RcvbufErrors` during the {label} (host-wide, all steps) | {fmt(a)} | {fmt(b)} | | lower |")
     a, b = total_own_drops(rc, key), total_own_drops(co, key)
     w(f"| ... UDP drops at the server's own sockets (listener + relay sockets; the rest is the generator and the host) | {fmt(a)} | {fmt(b)} | | lower |")
+    if key.startswith("max_rate"):
+        a, b, shared = own_drops_at_shared_rates(key)
+        rates = ", ".join(fmt(r) for r in shared)
+        w(f"| ... of those, at the offered rates both searches ran ({rates or 'none'} packets/s) | {fmt(a)} | {fmt(b)} | | lower |")
 ua, ub = srv(rc, "turnutils_uclient"), srv(co, "turnutils_uclient")
 w(f"| `turnutils_uclient -y -m 200 -n 1000 -l 200 -z 1 -c` loss | {fmt(get(ua, 'lost'))} "
   f"({fmt(get(ua, 'lost_pct'), 3, '%')}) | {fmt(get(ub, 'lost'))} ({fmt(get(ub, 'lost_pct'), 3, '%')}) | | lower |")
