@@ -14,8 +14,8 @@
 //!   pure), `reply` (the wire encoding of our answers);
 //! - what clients hold: `allocations` (the table by 5-tuple, quotas), `allocation` (one
 //!   allocation: relay sockets, grants, lifetime, usage), `quota` (per-user and total limits),
-//!   `grants` (permissions and channels, capped, expiring), `teardown` (expiry sweep, users
-//!   leaving voice, shutdown);
+//!   `grants` (permissions and channels, capped, expiring; kept in an `inline_list`),
+//!   `teardown` (expiry sweep, users leaving voice, shutdown);
 //! - one datagram from a peer: `relay_loop` (a relay socket's read loop), `handoff` (a peer
 //!   that is another of our relays, served in-process), `channel_data`
 //!   (ChannelData and Data indications framed in place), `bandwidth` (the per-allocation cap);
@@ -41,6 +41,7 @@ pub mod gate;
 pub mod grants;
 pub mod handle;
 pub mod handoff;
+pub mod inline_list;
 pub mod link;
 pub mod nonce;
 pub mod packet;
