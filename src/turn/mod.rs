@@ -10,6 +10,7 @@
 //!   connections per client IP), `packet` (STUN vs ChannelData), `transport` (which listener);
 //! - one packet from a client: `link` (where a client's answers and relayed data go),
 //!   `dispatch` (asks the gate, carries the decision out, relays ChannelData and Send),
+//!   `table_view` (a UDP read loop's lock-free view of the allocations it relays between),
 //!   `gate` (every admission rule, pure), `requests` (what an Allocate or Refresh asks for,
 //!   pure), `reply` (the wire encoding of our answers);
 //! - what clients hold: `allocations` (the table by 5-tuple, quotas), `allocation` (one
@@ -56,6 +57,7 @@ pub mod requests;
 pub mod secret;
 pub mod shard;
 pub mod sockets;
+pub mod table_view;
 pub mod tcp;
 pub mod teardown;
 pub mod transport;
