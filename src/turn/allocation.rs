@@ -2,13 +2,15 @@
 //! lifetime and its traffic.
 //!
 //! Shared (`Arc`) between the allocation table, the read loop of each relay socket (peer ->
-//! client) and, for the length of one datagram, the listener read loop (client -> peer). The
-//! data path takes no async lock: the grants sit behind a std `RwLock` held for a lookup, the
-//! counters and the expiry are atomics.
+//! client) and the listener read loops (client -> peer: for one message, or over UDP in their
+//! `table_view` until the table changes). The data path takes no async lock: the grants sit
+//! behind a std `RwLock` held for a lookup, the counters and the expiry are atomics. Every
+//! change to the grants bumps a version number, so a listener read loop can keep a copy and
+//! read it without the lock (`table_view`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -57,7 +59,12 @@ pub enum Direction {
 }
 
 /// Counters of one direction, bumped on the data path (through [`Allocation::count_relayed`]).
+///
+/// Each direction on a line pair of its own: a call's two clients usually sit on different
+/// listener shards, so `to_peers` and `from_peers` are bumped from two threads, and the fields
+/// the data path only reads (the grants' version above all) must not share a line with either.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct Traffic {
     bytes: AtomicU64,
     packets: AtomicU64,
@@ -106,6 +113,8 @@ pub struct Allocation {
     created: Instant,
     expires_at: AtomicU64,
     grants: RwLock<Grants>,
+    /// Bumped (under the write lock) by every change to `grants`.
+    grants_version: AtomicU64,
     bandwidth: BandwidthCap,
     pub to_peers: Traffic,
     pub from_peers: Traffic,
@@ -125,6 +134,7 @@ impl Allocation {
             created: Instant::now(),
             expires_at: AtomicU64::new(parts.expires_at),
             grants: RwLock::default(),
+            grants_version: AtomicU64::new(0),
             bandwidth: BandwidthCap::new(parts.bandwidth_bytes_per_s),
             to_peers: Traffic::default(),
             from_peers: Traffic::default(),
@@ -163,8 +173,34 @@ impl Allocation {
         self.grants.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn grants_mut(&self) -> RwLockWriteGuard<'_, Grants> {
-        self.grants.write().unwrap_or_else(|e| e.into_inner())
+    /// Changes the grants (a CreatePermission, a ChannelBind) and bumps their version.
+    pub fn update_grants<R>(&self, change: impl FnOnce(&mut Grants) -> R) -> R {
+        let mut grants = self.grants.write().unwrap_or_else(|e| e.into_inner());
+        let result = change(&mut grants);
+        // Release, under the lock: whoever reads this version then reads the grants as changed.
+        self.grants_version.fetch_add(1, Ordering::Release);
+        result
+    }
+
+    /// The sweep: forgets the grants expired at `now`; the version moves only if one was.
+    pub fn forget_expired_grants(&self, now: u64) {
+        let mut grants = self.grants.write().unwrap_or_else(|e| e.into_inner());
+        if grants.forget_expired(now) {
+            self.grants_version.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// The version of the grants now: equal to a copy's version, the copy is still what the
+    /// grants are.
+    pub fn grants_version(&self) -> u64 {
+        self.grants_version.load(Ordering::Acquire)
+    }
+
+    /// A copy of the grants and its version.
+    pub fn grants_copy(&self) -> (u64, Grants) {
+        let grants = self.grants();
+        // Read under the lock: writers bump it under the write lock, so the pair matches.
+        (self.grants_version.load(Ordering::Acquire), grants.clone())
     }
 
     /// Within the bandwidth cap? A drop is counted.

@@ -8,10 +8,15 @@
 //! (expiry sweep, Refresh 0, the user leaving voice, the TCP connection closing, shutdown):
 //! [`AllocationTable::remove`] says which one did. Each allocation carries its grants, capped by
 //! [`GrantCaps`], so the table is bounded by `max_allocations_total` x the caps.
+//!
+//! Every insert and remove is announced ([`AllocationTable::changes`]): the UDP listener read
+//! loops keep their own view of the entries they use (`table_view`) and drop it when told.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
 
 pub use crate::turn::allocation::{Allocation, AllocationSummary, Usage};
 use crate::turn::grants::GrantCaps;
@@ -39,11 +44,18 @@ pub struct AllocationTable {
     limits: QuotaLimits,
     caps: GrantCaps,
     state: RwLock<State>,
+    /// A new version with every insert and remove.
+    changed: watch::Sender<()>,
 }
 
 impl AllocationTable {
     pub fn new(limits: QuotaLimits, caps: GrantCaps) -> Self {
-        AllocationTable { limits, caps, state: RwLock::default() }
+        AllocationTable { limits, caps, state: RwLock::default(), changed: watch::Sender::new(()) }
+    }
+
+    /// Sees a new version whenever an allocation is inserted or removed.
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -77,6 +89,8 @@ impl AllocationTable {
             state.by_relayed.insert(relayed, allocation.clone());
         }
         state.by_client.insert(allocation.key, allocation);
+        // Under the write lock: a view that sees the new version and looks again finds it.
+        self.changed.send_replace(());
         Ok(())
     }
 
@@ -98,6 +112,7 @@ impl AllocationTable {
                 state.per_user.remove(&allocation.user);
             }
         }
+        self.changed.send_replace(());
         true
     }
 

@@ -1,9 +1,10 @@
 //! The read loops' shared core: [`Dispatcher`] takes one datagram or TCP frame from a client,
 //! asks the gate, and carries the decision out against the allocation table.
 //!
-//! ChannelData is the hot path: its allocation is found by the client's 5-tuple (a read lock
-//! held for the lookup), its peer by the channel number, and the payload leaves from the relay
-//! socket on this same task, from the buffer it arrived in. STUN messages are decoded; Binding
+//! ChannelData is the hot path: its allocation is found by the client's 5-tuple (over UDP in
+//! the read loop's `table_view`, else under a read lock held for the lookup), its peer by the
+//! channel number, and the payload leaves from the relay socket on this same task, from the
+//! buffer it arrived in. STUN messages are decoded; Binding
 //! requests are answered, Send indications relayed (to permitted peers), and the four
 //! authenticated requests (Allocate, Refresh, CreatePermission, ChannelBind) are judged by
 //! [`crate::turn::gate::decide`] first, then carried out here: `requests` reads what an Allocate
@@ -36,7 +37,7 @@ use crate::turn::credentials::parse_username;
 use crate::turn::datagram_batch::{BatchSender, MAX_BATCH};
 use crate::turn::gate::{self, AddressFamilies, Authorized, Decision, GateContext, Refusal, Tally};
 use crate::turn::grants::{BindRefusal, CapReached};
-use crate::turn::handoff::{hand_over, HandoffSlots};
+use crate::turn::handoff::{hand_over, HandoffSlots, Hop};
 use crate::turn::link::{ClientLink, ClientPath, DatagramSenders};
 use crate::turn::nonce::NonceMinter;
 use crate::turn::packet::{classify, PacketKind};
@@ -44,6 +45,7 @@ use crate::turn::relay_loop::relay_to_client;
 use crate::turn::relay_socket::{BindFailure, PeerGuard, RelayBinder, RelaySocket};
 use crate::turn::reply::{self, AddressError};
 use crate::turn::requests::{allocate_request, refresh_request, AllocateRequest, Families, Invalid};
+use crate::turn::table_view::TableView;
 
 /// Everything the read loops share.
 pub struct Dispatcher {
@@ -162,25 +164,30 @@ impl Dispatcher {
     }
 
     /// A run of ChannelData messages from one client, consecutive in a listener batch (one
-    /// alone, or a burst of video): the allocation is looked up once and the grants read once
+    /// alone, or a burst of video): the allocation is looked up once and its grants read once
     /// for the run, and consecutive messages to one peer leave together: in one batched send,
     /// or, when the peer is another allocation's relayed address here, handed to that
     /// allocation's client in-process (`handoff`). Each message passes the same checks as in
-    /// [`Self::channel_data`]; one that fails them is dropped alone.
+    /// [`Self::channel_data`]; one that fails them is dropped alone. The lookups go through the
+    /// read loop's `view` of the table, which answers as the table would without touching its
+    /// locks (see `table_view`).
     pub(crate) async fn channel_data_run(
         &self,
         link: &ClientLink<'_>,
         packets: &[&[u8]],
         sender: &BatchSender,
         slots: &mut HandoffSlots,
+        view: &mut TableView,
     ) {
-        let Some(allocation) = self.allocations.get(link.key()) else { return };
+        view.catch_up();
+        let key = link.key();
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut run: [(&[u8], SocketAddr); MAX_BATCH] = [(&[], unspecified); MAX_BATCH];
         let mut count = 0;
         {
+            let Some(from) = view.client(&self.allocations, key) else { return };
             let now = unix_now();
-            let grants = allocation.grants();
+            let grants = from.grants();
             for packet in packets.iter().take(MAX_BATCH) {
                 let Some((number, payload)) = parse_channel_data(packet) else { continue };
                 let peer = grants.channel_peer(number, now).filter(|peer| grants.permits(peer.ip(), now));
@@ -195,16 +202,26 @@ impl Dispatcher {
             let same_peer = rest.iter().take_while(|(_, p)| *p == peer).count();
             let (group, later) = rest.split_at(same_peer);
             rest = later;
-            match self.handoff.then(|| self.allocations.by_relayed(peer)).flatten() {
-                Some(target) => {
+            if self.handoff {
+                view.look_up_relayed(&self.allocations, peer);
+            }
+            let (Some(from), target) = view.held(key, self.handoff.then_some(peer)) else { return };
+            match target {
+                Some(to) => {
                     let mut payloads: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
                     for (slot, (payload, _)) in payloads.iter_mut().zip(group) {
                         *slot = payload;
                     }
                     let payloads = &payloads[..group.len()];
-                    hand_over(&allocation, &target, peer, payloads, &self.counters, sender, slots).await;
+                    let hop = Hop {
+                        from: &from.allocation,
+                        to: &to.allocation,
+                        to_grants: to.grants(),
+                        to_addr: peer,
+                    };
+                    hand_over(hop, payloads, &self.counters, sender, slots).await;
                 }
-                None => allocation.send_run_to_peers(group, &self.counters, sender).await,
+                None => from.allocation.send_run_to_peers(group, &self.counters, sender).await,
             }
         }
     }
@@ -259,7 +276,8 @@ impl Dispatcher {
                 if peers.iter().any(|p| allocation.relay_for(*p).is_none()) {
                     return self.refuse(link, m, family_mismatch(), Some(&auth.key)).await;
                 }
-                let granted = allocation.grants_mut().grant_permissions(&peers, now, self.allocations.caps());
+                let caps = self.allocations.caps();
+                let granted = allocation.update_grants(|g| g.grant_permissions(&peers, now, caps));
                 if let Err(cap) = granted {
                     return self.refuse(link, m, gate::cap_refusal(cap), Some(&auth.key)).await;
                 }
@@ -272,8 +290,8 @@ impl Dispatcher {
                 if allocation.relay_for(peer).is_none() {
                     return self.refuse(link, m, family_mismatch(), Some(&auth.key)).await;
                 }
-                let bound =
-                    allocation.grants_mut().bind_channel(number.0, peer, now, self.allocations.caps());
+                let caps = self.allocations.caps();
+                let bound = allocation.update_grants(|g| g.bind_channel(number.0, peer, now, caps));
                 let refusal = match bound {
                     Ok(()) => return link.send(reply::success(m, &auth.key)).await,
                     Err(BindRefusal::Cap(cap)) => gate::cap_refusal(cap),

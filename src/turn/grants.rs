@@ -12,15 +12,25 @@
 //! A ChannelBind also installs (or refreshes) a permission for its peer, so it needs room in both
 //! sets. A channel number is bound to one peer and a peer to one number for the binding's life
 //! (RFC 8656 section 12.2): anything else is a conflict, answered 400.
+//!
+//! Both sets are [`InlineList`]s scanned linearly, not hash maps: the data path reads them on
+//! every datagram and an allocation holds one or two entries of each (see `inline_list` for
+//! what the maps cost). The caps bound the scan.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
+
+use crate::turn::inline_list::InlineList;
 
 /// RFC 8656 section 9: a permission lasts 5 minutes unless refreshed.
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 /// RFC 8656 section 12: a channel binding lasts 10 minutes unless refreshed.
 pub const CHANNEL_BIND_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Permissions and channels an allocation keeps inline (a call needs one or two of each: the
+/// other end's relayed address, and its host address while ICE tries it); more spill to the
+/// heap, up to the caps.
+const INLINE_GRANTS: usize = 2;
 
 /// `[turn] max_permissions_per_allocation`, `max_channels_per_allocation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,13 +55,42 @@ pub enum BindRefusal {
     Conflict,
 }
 
-/// One allocation's live permissions and channels, each with its expiry (Unix seconds).
-#[derive(Debug, Default)]
+/// A permission for one peer IP, until `expires` (Unix seconds).
+#[derive(Debug, Clone, Copy)]
+struct Permission {
+    ip: IpAddr,
+    expires: u64,
+}
+
+impl Default for Permission {
+    fn default() -> Self {
+        Permission { ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED), expires: 0 }
+    }
+}
+
+/// Channel `number` bound to `peer`, until `expires` (Unix seconds).
+#[derive(Debug, Clone, Copy)]
+struct Channel {
+    number: u16,
+    peer: SocketAddr,
+    expires: u64,
+}
+
+impl Default for Channel {
+    fn default() -> Self {
+        Channel { number: 0, peer: SocketAddr::from(([0, 0, 0, 0], 0)), expires: 0 }
+    }
+}
+
+/// One allocation's permissions and channels, each with its expiry (Unix seconds).
+///
+/// At most one permission per IP and, for channels, one entry per number and per peer (the
+/// binding rules keep it a one-to-one map, so one list serves both directions). Entries past
+/// their expiry stay until a write or the sweep forgets them; every lookup checks the expiry.
+#[derive(Debug, Default, Clone)]
 pub struct Grants {
-    permissions: HashMap<IpAddr, u64>,
-    channels: HashMap<u16, (SocketAddr, u64)>,
-    /// The reverse of `channels`, for the peer -> client direction.
-    channel_of_peer: HashMap<SocketAddr, u16>,
+    permissions: InlineList<Permission, INLINE_GRANTS>,
+    channels: InlineList<Channel, INLINE_GRANTS>,
 }
 
 fn expiry(now: u64, lifetime: Duration) -> u64 {
@@ -59,17 +98,30 @@ fn expiry(now: u64, lifetime: Duration) -> u64 {
 }
 
 impl Grants {
-    /// Drops what expired at `now` (called by writers and the allocation sweep).
-    pub fn forget_expired(&mut self, now: u64) {
-        self.permissions.retain(|_, expires| *expires > now);
-        let channel_of_peer = &mut self.channel_of_peer;
-        self.channels.retain(|_, (peer, expires)| {
-            let live = *expires > now;
-            if !live {
-                channel_of_peer.remove(peer);
-            }
-            live
-        });
+    /// Drops what expired at `now` (called by writers and the allocation sweep); true if
+    /// anything was dropped.
+    pub fn forget_expired(&mut self, now: u64) -> bool {
+        let held = (self.permissions.len(), self.channels.len());
+        self.permissions.retain(|p| p.expires > now);
+        self.channels.retain(|c| c.expires > now);
+        held != (self.permissions.len(), self.channels.len())
+    }
+
+    fn permission(&self, ip: IpAddr) -> Option<&Permission> {
+        self.permissions.find(|p| p.ip == ip)
+    }
+
+    fn channel(&self, number: u16) -> Option<&Channel> {
+        self.channels.find(|c| c.number == number)
+    }
+
+    /// Installs or refreshes the permission for `ip` (the caller checked the cap).
+    fn install_permission(&mut self, ip: IpAddr, now: u64) {
+        let expires = expiry(now, PERMISSION_LIFETIME);
+        match self.permissions.find_mut(|p| p.ip == ip) {
+            Some(held) => held.expires = expires,
+            None => self.permissions.push(Permission { ip, expires }),
+        }
     }
 
     /// CreatePermission for `peers`: all of them fit under the cap (installed or refreshed), or
@@ -82,14 +134,14 @@ impl Grants {
     ) -> Result<(), CapReached> {
         self.forget_expired(now);
         let mut new_ips: Vec<IpAddr> =
-            peers.iter().map(|p| p.ip()).filter(|ip| !self.permissions.contains_key(ip)).collect();
+            peers.iter().map(|p| p.ip()).filter(|ip| self.permission(*ip).is_none()).collect();
         new_ips.sort_unstable();
         new_ips.dedup();
         if self.permissions.len() + new_ips.len() > caps.permissions {
             return Err(CapReached::Permissions);
         }
         for peer in peers {
-            self.permissions.insert(peer.ip(), expiry(now, PERMISSION_LIFETIME));
+            self.install_permission(peer.ip(), now);
         }
         Ok(())
     }
@@ -104,11 +156,11 @@ impl Grants {
         caps: GrantCaps,
     ) -> Result<(), BindRefusal> {
         self.forget_expired(now);
-        match self.channels.get(&number) {
-            Some((bound, _)) if *bound != peer => return Err(BindRefusal::Conflict),
+        match self.channel(number) {
+            Some(bound) if bound.peer != peer => return Err(BindRefusal::Conflict),
             Some(_) => {}
             None => {
-                if self.channel_of_peer.contains_key(&peer) {
+                if self.channels.find(|c| c.peer == peer).is_some() {
                     return Err(BindRefusal::Conflict);
                 }
                 if self.channels.len() >= caps.channels {
@@ -116,42 +168,49 @@ impl Grants {
                 }
             }
         }
-        if !self.permissions.contains_key(&peer.ip()) && self.permissions.len() >= caps.permissions {
+        if self.permission(peer.ip()).is_none() && self.permissions.len() >= caps.permissions {
             return Err(BindRefusal::Cap(CapReached::Permissions));
         }
-        self.channels.insert(number, (peer, expiry(now, CHANNEL_BIND_LIFETIME)));
-        self.channel_of_peer.insert(peer, number);
-        self.permissions.insert(peer.ip(), expiry(now, PERMISSION_LIFETIME));
+        let expires = expiry(now, CHANNEL_BIND_LIFETIME);
+        match self.channels.find_mut(|c| c.number == number) {
+            // Bound to this same peer (checked above): a refresh.
+            Some(bound) => bound.expires = expires,
+            None => self.channels.push(Channel { number, peer, expires }),
+        }
+        self.install_permission(peer.ip(), now);
         Ok(())
     }
 
     /// True if a live permission covers `ip` (a datagram from or to it may pass).
     pub fn permits(&self, ip: IpAddr, now: u64) -> bool {
-        self.permissions.get(&ip).is_some_and(|expires| *expires > now)
+        self.permission(ip).is_some_and(|p| p.expires > now)
     }
 
     /// The peer channel `number` is bound to, if the binding is live.
     pub fn channel_peer(&self, number: u16, now: u64) -> Option<SocketAddr> {
-        self.channels.get(&number).filter(|(_, expires)| *expires > now).map(|(peer, _)| *peer)
+        self.channel(number).filter(|c| c.expires > now).map(|c| c.peer)
     }
 
     /// The live channel bound to `peer`, if any (its datagrams then go as ChannelData).
     pub fn channel_to(&self, peer: SocketAddr, now: u64) -> Option<u16> {
-        let number = *self.channel_of_peer.get(&peer)?;
-        self.channel_peer(number, now).map(|_| number)
+        self.channels.find(|c| c.peer == peer).filter(|c| c.expires > now).map(|c| c.number)
     }
 
     /// Live permissions and channels at `now`.
     pub fn counts(&self, now: u64) -> (usize, usize) {
         (
-            self.permissions.values().filter(|e| **e > now).count(),
-            self.channels.values().filter(|(_, e)| *e > now).count(),
+            self.permissions.iter().filter(|p| p.expires > now).count(),
+            self.channels.iter().filter(|c| c.expires > now).count(),
         )
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     const NOW: u64 = 1_800_000_000;
@@ -243,5 +302,182 @@ mod tests {
             Err(BindRefusal::Cap(CapReached::Permissions))
         );
         assert_eq!(g.bind_channel(0x4003, peer(3), NOW, roomy), Ok(()));
+    }
+
+    /// The grants as they were kept before [`InlineList`]: three hash maps. The reference the
+    /// lists are compared with, operation by operation.
+    #[derive(Default)]
+    struct MapGrants {
+        permissions: HashMap<IpAddr, u64>,
+        channels: HashMap<u16, (SocketAddr, u64)>,
+        channel_of_peer: HashMap<SocketAddr, u16>,
+    }
+
+    impl MapGrants {
+        fn forget_expired(&mut self, now: u64) {
+            self.permissions.retain(|_, expires| *expires > now);
+            let channel_of_peer = &mut self.channel_of_peer;
+            self.channels.retain(|_, (peer, expires)| {
+                let live = *expires > now;
+                if !live {
+                    channel_of_peer.remove(peer);
+                }
+                live
+            });
+        }
+
+        fn grant_permissions(
+            &mut self,
+            peers: &[SocketAddr],
+            now: u64,
+            caps: GrantCaps,
+        ) -> Result<(), CapReached> {
+            self.forget_expired(now);
+            let mut new_ips: Vec<IpAddr> =
+                peers.iter().map(|p| p.ip()).filter(|ip| !self.permissions.contains_key(ip)).collect();
+            new_ips.sort_unstable();
+            new_ips.dedup();
+            if self.permissions.len() + new_ips.len() > caps.permissions {
+                return Err(CapReached::Permissions);
+            }
+            for peer in peers {
+                self.permissions.insert(peer.ip(), expiry(now, PERMISSION_LIFETIME));
+            }
+            Ok(())
+        }
+
+        fn bind_channel(
+            &mut self,
+            number: u16,
+            peer: SocketAddr,
+            now: u64,
+            caps: GrantCaps,
+        ) -> Result<(), BindRefusal> {
+            self.forget_expired(now);
+            match self.channels.get(&number) {
+                Some((bound, _)) if *bound != peer => return Err(BindRefusal::Conflict),
+                Some(_) => {}
+                None => {
+                    if self.channel_of_peer.contains_key(&peer) {
+                        return Err(BindRefusal::Conflict);
+                    }
+                    if self.channels.len() >= caps.channels {
+                        return Err(BindRefusal::Cap(CapReached::Channels));
+                    }
+                }
+            }
+            if !self.permissions.contains_key(&peer.ip()) && self.permissions.len() >= caps.permissions {
+                return Err(BindRefusal::Cap(CapReached::Permissions));
+            }
+            self.channels.insert(number, (peer, expiry(now, CHANNEL_BIND_LIFETIME)));
+            self.channel_of_peer.insert(peer, number);
+            self.permissions.insert(peer.ip(), expiry(now, PERMISSION_LIFETIME));
+            Ok(())
+        }
+
+        fn permits(&self, ip: IpAddr, now: u64) -> bool {
+            self.permissions.get(&ip).is_some_and(|expires| *expires > now)
+        }
+
+        fn channel_peer(&self, number: u16, now: u64) -> Option<SocketAddr> {
+            self.channels.get(&number).filter(|(_, expires)| *expires > now).map(|(peer, _)| *peer)
+        }
+
+        fn channel_to(&self, peer: SocketAddr, now: u64) -> Option<u16> {
+            let number = *self.channel_of_peer.get(&peer)?;
+            self.channel_peer(number, now).map(|_| number)
+        }
+
+        fn counts(&self, now: u64) -> (usize, usize) {
+            (
+                self.permissions.values().filter(|e| **e > now).count(),
+                self.channels.values().filter(|(_, e)| *e > now).count(),
+            )
+        }
+    }
+
+    /// One step of a client's (and the sweep's) life with an allocation.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Seconds pass (the clock may also step back a little, as a wall clock can).
+        Wait(i64),
+        Permit(Vec<SocketAddr>),
+        Bind(u16, SocketAddr),
+        Sweep,
+    }
+
+    /// Few IPs, ports and numbers, so that refreshes, conflicts and caps all happen.
+    fn peer_address() -> impl Strategy<Value = SocketAddr> {
+        (0u8..4, 0u16..3).prop_map(|(ip, port)| {
+            if ip == 3 {
+                SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 6000 + port))
+            } else {
+                SocketAddr::from(([198, 51, 100, ip], 6000 + port))
+            }
+        })
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            prop_oneof![(-5i64..5), (0i64..400)].prop_map(Step::Wait),
+            proptest::collection::vec(peer_address(), 1..4).prop_map(Step::Permit),
+            ((0x4000u16..0x4004), peer_address()).prop_map(|(n, p)| Step::Bind(n, p)),
+            Just(Step::Sweep),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        /// For any sequence of CreatePermissions, ChannelBinds, sweeps and passing time, the
+        /// lists answer every request and every lookup as the maps did, and stay within the caps.
+        #[test]
+        fn lists_give_the_answers_the_maps_gave(
+            permissions in 1usize..5,
+            channels in 1usize..4,
+            steps in proptest::collection::vec(step(), 1..60),
+        ) {
+            let caps = GrantCaps { permissions, channels };
+            let (mut lists, mut maps) = (Grants::default(), MapGrants::default());
+            let mut now = NOW;
+            for step in steps {
+                match step {
+                    Step::Wait(secs) => now = now.saturating_add_signed(secs),
+                    Step::Permit(peers) => prop_assert_eq!(
+                        lists.grant_permissions(&peers, now, caps),
+                        maps.grant_permissions(&peers, now, caps)
+                    ),
+                    Step::Bind(number, peer) => prop_assert_eq!(
+                        lists.bind_channel(number, peer, now, caps),
+                        maps.bind_channel(number, peer, now, caps)
+                    ),
+                    Step::Sweep => {
+                        let held = maps.permissions.len() + maps.channels.len();
+                        maps.forget_expired(now);
+                        let dropped = held != maps.permissions.len() + maps.channels.len();
+                        prop_assert_eq!(lists.forget_expired(now), dropped, "says whether it dropped any");
+                    }
+                }
+                prop_assert!(lists.permissions.len() <= caps.permissions);
+                prop_assert!(lists.channels.len() <= caps.channels);
+                // Every lookup the data path makes, now and at the edges of the lifetimes.
+                for at in [now, now + 1, now + 299, now + 300, now + 599, now + 600] {
+                    prop_assert_eq!(lists.counts(at), maps.counts(at));
+                    for number in 0x4000u16..0x4004 {
+                        prop_assert_eq!(lists.channel_peer(number, at), maps.channel_peer(number, at));
+                    }
+                    for ip in 0u8..4 {
+                        for port in 0u16..3 {
+                            let peer = if ip == 3 {
+                                SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 6000 + port))
+                            } else {
+                                SocketAddr::from(([198, 51, 100, ip], 6000 + port))
+                            };
+                            prop_assert_eq!(lists.permits(peer.ip(), at), maps.permits(peer.ip(), at));
+                            prop_assert_eq!(lists.channel_to(peer, at), maps.channel_to(peer, at));
+                        }
+                    }
+                }
+            }
+        }
     }
 }

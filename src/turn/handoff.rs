@@ -24,6 +24,7 @@ use crate::turn::allocation::{Allocation, Direction};
 use crate::turn::channel_data::{channel_data_in_place, data_indication_in_place, HEADROOM, TAILROOM};
 use crate::turn::counters::RelayCounters;
 use crate::turn::datagram_batch::{BatchSender, MAX_BATCH};
+use crate::turn::grants::Grants;
 use crate::turn::relay_loop::MAX_RELAYED_DATAGRAM;
 
 /// Bytes of one slot: a relayed datagram with room for the largest header and padding.
@@ -46,18 +47,26 @@ impl Default for HandoffSlots {
     }
 }
 
-/// Client -> peer where the peer, `to_addr`, is `to`'s relayed address: delivers the
-/// `payloads` (consecutive, from `from`'s client) to `to`'s client in order, as if they had
-/// left `from`'s relay socket and arrived on `to`'s.
+/// One hop between two of our allocations: `from`'s client sends to `to_addr`, `to`'s relayed
+/// address; `to_grants` are `to`'s grants as they are now (the caller's copy, see `table_view`).
+pub struct Hop<'a> {
+    pub from: &'a Allocation,
+    pub to: &'a Allocation,
+    pub to_grants: &'a Grants,
+    pub to_addr: SocketAddr,
+}
+
+/// Client -> peer over `hop`: delivers the `payloads` (consecutive, from `hop.from`'s client)
+/// to `hop.to`'s client in order, as if they had left `from`'s relay socket and arrived on
+/// `to`'s.
 pub async fn hand_over(
-    from: &Allocation,
-    to: &Allocation,
-    to_addr: SocketAddr,
+    hop: Hop<'_>,
     payloads: &[&[u8]],
     counters: &RelayCounters,
     sender: &BatchSender,
     slots: &mut HandoffSlots,
 ) {
+    let Hop { from, to, to_grants: grants, to_addr } = hop;
     let Some(from_relay) = from.relay_for(to_addr) else { return };
     // `to_addr` is `to`'s relayed address (the caller found `to` by it): both policies judge
     // it, and `from`'s below, as one of this server's own relays.
@@ -73,7 +82,6 @@ pub async fn hand_over(
     let mut count = 0;
     {
         let now = unix_now();
-        let grants = to.grants();
         for (index, payload) in payloads.iter().take(MAX_BATCH).enumerate() {
             let n = payload.len();
             if !from.within_bandwidth(n, counters) {

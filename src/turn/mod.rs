@@ -10,12 +10,13 @@
 //!   connections per client IP), `packet` (STUN vs ChannelData), `transport` (which listener);
 //! - one packet from a client: `link` (where a client's answers and relayed data go),
 //!   `dispatch` (asks the gate, carries the decision out, relays ChannelData and Send),
+//!   `table_view` (a UDP read loop's lock-free view of the allocations it relays between),
 //!   `gate` (every admission rule, pure), `requests` (what an Allocate or Refresh asks for,
 //!   pure), `reply` (the wire encoding of our answers);
 //! - what clients hold: `allocations` (the table by 5-tuple, quotas), `allocation` (one
 //!   allocation: relay sockets, grants, lifetime, usage), `quota` (per-user and total limits),
-//!   `grants` (permissions and channels, capped, expiring), `teardown` (expiry sweep, users
-//!   leaving voice, shutdown);
+//!   `grants` (permissions and channels, capped, expiring; kept in an `inline_list`),
+//!   `teardown` (expiry sweep, users leaving voice, shutdown);
 //! - one datagram from a peer: `relay_loop` (a relay socket's read loop), `handoff` (a peer
 //!   that is another of our relays, served in-process), `channel_data`
 //!   (ChannelData and Data indications framed in place), `bandwidth` (the per-allocation cap);
@@ -41,6 +42,7 @@ pub mod gate;
 pub mod grants;
 pub mod handle;
 pub mod handoff;
+pub mod inline_list;
 pub mod link;
 pub mod nonce;
 pub mod packet;
@@ -55,6 +57,7 @@ pub mod requests;
 pub mod secret;
 pub mod shard;
 pub mod sockets;
+pub mod table_view;
 pub mod tcp;
 pub mod teardown;
 pub mod transport;

@@ -35,7 +35,7 @@ pub async fn sweep_expired(dispatcher: Arc<Dispatcher>, mut shutdown: watch::Rec
             }
         }
         for allocation in dispatcher.allocations.all() {
-            allocation.grants_mut().forget_expired(now);
+            allocation.forget_expired_grants(now);
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::turn::dispatch::Dispatcher;
 use crate::turn::handoff::HandoffSlots;
 use crate::turn::link::{ClientLink, SharedConn};
 use crate::turn::packet::{classify, PacketKind};
+use crate::turn::table_view::{next_change, TableView};
 
 /// Largest datagram the listener accepts (a STUN message or ChannelData may exceed the MTU);
 /// also what a UDP GRO buffer needs, so the listener can take coalesced datagrams.
@@ -92,6 +93,12 @@ pub async fn read_loop(
     let gro = batch.enable_gro(&listener.socket);
     let sender = BatchSender::new(batch.mode());
     let mut slots = HandoffSlots::default();
+    let mut view = TableView::new(&dispatcher.allocations);
+    // Both waits are made once and kept across wake-ups: a new one each time registered (and
+    // dropped) a waiter in a list every read loop shares, two locked writes per wake-up.
+    let table_changed = next_change(dispatcher.allocations.changes());
+    let stop = shutdown.changed();
+    tokio::pin!(table_changed, stop);
     tracing::debug!(gro, "turn udp listener read loop");
     loop {
         tokio::select! {
@@ -99,7 +106,13 @@ pub async fn read_loop(
                 tracing::debug!(%err, "turn udp listener receive error");
                 continue;
             },
-            _ = shutdown.changed() => break,
+            // Idle, the view drops what it holds as soon as the table changes.
+            changes = &mut table_changed => {
+                view.catch_up();
+                table_changed.set(next_change(changes));
+                continue;
+            }
+            _ = &mut stop => break,
         }
         let mut datagrams = batch.datagrams().peekable();
         while let Some(first) = datagrams.next() {
@@ -122,7 +135,7 @@ pub async fn read_loop(
                 len += 1;
                 datagrams.next();
             }
-            dispatcher.channel_data_run(&link, &run[..len], &sender, &mut slots).await;
+            dispatcher.channel_data_run(&link, &run[..len], &sender, &mut slots, &mut view).await;
         }
     }
 }
