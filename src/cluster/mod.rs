@@ -50,6 +50,7 @@ pub mod event;
 pub mod invites;
 pub mod reader;
 pub mod scripts;
+pub mod tls;
 pub mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -184,9 +185,9 @@ pub struct ClusterContext {
 }
 
 impl ClusterContext {
-    /// Opens the client (no connection yet) and fixes this node's id.
+    /// Opens the client (no connection yet; TLS for `rediss://`) and fixes this node's id.
     pub fn new(settings: &ClusterSettings) -> anyhow::Result<Self> {
-        let client = redis::Client::open(settings.redis_url.trim())?;
+        let client = tls::open_client(settings)?;
         let node_id = match settings.node_id.trim() {
             "" => format!("node-{}", hex::encode(rand::random::<[u8; 4]>())),
             id => id.to_string(),
@@ -217,8 +218,15 @@ impl ClusterContext {
         let mut conn = self.manager()?;
         let key = self.keys.turn_secret();
         let fresh = hex::encode(rand::random::<[u8; 32]>());
+        // The first command of a node's start: over TLS, its failure is most likely the
+        // certificate, so the message says what the node trusted.
         let _: Option<String> =
-            redis::cmd("SET").arg(&key).arg(&fresh).arg("NX").query_async(&mut conn).await?;
+            redis::cmd("SET").arg(&key).arg(&fresh).arg("NX").query_async(&mut conn).await.map_err(|e| {
+                match tls::describe_link(&self.settings) {
+                    Some(link) => anyhow::Error::new(e).context(link),
+                    None => e.into(),
+                }
+            })?;
         let secret: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
         secret
             .filter(|s| !s.is_empty())

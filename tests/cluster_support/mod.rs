@@ -20,6 +20,17 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    tls: Option<RedisTls>,
+}
+
+/// Redis's own TLS (`--port 0 --tls-port`): its certificate and key, the CA it checks client
+/// certificates against, and whether it requires one (`--tls-auth-clients yes`).
+#[derive(Clone)]
+pub struct RedisTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub auth_clients: bool,
 }
 
 fn free_port() -> u16 {
@@ -29,18 +40,40 @@ fn free_port() -> u16 {
 impl Redis {
     pub fn start() -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut redis = Redis { child: None, port: free_port(), dir };
+        let mut redis = Redis { child: None, port: free_port(), dir, tls: None };
+        redis.spawn();
+        redis
+    }
+
+    /// A Redis that speaks TLS only (no plain port).
+    pub fn start_tls(tls: RedisTls) -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut redis = Redis { child: None, port: free_port(), dir, tls: Some(tls) };
         redis.spawn();
         redis
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_file)
+                .args(["--tls-auth-clients", if tls.auth_clients { "yes" } else { "no" }]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
@@ -59,6 +92,9 @@ impl Redis {
 
     fn answers_ping(&self) -> bool {
         use std::io::{Read, Write};
+        if self.tls.is_some() {
+            return self.tls_cli_ping();
+        }
         let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
         if stream.write_all(b"PING\r\n").is_err() {
@@ -66,6 +102,23 @@ impl Redis {
         }
         let mut reply = [0u8; 7];
         stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    }
+
+    /// `redis-cli --tls` PING, with Redis's own certificate as the client one (same CA), so it
+    /// works with `--tls-auth-clients yes` too.
+    fn tls_cli_ping(&self) -> bool {
+        let Some(tls) = &self.tls else { return false };
+        Command::new("redis-cli")
+            .args(["--tls", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("--cacert")
+            .arg(&tls.ca_file)
+            .arg("--cert")
+            .arg(&tls.cert_file)
+            .arg("--key")
+            .arg(&tls.key_file)
+            .arg("PING")
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "PONG")
     }
 
     /// SIGKILL: no shutdown save, no goodbye; the AOF is all that survives.

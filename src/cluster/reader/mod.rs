@@ -59,10 +59,15 @@ pub async fn run(ctx: ClusterContext, hub: HubHandle, history_limit: usize) {
     let mut reader =
         Reader { ctx, hub, scripts: Scripts::new(), history_limit, log: None, seq: None, inbox: None };
     let mut delay = RECONNECT_FIRST;
+    // Whether this outage was logged at warn level: once per outage, so a node that cannot
+    // reach Redis from its start (a wrong address, a certificate the CA does not sign) says why
+    // without an info-level log full of retries.
+    let mut reported = false;
     loop {
         let stop = match reader.ctx.client.get_multiplexed_async_connection_with_config(&config).await {
             Ok(mut conn) => {
                 delay = RECONNECT_FIRST;
+                reported = false;
                 match reader.read(&mut conn).await {
                     Ok(never) => match never {},
                     Err(stop) => stop,
@@ -77,7 +82,17 @@ pub async fn run(ctx: ClusterContext, hub: HubHandle, history_limit: usize) {
         match stop {
             Stop::HubGone => return,
             Stop::Redis(e) if was_up => {
+                reported = true;
                 tracing::warn!(node = %reader.ctx.node_id, "cluster log reader lost Redis: {e}");
+            }
+            Stop::Redis(e) if !reported => {
+                reported = true;
+                let link = super::tls::describe_link(&reader.ctx.settings).map(|l| format!(" ({l})"));
+                tracing::warn!(
+                    node = %reader.ctx.node_id,
+                    "cluster log reader cannot connect to Redis{}: {e}; retrying, /readyz answers 503 meanwhile",
+                    link.unwrap_or_default()
+                );
             }
             Stop::Redis(e) => tracing::debug!("cluster log reader cannot connect: {e}"),
         }
